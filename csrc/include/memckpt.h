@@ -1,0 +1,132 @@
+/* memckpt.h: the one public header of the memckpt C core.
+ *
+ * Conventions (the same for every function here):
+ *  - a function returns 0, or a count, on success and -errno on failure;
+ *    errno is never the way an error is reported;
+ *  - every fd the core opens is O_CLOEXEC;
+ *  - nothing here includes or needs Python.h: a C simulator can link the core
+ *    on its own (see csrc/tests/ for examples).
+ */
+#ifndef MEMCKPT_H
+#define MEMCKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MCK_VERSION_MAJOR 0
+#define MCK_VERSION_MINOR 1
+
+/* ---------------------------------------------------------------- probe */
+
+/* Three outcomes for every probed feature, after CRIU's kerndat. */
+enum mck_probe_state {
+	MCK_PROBE_ERROR = -1,       /* the probe itself failed (see *_errno) */
+	MCK_PROBE_UNSUPPORTED = 0,  /* the kernel or the privileges lack it */
+	MCK_PROBE_OK = 1,
+};
+
+enum mck_thp_mode {
+	MCK_THP_UNKNOWN = -1,
+	MCK_THP_NEVER = 0,
+	MCK_THP_MADVISE = 1,
+	MCK_THP_ALWAYS = 2,
+};
+
+struct mck_features {
+	size_t page_size;
+	int thp_mode;                 /* enum mck_thp_mode */
+
+	int uffd;                     /* enum mck_probe_state: a userfaultfd opens */
+	int uffd_errno;               /* why not, when uffd != OK */
+	int uffd_user_mode_only;      /* 1: only UFFD_USER_MODE_ONLY let us open one */
+	int unprivileged_userfaultfd; /* vm.unprivileged_userfaultfd, -1 unreadable */
+	uint64_t uffd_features;       /* what UFFDIO_API offered */
+	int uffd_wp;                  /* enum mck_probe_state, each of these */
+	int uffd_wp_async;
+	int uffd_wp_unpopulated;
+	int pagemap_scan;
+	int pagemap_scan_errno;
+	int soft_dirty;               /* decided by a self-test, never by clear_refs' result */
+	int soft_dirty_errno;
+};
+
+/* Probe the kernel once; later calls return the cached result. Thread-safe. */
+int mck_probe(struct mck_features *out);
+
+/* ------------------------------------------------------------- regions */
+
+enum mck_region_flags {
+	MCK_REGION_HUGEPAGES = 1u << 0, /* 2 MiB aligned, MADV_HUGEPAGE: tracking is 2 MiB coarse */
+};
+
+struct mck_region {
+	void *addr;       /* page-aligned (2 MiB aligned with MCK_REGION_HUGEPAGES) */
+	size_t len;       /* a multiple of the page size */
+	unsigned flags;
+	void *map_base;   /* the whole mapping, guard pages and alignment slack included */
+	size_t map_len;
+};
+
+/* Map len bytes (rounded up to whole pages) of zero-filled anonymous private
+ * memory between two PROT_NONE guard pages. */
+int mck_region_create(struct mck_region *r, size_t len, unsigned flags);
+int mck_region_destroy(struct mck_region *r);
+/* Give the pages of [off, off+len) back to the kernel; they read as zero after. */
+int mck_region_discard(struct mck_region *r, size_t off, size_t len);
+
+/* ------------------------------------------------------------ trackers */
+
+enum mck_backend {
+	MCK_BACKEND_UFFD_ASYNC = 0,
+	MCK_BACKEND_UFFD_SYNC,
+	MCK_BACKEND_SOFT_DIRTY,
+	MCK_BACKEND_MPROTECT,
+	MCK_BACKEND_COMPARE,
+	MCK_BACKEND_COUNT,
+};
+
+enum mck_backend_props {
+	MCK_PROP_EXACT = 1u << 0,         /* reports exactly the pages written */
+	MCK_PROP_KERNEL_WRITES = 1u << 1, /* sees, and lets through, writes the kernel makes (read(2) into the range) */
+	MCK_PROP_CONCURRENT = 1u << 2,    /* collect may run while other threads write */
+};
+
+const char *mck_backend_name(int backend);
+/* The backend numbered by name, or -EINVAL. */
+int mck_backend_lookup(const char *name);
+unsigned mck_backend_props(int backend);
+/* 1 if the backend works here, 0 if not, with the reason written to
+ * reason[len] in both cases; -errno if the question could not be answered. */
+int mck_backend_status(int backend, char *reason, size_t len);
+/* The best available backend in order of preference, why in reason[len]. */
+int mck_backend_auto(char *reason, size_t len);
+
+struct mck_tracker;
+
+/* Start tracking writes to [addr, addr+len) (page-aligned). Only one tracker
+ * may watch a given page at a time. */
+int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t len);
+/* Write to out[] the sorted indices (from addr's page) of the pages written
+ * since the last collect (or the open) and re-arm in the same step, so that no
+ * write is lost between the two. cap must be at least the range's page count.
+ * Returns the number of indices. */
+int64_t mck_tracker_collect(struct mck_tracker *t, uint64_t *out, size_t cap);
+size_t mck_tracker_npages(const struct mck_tracker *t);
+int mck_tracker_backend(const struct mck_tracker *t);
+int mck_tracker_close(struct mck_tracker *t);
+
+/* ------------------------------------------------------ measurement aids */
+
+/* Count the pages of [addr, addr+len) in any of the PAGE_IS_* categories
+ * of mask with a bare PAGEMAP_SCAN (no write-protect): the floor that a
+ * uffd-async collect is measured against. -EOPNOTSUPP without PAGEMAP_SCAN. */
+int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MEMCKPT_H */

@@ -1,0 +1,615 @@
+/* test_uffd_extra.c: what the generic tracker_test cannot see about the two
+ * userfaultfd backends (uffd-async, uffd-sync):
+ *  - a checkpoint built from the collects, while threads write, equals memory
+ *    (no write lost across a collect, no increment lost to a fault);
+ *  - kernel writes, on never-touched and on protected pages, across a page
+ *    boundary; and with an unprivileged (user-mode-only) userfaultfd;
+ *  - reads of never-touched pages are not reported; writes after a discard are;
+ *  - fork: the child writes freely; a child still holding the fd does not keep
+ *    the range registered after close;
+ *  - uffd-sync: the handler thread blocks every signal; close while writers
+ *    run wakes them all;
+ *  - no fd leaks, every fd O_CLOEXEC.
+ *
+ * Exit 0 = pass, 1 = fail, 77 = neither backend is available here (reason
+ * printed). `test_uffd_extra [seed]` replays a seed. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "memckpt.h"
+
+#define NPAGES 4096u /* 16 MiB with 4 KiB pages */
+#define NWRITERS 4
+
+static int failures;
+static uint64_t rng_state;
+static size_t ps;
+
+#define CHECK(cond, ...)                                                       \
+	do {                                                                   \
+		if (!(cond)) {                                                 \
+			printf("FAIL %s:%d: ", __FILE__, __LINE__);            \
+			printf(__VA_ARGS__);                                   \
+			printf("\n");                                          \
+			failures++;                                            \
+		}                                                              \
+	} while (0)
+
+static uint64_t rnd(uint64_t *s)
+{
+	*s ^= *s >> 12;
+	*s ^= *s << 25;
+	*s ^= *s >> 27;
+	return *s * 2685821657736338717ULL;
+}
+
+struct fixture {
+	const char *name;
+	int backend;
+	struct mck_region region;
+	struct mck_tracker *t;
+	uint64_t *out;
+	uint8_t *reported; /* per page: in the last collect */
+};
+
+static uint8_t *page_at(struct fixture *fx, size_t p)
+{
+	return (uint8_t *)fx->region.addr + p * ps;
+}
+
+/* A fresh, never-touched region and a tracker on it. */
+static int setup(struct fixture *fx)
+{
+	int rc = mck_region_create(&fx->region, NPAGES * ps, 0);
+
+	if (rc < 0) {
+		CHECK(0, "%s: region: %s", fx->name, strerror(-rc));
+		return rc;
+	}
+	rc = mck_tracker_open(&fx->t, fx->backend, fx->region.addr, fx->region.len);
+	if (rc < 0) {
+		CHECK(0, "%s: open: %s", fx->name, strerror(-rc));
+		mck_region_destroy(&fx->region);
+	}
+	return rc;
+}
+
+static void teardown(struct fixture *fx)
+{
+	if (fx->t)
+		CHECK(mck_tracker_close(fx->t) == 0, "%s: close", fx->name);
+	fx->t = NULL;
+	mck_region_destroy(&fx->region);
+}
+
+/* Collect into fx->reported; -1 on failure. */
+static int64_t collect(struct fixture *fx, const char *what)
+{
+	int64_t n = mck_tracker_collect(fx->t, fx->out, NPAGES);
+
+	CHECK(n >= 0, "%s: %s: collect: %s", fx->name, what, strerror((int)-n));
+	memset(fx->reported, 0, NPAGES);
+	for (int64_t i = 0; i < n; i++) {
+		CHECK(fx->out[i] < NPAGES, "%s: %s: index out of range", fx->name, what);
+		CHECK(i == 0 || fx->out[i] > fx->out[i - 1], "%s: %s: unsorted", fx->name, what);
+		if (fx->out[i] < NPAGES)
+			fx->reported[fx->out[i]] = 1;
+	}
+	return n < 0 ? -1 : n;
+}
+
+/* ---- a checkpoint made of collects equals memory --------------------------- */
+
+struct writer {
+	struct fixture *fx;
+	int id;
+	uint64_t seed;
+	uint64_t increments;
+	_Atomic int *stop;
+	uint8_t written[NPAGES];
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+
+	while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
+		size_t p = rnd(&w->seed) % NPAGES;
+		/* each writer owns one word of every page: the counts are
+		 * checked exactly, and the other writers' words are
+		 * neighbours that a wrong page fill would clobber */
+		volatile uint64_t *slot = (volatile uint64_t *)page_at(w->fx, p) + w->id;
+
+		w->written[p] = 1;
+		*slot += 1;
+		w->increments++;
+	}
+	return NULL;
+}
+
+/* The property the checkpointer relies on: copy the reported pages after
+ * each collect, while the writers keep going; after the last collect the
+ * copy equals memory. Starts on never-touched pages, so the first writes
+ * are missing-page faults racing each other. */
+static void test_shadow_checkpoint(struct fixture *fx)
+{
+	static struct writer w[NWRITERS];
+	pthread_t tid[NWRITERS];
+	_Atomic int stop = 0;
+	uint8_t *shadow = calloc(NPAGES, ps), *ever = calloc(NPAGES, 1);
+	size_t differ = 0, missing = 0, extra = 0, collects = 0;
+	uint64_t counted[NWRITERS] = { 0 };
+
+	if (!shadow || !ever || setup(fx) < 0)
+		goto out;
+	for (int i = 0; i < NWRITERS; i++) {
+		memset(w[i].written, 0, NPAGES);
+		w[i].fx = fx;
+		w[i].id = i;
+		w[i].seed = rnd(&rng_state) | 1;
+		w[i].increments = 0;
+		w[i].stop = &stop;
+		CHECK(pthread_create(&tid[i], NULL, writer_main, &w[i]) == 0, "pthread_create");
+	}
+	for (int round = 0; round <= 150; round++) {
+		if (round == 150) {
+			atomic_store(&stop, 1);
+			for (int i = 0; i < NWRITERS; i++)
+				pthread_join(tid[i], NULL);
+		} else {
+			usleep(round % 3 ? 5000 : 200);
+		}
+		if (collect(fx, "under writers") < 0)
+			break;
+		collects++;
+		for (size_t p = 0; p < NPAGES; p++)
+			if (fx->reported[p]) {
+				memcpy(shadow + p * ps, page_at(fx, p), ps);
+				ever[p] = 1;
+			}
+	}
+	for (size_t p = 0; p < NPAGES; p++) {
+		int written = 0;
+
+		for (int i = 0; i < NWRITERS; i++) {
+			written |= w[i].written[p];
+			counted[i] += ((volatile uint64_t *)page_at(fx, p))[i];
+		}
+		differ += memcmp(shadow + p * ps, page_at(fx, p), ps) != 0;
+		missing += written && !ever[p];
+		extra += !written && ever[p];
+	}
+	CHECK(differ == 0, "%s: %zu pages of the checkpoint differ from memory", fx->name, differ);
+	CHECK(missing == 0, "%s: %zu written pages never reported", fx->name, missing);
+	CHECK(extra == 0, "%s: %zu pages reported that nobody wrote", fx->name, extra);
+	for (int i = 0; i < NWRITERS; i++)
+		CHECK(counted[i] == w[i].increments, "%s: writer %d: %llu increments in memory, %llu made",
+		      fx->name, i, (unsigned long long)counted[i], (unsigned long long)w[i].increments);
+	printf("# %s: shadow checkpoint: %zu collects, %llu writes\n", fx->name, collects,
+	       (unsigned long long)(w[0].increments + w[1].increments + w[2].increments + w[3].increments));
+	teardown(fx);
+out:
+	free(shadow);
+	free(ever);
+}
+
+/* ---- kernel writes ---------------------------------------------------------- */
+
+static ssize_t pipe_into(void *dst, const void *src, size_t len)
+{
+	int fds[2];
+	ssize_t got;
+
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return -1;
+	if (write(fds[1], src, len) != (ssize_t)len) {
+		close(fds[0]);
+		close(fds[1]);
+		return -1;
+	}
+	got = read(fds[0], dst, len);
+	{
+		int err = errno;
+
+		close(fds[0]);
+		close(fds[1]);
+		errno = err;
+	}
+	return got;
+}
+
+/* read(2) across a page boundary, into never-touched pages (a missing-page
+ * fault in kernel mode) and into written-then-protected ones. */
+static void test_kernel_writes(struct fixture *fx)
+{
+	static uint8_t src[4 * 65536];
+	size_t len = 2 * ps + 200;
+
+	if (setup(fx) < 0)
+		return;
+	for (size_t i = 0; i < len; i++)
+		src[i] = (uint8_t)(i * 13 + 1);
+	for (int protected = 0; protected < 2; protected++) {
+		size_t first = protected ? 20 : 10;
+		uint8_t *dst = page_at(fx, first) + 100;
+
+		if (protected) {
+			for (size_t p = first; p < first + 3; p++)
+				page_at(fx, p)[0] = 1;
+			collect(fx, "before kernel write");
+		}
+		ssize_t got = pipe_into(dst, src, len);
+
+		CHECK(got == (ssize_t)len, "%s: read(2) into %s pages: %s", fx->name,
+		      protected ? "protected" : "never-touched",
+		      got < 0 ? strerror(errno) : "short");
+		CHECK(got == (ssize_t)len && !memcmp(dst, src, len), "%s: read(2) data differs", fx->name);
+		int64_t n = collect(fx, "after kernel write");
+
+		CHECK(n == 3 && fx->reported[first] && fx->reported[first + 1] && fx->reported[first + 2],
+		      "%s: kernel write into %s pages %zu..%zu: %lld reported", fx->name,
+		      protected ? "protected" : "never-touched", first, first + 2, (long long)n);
+	}
+	teardown(fx);
+}
+
+/* An unprivileged process (vm.unprivileged_userfaultfd=0) gets only a
+ * UFFD_USER_MODE_ONLY fd: uffd-async still sees kernel writes (the kernel
+ * resolves async faults itself), uffd-sync's fail with EFAULT, as its
+ * status says. Runs in a child that drops root. */
+static void test_user_mode_only(struct fixture *fx)
+{
+	pid_t pid;
+	int status;
+
+	if (geteuid() != 0) {
+		printf("# %s: user-mode-only: skipped, needs root to drop privileges\n", fx->name);
+		return;
+	}
+	pid = fork();
+	if (pid == 0) {
+		static uint8_t src[65536];
+		int64_t n;
+		ssize_t got;
+
+		alarm(20);
+		if (setgid(65534) < 0 || setuid(65534) < 0)
+			_exit(10);
+		/* setuid clears dumpable, which makes /proc/self/pagemap root's */
+		prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+		if (mck_region_create(&fx->region, NPAGES * ps, 0) < 0)
+			_exit(11);
+		if (mck_tracker_open(&fx->t, fx->backend, fx->region.addr, fx->region.len) < 0)
+			_exit(12);
+		page_at(fx, 1)[0] = 1;
+		memset(src, 7, ps);
+		got = pipe_into(page_at(fx, 3), src, ps);
+		n = mck_tracker_collect(fx->t, fx->out, NPAGES);
+		if (n < 0)
+			_exit(13);
+		if (got == (ssize_t)ps)
+			_exit(n == 2 ? 0 : 14); /* pages 1 and 3 */
+		if (got < 0 && errno == EFAULT)
+			_exit(n == 1 ? 20 : 15); /* page 1 only */
+		_exit(16);
+	}
+	CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
+	if (!WIFEXITED(status)) {
+		CHECK(0, "%s: user-mode-only child died (signal %d)", fx->name,
+		      WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+		return;
+	}
+	switch (WEXITSTATUS(status)) {
+	case 0:
+		CHECK(fx->backend == mck_backend_lookup("uffd-async"),
+		      "%s: kernel write with a user-mode-only fd unexpectedly worked", fx->name);
+		printf("# %s: user-mode-only fd: kernel writes seen\n", fx->name);
+		break;
+	case 20:
+		CHECK(fx->backend == mck_backend_lookup("uffd-sync"),
+		      "%s: kernel write with a user-mode-only fd failed with EFAULT", fx->name);
+		printf("# %s: user-mode-only fd: kernel writes fail with EFAULT, as documented\n", fx->name);
+		break;
+	case 12:
+		printf("# %s: user-mode-only: skipped, an unprivileged process cannot open the tracker here\n",
+		       fx->name);
+		break;
+	default:
+		CHECK(0, "%s: user-mode-only child failed at step %d", fx->name, WEXITSTATUS(status));
+	}
+}
+
+/* ---- reads, discards -------------------------------------------------------- */
+
+static void test_reads_and_discards(struct fixture *fx)
+{
+	volatile uint8_t *p;
+	uint64_t sum = 0;
+	int64_t n;
+
+	if (setup(fx) < 0)
+		return;
+	p = page_at(fx, 0);
+	for (size_t i = 0; i < 64; i++)
+		sum += p[i * ps];
+	n = collect(fx, "reads");
+	CHECK(n == 0 && sum == 0, "%s: reading 64 never-touched pages reported %lld", fx->name, (long long)n);
+	p[5 * ps] = 1; /* read first, then written */
+	n = collect(fx, "write after read");
+	CHECK(n == 1 && fx->reported[5], "%s: a write after a read: %lld reported", fx->name, (long long)n);
+
+	/* MADV_DONTNEED drops the pte with its protection; the next write
+	 * must still be seen, with or without a collect in between */
+	p[7 * ps] = 1;
+	p[8 * ps] = 1;
+	collect(fx, "before discard");
+	CHECK(mck_region_discard(&fx->region, 7 * ps, 2 * ps) == 0, "discard");
+	p[7 * ps] = 2;
+	collect(fx, "write after discard");
+	CHECK(fx->reported[7], "%s: a write right after a discard was lost", fx->name);
+	/* page 8 was discarded, not written: uffd-async reports it (its content
+	 * changed), uffd-sync does not (no write); either way a read of it
+	 * must not make the next write invisible */
+	sum += p[8 * ps];
+	p[8 * ps] = 3;
+	collect(fx, "read then write after discard");
+	CHECK(fx->reported[8] && sum == 0, "%s: read-then-write after a discard was lost", fx->name);
+	teardown(fx);
+}
+
+/* ---- fork ------------------------------------------------------------------- */
+
+static void test_fork(struct fixture *fx)
+{
+	struct mck_tracker *again = NULL;
+	pid_t pid, holder;
+	int status, rc;
+
+	if (setup(fx) < 0)
+		return;
+	page_at(fx, 1)[0] = 1;
+	collect(fx, "before fork");
+	pid = fork();
+	if (pid == 0) {
+		/* the child's mm is not registered: it writes freely */
+		alarm(5);
+		for (size_t p = 0; p < 16; p++)
+			page_at(fx, p)[0] = 9;
+		_exit(0);
+	}
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	      "%s: child writing into the range after fork failed", fx->name);
+	page_at(fx, 2)[0] = 1;
+	page_at(fx, 1)[0] = 2; /* written before the fork, COW-shared since */
+	collect(fx, "after fork");
+	CHECK(fx->reported[1] && fx->reported[2] && !fx->reported[3] && page_at(fx, 3)[0] == 0,
+	      "%s: after fork, the parent's collect should hold its own writes (1, 2) only",
+	      fx->name);
+
+	/* a child that outlives the tracker holds a copy of its fd */
+	holder = fork();
+	if (holder == 0) {
+		pause();
+		_exit(0);
+	}
+	CHECK(mck_tracker_close(fx->t) == 0, "close");
+	fx->t = NULL;
+	alarm(10); /* a write that sleeps on a dead registration ends the test */
+	page_at(fx, 4)[0] = 1;
+	page_at(fx, 200)[0] = 1;
+	alarm(0);
+	rc = mck_tracker_open(&again, fx->backend, fx->region.addr, fx->region.len);
+	CHECK(rc == 0, "%s: reopen while a forked child holds the old fd: %s", fx->name, strerror(-rc));
+	if (rc == 0) {
+		fx->t = again;
+		page_at(fx, 5)[0] = 1;
+		collect(fx, "reopened");
+		CHECK(fx->reported[5] && !fx->reported[4], "%s: reopened tracker", fx->name);
+	}
+	kill(holder, SIGKILL);
+	waitpid(holder, NULL, 0);
+	teardown(fx);
+}
+
+/* ---- uffd-sync: the handler thread ------------------------------------------ */
+
+static int count_tasks(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+static void test_handler_sigmask(struct fixture *fx)
+{
+	DIR *d;
+	struct dirent *e;
+	int checked = 0;
+	const uint64_t must = (1ULL << (SIGINT - 1)) | (1ULL << (SIGTERM - 1)) |
+			      (1ULL << (SIGUSR1 - 1)) | (1ULL << (SIGALRM - 1)) |
+			      (1ULL << (SIGCHLD - 1)) | (1ULL << (SIGSEGV - 1));
+
+	if (setup(fx) < 0)
+		return;
+	d = opendir("/proc/self/task");
+	while (d && (e = readdir(d))) {
+		char path[300], line[256];
+		FILE *f;
+
+		if (e->d_name[0] == '.' || atoi(e->d_name) == getpid())
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/status", e->d_name);
+		f = fopen(path, "re");
+		while (f && fgets(line, sizeof(line), f)) {
+			if (strncmp(line, "SigBlk:", 7))
+				continue;
+			uint64_t blk = strtoull(line + 7, NULL, 16);
+
+			CHECK((blk & must) == must, "%s: handler thread %s blocks only %#llx", fx->name,
+			      e->d_name, (unsigned long long)blk);
+			checked++;
+		}
+		if (f)
+			fclose(f);
+	}
+	if (d)
+		closedir(d);
+	CHECK(checked == 1, "%s: expected one handler thread, found %d", fx->name, checked);
+	teardown(fx);
+}
+
+/* close while writers fault: unregistering wakes them, none may hang. */
+static void test_close_under_writers(struct fixture *fx)
+{
+	static struct writer w[NWRITERS];
+	pthread_t tid[NWRITERS];
+	_Atomic int stop = 0;
+
+	if (setup(fx) < 0)
+		return;
+	for (int i = 0; i < NWRITERS; i++) {
+		memset(w[i].written, 0, NPAGES);
+		w[i].fx = fx;
+		w[i].id = i;
+		w[i].seed = rnd(&rng_state) | 1;
+		w[i].stop = &stop;
+		CHECK(pthread_create(&tid[i], NULL, writer_main, &w[i]) == 0, "pthread_create");
+	}
+	usleep(3000);
+	collect(fx, "before close");
+	usleep(3000);
+	alarm(10);
+	CHECK(mck_tracker_close(fx->t) == 0, "close");
+	fx->t = NULL;
+	usleep(3000);
+	atomic_store(&stop, 1);
+	for (int i = 0; i < NWRITERS; i++)
+		pthread_join(tid[i], NULL);
+	alarm(0);
+	teardown(fx);
+}
+
+/* ---- fds -------------------------------------------------------------------- */
+
+/* Counts the open fds; with seen, checks O_CLOEXEC on those not in seen
+ * (the ones the tracker opened), and marks every fd in seen. */
+static int count_fds(uint8_t *seen, size_t nseen, int check_cloexec, int *no_cloexec)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d))) {
+		int fd = atoi(e->d_name);
+
+		if (e->d_name[0] == '.' || fd == dirfd(d))
+			continue;
+		n++;
+		if (check_cloexec && (size_t)fd < nseen && !seen[fd] &&
+		    !(fcntl(fd, F_GETFD) & FD_CLOEXEC))
+			(*no_cloexec)++;
+		if (seen && (size_t)fd < nseen)
+			seen[fd] = 1;
+	}
+	closedir(d);
+	return n;
+}
+
+static void test_fds(struct fixture *fx)
+{
+	static uint8_t seen[4096];
+	int before = count_fds(seen, sizeof(seen), 0, NULL), during, no_cloexec = 0;
+	int tasks = count_tasks();
+
+	for (int i = 0; i < 50; i++) {
+		if (setup(fx) < 0)
+			return;
+		page_at(fx, (size_t)i)[0] = 1;
+		if (i == 0) {
+			during = count_fds(seen, sizeof(seen), 1, &no_cloexec);
+			CHECK(no_cloexec == 0, "%s: %d fds without O_CLOEXEC", fx->name, no_cloexec);
+			CHECK(during > before, "%s: no fd while open?", fx->name);
+		}
+		teardown(fx);
+	}
+	CHECK(count_fds(NULL, 0, 0, NULL) == before, "%s: fds leaked: %d before, %d after 50 open/close",
+	      fx->name, before, count_fds(NULL, 0, 0, NULL));
+	CHECK(count_tasks() == tasks, "%s: threads leaked: %d before, %d after", fx->name, tasks,
+	      count_tasks());
+}
+
+int main(int argc, char **argv)
+{
+	static const char *const names[] = { "uffd-async", "uffd-sync" };
+	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) * 2654435761u;
+	int ran = 0;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	rng_state = seed | 1;
+	ps = (size_t)sysconf(_SC_PAGESIZE);
+	printf("# seed %llu\n", (unsigned long long)seed);
+	for (size_t b = 0; b < sizeof(names) / sizeof(names[0]); b++) {
+		struct fixture fx = { .name = names[b] };
+		char reason[512] = "";
+		int rc;
+
+		fx.backend = mck_backend_lookup(names[b]);
+		if (fx.backend < 0) {
+			CHECK(0, "unknown backend %s", names[b]);
+			continue;
+		}
+		rc = mck_backend_status(fx.backend, reason, sizeof(reason));
+		if (rc < 0) {
+			CHECK(0, "%s: status: %s", names[b], strerror(-rc));
+			continue;
+		}
+		if (rc == 0) {
+			printf("# SKIP %s unavailable: %s\n", names[b], reason);
+			continue;
+		}
+		printf("# %s: %s\n", names[b], reason);
+		fx.out = calloc(NPAGES, sizeof(*fx.out));
+		fx.reported = calloc(NPAGES, 1);
+		if (!fx.out || !fx.reported)
+			return 1;
+		ran++;
+		test_shadow_checkpoint(&fx);
+		test_kernel_writes(&fx);
+		test_user_mode_only(&fx);
+		test_reads_and_discards(&fx);
+		test_fork(&fx);
+		if (!strcmp(names[b], "uffd-sync")) {
+			test_handler_sigmask(&fx);
+			test_close_under_writers(&fx);
+		}
+		test_fds(&fx);
+		free(fx.out);
+		free(fx.reported);
+	}
+	if (!ran && !failures) {
+		printf("SKIP: neither userfaultfd backend is available\n");
+		return 77;
+	}
+	printf("%s test_uffd_extra (%d failures)\n", failures ? "FAIL" : "PASS", failures);
+	return failures ? 1 : 0;
+}

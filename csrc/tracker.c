@@ -1,0 +1,150 @@
+/* tracker.c: the backend table, and the dispatch every backend shares. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* In order of preference: `auto` takes the first available. */
+static const struct mck_tracker_ops *const backends[MCK_BACKEND_COUNT] = {
+	[MCK_BACKEND_UFFD_ASYNC] = &mck_uffd_async_ops,
+	[MCK_BACKEND_UFFD_SYNC] = &mck_uffd_sync_ops,
+	[MCK_BACKEND_SOFT_DIRTY] = &mck_soft_dirty_ops,
+	[MCK_BACKEND_MPROTECT] = &mck_mprotect_ops,
+	[MCK_BACKEND_COMPARE] = &mck_compare_ops,
+};
+
+static const struct mck_tracker_ops *backend_ops(int backend)
+{
+	if (backend < 0 || backend >= MCK_BACKEND_COUNT)
+		return NULL;
+	return backends[backend];
+}
+
+const char *mck_backend_name(int backend)
+{
+	const struct mck_tracker_ops *ops = backend_ops(backend);
+
+	return ops ? ops->name : NULL;
+}
+
+int mck_backend_lookup(const char *name)
+{
+	for (int b = 0; b < MCK_BACKEND_COUNT; b++)
+		if (name && !strcmp(name, backends[b]->name))
+			return b;
+	return -EINVAL;
+}
+
+unsigned mck_backend_props(int backend)
+{
+	const struct mck_tracker_ops *ops = backend_ops(backend);
+
+	return ops ? ops->props : 0;
+}
+
+int mck_backend_status(int backend, char *reason, size_t len)
+{
+	const struct mck_tracker_ops *ops = backend_ops(backend);
+	struct mck_features f;
+	int rc;
+
+	if (!ops)
+		return -EINVAL;
+	rc = mck_probe(&f);
+	if (rc < 0)
+		return rc;
+	return ops->status(&f, reason, len);
+}
+
+int mck_backend_auto(char *reason, size_t len)
+{
+	char why[MCK_BACKEND_COUNT][160];
+	char skipped[MCK_BACKEND_COUNT * 200] = "";
+	size_t used = 0;
+
+	for (int b = 0; b < MCK_BACKEND_COUNT; b++) {
+		int rc = mck_backend_status(b, why[b], sizeof(why[b]));
+
+		if (rc < 0)
+			return rc;
+		if (rc == 1) {
+			if (b == 0)
+				mck_reason(reason, len, "%s: the most preferred backend, and available",
+					   backends[b]->name);
+			else
+				mck_reason(reason, len, "%s: the best available (%s)",
+					   backends[b]->name, skipped);
+			return b;
+		}
+		rc = snprintf(skipped + used, sizeof(skipped) - used, "%s%s unavailable: %s",
+			      used ? "; " : "", backends[b]->name, why[b]);
+		if (rc > 0 && (size_t)rc < sizeof(skipped) - used)
+			used += (size_t)rc;
+	}
+	mck_reason(reason, len, "no backend available (%s)", skipped);
+	return -ENOTSUP;
+}
+
+int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t len)
+{
+	const struct mck_tracker_ops *ops = backend_ops(backend);
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+	struct mck_tracker *t;
+	int rc;
+
+	*out = NULL;
+	if (!ops || !addr || !len || (uintptr_t)addr % ps || len % ps)
+		return -EINVAL;
+	rc = mck_backend_status(backend, NULL, 0);
+	if (rc < 0)
+		return rc;
+	if (rc == 0)
+		return -ENOTSUP;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->ops = ops;
+	t->backend = backend;
+	t->addr = addr;
+	t->len = len;
+	t->page_size = ps;
+	t->npages = len / ps;
+	rc = ops->open(t);
+	if (rc < 0) {
+		free(t);
+		return rc;
+	}
+	*out = t;
+	return 0;
+}
+
+int64_t mck_tracker_collect(struct mck_tracker *t, uint64_t *out, size_t cap)
+{
+	if (!t || !out)
+		return -EINVAL;
+	if (cap < t->npages)
+		return -ENOBUFS;
+	return t->ops->collect(t, out, cap);
+}
+
+size_t mck_tracker_npages(const struct mck_tracker *t)
+{
+	return t ? t->npages : 0;
+}
+
+int mck_tracker_backend(const struct mck_tracker *t)
+{
+	return t ? t->backend : -EINVAL;
+}
+
+int mck_tracker_close(struct mck_tracker *t)
+{
+	if (!t)
+		return 0;
+	t->ops->close(t);
+	free(t);
+	return 0;
+}

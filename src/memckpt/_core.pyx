@@ -1,0 +1,211 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Thin binding of the C core (csrc/include/memckpt.h): no policy here.
+
+Every call that may enter the kernel runs with the GIL released, and every
+-errno the core returns becomes an OSError subclass through one helper.
+"""
+from cpython.buffer cimport PyBuffer_FillInfo
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport strerror
+
+cimport memckpt._memckpt as c
+
+import numpy as np
+
+PROBE_ERROR = c.MCK_PROBE_ERROR
+PROBE_UNSUPPORTED = c.MCK_PROBE_UNSUPPORTED
+PROBE_OK = c.MCK_PROBE_OK
+PROP_EXACT = c.MCK_PROP_EXACT
+PROP_KERNEL_WRITES = c.MCK_PROP_KERNEL_WRITES
+PROP_CONCURRENT = c.MCK_PROP_CONCURRENT
+BACKEND_COUNT = c.MCK_BACKEND_COUNT
+
+
+cdef int check(int64_t rc, str what) except -1:
+    """Turn a -errno from the core into the OSError subclass for that errno."""
+    if rc < 0:
+        err = <int>-rc
+        raise OSError(err, f"{what}: {strerror(err).decode()}")
+    return 0
+
+
+def probe():
+    """The kernel features, probed once per process (a dict; see memckpt.features())."""
+    cdef c.mck_features f
+    cdef int rc
+    with nogil:
+        rc = c.mck_probe(&f)
+    check(rc, "probing kernel features")
+    return f
+
+
+def backend_names():
+    return [c.mck_backend_name(b).decode() for b in range(c.MCK_BACKEND_COUNT)]
+
+
+def backend_lookup(str name):
+    cdef bytes b = name.encode()
+    cdef int rc = c.mck_backend_lookup(b)
+    if rc < 0:
+        raise ValueError(f"unknown backend {name!r}; choose one of {backend_names()}")
+    return rc
+
+
+def backend_props(int backend):
+    return c.mck_backend_props(backend)
+
+
+def backend_status(int backend):
+    """(available, reason): the reason says why not, or what it relies on."""
+    cdef char reason[512]
+    cdef int rc
+    reason[0] = 0
+    with nogil:
+        rc = c.mck_backend_status(backend, reason, sizeof(reason))
+    check(rc, "backend status")
+    return rc == 1, reason.decode(errors="replace")
+
+
+def backend_auto():
+    """(backend, reason) for the best available backend; OSError(ENOTSUP) if none."""
+    cdef char reason[2048]
+    cdef int rc
+    reason[0] = 0
+    with nogil:
+        rc = c.mck_backend_auto(reason, sizeof(reason))
+    return rc, reason.decode(errors="replace")
+
+
+def pagemap_scan_count(size_t addr, size_t length, uint64_t mask):
+    """Pages of [addr, addr+length) in any PAGE_IS_* category of mask, by a bare PAGEMAP_SCAN."""
+    cdef int64_t rc
+    with nogil:
+        rc = c.mck_pagemap_scan_count(<void *>addr, length, mask)
+    check(rc, "PAGEMAP_SCAN")
+    return rc
+
+
+cdef class Region:
+    """One page-aligned mapping between guard pages, exported as a writable buffer."""
+    cdef c.mck_region r
+    cdef Py_ssize_t exports
+    cdef int trackers
+
+    def __cinit__(self, size_t nbytes, bint hugepages=False):
+        cdef int rc
+        cdef unsigned flags = c.MCK_REGION_HUGEPAGES if hugepages else 0
+        with nogil:
+            rc = c.mck_region_create(&self.r, nbytes, flags)
+        check(rc, f"mapping {nbytes} bytes")
+
+    def __dealloc__(self):
+        # exports hold a reference to us, so none is left here
+        if self.r.map_base != NULL:
+            c.mck_region_destroy(&self.r)
+
+    @property
+    def address(self):
+        return <size_t>self.r.addr
+
+    @property
+    def nbytes(self):
+        return self.r.len
+
+    @property
+    def closed(self):
+        return self.r.map_base == NULL
+
+    @property
+    def exports(self):
+        return self.exports
+
+    def close(self):
+        cdef int rc
+        if self.r.map_base == NULL:
+            return
+        if self.trackers:
+            raise BufferError(f"{self.trackers} tracker(s) still open on this region; close them first")
+        if self.exports:
+            raise BufferError(f"{self.exports} buffer export(s) (numpy arrays, memoryviews) "
+                              "still reference this region")
+        with nogil:
+            rc = c.mck_region_destroy(&self.r)
+        check(rc, "unmapping region")
+
+    def discard(self, size_t offset, size_t length):
+        """Give [offset, offset+length) back to the kernel; it reads as zeros after."""
+        cdef int rc
+        self._check_open()
+        with nogil:
+            rc = c.mck_region_discard(&self.r, offset, length)
+        check(rc, "discarding pages")
+
+    cdef int _check_open(self) except -1:
+        if self.r.map_base == NULL:
+            raise ValueError("region is closed")
+        return 0
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        self._check_open()
+        PyBuffer_FillInfo(buffer, self, self.r.addr, <Py_ssize_t>self.r.len, 0, flags)
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        self.exports -= 1
+
+
+cdef class Tracker:
+    """One dirty-page tracker over a whole Region."""
+    cdef c.mck_tracker *t
+    cdef Region region
+    cdef uint64_t[::1] scratch
+    cdef readonly str backend
+
+    def __cinit__(self, Region region not None, int backend):
+        cdef int rc
+        cdef void *addr
+        cdef size_t length
+        region._check_open()
+        addr = region.r.addr
+        length = region.r.len
+        with nogil:
+            rc = c.mck_tracker_open(&self.t, backend, addr, length)
+        check(rc, f"opening the {c.mck_backend_name(backend).decode()} tracker")
+        self.region = region
+        region.trackers += 1
+        self.backend = c.mck_backend_name(backend).decode()
+        self.scratch = np.empty(c.mck_tracker_npages(self.t), dtype=np.uint64)
+
+    def __dealloc__(self):
+        if self.t != NULL:
+            c.mck_tracker_close(self.t)
+            self.region.trackers -= 1
+
+    @property
+    def closed(self):
+        return self.t == NULL
+
+    @property
+    def npages(self):
+        return c.mck_tracker_npages(self.t) if self.t != NULL else 0
+
+    def collect(self):
+        """The sorted indices of the pages written since the last collect, as uint64."""
+        cdef int64_t n
+        cdef uint64_t *buf = &self.scratch[0]
+        cdef size_t cap = self.scratch.shape[0]
+        if self.t == NULL:
+            raise ValueError("tracker is closed")
+        with nogil:
+            n = c.mck_tracker_collect(self.t, buf, cap)
+        check(n, f"collecting dirty pages ({self.backend})")
+        return np.asarray(self.scratch)[:n].copy()
+
+    def close(self):
+        cdef c.mck_tracker *t = self.t
+        if t == NULL:
+            return
+        self.t = NULL
+        with nogil:
+            c.mck_tracker_close(t)
+        self.region.trackers -= 1

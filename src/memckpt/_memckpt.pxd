@@ -1,0 +1,63 @@
+# Declarations of csrc/include/memckpt.h, the C core's one public header.
+from libc.stdint cimport int64_t, uint64_t
+
+cdef extern from "memckpt.h" nogil:
+    enum:
+        MCK_PROBE_ERROR
+        MCK_PROBE_UNSUPPORTED
+        MCK_PROBE_OK
+
+    struct mck_features:
+        size_t page_size
+        int thp_mode
+        int uffd
+        int uffd_errno
+        int uffd_user_mode_only
+        int unprivileged_userfaultfd
+        uint64_t uffd_features
+        int uffd_wp
+        int uffd_wp_async
+        int uffd_wp_unpopulated
+        int pagemap_scan
+        int pagemap_scan_errno
+        int soft_dirty
+        int soft_dirty_errno
+
+    int mck_probe(mck_features *out)
+
+    enum:
+        MCK_REGION_HUGEPAGES
+
+    struct mck_region:
+        void *addr
+        size_t len
+        unsigned flags
+        void *map_base
+        size_t map_len
+
+    int mck_region_create(mck_region *r, size_t len, unsigned flags)
+    int mck_region_destroy(mck_region *r)
+    int mck_region_discard(mck_region *r, size_t off, size_t len)
+
+    enum:
+        MCK_BACKEND_COUNT
+        MCK_PROP_EXACT
+        MCK_PROP_KERNEL_WRITES
+        MCK_PROP_CONCURRENT
+
+    const char *mck_backend_name(int backend)
+    int mck_backend_lookup(const char *name)
+    unsigned mck_backend_props(int backend)
+    int mck_backend_status(int backend, char *reason, size_t len)
+    int mck_backend_auto(char *reason, size_t len)
+
+    struct mck_tracker:
+        pass
+
+    int mck_tracker_open(mck_tracker **out, int backend, void *addr, size_t len)
+    int64_t mck_tracker_collect(mck_tracker *t, uint64_t *out, size_t cap)
+    size_t mck_tracker_npages(const mck_tracker *t)
+    int mck_tracker_backend(const mck_tracker *t)
+    int mck_tracker_close(mck_tracker *t)
+
+    int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask)

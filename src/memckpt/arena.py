@@ -1,0 +1,181 @@
+"""Arena: one page-aligned mapping that hands out named numpy arrays."""
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .errors import ArenaFull
+from .kernel import features
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+class Arena:
+    """A context manager over one anonymous mapping of ``nbytes`` (rounded up to
+    whole pages) that holds named, page-aligned, zero-filled numpy arrays.
+
+    ``close()`` refuses, with ``BufferError``, while arrays or trackers still
+    reference the mapping: memory is never unmapped under a live array. Leaving
+    a ``with`` block closes the arena if nothing references it any more, and
+    otherwise lets go of it, so that the mapping goes when its last array does.
+
+    ``hugepages=True`` asks for transparent huge pages: fewer TLB misses, but
+    dirty tracking then sees 2 MiB at a time.
+    """
+
+    def __init__(self, nbytes: int, *, hugepages: bool = False) -> None:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        if nbytes <= 0:
+            raise ValueError(f"nbytes must be positive, got {nbytes}")
+        self._region = _core.Region(int(nbytes), bool(hugepages))
+        self._hugepages = bool(hugepages)
+        self._page_size = features().page_size
+        self._arrays: dict[str, np.ndarray] = {}
+        self._layout: list[dict[str, Any]] = []
+        self._next = 0
+        self._lock = threading.Lock()
+        self.tracker: Any = None  # the open DirtyTracker, if any
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Size of the mapping in bytes (whole pages)."""
+        return int(self._region.nbytes)
+
+    @property
+    def page_size(self) -> int:
+        return self._page_size
+
+    @property
+    def npages(self) -> int:
+        return self.nbytes // self._page_size
+
+    @property
+    def address(self) -> int:
+        """The mapping's first byte, for native code that writes into the arena."""
+        return int(self._region.address)
+
+    @property
+    def hugepages(self) -> bool:
+        return self._hugepages
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._region.closed)
+
+    @property
+    def free_bytes(self) -> int:
+        return self.nbytes - self._next
+
+    # -- arrays -------------------------------------------------------------
+    def array(self, name: str, shape: int | tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+        """A zero-filled array that starts on a page boundary of the arena."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("array name must be a non-empty string")
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise TypeError(f"array {name!r}: dtype {dt} holds Python objects, which cannot live in an arena")
+        shp = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in shp):
+            raise ValueError(f"array {name!r}: shape {shape!r} must be non-negative ints")
+        shp = tuple(int(s) for s in shp)
+        count = math.prod(shp)
+        size = count * dt.itemsize
+        with self._lock:
+            self._check_open()
+            if name in self._arrays:
+                raise ValueError(f"the arena already has an array named {name!r}")
+            offset = self._next
+            if size > self.nbytes - offset:
+                raise ArenaFull(f"array {name!r} needs {size} bytes but the arena has "
+                                f"{self.nbytes - offset} of {self.nbytes} left")
+            arr = self._view(dt, shp, offset if count else 0, count)
+            self._next = offset + _round_up(size, self._page_size)
+            self._arrays[name] = arr
+            self._layout.append({"name": name, "dtype": dt.str, "shape": list(shp),
+                                 "offset": offset, "nbytes": size})
+        return arr
+
+    def _view(self, dt: np.dtype, shape: tuple[int, ...], offset: int, count: int) -> np.ndarray:
+        return np.frombuffer(self._region, dtype=dt, count=count, offset=offset).reshape(shape)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays by name, in the order they were made."""
+        self._check_open()
+        return dict(self._arrays)
+
+    def layout(self) -> dict[str, Any]:
+        """A JSON-serialisable description: page size, size, and each array's
+        name, dtype (numpy ``str`` form), shape, offset and size in bytes."""
+        return {
+            "nbytes": self.nbytes,
+            "page_size": self._page_size,
+            "hugepages": self._hugepages,
+            "arrays": [dict(e, shape=list(e["shape"])) for e in self._layout],
+        }
+
+    def page_range(self, name: str) -> tuple[int, int]:
+        """The first page and the page count of a named array."""
+        for e in self._layout:
+            if e["name"] == name:
+                first = e["offset"] // self._page_size
+                return first, _round_up(e["nbytes"], self._page_size) // self._page_size
+        raise KeyError(name)
+
+    def buffer(self) -> memoryview:
+        """The whole mapping as a writable memoryview (it holds the mapping open)."""
+        self._check_open()
+        return memoryview(self._region)
+
+    # -- lifetime -----------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._region.closed:
+            raise ValueError("the arena is closed")
+
+    def close(self) -> None:
+        """Unmap the arena. Raises ``BufferError`` if any array, memoryview or
+        tracker still references it; the arena then stays open and usable."""
+        with self._lock:
+            if self._region.closed:
+                return
+            held = {name: weakref.ref(a) for name, a in self._arrays.items()}
+            self._arrays = {}
+            try:
+                self._region.close()
+            except BufferError as exc:
+                alive = []
+                for e in self._layout:
+                    a = held[e["name"]]()
+                    if a is not None:
+                        alive.append(e["name"])
+                    else:
+                        a = self._view(np.dtype(e["dtype"]), tuple(e["shape"]),
+                                       e["offset"], math.prod(e["shape"]))
+                    self._arrays[e["name"]] = a
+                hint = f" (arrays still referenced: {', '.join(alive)})" if alive else ""
+                raise BufferError(f"cannot close the arena: {exc}{hint}") from None
+
+    def __enter__(self) -> Arena:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.close()
+        except BufferError:
+            # Arrays outlive the block: drop our hold and let the mapping go
+            # with its last reference (the region is freed by refcount).
+            if self.tracker is not None:
+                raise
+            self._arrays = {}
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._arrays)} arrays, {self.free_bytes} bytes free"
+        return f"<memckpt.Arena {self.nbytes} bytes, {state}>"

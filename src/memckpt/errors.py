@@ -1,0 +1,31 @@
+"""The domain errors of memckpt, all under one base, MemckptError.
+
+Failures of a system call surface as the OSError subclass for their errno
+(PermissionError, FileNotFoundError, ...), raised by the binding's one helper.
+"""
+
+
+class MemckptError(Exception):
+    """Base of every error memckpt raises for its own reasons."""
+
+
+class TrackerUnavailable(MemckptError):
+    """The dirty-tracking backend asked for cannot work on this kernel or with
+    these privileges; the message says why and what to use instead."""
+
+
+class TrackerBusy(MemckptError):
+    """The arena (or, for soft-dirty, the process) already has a tracker that
+    a second one would disturb."""
+
+
+class ArenaFull(MemckptError, MemoryError):
+    """An array does not fit in the space the arena has left."""
+
+
+class CorruptionError(MemckptError):
+    """Stored data does not match its digest, or is cut short."""
+
+
+class FormatError(MemckptError):
+    """A store file is not in a format (or version) this memckpt reads."""

@@ -1,0 +1,112 @@
+"""DirtyTracker: which pages of an arena were written since the last collect."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from . import _core
+from .arena import Arena
+from .errors import TrackerBusy, TrackerUnavailable
+from .kernel import TrackerInfo, backend_names, tracker_info
+
+# clear_refs resets soft-dirty bits of the whole process: a second soft-dirty
+# tracker would erase the first one's record of writes.
+_soft_dirty_lock = threading.Lock()
+_soft_dirty_owner: object | None = None
+
+
+class DirtyTracker:
+    """Track writes to every page of ``arena``.
+
+    ``backend`` is ``"auto"`` (the best one available; :attr:`reason` says why
+    it was picked) or one of ``memckpt.trackers()``' names. A backend that
+    cannot work here raises :class:`TrackerUnavailable` with the reason.
+
+    Backends differ in what they see (see ``docs/backends.md``): ``mprotect``
+    makes the kernel's own writes into the arena (``read(2)``,
+    ``file.readinto``) fail with ``EFAULT``, and ``soft-dirty`` needs other
+    threads to stop writing while :meth:`collect` runs.
+    """
+
+    def __init__(self, arena: Arena, backend: str = "auto") -> None:
+        global _soft_dirty_owner
+        if not isinstance(arena, Arena):
+            raise TypeError(f"arena must be a memckpt.Arena, not {type(arena).__name__}")
+        if arena.closed:
+            raise ValueError("the arena is closed")
+        if arena.tracker is not None:
+            raise TrackerBusy(f"the arena already has an open {arena.tracker.backend} tracker; close it first")
+        if backend == "auto":
+            num, why = _core.backend_auto()
+            if num < 0:
+                raise TrackerUnavailable(why)
+            self.reason: str = why
+        else:
+            if backend not in backend_names():
+                raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {backend_names()}")
+            num = _core.backend_lookup(backend)
+            available, why = _core.backend_status(num)
+            if not available:
+                raise TrackerUnavailable(f"backend {backend!r} is unavailable here: {why}")
+            self.reason = f"{backend}: asked for ({why})" if why else f"{backend}: asked for"
+        self.info: TrackerInfo = tracker_info(num)
+        self._lock = threading.Lock()
+        self._arena = arena
+        soft = self.info.name == "soft-dirty"
+        if soft:
+            with _soft_dirty_lock:
+                if _soft_dirty_owner is not None:
+                    raise TrackerBusy("a soft-dirty tracker is already open in this process; "
+                                      "clear_refs would erase its record (close it first)")
+                _soft_dirty_owner = self
+        try:
+            self._t = _core.Tracker(arena._region, num)
+        except BaseException:
+            if soft:
+                _soft_dirty_owner = None
+            raise
+        arena.tracker = self
+
+    @property
+    def backend(self) -> str:
+        return self.info.name
+
+    @property
+    def exact(self) -> bool:
+        return self.info.exact
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._t.closed)
+
+    @property
+    def npages(self) -> int:
+        return int(self._t.npages)
+
+    def collect(self) -> np.ndarray:
+        """The sorted, duplicate-free indices (uint64, counted from the arena's
+        first page) of the pages written since the last collect, or since the
+        tracker started; re-arms in the same step."""
+        with self._lock:
+            return self._t.collect()
+
+    def close(self) -> None:
+        global _soft_dirty_owner
+        with self._lock:
+            if self._t.closed:
+                return
+            self._t.close()
+            if self._arena.tracker is self:
+                self._arena.tracker = None
+            if _soft_dirty_owner is self:
+                _soft_dirty_owner = None
+
+    def __enter__(self) -> DirtyTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<memckpt.DirtyTracker {self.backend} over {self.npages} pages{' (closed)' if self.closed else ''}>"

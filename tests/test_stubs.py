@@ -1,0 +1,22 @@
+"""The .pyi stub of the compiled binding must match what it exports."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import memckpt
+
+
+def test_package_ships_stub_and_py_typed():
+    pkg = Path(memckpt.__file__).parent
+    assert (pkg / "py.typed").exists()
+    assert (pkg / "_core.pyi").exists()
+
+
+def test_stubtest_core():
+    pytest.importorskip("mypy")
+    p = subprocess.run([sys.executable, "-m", "mypy.stubtest", "memckpt._core",
+                        "--allowlist", str(Path(__file__).with_name("stubtest-allowlist.txt"))], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
