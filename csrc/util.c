@@ -77,7 +77,9 @@ int mck_uffd_open(int *user_mode_only)
 	 * raised by user-space accesses only */
 	fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
 	if (fd < 0)
-		return -errno;
+		/* kernels before 5.11 know no UFFD_USER_MODE_ONLY (EINVAL): the
+		 * first refusal is the one that explains */
+		return errno == EINVAL ? -EPERM : -errno;
 	if (user_mode_only)
 		*user_mode_only = 1;
 	return fd;

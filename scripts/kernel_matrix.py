@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import fnmatch
 import gzip
 import hashlib
 import json
@@ -458,11 +459,18 @@ def _compile_jobs(outdir: Path) -> tuple[list[tuple[str, list[str]]], list[tuple
                        for name, cmd in jobs]
 
 
-def build_tests(outdir: Path | str) -> Build:
-    """Compile every test binary statically into outdir (in parallel)."""
+def build_tests(outdir: Path | str, only: Sequence[str] = ()) -> Build:
+    """Compile the test binaries statically into outdir (in parallel).
+
+    only: fnmatch patterns; when given, just the binaries whose names match
+    (probe_report always comes along)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     core_jobs, jobs = _compile_jobs(outdir)
+    if only:
+        jobs = [j for j in jobs if j[0] == PROBE or any(fnmatch.fnmatch(j[0], p) for p in only)]
+        if len(jobs) <= 1:
+            raise MatrixError(f"no test binary matches {', '.join(only)}")
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for stage in (core_jobs, jobs):
@@ -514,7 +522,7 @@ echo "MCK-INFO thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 cd /tmp
 for t in {tests}; do
     echo "MCK-BEGIN $t"
-    timeout -s KILL {timeout} /tests/$t 2>&1
+    timeout -s KILL {timeout} /tests/$t {args}2>&1
     echo "MCK-RESULT $t $?"
 done
 sync
@@ -524,14 +532,15 @@ poweroff -f
 
 
 def write_initramfs(path: Path, binaries: Sequence[Binary], test_timeout: float,
-                    thp: str | None = "always") -> Path:
+                    thp: str | None = "always", seed: int | None = None) -> Path:
     """An initramfs.gz with busybox, the binaries under /tests and /init."""
     thp_line = ""
     if thp:
         thp_line = (f"echo {thp} > /sys/kernel/mm/transparent_hugepage/enabled "
                     "2>/dev/null || echo 'MCK-INFO could not set THP'")
     init = INIT_TEMPLATE.format(tests=" ".join(b.name for b in binaries),
-                                timeout=max(1, int(round(test_timeout))), thp=thp_line)
+                                timeout=max(1, int(round(test_timeout))), thp=thp_line,
+                                args="" if seed is None else f"{int(seed)} ")
     d, x, r = 0o040755, 0o100755, 0o100644
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
         (name, d, b"", (0, 0)) for name in ("bin", "dev", "proc", "sys", "tmp", "tests")]
@@ -617,7 +626,8 @@ def boot(cmd: Sequence[str], timeout: float, on_line: Callable[[str], None] | No
 
 
 def run_on_host(binaries: Sequence[Binary], test_timeout: float,
-                on_line: Callable[[str], None] | None = None) -> Transcript:
+                on_line: Callable[[str], None] | None = None,
+                seed: int | None = None) -> Transcript:
     """Run the binaries here, and write the transcript /init would have written."""
     t0 = time.monotonic()
     lines: list[Line] = []
@@ -637,7 +647,8 @@ def run_on_host(binaries: Sequence[Binary], test_timeout: float,
         for b in binaries:
             emit(f"MCK-BEGIN {b.name}")
             try:
-                proc = subprocess.run([str(b.path)], cwd=cwd, stdin=subprocess.DEVNULL,
+                argv = [str(b.path)] + ([] if seed is None else [str(int(seed))])
+                proc = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       timeout=test_timeout)
                 out, rc = proc.stdout, proc.returncode
@@ -767,6 +778,11 @@ def _classify(r: Result, test_timeout: float) -> None:
                 head = f"timed out after {test_timeout:.0f} s (--test-timeout)"
         fails = [line.strip() for line in r.output if line.lstrip().startswith("FAIL")]
         r.reason = [head] + (fails or [f"last output: {t}" for t in r.output[-5:]]) + r.reason
+        seed = next((m.group(1) for line in r.output
+                     if (m := re.search(r"\bseed (\d+)", line))), None)
+        if seed:
+            r.reason.append(f"replay: python scripts/kernel_matrix.py --kernel {r.kernel} "
+                            f"--test {r.test} --seed {seed}")
     if r.test == PROBE and r.status == "pass":
         v = r.values
         r.reason = [f"auto={v.get('auto', '?')}",
@@ -780,7 +796,8 @@ def _classify(r: Result, test_timeout: float) -> None:
 def run_matrix(kernel: str = "debian-6.1", *, build: Build | None = None,
                timeout: float = DEFAULT_TIMEOUT, test_timeout: float = DEFAULT_TEST_TIMEOUT,
                smp: int = 2, workdir: Path | str | None = None, verbose: bool = False,
-               on_line: Callable[[str], None] | None = None) -> list[Result]:
+               on_line: Callable[[str], None] | None = None,
+               seed: int | None = None) -> list[Result]:
     """Run every test binary on one kernel ("host" or a KERNELS name).
 
     Returns the KERNEL_ROW record, then one record per binary (probe_report
@@ -792,6 +809,7 @@ def run_matrix(kernel: str = "debian-6.1", *, build: Build | None = None,
     build: binaries from build_tests(), to compile once for several kernels.
     workdir: where to put the binaries, initrd.gz and console.log (kept);
     default: a temporary directory, removed afterwards.
+    seed: passed to every binary as its argument (replays a failing seed).
     """
     global _log_verbose
     _log_verbose = _log_verbose or verbose
@@ -801,7 +819,8 @@ def run_matrix(kernel: str = "debian-6.1", *, build: Build | None = None,
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="mck-matrix-") as tmp:
             return run_matrix(kernel, build=build, timeout=timeout, test_timeout=test_timeout,
-                              smp=smp, workdir=tmp, verbose=verbose, on_line=on_line)
+                              smp=smp, workdir=tmp, verbose=verbose, on_line=on_line,
+                              seed=seed)
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     image = None
@@ -815,13 +834,14 @@ def run_matrix(kernel: str = "debian-6.1", *, build: Build | None = None,
 
     if image is None:
         _say(f"running {len(names)} binaries on the host kernel {os.uname().release} ...")
-        tr = run_on_host(build.binaries, test_timeout, on_line)
+        tr = run_on_host(build.binaries, test_timeout, on_line, seed)
         return parse_transcript(tr, kernel, names, test_timeout, {"how": "directly on this machine"})
 
     spec = image.spec
     if image.note:
         _say("note: " + image.note)
-    initrd = write_initramfs(work / f"initrd-{kernel}.gz", build.binaries, test_timeout, spec.thp)
+    initrd = write_initramfs(work / f"initrd-{kernel}.gz", build.binaries, test_timeout, spec.thp,
+                             seed)
     cmd = qemu_command(image, initrd, smp)
     (work / f"boot-{kernel}.sh").write_text("#!/bin/sh\n# boots the matrix guest by hand\nexec "
                                             + shlex.join(cmd) + "\n")
@@ -898,6 +918,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds for a whole qemu run (default %(default)s)")
     parser.add_argument("--test-timeout", type=float, default=DEFAULT_TEST_TIMEOUT,
                         help="seconds for one binary (default %(default)s)")
+    parser.add_argument("--test", action="append", metavar="PATTERN", dest="only",
+                        help="run only the binaries matching this glob, repeatable "
+                             "(e.g. --test 'test_uffd*'); probe_report always runs")
+    parser.add_argument("--seed", type=int,
+                        help="pass this seed to every test binary (replays a failure; "
+                             "the binaries print their seed on their first line)")
     parser.add_argument("--smp", type=int, default=2, help="guest CPUs (default %(default)s)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the records as JSON to FILE")
@@ -914,11 +940,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for k in kernels:
             require_prerequisites(k)
-        build = build_tests(work / "bin")
+        build = build_tests(work / "bin", args.only or ())
         for k in kernels:
             results += run_matrix(k, build=build, workdir=work, timeout=args.timeout,
                                   test_timeout=args.test_timeout, smp=args.smp,
-                                  verbose=args.verbose)
+                                  verbose=args.verbose, seed=args.seed)
     except MatrixError as e:
         _say(f"kernel_matrix: {type(e).__name__}: {e}")
         return 2

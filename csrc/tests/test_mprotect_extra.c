@@ -96,7 +96,7 @@ static void prev_jumping(int sig, siginfo_t *si, void *uctx)
 	siglongjmp(jump_back, 1);
 }
 
-static uint8_t *fixable_page;
+static uint8_t *volatile fixable_page; /* read by the handler */
 
 /* returns normally after making the page writable: the write is retried */
 static void prev_fixing(int sig)

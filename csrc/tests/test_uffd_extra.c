@@ -162,13 +162,15 @@ static void test_shadow_checkpoint(struct fixture *fx)
 		w[i].stop = &stop;
 		CHECK(pthread_create(&tid[i], NULL, writer_main, &w[i]) == 0, "pthread_create");
 	}
-	for (int round = 0; round <= 150; round++) {
-		if (round == 150) {
+	/* mostly back-to-back collects: a race between a collect and the
+	 * handler has a window of a microsecond or so */
+	for (int round = 0; round <= 3000; round++) {
+		if (round == 3000) {
 			atomic_store(&stop, 1);
 			for (int i = 0; i < NWRITERS; i++)
 				pthread_join(tid[i], NULL);
-		} else {
-			usleep(round % 3 ? 5000 : 200);
+		} else if (round % 100 == 0) {
+			usleep(10000);
 		}
 		if (collect(fx, "under writers") < 0)
 			break;
@@ -400,6 +402,7 @@ static void test_fork(struct fixture *fx)
 	/* a child that outlives the tracker holds a copy of its fd */
 	holder = fork();
 	if (holder == 0) {
+		alarm(30); /* outlives nothing if the parent dies first */
 		pause();
 		_exit(0);
 	}

@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: language_level=3, boundscheck=False, wraparound=False, auto_pickle=False
 """Thin binding of the C core (csrc/include/memckpt.h): no policy here.
 
 Every call that may enter the kernel runs with the GIL released, and every

@@ -1,6 +1,7 @@
 """DirtyTracker: which pages of an arena were written since the last collect."""
 from __future__ import annotations
 
+import errno
 import threading
 
 import numpy as np
@@ -10,11 +11,11 @@ from .arena import Arena
 from .errors import TrackerBusy, TrackerUnavailable
 from .kernel import TrackerInfo, backend_names, tracker_info
 
-# clear_refs resets soft-dirty bits of the whole process: a second soft-dirty
-# tracker would erase the first one's record of writes.
-_soft_dirty_lock = threading.Lock()
-_soft_dirty_owner: object | None = None
-
+_BUSY = {
+    # clear_refs resets the soft-dirty bits of the whole process
+    "soft-dirty": "a soft-dirty tracker is already open in this process, and clear_refs "
+                  "would erase its record of writes; close it first",
+}
 
 class DirtyTracker:
     """Track writes to every page of ``arena``.
@@ -30,7 +31,6 @@ class DirtyTracker:
     """
 
     def __init__(self, arena: Arena, backend: str = "auto") -> None:
-        global _soft_dirty_owner
         if not isinstance(arena, Arena):
             raise TypeError(f"arena must be a memckpt.Arena, not {type(arena).__name__}")
         if arena.closed:
@@ -53,18 +53,12 @@ class DirtyTracker:
         self.info: TrackerInfo = tracker_info(num)
         self._lock = threading.Lock()
         self._arena = arena
-        soft = self.info.name == "soft-dirty"
-        if soft:
-            with _soft_dirty_lock:
-                if _soft_dirty_owner is not None:
-                    raise TrackerBusy("a soft-dirty tracker is already open in this process; "
-                                      "clear_refs would erase its record (close it first)")
-                _soft_dirty_owner = self
         try:
             self._t = _core.Tracker(arena._region, num)
-        except BaseException:
-            if soft:
-                _soft_dirty_owner = None
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise TrackerBusy(_BUSY.get(self.info.name, "another tracker already watches "
+                                            "these pages; close it first")) from exc
             raise
         arena.tracker = self
 
@@ -92,15 +86,12 @@ class DirtyTracker:
             return self._t.collect()
 
     def close(self) -> None:
-        global _soft_dirty_owner
         with self._lock:
             if self._t.closed:
                 return
             self._t.close()
             if self._arena.tracker is self:
                 self._arena.tracker = None
-            if _soft_dirty_owner is self:
-                _soft_dirty_owner = None
 
     def __enter__(self) -> DirtyTracker:
         return self
