@@ -17,11 +17,14 @@
  *  - a SIGSEGV handler installed after ours that does not chain to it turns the
  *    next tracked write into a crash, and a thread that blocks SIGSEGV (or
  *    runs a handler with it in sa_mask) dies on a tracked write: the kernel
- *    forces SIG_DFL on a blocked synchronous fault.
+ *    forces SIG_DFL on a blocked synchronous fault;
+ *  - in a huge-page region the one-page mprotect splits the huge page, and
+ *    each first write costs a signal and an mprotect (several microseconds).
  *
  * The handler touches only static memory and the trackers' own allocations,
- * calls only async-signal-safe functions (mprotect, sigaction, pthread_sigmask,
- * clock_gettime, sched_yield, raise), and keeps errno as it found it.
+ * calls only async-signal-safe functions (mprotect, sigaction, signal,
+ * pthread_sigmask, clock_gettime, raise; and sched_yield, a bare system call)
+ * and keeps errno as it found it.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -374,8 +377,9 @@ static int64_t mp_collect(struct mck_tracker *t, uint64_t *out, size_t cap)
 	/* the drain would fault on out[] and wait for itself forever */
 	if (o < p->end && o + t->npages * sizeof(*out) > p->start)
 		return -EINVAL;
-	/* Likewise a signal handler on this thread writing to the range while
-	 * collecting: keep asynchronous signals out for the few milliseconds. */
+	/* So would a signal handler that interrupts this collect and writes to
+	 * the range: its fault waits at the gate this thread holds shut. Keep
+	 * asynchronous signals out for the few milliseconds. */
 	sigfillset(&all);
 	sigdelset(&all, SIGSEGV);
 	sigdelset(&all, SIGBUS);
@@ -388,6 +392,11 @@ static int64_t mp_collect(struct mck_tracker *t, uint64_t *out, size_t cap)
 	atomic_store(&p->collecting, 1);
 	while (atomic_load(&p->inflight))
 		sched_yield();
+	/* One call over the whole range rather than one per dirty run: its
+	 * cost goes with the VMAs it merges back (one per run of unprotected
+	 * pages), not with the pages, and a range that is all read-only
+	 * already costs nothing. Measured on 1 GiB: per-run calls were as
+	 * fast at 0.1% dirty and twice as slow from 1% up. */
 	if (mprotect(t->addr, t->len, PROT_READ) < 0) {
 		/* bits stay set, so the next collect still reports them */
 		n = -errno;
