@@ -63,12 +63,18 @@ def test_threads_writing_while_collecting(setup):
     stop = threading.Event()
     logs = [set() for _ in range(4)]
 
+    words = pages.view(np.uint64)  # (NPAGES, page_size // 8)
+
     def writer(i):
         rng = np.random.default_rng(100 + i)
+        seq = 0
         while not stop.is_set():
             idx = rng.integers(0, NPAGES, size=16)
             logs[i].update(idx.tolist())  # logged before the write
-            touch(pages, idx)
+            # a value this word never held: a page's content never returns to
+            # an earlier state (which compare would rightly not report)
+            seq += 1
+            words[idx, i] = seq
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
     for t in threads:
