@@ -28,9 +28,10 @@ What one run does, for a qemu kernel:
      RAM), prints `MCK-KERNEL <release>`, runs each binary under
      `timeout -s KILL` between `MCK-BEGIN <name>` and `MCK-RESULT <name>
      <exit code>`, prints `MCK-DONE` and powers off;
-  4. boots it: qemu-system-x86_64 -accel tcg -cpu max -m 512 -smp 2
-     -nographic -no-reboot -kernel vmlinuz -initrd initrd.gz
-     -append "console=ttyS0 quiet panic=-1", and reads the serial console;
+  4. boots it: qemu-system-x86_64 -accel tcg,thread=single -cpu max -m 512
+     -smp 2 -nographic -no-reboot -nic none -kernel vmlinuz -initrd initrd.gz
+     -append "console=ttyS0 quiet panic=-1", and reads the serial console
+     (never KVM, which hangs here; --mttcg for multi-threaded TCG);
   5. reads the results: exit 0 = pass, 77 = skip (the binary prints why),
      anything else = fail (with the FAIL lines, the signal, or the timeout).
 
@@ -67,7 +68,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("uffd-async", "uffd-sync", "soft-dirty", "mprotect", "compare")
@@ -206,9 +207,9 @@ def _is_static_elf(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only
+            if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:  # ELF64, little-endian
                 return False
-            order = "little" if head[5] == 1 else "big"
+            order: Literal["little"] = "little"
             phoff = int.from_bytes(head[32:40], order)
             phentsize = int.from_bytes(head[54:56], order)
             phnum = int.from_bytes(head[56:58], order)
@@ -258,7 +259,7 @@ def cache_dir() -> Path:
     return base / "memckpt" / "kernels"
 
 
-def _run(cmd: Sequence[str], **kw) -> subprocess.CompletedProcess:
+def _run(cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     _debug("$ " + shlex.join(str(c) for c in cmd))
     return subprocess.run(cmd, text=True, capture_output=True, **kw)
 
@@ -317,7 +318,7 @@ def resolve_package(spec: KernelSpec) -> tuple[str, str]:
 
 
 def _cached_images(spec: KernelSpec) -> list[KernelImage]:
-    found = []
+    found: list[KernelImage] = []
     root = cache_dir()
     if not root.is_dir():
         return found
@@ -398,17 +399,31 @@ def _extract_boot_files(deb: Path, out: Path) -> str:
     return release
 
 
+_fetched: dict[str, KernelImage] = {}
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:300]
+
+
 def fetch_kernel(spec: KernelSpec) -> KernelImage:
     """The newest kernel package of spec, downloaded once into cache_dir().
 
     Without apt or network, falls back to the newest kernel already cached.
+    Asks apt once per process.
     """
+    if spec.name not in _fetched:
+        _fetched[spec.name] = _fetch_kernel(spec)
+    return _fetched[spec.name]
+
+
+def _fetch_kernel(spec: KernelSpec) -> KernelImage:
     cached = _cached_images(spec)
     try:
         package, version = resolve_package(spec)
     except KernelUnavailable as e:
         if cached:
-            cached[0].note = f"apt could not say what is newest ({str(e).splitlines()[0]}); using the cache"
+            cached[0].note = f"apt could not say what is newest ({_one_line(e)}); using the cache"
             return cached[0]
         raise
     for image in cached:
@@ -419,7 +434,7 @@ def fetch_kernel(spec: KernelSpec) -> KernelImage:
     except KernelUnavailable as e:
         if cached:
             cached[0].note = (f"{package} {version} could not be downloaded "
-                              f"({str(e).splitlines()[0]}); using the older cached kernel")
+                              f"({_one_line(e)}); using the older cached kernel")
             return cached[0]
         raise
 
@@ -435,7 +450,6 @@ def _compile_jobs(outdir: Path) -> tuple[list[tuple[str, list[str]]], list[tuple
     compiling csrc/*.c into every binary, in a fraction of the time."""
     cc = os.environ.get("CC", "cc")
     objdir = outdir / "obj"
-    objdir.mkdir(parents=True, exist_ok=True)
     core_jobs = []
     for src in sorted((REPO / "csrc").glob("*.c")):
         core_jobs.append((src.name, [cc, *CFLAGS, "-c", str(src.relative_to(REPO)),
@@ -459,6 +473,11 @@ def _compile_jobs(outdir: Path) -> tuple[list[tuple[str, list[str]]], list[tuple
                        for name, cmd in jobs]
 
 
+def binary_names() -> list[str]:
+    """The binaries build_tests() makes, in the order they run, without compiling."""
+    return [name for name, _ in _compile_jobs(Path("/nonexistent"))[1]]
+
+
 def build_tests(outdir: Path | str, only: Sequence[str] = ()) -> Build:
     """Compile the test binaries statically into outdir (in parallel).
 
@@ -467,10 +486,12 @@ def build_tests(outdir: Path | str, only: Sequence[str] = ()) -> Build:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     core_jobs, jobs = _compile_jobs(outdir)
+    (outdir / "obj").mkdir(exist_ok=True)
     if only:
+        if not any(fnmatch.fnmatch(j[0], p) for j in jobs for p in only):
+            raise MatrixError(f"no test binary matches {', '.join(only)}; "
+                              f"there are: {', '.join(j[0] for j in jobs)}")
         jobs = [j for j in jobs if j[0] == PROBE or any(fnmatch.fnmatch(j[0], p) for p in only)]
-        if len(jobs) <= 1:
-            raise MatrixError(f"no test binary matches {', '.join(only)}")
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for stage in (core_jobs, jobs):
@@ -561,8 +582,13 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_]|c)")
 Line = tuple[float, str]  # (seconds since start, text)
 
 
-def qemu_command(image: KernelImage, initrd: Path, smp: int) -> list[str]:
-    return ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max",
+def qemu_command(image: KernelImage, initrd: Path, smp: int, mttcg: bool = False) -> list[str]:
+    """The qemu command line. Single-threaded TCG by default: it still gives the
+    guest `smp` CPUs (SMP kernel paths, IPIs, threads on different CPUs), and is
+    ~15x faster than multi-threaded TCG for uffd-sync, whose every fault
+    crosses CPUs (a TLB flush under MTTCG stops all vCPUs)."""
+    accel = "tcg,thread=multi" if mttcg else "tcg,thread=single"
+    return ["qemu-system-x86_64", "-accel", accel, "-cpu", "max",
             "-m", str(image.spec.memory_mib), "-smp", str(smp),
             "-nographic", "-no-reboot", "-nic", "none",
             "-kernel", str(image.vmlinuz), "-initrd", str(initrd),
@@ -592,15 +618,17 @@ def boot(cmd: Sequence[str], timeout: float, on_line: Callable[[str], None] | No
     def reader() -> None:
         assert proc.stdout is not None
         for raw in iter(proc.stdout.readline, b""):
-            text = _ANSI.sub("", raw.decode("utf-8", "replace")).replace("\r", "").rstrip("\n")
-            lines.append((time.monotonic() - t0, text))
-            if logf:
-                logf.write(text + "\n")
-                logf.flush()
-            if on_line:
-                on_line(text)
-            if text.strip() == "MCK-DONE":
-                done.set()
+            decoded = _ANSI.sub("", raw.decode("utf-8", "replace"))
+            # a bare CR returns the carriage: what follows is a new line
+            for text in decoded.replace("\r\n", "\n").rstrip("\n").split("\r"):
+                lines.append((time.monotonic() - t0, text))
+                if logf:
+                    logf.write(text + "\n")
+                    logf.flush()
+                if on_line:
+                    on_line(text)
+                if re.search(r"MCK-DONE\s*$", text):
+                    done.set()
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
@@ -663,6 +691,8 @@ def run_on_host(binaries: Sequence[Binary], test_timeout: float,
 
 # -------------------------------------------------------------- parsing
 
+# anywhere in a line: the console may glue a marker to what came before it
+_MARKER = re.compile(r"MCK-(KERNEL|INFO|BEGIN|RESULT|DONE)\b(.*)$")
 _KERNEL_MSG = re.compile(r"^\[\s*\d+\.\d+\]\s")
 _KERNEL_TROUBLE = re.compile(r"BUG:|WARNING:|Oops|general protection|Kernel panic|"
                              r"Call Trace|segfault|Out of memory|hung_task|soft lockup")
@@ -687,46 +717,51 @@ def parse_transcript(tr: Transcript, kernel: str, expected: Sequence[str],
     seen_done = False
     kernel_trouble: list[str] = []
     for stamp, text in tr.lines:
-        s = text.strip()
-        if s.startswith("MCK-KERNEL "):
-            release = s.split(None, 1)[1]
+        m = _MARKER.search(text)
+        if m and m.start() and current:
+            # a test's last line without its newline, or console noise
+            current.output.append(text[:m.start()])
+        if not m:
+            s = text.strip()
+            if _KERNEL_MSG.match(s) and _KERNEL_TROUBLE.search(s):
+                kernel_trouble.append(s)
+                if current:
+                    current.reason.append("kernel said: " + s)
+            if current:
+                current.output.append(text)
             continue
-        if s.startswith("MCK-INFO "):
-            key, _, value = s[len("MCK-INFO "):].partition("=")
+        what, rest = m.group(1), m.group(2).strip()
+        if what == "KERNEL":
+            release = rest
+        elif what == "INFO":
+            key, _, value = rest.partition("=")
             info[key.strip()] = value.strip()
-            continue
-        if s.startswith("MCK-BEGIN "):
-            current = Result(s.split()[1], kernel, release, "fail")
+        elif what == "BEGIN":
+            current = Result(rest, kernel, release, "fail")
             results[current.test] = current
             began = stamp
-            continue
-        m = re.fullmatch(r"MCK-RESULT (\S+) (-?\d+)", s)
-        if m:
-            r = results.setdefault(m.group(1), Result(m.group(1), kernel, release, "fail"))
-            r.exit_code = int(m.group(2))
+        elif what == "RESULT":
+            name, _, code = rest.partition(" ")
+            r = results.setdefault(name, Result(name, kernel, release, "fail"))
+            try:
+                r.exit_code = int(code)
+            except ValueError:
+                r.reason.append(f"unreadable MCK-RESULT line: {text!r}")
             r.seconds = stamp - began
             current = None
-            continue
-        if s == "MCK-DONE":
+        elif what == "DONE":
             seen_done = True
             current = None
-            continue
-        if _KERNEL_MSG.match(s) and _KERNEL_TROUBLE.search(s):
-            kernel_trouble.append(s)
-            if current:
-                current.reason.append("kernel said: " + s)
-        if current:
-            current.output.append(text)
 
     rows = []
     for name in expected:
-        r = results.get(name)
-        if r is None:
+        got = results.get(name)
+        if got is None:
             rows.append(Result(name, kernel, release, "fail",
                                reason=["never ran: the guest stopped before it"]))
             continue
-        _classify(r, test_timeout)
-        rows.append(r)
+        _classify(got, test_timeout)
+        rows.append(got)
 
     # the kernel row, first in the table
     row = Result(KERNEL_ROW, kernel, release, "pass", seconds=tr.seconds, values=info)
@@ -743,7 +778,7 @@ def parse_transcript(tr: Transcript, kernel: str, expected: Sequence[str],
     if problems:
         row.status = "fail"
         row.reason = problems + kernel_trouble[:20]
-        tail = [t for _, t in tr.lines[-25:]]
+        tail = [t for _, t in tr.lines[-12:]]
         row.output = tail
         row.reason += ["last console lines:"] + ["  " + t for t in tail]
     else:
@@ -797,7 +832,7 @@ def run_matrix(kernel: str = "debian-6.1", *, build: Build | None = None,
                timeout: float = DEFAULT_TIMEOUT, test_timeout: float = DEFAULT_TEST_TIMEOUT,
                smp: int = 2, workdir: Path | str | None = None, verbose: bool = False,
                on_line: Callable[[str], None] | None = None,
-               seed: int | None = None) -> list[Result]:
+               seed: int | None = None, mttcg: bool = False) -> list[Result]:
     """Run every test binary on one kernel ("host" or a KERNELS name).
 
     Returns the KERNEL_ROW record, then one record per binary (probe_report
@@ -810,6 +845,7 @@ def run_matrix(kernel: str = "debian-6.1", *, build: Build | None = None,
     workdir: where to put the binaries, initrd.gz and console.log (kept);
     default: a temporary directory, removed afterwards.
     seed: passed to every binary as its argument (replays a failing seed).
+    mttcg: multi-threaded TCG (vCPUs really in parallel; much slower here).
     """
     global _log_verbose
     _log_verbose = _log_verbose or verbose
@@ -820,7 +856,7 @@ def run_matrix(kernel: str = "debian-6.1", *, build: Build | None = None,
         with tempfile.TemporaryDirectory(prefix="mck-matrix-") as tmp:
             return run_matrix(kernel, build=build, timeout=timeout, test_timeout=test_timeout,
                               smp=smp, workdir=tmp, verbose=verbose, on_line=on_line,
-                              seed=seed)
+                              seed=seed, mttcg=mttcg)
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     image = None
@@ -842,14 +878,14 @@ def run_matrix(kernel: str = "debian-6.1", *, build: Build | None = None,
         _say("note: " + image.note)
     initrd = write_initramfs(work / f"initrd-{kernel}.gz", build.binaries, test_timeout, spec.thp,
                              seed)
-    cmd = qemu_command(image, initrd, smp)
+    cmd = qemu_command(image, initrd, smp, mttcg)
     (work / f"boot-{kernel}.sh").write_text("#!/bin/sh\n# boots the matrix guest by hand\nexec "
                                             + shlex.join(cmd) + "\n")
     _say(f"booting {image.package} {image.version} ({image.release}) under qemu TCG, "
-         f"-smp {smp}, {len(names)} binaries ...")
+         f"-smp {smp}{' (multi-threaded)' if mttcg else ''}, {len(names)} binaries ...")
     tr = boot(cmd, timeout, on_line, log=work / f"console-{kernel}.log")
     facts = {"package": f"{image.package} {image.version}",
-             "how": f"qemu TCG -smp {smp} -m {spec.memory_mib}"
+             "how": f"qemu {cmd[2]} -smp {smp} -m {spec.memory_mib}"
                     + (" (cached kernel)" if image.from_cache else "")}
     return parse_transcript(tr, kernel, names, test_timeout, facts)
 
@@ -859,7 +895,7 @@ def _progress_printer(verbose: bool) -> Callable[[str], None]:
         if verbose:
             _say("  | " + text)
             return
-        m = re.fullmatch(r"\s*MCK-RESULT (\S+) (-?\d+)\s*", text)
+        m = re.search(r"MCK-RESULT (\S+) (-?\d+)\s*$", text)
         if m:
             rc = int(m.group(2))
             word = "pass" if rc == 0 else "skip" if rc == SKIP_EXIT else f"FAIL (exit {rc})"
@@ -925,6 +961,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="pass this seed to every test binary (replays a failure; "
                              "the binaries print their seed on their first line)")
     parser.add_argument("--smp", type=int, default=2, help="guest CPUs (default %(default)s)")
+    parser.add_argument("--mttcg", action="store_true",
+                        help="multi-threaded TCG: the guest's CPUs run truly in parallel, "
+                             "but cross-CPU TLB flushes stop every vCPU, so uffd-sync "
+                             "runs ~15x slower (raise --test-timeout)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the records as JSON to FILE")
     args = parser.parse_args(argv)
@@ -940,11 +980,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for k in kernels:
             require_prerequisites(k)
+        for k in kernels:  # fetch first: without the kernel there is nothing to build for
+            if k != HOST:
+                fetch_kernel(KERNELS[k])
         build = build_tests(work / "bin", args.only or ())
         for k in kernels:
             results += run_matrix(k, build=build, workdir=work, timeout=args.timeout,
                                   test_timeout=args.test_timeout, smp=args.smp,
-                                  verbose=args.verbose, seed=args.seed)
+                                  verbose=args.verbose, seed=args.seed, mttcg=args.mttcg)
     except MatrixError as e:
         _say(f"kernel_matrix: {type(e).__name__}: {e}")
         return 2
