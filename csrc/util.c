@@ -188,7 +188,10 @@ int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask)
 			.end = end,
 			.vec = (uintptr_t)vec,
 			.vec_len = MCK_ARRAY_SIZE(vec),
-			.category_anyof_mask = mask,
+			/* all-of, as collect asks: the kernel answers a lone
+			 * PAGE_IS_WRITTEN from the write-protect bit alone, where
+			 * any-of works out every category of every page */
+			.category_mask = mask,
 			.return_mask = mask,
 		};
 		int nr = ioctl(fd, PAGEMAP_SCAN, &arg);

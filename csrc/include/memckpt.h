@@ -121,9 +121,11 @@ int mck_tracker_close(struct mck_tracker *t);
 
 /* ------------------------------------------------------ measurement aids */
 
-/* Count the pages of [addr, addr+len) in any of the PAGE_IS_* categories
- * of mask with a bare PAGEMAP_SCAN (no write-protect): the floor that a
- * uffd-async collect is measured against. -EOPNOTSUPP without PAGEMAP_SCAN. */
+/* Count the pages of [addr, addr+len) in all of the PAGE_IS_* categories of
+ * mask with a bare PAGEMAP_SCAN (no write-protect), asked the way a uffd-async
+ * collect asks: the floor that collect is measured against. Note that
+ * PAGE_IS_WRITTEN means "not write-protected", so outside a uffd range it
+ * counts every page with a page-table entry. -EOPNOTSUPP without PAGEMAP_SCAN. */
 int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask);
 
 #ifdef __cplusplus
