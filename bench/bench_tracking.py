@@ -8,9 +8,8 @@ distinct pages dirty out of N (D/N = 0.1%, 1%, 10%, 100%):
   pages (``floor_memcpy``), a bare ``PAGEMAP_SCAN`` of all N pages
   (``floor_scan``; nothing tracked, so it returns N), and the same scan of the
   arena under uffd-async write-protection with D pages written
-  (``floor_scan_wp``: the walk uffd-async's collect does, minus its re-protect),
-  once through ``memckpt._core.pagemap_scan_count`` and once worded as collect
-  words it, which the kernel serves by a faster path (``FastScan``).
+  (``floor_scan_wp``: the walk uffd-async's collect does, worded as collect
+  words it, minus its re-protect); both through ``memckpt._core.pagemap_scan_count``.
 - group ``first-write-X%``: one byte written to each of the D pages just after
   a collect re-armed the tracker, per backend; beside it the same write with no
   tracker (``first_write_baseline``). Per-page cost of tracking =
@@ -30,8 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import (BACKENDS, PAGE_IS_WRITTEN, FastScan, require_backend,
-                      require_pagemap_scan, tracker_info)
+from conftest import BACKENDS, PAGE_IS_WRITTEN, TRACKERS, require_backend, require_pagemap_scan
 from memckpt import _core
 
 RATIOS = [0.001, 0.01, 0.1, 1.0]
@@ -43,8 +41,10 @@ def pct(ratio: float) -> str:
 
 # Rounds: enough for a median on a noisy machine, few where a round is
 # expensive. At 1 GiB and 100% dirty a round of uffd-sync or mprotect takes
-# 262144 faults (seconds), and every compare collect reads 2 GiB.
-ROUNDS = {0.001: 25, 0.01: 15, 0.1: 8, 1.0: 5}
+# 262144 faults (2-5 s here, twice per round of collect: setup and check), and
+# every compare collect reads 2 GiB. The whole file took 1m42s-4m23s at
+# 1 GiB on 2 shared cores (docs/benchmarks.md).
+ROUNDS = {0.001: 40, 0.01: 25, 0.1: 15, 1.0: 9}
 
 
 def rounds_for(ratio: float) -> dict:
@@ -62,7 +62,7 @@ def check_reported(backend: str, got: np.ndarray, written: np.ndarray) -> None:
     missing = np.setdiff1d(written, got, assume_unique=True)
     assert missing.size == 0, (f"{backend} missed {missing.size} of {written.size} written pages, "
                                f"e.g. {missing[:8]}")
-    if tracker_info(backend).exact:
+    if TRACKERS[backend].exact:
         assert got.size == written.size, (f"{backend} (exact) reported {got.size} pages for "
                                           f"{written.size} written, e.g. extra "
                                           f"{np.setdiff1d(got, written)[:8]}")
@@ -165,14 +165,12 @@ def test_floor_scan(benchmark, bench_arena, ratio):
 
 
 @pytest.mark.parametrize("ratio", RATIOS, ids=pct)
-@pytest.mark.parametrize("how", ["core", "fast"])
-def test_floor_scan_wp(benchmark, bench_arena, how, ratio):
+def test_floor_scan_wp(benchmark, bench_arena, ratio):
     """The bare scan again, of the arena under uffd-async with D pages written:
-    it walks what uffd-async's collect walks and lists the D pages, without
-    re-protecting them. collect(uffd-async) / this = the price of the re-protect.
-
-    how="core": memckpt._core.pagemap_scan_count (category_anyof_mask, opens
-    pagemap per call); how="fast": the ioctl as collect words it (see FastScan)."""
+    it walks what uffd-async's collect walks, asks what collect asks
+    (category_mask = PAGE_IS_WRITTEN, which the kernel answers from the uffd-wp
+    bit alone) and lists the D pages, without re-protecting them.
+    collect(uffd-async) / this = the price of the re-protect."""
     require_pagemap_scan()
     require_backend("uffd-async")
     ba = bench_arena
@@ -180,32 +178,20 @@ def test_floor_scan_wp(benchmark, bench_arena, how, ratio):
     d = ba.dirty_count(ratio)
     rng = np.random.default_rng(seed("collect", ratio))
     res: dict = {}
-    if how == "core":
-        def scan():
-            return _core.pagemap_scan_count(ba.arena.address, ba.arena.nbytes, PAGE_IS_WRITTEN)
-    else:
-        fast = FastScan(ba.page_size)
-
-        def scan():
-            return fast.count(ba.arena.address, ba.arena.nbytes)
 
     def setup():
         tracker.collect()
         ba.write(ba.dirty_set(rng, d))
 
     def timed():
-        res["n"] = scan()
+        res["n"] = _core.pagemap_scan_count(ba.arena.address, ba.arena.nbytes, PAGE_IS_WRITTEN)
 
     def teardown():
         assert res.pop("n") == d, "the scan did not list the D written pages"
 
     benchmark.group = f"collect-{pct(ratio)}"
-    info(benchmark, ba, "scan-wp" if how == "core" else "scan-wp-fast", ratio, "uffd-async")
-    try:
-        benchmark.pedantic(timed, setup=setup, teardown=teardown, **rounds_for(ratio))
-    finally:
-        if how == "fast":
-            fast.close()
+    info(benchmark, ba, "scan-wp", ratio, "uffd-async")
+    benchmark.pedantic(timed, setup=setup, teardown=teardown, **rounds_for(ratio))
     tracker.collect()
 
 

@@ -9,9 +9,7 @@ runs touch.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
-import struct
 import time
 
 import numpy as np
@@ -21,19 +19,20 @@ import memckpt
 
 # 1 GiB unless told otherwise; MEMCKPT_BENCH_MIB=64 makes a quick run.
 ARENA_MIB = int(os.environ.get("MEMCKPT_BENCH_MIB", "1024"))
-BACKENDS = [t.name for t in memckpt.trackers()]
+# probed once per session, in the order ``auto`` prefers them
+TRACKERS = {t.name: t for t in memckpt.trackers()}
+BACKENDS = list(TRACKERS)
 # PAGE_IS_WRITTEN of the kernel's PAGEMAP_SCAN UAPI (Documentation/admin-guide/mm/pagemap.rst)
 PAGE_IS_WRITTEN = 1 << 1
 
 _session_start = time.monotonic()
-
-
-def tracker_info(name: str) -> memckpt.TrackerInfo:
-    return next(t for t in memckpt.trackers() if t.name == name)
+_load_at_start = os.getloadavg()  # other tenants of a shared machine show here
 
 
 def require_backend(name: str) -> memckpt.TrackerInfo:
-    info = tracker_info(name)
+    """The backend's TrackerInfo; skips the benchmark where it is unavailable.
+    (tests/conftest.py has its own: the two are separate pytest roots.)"""
+    info = TRACKERS[name]
     if not info.available:
         pytest.skip(f"{name} unavailable on this kernel: {info.reason}")
     return info
@@ -43,46 +42,6 @@ def require_pagemap_scan() -> None:
     f = memckpt.features()
     if not f.pagemap_scan:
         pytest.skip(f"no PAGEMAP_SCAN here: {f.pagemap_scan_reason}")
-
-
-class FastScan:
-    """A bare PAGEMAP_SCAN for PAGE_IS_WRITTEN the way uffd-async's collect
-    asks (category_mask, which the kernel serves by a fast path that only
-    tests each pte's uffd-wp bit), minus PM_SCAN_WP_MATCHING: no re-protect.
-
-    memckpt._core.pagemap_scan_count passes the mask as category_anyof_mask,
-    which the kernel serves by computing every category of every pte: on
-    6.18 that made the "floor" cost more than the collect it bounds. Until
-    the core offers this form, the benchmark issues the ioctl itself.
-    """
-
-    # struct pm_scan_arg: size, flags, start, end, walk_end, vec, vec_len,
-    # max_pages, category_inverted, category_mask, category_anyof_mask, return_mask
-    ARG = struct.Struct("=12Q")
-    IOCTL = (3 << 30) | (ARG.size << 16) | (ord("f") << 8) | 16  # _IOWR('f', 16, pm_scan_arg)
-
-    def __init__(self, page_size: int) -> None:
-        self.page_size = page_size
-        self.fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-        self.vec = np.zeros((512, 3), np.uint64)  # struct page_region: start, end, categories
-        self.arg = bytearray(self.ARG.size)
-
-    def count(self, addr: int, length: int) -> int:
-        start, end, n = addr, addr + length, 0
-        while start < end:
-            self.ARG.pack_into(self.arg, 0, self.ARG.size, 0, start, end, 0, self.vec.ctypes.data,
-                               len(self.vec), 0, 0, PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN)
-            nr = fcntl.ioctl(self.fd, self.IOCTL, self.arg, True)
-            if nr:
-                n += int((self.vec[:nr, 1] - self.vec[:nr, 0]).sum()) // self.page_size
-            walk_end = self.ARG.unpack_from(self.arg)[4]
-            if walk_end <= start:
-                raise OSError(f"PAGEMAP_SCAN made no progress at {start:#x}")
-            start = walk_end
-        return n
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 class BenchArena:
@@ -171,7 +130,7 @@ def _sort_key(item: pytest.Item):
         backend = "uffd-async"  # measured under that backend's write-protection
     phase = 0 if backend is None else 1 + BACKENDS.index(backend)
     kind_rank = _KIND_ORDER.index(kind) if kind in _KIND_ORDER else len(_KIND_ORDER)
-    return (phase, kind_rank, params.get("how", ""), params.get("ratio", 0.0))
+    return (phase, kind_rank, params.get("ratio", 0.0))
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -204,7 +163,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["mem_total_bytes"] = _meminfo_total()
     machine_info["vm_max_map_count"] = _read("/proc/sys/vm/max_map_count")
     machine_info["memckpt_features"] = dataclasses.asdict(memckpt.features())
-    machine_info["memckpt_trackers"] = [dataclasses.asdict(t) for t in memckpt.trackers()]
+    machine_info["memckpt_trackers"] = [dataclasses.asdict(t) for t in TRACKERS.values()]
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
@@ -213,4 +172,23 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "command": "python -m pytest " + " ".join(config.invocation_params.args),
         "env": {k: v for k, v in os.environ.items() if k.startswith("MEMCKPT_")},
         "session_seconds": round(time.monotonic() - _session_start, 1),
+        "loadavg_start": _load_at_start,
+        "loadavg_end": os.getloadavg(),
     }
+
+
+# -- bench_checkpoint.py ------------------------------------------------------------
+# (added for the checkpoint benchmarks; the hooks above are the tracking benchmarks')
+class _CheckpointBenchmarksLast:
+    """Runs bench_checkpoint.py's benchmarks after every other: they write
+    GiBs to disk and map fresh arenas, which the tracking benchmarks should
+    not have to measure through. A plugin, so that the sort above stays as it
+    is; trylast, so that it sees that sort's order and keeps it (stable)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, session, config, items):
+        items.sort(key=lambda item: item.path.name == "bench_checkpoint.py")
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_CheckpointBenchmarksLast(), "memckpt-checkpoint-benchmarks-last")

@@ -33,6 +33,10 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
     return f"{r:.3g}×" if r >= 0.01 else f"{r:.1e}×"
 
 
+def fmt_load(load: list[float]) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
+
+
 def pct(ratio: float) -> str:
     return f"{ratio * 100:g}%"
 
@@ -57,16 +61,13 @@ def med(b: dict | None) -> float | None:
     return None if b is None else b["stats"]["median"]
 
 
-SCAN_FLOORS = [("scan-wp-fast", "uffd-async"), ("scan-wp", "uffd-async"), ("scan", None)]
-
-
 def scan_floor(idx: dict, r: float) -> float | None:
-    """The cheapest bare scan of all N pages measured at this ratio: one that
-    lists the D written pages (under uffd-wp) where measured, else the
-    untracked one, which lists all N."""
-    got = [med(idx.get((kind, be, r))) for kind, be in SCAN_FLOORS]
-    got = [g for g in got if g is not None]
-    return min(got) if got else None
+    """The "bare scan" every collect is divided by: PAGEMAP_SCAN of all N pages
+    under uffd-async's write-protection with D pages written (kind scan-wp),
+    i.e. uffd-async's collect minus its re-protect. None where not measured
+    (no uffd-async here); the untracked scan is a different question (it lists
+    all N pages) and is only shown in the floors table."""
+    return med(idx.get(("scan-wp", "uffd-async", r)))
 
 
 def report(doc: dict) -> str:
@@ -96,7 +97,9 @@ def report(doc: dict) -> str:
     if meta:
         w(f"Command: `{meta.get('command', '?')}`"
           + (f" with {' '.join(f'{k}={v}' for k, v in meta['env'].items())}" if meta.get("env") else "")
-          + f"; the session took {meta.get('session_seconds', '?')} s ({doc.get('datetime', '?')}).")
+          + f"; the session took {meta.get('session_seconds', '?')} s ({doc.get('datetime', '?')})"
+          + (f"; load average (1/5/15 min) {fmt_load(meta['loadavg_start'])} at the start, "
+             f"{fmt_load(meta['loadavg_end'])} at the end." if "loadavg_start" in meta else "."))
     w("")
 
     # -- the main table -----------------------------------------------------
@@ -119,31 +122,29 @@ def report(doc: dict) -> str:
 
     # -- the floors -----------------------------------------------------------
     w("Floors, same run. memcpy: the D pages gathered into a resident buffer (np.take). "
-      "Bare scans (PAGEMAP_SCAN for PAGE_IS_WRITTEN, no re-protect) of all N pages: untracked "
-      "(every resident page counts as written: returns N), and under uffd-async's write-protection "
-      "with D pages written (returns D), through `_core.pagemap_scan_count` (category_anyof_mask) "
-      "and worded as collect words it (category_mask: the kernel's fast path). "
-      "\"collect ÷ bare scan(N)\" above divides by the cheapest of the three.")
+      "Bare scans (PAGEMAP_SCAN for PAGE_IS_WRITTEN, no re-protect, through "
+      "`_core.pagemap_scan_count`, worded as uffd-async's collect words it) of all N pages: "
+      "untracked (every resident page counts as written: returns N), and under uffd-async's "
+      "write-protection with D pages written (returns D). \"collect ÷ bare scan(N)\" above "
+      "divides by the latter: uffd-async's collect minus its re-protect.")
     w("")
-    w("| dirty | D | memcpy of D pages | per page | scan, untracked (core) "
-      "| scan under uffd-wp (core) | scan under uffd-wp (fast path) "
-      "| collect(uffd-async) ÷ fast scan | rounds |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| dirty | D | memcpy of D pages | per page | scan, untracked | scan under uffd-wp "
+      "| collect(uffd-async) ÷ scan under uffd-wp | rounds |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in ratios:
         d = dirty[r]
         mcb = idx.get(("memcpy", None, r))
         mc = med(mcb)
         sc = med(idx.get(("scan", None, r)))
-        swp = med(idx.get(("scan-wp", "uffd-async", r)))
-        fast = med(idx.get(("scan-wp-fast", "uffd-async", r)))
+        swp = scan_floor(idx, r)
         ua = med(idx.get(("collect", "uffd-async", r)))
         rounds = mcb["stats"]["rounds"] if mcb else "–"
         w(f"| {pct(r)} | {d} | {fmt_time(mc)} | {fmt_time(None if mc is None else mc / d)} | {fmt_time(sc)} "
-          f"| {fmt_time(swp)} | {fmt_time(fast)} | {fmt_ratio(ua, fast)} | {rounds} |")
+          f"| {fmt_time(swp)} | {fmt_ratio(ua, swp)} | {rounds} |")
     w("")
 
     # -- spread, so that a reader can tell signal from noise ------------------
-    w("Spread of the collect medians (min – max over the rounds, and rounds):")
+    w("Spread of collect over its rounds (min – max, and the number of rounds):")
     w("")
     w("| backend | " + " | ".join(pct(r) for r in ratios) + " |")
     w("|---|" + "---:|" * len(ratios))

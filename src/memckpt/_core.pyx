@@ -77,7 +77,7 @@ def backend_auto():
 
 
 def pagemap_scan_count(size_t addr, size_t length, uint64_t mask):
-    """Pages of [addr, addr+length) in any PAGE_IS_* category of mask, by a bare PAGEMAP_SCAN."""
+    """Pages of [addr, addr+length) in all PAGE_IS_* categories of mask, by a bare PAGEMAP_SCAN."""
     cdef int64_t rc
     with nogil:
         rc = c.mck_pagemap_scan_count(<void *>addr, length, mask)
