@@ -21,8 +21,8 @@ first-write round wrote must be what the next collect reports. A benchmark that
 measured a no-op would fail rather than report a fast backend.
 
 Run and tabulate:
-    /tmp/dev/bin/python -m pytest bench/ --benchmark-json=bench/results/tracking.json
-    /tmp/dev/bin/python bench/report.py bench/results/tracking.json
+    .venv/bin/python -m pytest bench/ --benchmark-json=bench/results/tracking.json
+    .venv/bin/python bench/report.py bench/results/tracking.json
 """
 from __future__ import annotations
 

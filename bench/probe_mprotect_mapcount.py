@@ -10,8 +10,8 @@ a populated arena under one mprotect tracker, one epoch per ratio, and prints
 per epoch: pages written, pages reported, VMAs (lines of /proc/self/maps, read
 before the collect), and what the write and the collect cost.
 
-    /tmp/dev/bin/python bench/probe_mprotect_mapcount.py              # 1 GiB
-    /tmp/dev/bin/python bench/probe_mprotect_mapcount.py --ratios 0.05,0.5
+    .venv/bin/python bench/probe_mprotect_mapcount.py              # 1 GiB
+    .venv/bin/python bench/probe_mprotect_mapcount.py --ratios 0.05,0.5
 
 Not part of the pytest-benchmark run (pytest collects bench_*.py only); its
 figures are quoted in docs/benchmarks.md.
