@@ -38,15 +38,4 @@ def test_no_command_prints_help_and_fails(capsys):
     assert "doctor" in capsys.readouterr().out
 
 
-def test_demo_reports_exactly_the_pages_the_simulation_wrote(capsys):
-    auto = next(t for t in memckpt.trackers() if t.available)
-    assert main(["demo", "--size-mib", "8", "--steps", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "tracker:" in out and "pages reported" in out
-    if auto.exact and auto.name != "compare":
-        assert "exactly the pages written in 4 of 4 steps" in out
-
-
-def test_demo_bad_backend_is_a_clear_error(capsys):
-    assert main(["demo", "--backend", "nope", "--size-mib", "1", "--steps", "1"]) == 1
-    assert "unknown backend 'nope'" in capsys.readouterr().out
+# `memckpt demo` (checkpoint, SIGKILL, resume, bit-identity) is tested in test_cli_store.py.

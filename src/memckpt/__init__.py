@@ -2,12 +2,18 @@
 
 Keep a program's state in an :class:`Arena` of named numpy arrays; a
 :class:`DirtyTracker` tells which of its pages were written since the last
-look, so that a checkpoint copies only those.
+look, so that a checkpoint copies only those. A :class:`Checkpointer` writes
+those pages to a :class:`Store` as chained epochs; :func:`restore` brings any
+epoch back into a new arena, and :meth:`Checkpointer.rollback` into the same one.
 """
 from .arena import Arena
+from .checkpointer import Checkpointer, RollbackInfo
+from .epoch import EpochInfo
 from .errors import (ArenaFull, CorruptionError, FormatError, MemckptError, TrackerBusy,
                      TrackerUnavailable)
 from .kernel import Features, TrackerInfo, features, trackers
+from .restore import restore
+from .store import Store
 from .tracker import DirtyTracker
 
 __version__ = "0.1.0"
@@ -15,4 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Arena", "ArenaFull", "CorruptionError", "DirtyTracker", "Features", "FormatError",
     "MemckptError", "TrackerBusy", "TrackerInfo", "TrackerUnavailable", "features", "trackers",
+    "Checkpointer", "EpochInfo", "RollbackInfo", "Store", "restore",
 ]

@@ -17,6 +17,50 @@ def _round_up(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
+def _dtype_json(dt: np.dtype) -> Any:
+    """A dtype as JSON-native data: its ``str``, or for a structured dtype
+    every field's name, dtype, offset and title (any field order, nesting,
+    sub-arrays)."""
+    if dt.fields is not None:
+        names = list(dt.names or ())
+        fields: list[tuple[Any, ...]] = [tuple(dt.fields[n]) for n in names]  # (dtype, offset[, title])
+        return {"names": names,
+                "formats": [_dtype_json(f[0]) for f in fields],
+                "offsets": [f[1] for f in fields],
+                "titles": [f[2] if len(f) > 2 else None for f in fields],
+                "itemsize": dt.itemsize}
+    if dt.subdtype is not None:
+        base, shape = dt.subdtype
+        return {"base": _dtype_json(base), "shape": list(shape)}
+    return dt.str
+
+
+def _dtype_from_json(d: Any) -> np.dtype:
+    if isinstance(d, str):
+        return np.dtype(d)
+    if "base" in d:
+        return np.dtype((_dtype_from_json(d["base"]), tuple(d["shape"])))
+    spec: Any = {"names": d["names"], "formats": [_dtype_from_json(f) for f in d["formats"]],
+             "offsets": d["offsets"], "itemsize": d["itemsize"]}
+    if any(t is not None for t in d["titles"]):
+        spec["titles"] = d["titles"]
+    return np.dtype(spec)
+
+
+def _layout_entry(name: str, dt: np.dtype, shape: tuple[int, ...], offset: int, size: int) -> dict[str, Any]:
+    e: dict[str, Any] = {"name": name, "dtype": dt.str, "shape": list(shape),
+                         "offset": offset, "nbytes": size}
+    if dt.fields is not None:
+        # a structured dtype's str is just '|V<n>': record its fields too
+        e["fields"] = _dtype_json(dt)
+    return e
+
+
+def layout_dtype(entry: dict[str, Any]) -> np.dtype:
+    """The dtype of one array of ``Arena.layout()``, fields included."""
+    return _dtype_from_json(entry["fields"]) if "fields" in entry else np.dtype(entry["dtype"])
+
+
 class Arena:
     """A context manager over one anonymous mapping of ``nbytes`` (rounded up to
     whole pages) that holds named, page-aligned, zero-filled numpy arrays.
@@ -100,8 +144,7 @@ class Arena:
             arr = self._view(dt, shp, offset if count else 0, count)
             self._next = offset + _round_up(size, self._page_size)
             self._arrays[name] = arr
-            self._layout.append({"name": name, "dtype": dt.str, "shape": list(shp),
-                                 "offset": offset, "nbytes": size})
+            self._layout.append(_layout_entry(name, dt, shp, offset, size))
         return arr
 
     def _view(self, dt: np.dtype, shape: tuple[int, ...], offset: int, count: int) -> np.ndarray:
@@ -114,7 +157,9 @@ class Arena:
 
     def layout(self) -> dict[str, Any]:
         """A JSON-serialisable description: page size, size, and each array's
-        name, dtype (numpy ``str`` form), shape, offset and size in bytes."""
+        name, dtype (numpy ``str`` form), shape, offset and size in bytes; a
+        structured dtype also has its ``fields`` (``layout_dtype()``
+        turns an entry back into its dtype)."""
         return {
             "nbytes": self.nbytes,
             "page_size": self._page_size,
@@ -157,7 +202,7 @@ class Arena:
                     if a is not None:
                         alive.append(e["name"])
                     else:
-                        a = self._view(np.dtype(e["dtype"]), tuple(e["shape"]),
+                        a = self._view(layout_dtype(e), tuple(e["shape"]),
                                        e["offset"], math.prod(e["shape"]))
                     self._arrays[e["name"]] = a
                 hint = f" (arrays still referenced: {', '.join(alive)})" if alive else ""

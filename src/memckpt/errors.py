@@ -29,3 +29,15 @@ class CorruptionError(MemckptError):
 
 class FormatError(MemckptError):
     """A store file is not in a format (or version) this memckpt reads."""
+
+
+class StoreLocked(MemckptError):
+    """Another writer (a process, or another Store object in this one) holds
+    the store's writer lock; the message names its pid."""
+
+
+class EpochNotFound(MemckptError, KeyError):
+    """The store has no committed epoch of that number."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -1,47 +1,1461 @@
 """Store: a local directory of checkpoint epochs.
 
-API CONTRACT (being implemented; the checkpointer and the CLI code against it):
+API CONTRACT (the checkpointer and the CLI code against it; docs/format.md
+describes the files):
 
     store = Store(path, create=True)       # opens (creating if asked), takes no lock to read;
                                            # sweeps uncommitted garbage when it can take the writer lock
+                                           # (optional: page_size=N for a new store; default: the
+                                           # system's page size; an existing store keeps its own)
     store.path                             # pathlib.Path
+    store.page_size                        # int, from the store header
     store.epochs() -> list[EpochInfo]      # committed epochs, ascending by number
-    store.latest() -> int | None           # the newest committed epoch number
-    store.info(epoch) -> EpochInfo         # KeyError-like MemckptError if absent
-    store.manifest(epoch) -> dict          # the validated manifest (layout, counts, files, ...)
+    store.latest() -> int | None           # the newest committed epoch number (epochs start at 1)
+    store.info(epoch) -> EpochInfo         # EpochNotFound (a MemckptError and a KeyError) if absent
+    store.manifest(epoch) -> dict          # the validated manifest (layout, counts, files, ...); a copy
     store.chain(epoch) -> list[int]        # [full, ..., epoch] following parent pointers
     store.layout(epoch) -> dict            # the arena layout recorded (Arena.layout() form)
 
     # writing (one writer per store: an exclusive flock on STORE/lock, held by
-    # the Store object from begin() until commit()/abort(); a second writer gets TrackerBusy-like
-    # MemckptError "store is locked by pid N")
+    # the writer from begin() until commit()/abort(); a second writer gets
+    # StoreLocked (a MemckptError) "store ... is locked by pid N")
     w = store.begin(kind="full"|"incremental", parent=int|None, layout=dict,
                     page_size=int, npages=int, compress=None|"zstd"|"lz4")
+        # an incremental epoch needs a committed parent with the same page_size
+        # and npages; a full epoch's parent is optional and only informational
+        # (lineage: the chain walk stops at a full epoch)
+    w.epoch                                # the number this epoch will commit as
     w.add_pages(page_numbers: np.ndarray[uint64], data: np.ndarray[uint8, (n, page_size)])
         # may be called many times, page numbers strictly increasing across calls;
         # elides all-zero pages (in a full epoch: not recorded; in an incremental
         # one: recorded as a ZERO entry so the chain knows the page is zero now),
-        # stores identical pages once (by BLAKE3 digest), compresses if asked
-    w.commit(*, pages_dirty, pause_s, label, tracker, mode, extra=None) -> EpochInfo
-        # fsync pack + index, write manifest tmp, fsync, rename, fsync dir
-    w.abort()
+        # stores identical pages once (by BLAKE3 digest, within the epoch),
+        # compresses if asked. Synchronous: the caller may reuse `data` on return.
+    w.commit(*, pages_dirty, pause_s, label=None, tracker=None, mode=None, extra=None,
+             started=None) -> EpochInfo
+        # fsync pack + index, write manifest tmp, fsync, rename, fsync dir.
+        # total_s runs from `started` (a time.perf_counter() reading, e.g. when the
+        # pause began) or else from begin(), until pack and index are durable.
+    w.abort()                              # also: `with store.begin(...) as w:` aborts
+                                           # unless committed inside the block
 
     # reading
     store.read_into(epoch, out: np.ndarray[uint8, (npages, page_size)], pages=None)
         # fills out (all pages, or only `pages`) with the epoch's content; pages no
         # epoch of the chain holds are zero. Checks every page's digest:
-        # CorruptionError naming epoch, page and file on mismatch.
+        # CorruptionError naming epoch, page and file on mismatch (out's content
+        # is then unspecified).
     store.changed_pages(a, b) -> np.ndarray[uint64] | None
-        # pages whose content may differ between epochs a and b, from the indexes
-        # alone (no data read); None when they share no chain (then: all pages)
+        # pages whose content differs between epochs a and b, from the indexes
+        # alone (no data read; pages both chains rewrote to the same content, by
+        # digest, are left out); None when they share no chain (then: all pages)
 
     store.verify(epoch=None) -> None       # all epochs, or the chain of one; raises
                                            # CorruptionError / FormatError naming epoch and file/page
     store.compact(first, last) -> EpochInfo  # merge the chain run first..last into one epoch
                                            # numbered `last` (kind and parent of `first`);
                                            # crash-safe; retires first..last-1; refuses (clear
-                                           # MemckptError) if an epoch outside the run has its
-                                           # parent inside first..last-1 (a branch would break)
-    store.prune(keep_last=None, keep_every=None) -> list[int]  # removed epochs; keeps every
-                                           # ancestor a kept epoch needs; removes newest first
+                                           # MemckptError) if an epoch outside the run (full or
+                                           # incremental) has its parent inside first..last-1 (a
+                                           # branch would break). Run again after a crash past its
+                                           # commit point, it finishes retiring the old epochs.
+    store.prune(keep_last=None, keep_every=None) -> list[int]  # removed epochs (ascending);
+                                           # keeps the newest keep_last, every multiple of
+                                           # keep_every, always the newest epoch, and every
+                                           # ancestor a kept epoch needs (its chain: a full
+                                           # epoch's lineage parent may go); removes newest first;
+                                           # both None: removes nothing
+    store.close()                          # drops caches (a Store holds no fd between calls)
+
+    # read_into, verify and compact also take progress=callable(done, total): pages
+    # filled, bytes checked, pages merged.
+
+Readers take no lock. A reader racing a compact() or prune() in another
+process may find an epoch's files gone: read_into retries with fresh
+manifests, and otherwise reports EpochNotFound or CorruptionError.
 """
+from __future__ import annotations
+
+import copy
+import errno
+import fcntl
+import json
+import mmap
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import blake3
+import numpy as np
+
+from ..epoch import EpochInfo
+from ..errors import CorruptionError, EpochNotFound, FormatError, MemckptError, StoreLocked
+from . import format as fmt
+
+_O_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+try:
+    _IOV_MAX = max(16, min(int(os.sysconf("SC_IOV_MAX")), 1024))
+except (ValueError, OSError):  # pragma: no cover
+    _IOV_MAX = 1024
+_CHUNK_BYTES = 32 << 20       # add_pages works in chunks this big: bounded temporaries
+_VERIFY_BATCH_BYTES = 16 << 20
+_LOCK_WAIT_S = 5.0            # how long begin() waits out a sweeping reader
+_INDEX_CACHE_ENTRIES = 64
+
+
+class _MissingFile(CorruptionError):
+    """A file a committed manifest names is absent (a concurrent compact/prune, or damage)."""
+
+
+# -- small I/O helpers ---------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: Any, offset: int) -> None:
+    mv = memoryview(data).cast("B")
+    while mv.nbytes:
+        n = os.pwrite(fd, mv, offset)
+        mv = mv[n:]
+        offset += n
+
+
+def _nbytes(b: Any) -> int:
+    n = getattr(b, "nbytes", None)
+    return int(n) if n is not None else len(b)
+
+
+def _pwritev_all(fd: int, bufs: list[Any], offset: int) -> None:
+    """Write bufs back to back from offset, IOV_MAX at a time, finishing short writes."""
+    for i in range(0, len(bufs), _IOV_MAX):
+        part = bufs[i:i + _IOV_MAX]
+        sizes = [_nbytes(b) for b in part]
+        want = sum(sizes)
+        n = os.pwritev(fd, part, offset)
+        if n != want:  # short write (a signal, or > 2 GiB in one call): finish piecewise
+            pos = 0
+            for b, sz in zip(part, sizes):
+                if pos + sz > n:
+                    skip = max(0, n - pos)
+                    _write_all(fd, memoryview(b).cast("B")[skip:], offset + pos + skip)
+                pos += sz
+        offset += want
+
+
+def _preadv_exact(fd: int, bufs: list[Any], offset: int, where: str) -> None:
+    want = sum(_nbytes(b) for b in bufs)
+    n = os.preadv(fd, bufs, offset)
+    if n == want:
+        return
+    views = [memoryview(b).cast("B") for b in bufs]
+    while True:
+        while views and n >= views[0].nbytes:
+            n -= views[0].nbytes
+            offset += views[0].nbytes
+            views.pop(0)
+        if not views:
+            return
+        if n:
+            offset += n
+            views[0] = views[0][n:]
+        got = os.preadv(fd, views[:_IOV_MAX], offset)
+        if got == 0:
+            raise CorruptionError(f"{where}: file ends early (at byte {offset}); truncated?")
+        n = got
+
+
+def _read_small(path: Path, limit: int, where: str) -> bytes:
+    try:
+        fd = os.open(path, _O_READ)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FormatError(f"{where}: is a symbolic link; store files must be regular files") from None
+        raise
+    try:
+        return _read_fd(fd, limit, where)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, limit: int, where: str) -> bytes:
+    """The whole (small) file open on fd, refusing more than limit bytes."""
+    size = os.fstat(fd).st_size
+    if size > limit:
+        raise FormatError(f"{where}: {size} bytes is more than a store file of this "
+                          f"kind may hold ({limit})")
+    parts: list[bytes] = []
+    got = 0
+    while True:
+        b = os.pread(fd, size + 1 - got if got <= size else 4096, got)
+        if not b:
+            return b"".join(parts)
+        parts.append(b)
+        got += len(b)
+        if got > limit:
+            raise FormatError(f"{where}: more than a store file of this kind may hold ({limit})")
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# -- the writer lock -------------------------------------------------------------------
+class _Lock:
+    """An exclusive flock on STORE/lock; the file holds "pid role" of its holder."""
+
+    def __init__(self, store_path: Path, role: str, *, wait: float) -> None:
+        self.fd: int | None = None
+        fd = os.open(store_path / fmt.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     _FILE_MODE)
+        deadline = time.monotonic() + wait
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+                    pid = holder[0] if holder else "?"
+                    what = holder[1] if len(holder) > 1 else ""
+                    # a reader sweeping garbage holds the lock briefly: wait it out
+                    if what in ("sweep", "") and time.monotonic() < deadline:
+                        time.sleep(0.002)
+                        continue
+                    who = "this process" if pid == str(os.getpid()) else f"pid {pid}"
+                    raise StoreLocked(f"store {store_path} is locked by {who}"
+                                      f"{' (' + what + ')' if what else ''}: one writer at a time") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {role}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    @classmethod
+    def try_take(cls, store_path: Path, role: str) -> _Lock | None:
+        """The lock if it is free; None if it is held, or cannot be taken at all
+        (a read-only store or file system: then there is nothing to sweep either)."""
+        try:
+            return cls(store_path, role, wait=0.0)
+        except StoreLocked:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return None
+            raise
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)  # closing the last fd of the description drops the flock
+
+    def __enter__(self) -> _Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _as_pages(page_numbers: Any, what: str = "page_numbers") -> np.ndarray:
+    p = np.asarray(page_numbers)
+    if p.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional, not of shape {p.shape}")
+    if p.size == 0:
+        return np.empty(0, np.uint64)
+    if p.dtype.kind == "i":
+        if (p < 0).any():
+            raise ValueError(f"{what} must not be negative")
+    elif p.dtype.kind != "u":
+        raise TypeError(f"{what} must be integers, not {p.dtype}")
+    return p.astype(np.uint64, copy=False)
+
+
+def _info_from(doc: dict[str, Any]) -> EpochInfo:
+    counts, timings = doc["counts"], doc["timings"]
+    return EpochInfo(
+        epoch=doc["epoch"], parent=doc.get("parent"), kind=doc["kind"],
+        pages_dirty=counts["pages_dirty"], pages_stored=counts["pages_stored"],
+        bytes_on_disk=doc["bytes_on_disk"], pause_s=float(timings["pause_s"]),
+        total_s=float(timings["total_s"]), created=float(doc["created"]),
+        label=doc.get("label"), tracker=doc.get("tracker"), mode=doc.get("mode"),
+        extra=copy.deepcopy(doc.get("extra", {})),
+    )
+
+
+class Store:
+    """A directory of immutable checkpoint epochs; see the module docstring."""
+
+    def __init__(self, path: str | os.PathLike[str], create: bool = False, *,
+                 page_size: int | None = None) -> None:
+        self.path = Path(path)
+        self._cache_lock = threading.Lock()
+        self._manifests: dict[int, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._indexes: dict[tuple[Any, ...], np.ndarray] = {}
+        if page_size is not None and not fmt.valid_page_size(page_size):
+            raise ValueError(f"page_size {page_size!r} must be a power of two in "
+                             f"{fmt.MIN_PAGE_SIZE}..{fmt.MAX_PAGE_SIZE}")
+        if create:
+            self._create(page_size if page_size is not None else mmap.PAGESIZE)
+        self.page_size: int = self._read_header()
+        if page_size is not None and page_size != self.page_size:
+            raise ValueError(f"store {self.path} has page size {self.page_size}, not {page_size}")
+        lock = _Lock.try_take(self.path, "sweep")
+        if lock is not None:
+            with lock:
+                self._sweep()
+
+    def __repr__(self) -> str:
+        return f"<memckpt.Store {str(self.path)!r}>"
+
+    def close(self) -> None:
+        """Drop cached manifests and indexes. A Store holds no file open
+        between calls (a writer holds its own files and the lock), so this is
+        all there is to close; the Store stays usable."""
+        self._drop_caches()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the store header ----------------------------------------------------------
+    def _create(self, page_size: int) -> None:
+        existed = self.path.exists()
+        self.path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        if not existed:
+            os.chmod(self.path, _DIR_MODE)
+        header = self.path / fmt.STORE_HEADER
+        if header.exists():
+            return
+        others = [n for n in os.listdir(self.path)
+                  if n != fmt.LOCK_NAME and not n.endswith(fmt.TMP_SUFFIX)]
+        if others:
+            raise FormatError(f"{self.path} is not empty and is not a memckpt store "
+                              f"(no {fmt.STORE_HEADER}); refusing to make a store of it")
+        doc = fmt.sign({"format": fmt.STORE_FORMAT, "version": fmt.VERSION,
+                        "page_size": page_size, "created": time.time()})
+        tmp = self.path / f"{fmt.STORE_HEADER}.{os.getpid()}{fmt.TMP_SUFFIX}"
+        fd = os.open(tmp, _O_CREATE, _FILE_MODE)
+        try:
+            _write_all(fd, fmt.dump_document(doc), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, header)  # exclusive: a racing creator's header wins, intact
+        except FileExistsError:
+            pass
+        finally:
+            _unlink(tmp)
+        _fsync_dir(self.path)
+
+    def _read_header(self) -> int:
+        where = f"store {self.path}: {fmt.STORE_HEADER}"
+        if not self.path.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "no such store directory", str(self.path))
+        try:
+            raw = _read_small(self.path / fmt.STORE_HEADER, fmt.MAX_HEADER_BYTES, where)
+        except FileNotFoundError:
+            raise FormatError(f"{self.path} is not a memckpt store (it has no {fmt.STORE_HEADER}); "
+                              f"Store(path, create=True) makes one") from None
+        doc = fmt.load_document(raw, where=where, fmt=fmt.STORE_FORMAT)
+        return fmt.check_store_header(doc, where)
+
+    # -- manifests -------------------------------------------------------------------
+    def _epoch_numbers(self) -> list[int]:
+        out = []
+        for name in os.listdir(self.path):
+            e = fmt.parse_manifest_name(name)
+            if e is not None:
+                out.append(e)
+        out.sort()
+        return out
+
+    def _doc(self, epoch: int, *, fresh: bool = False) -> dict[str, Any]:
+        """The validated manifest of a committed epoch (cached; do not mutate)."""
+        if not fmt._is_int(epoch):
+            try:  # numpy integers too
+                epoch = _index_arg(epoch, "epoch")
+            except TypeError:
+                raise EpochNotFound(f"store {self.path} has no epoch {epoch!r}") from None
+        if not 0 <= epoch <= fmt.MAX_EPOCH:
+            raise EpochNotFound(f"store {self.path} has no epoch {epoch!r}")
+        name = fmt.manifest_name(epoch)
+        where = f"epoch {epoch}: {name}"
+        try:
+            fd = os.open(self.path / name, _O_READ)
+        except FileNotFoundError:
+            raise EpochNotFound(f"store {self.path} has no epoch {epoch}") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FormatError(f"{where}: is a symbolic link; store files must be regular files") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if not fresh:
+                with self._cache_lock:
+                    hit = self._manifests.get(epoch)
+                if hit is not None and hit[0] == key:
+                    return hit[1]
+            raw = _read_fd(fd, fmt.MAX_MANIFEST_BYTES, where)
+        finally:
+            os.close(fd)
+        doc = fmt.load_document(raw, where=where, fmt=fmt.EPOCH_FORMAT)
+        fmt.check_manifest(doc, epoch=epoch, page_size=self.page_size, where=where)
+        with self._cache_lock:
+            self._manifests[epoch] = (key, doc)
+        return doc
+
+    def epochs(self) -> list[EpochInfo]:
+        out = []
+        for e in self._epoch_numbers():
+            try:
+                out.append(_info_from(self._doc(e)))
+            except EpochNotFound:  # retired by a compact/prune since the listing
+                continue
+        return out
+
+    def latest(self) -> int | None:
+        nums = self._epoch_numbers()
+        return nums[-1] if nums else None
+
+    def info(self, epoch: int) -> EpochInfo:
+        return _info_from(self._doc(epoch))
+
+    def manifest(self, epoch: int) -> dict[str, Any]:
+        return copy.deepcopy(self._doc(epoch))
+
+    def layout(self, epoch: int) -> dict[str, Any]:
+        return copy.deepcopy(self._doc(epoch)["layout"])
+
+    def chain(self, epoch: int) -> list[int]:
+        out = []
+        doc = self._doc(epoch)
+        while True:
+            out.append(doc["epoch"])
+            if doc["kind"] == "full":
+                break
+            parent = doc["parent"]
+            try:
+                pdoc = self._doc(parent)
+            except EpochNotFound:
+                raise CorruptionError(f"epoch {epoch}: the chain is broken: epoch {doc['epoch']}'s "
+                                      f"parent {parent} is missing") from None
+            if pdoc["npages"] != doc["npages"]:
+                raise CorruptionError(f"epoch {epoch}: epoch {doc['epoch']} has {doc['npages']} pages "
+                                      f"but its parent {parent} has {pdoc['npages']}")
+            doc = pdoc
+        out.reverse()
+        return out
+
+    # -- data files -------------------------------------------------------------------
+    def _open_data(self, epoch: int, doc: dict[str, Any], ext: str) -> int:
+        name = doc["files"][ext]["name"]
+        where = f"epoch {epoch}: {name}"
+        try:
+            fd = os.open(self.path / name, _O_READ)
+        except FileNotFoundError:
+            raise _MissingFile(f"{where}: the file is missing") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FormatError(f"{where}: is a symbolic link; store files must be regular files") from None
+            raise
+        try:
+            size = os.fstat(fd).st_size
+            want = doc["files"][ext]["size"]
+            if size != want:
+                raise CorruptionError(f"{where}: is {size} bytes but the manifest says {want} "
+                                      f"({'truncated' if size < want else 'extended'})")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _index(self, epoch: int, *, fresh: bool = False) -> np.ndarray:
+        doc = self._doc(epoch, fresh=fresh)
+        f = doc["files"]["idx"]
+        fd = self._open_data(epoch, doc, "idx")
+        try:
+            st = os.fstat(fd)
+            key = (f["name"], f["blake3"], st.st_ino, st.st_size, st.st_mtime_ns)
+            if not fresh:
+                with self._cache_lock:
+                    hit = self._indexes.get(key)
+                if hit is not None:
+                    return hit
+            buf = bytearray(f["size"])
+            if buf:
+                _preadv_exact(fd, [buf], 0, f"epoch {epoch}: {f['name']}")
+        finally:
+            os.close(fd)
+        where = f"epoch {epoch}: {f['name']}"
+        if blake3.blake3(buf).hexdigest() != f["blake3"]:
+            raise CorruptionError(f"{where}: BLAKE3 digest mismatch (the file is damaged)")
+        recs = fmt.parse_index(bytes(buf), epoch=epoch, page_size=self.page_size,
+                               npages=doc["npages"], pack_size=doc["files"]["pack"]["size"],
+                               where=where)
+        if len(recs) != doc["counts"]["records"]:
+            raise CorruptionError(f"{where}: holds {len(recs)} records, the manifest counts "
+                                  f"{doc['counts']['records']}")
+        with self._cache_lock:
+            self._indexes[key] = recs
+            while len(self._indexes) > _INDEX_CACHE_ENTRIES:
+                self._indexes.pop(next(iter(self._indexes)))
+        return recs
+
+    def _open_pack(self, epoch: int, doc: dict[str, Any]) -> int:
+        fd = self._open_data(epoch, doc, "pack")
+        try:
+            where = f"epoch {epoch}: {doc['files']['pack']['name']}"
+            hdr = os.pread(fd, fmt.PACK_HEADER_SIZE, 0)
+            fmt.parse_pack_header(hdr, epoch=epoch, page_size=self.page_size,
+                                  minor=doc["version"][1], where=where)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _drop_caches(self) -> None:
+        with self._cache_lock:
+            self._manifests.clear()
+            self._indexes.clear()
+
+    # -- reading ------------------------------------------------------------------------
+    def _resolve(self, indexes: list[np.ndarray], npages: int,
+                 req: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each wanted page: which epoch of the chain (position, -1: none)
+        holds it newest, and at which record. Dense over the arena if req is None."""
+        if req is None:
+            dest = np.arange(npages, dtype=np.int64)
+            owner = np.full(npages, -1, dtype=np.int32)
+            ridx = np.zeros(npages, dtype=np.int64)
+            for pos, recs in enumerate(indexes):  # oldest first: newer ones overwrite
+                p = recs["page"]
+                owner[p] = pos
+                ridx[p] = np.arange(len(p), dtype=np.int64)
+            return dest, owner, ridx
+        dest = req.astype(np.int64)
+        owner = np.full(len(req), -1, dtype=np.int32)
+        ridx = np.zeros(len(req), dtype=np.int64)
+        for pos, recs in enumerate(indexes):
+            p = recs["page"]
+            if not len(p):
+                continue
+            i = np.searchsorted(p, req)
+            hit = i < len(p)
+            hit[hit] = p[i[hit]] == req[hit]
+            owner[hit] = pos
+            ridx[hit] = i[hit]
+        return dest, owner, ridx
+
+    def _fetch(self, holder: int, fd: int, pack_name: str, recs: np.ndarray, out: np.ndarray,
+               rows: np.ndarray, reading: int | None,
+               tick: Callable[[int], None] | None = None) -> None:
+        """Fill out[rows] from stored records (none ZERO) of epoch `holder`; check digests."""
+        if not len(recs):
+            return
+        order = np.argsort(recs["offset"], kind="stable")
+        recs, rows = recs[order], rows[order]
+        where = f"epoch {holder}: {pack_name}"
+        comp = (recs["flags"] & (fmt.FLAG_ZSTD | fmt.FLAG_LZ4)) != 0
+        if comp.any():
+            crecs, crows = recs[comp], rows[comp]
+            self._fetch_compressed(fd, crecs, out, crows, where, holder)
+            self._check_digests(holder, pack_name, crecs, out, crows, reading)
+            if tick is not None:
+                tick(len(crecs))
+            recs, rows = recs[~comp], rows[~comp]
+        n = len(recs)
+        if not n:
+            return
+        step = max(1, _CHUNK_BYTES // self.page_size)
+        if n <= step:
+            self._fetch_raw(fd, recs, out, rows, where)
+            self._check_digests(holder, pack_name, recs, out, rows, reading)
+            if tick is not None:
+                tick(n)
+            return
+        # read batch i+1 in a worker (preadv releases the GIL) while batch i is hashed here
+        bounds = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+        with ThreadPoolExecutor(1, thread_name_prefix="memckpt-read") as ex:
+            def read(b: tuple[int, int]) -> None:
+                self._fetch_raw(fd, recs[b[0]:b[1]], out, rows[b[0]:b[1]], where)
+            fut = ex.submit(read, bounds[0])
+            for i, (lo, hi) in enumerate(bounds):
+                fut.result()
+                if i + 1 < len(bounds):
+                    fut = ex.submit(read, bounds[i + 1])
+                self._check_digests(holder, pack_name, recs[lo:hi], out, rows[lo:hi], reading)
+                if tick is not None:
+                    tick(hi - lo)
+
+    def _check_digests(self, holder: int, pack_name: str, recs: np.ndarray, out: np.ndarray,
+                       rows: np.ndarray, reading: int | None) -> None:
+        # one digest per page, in a tight loop
+        n = len(rows)
+        if not n:
+            return
+        b3 = blake3.blake3
+        r0 = int(rows[0])
+        if int(rows[-1]) - r0 == n - 1 and (n < 2 or bool((np.diff(rows) == 1).all())):
+            pages_it: Iterable[Any] = out[r0:r0 + n]
+        else:
+            pages_it = map(out.__getitem__, rows.tolist())
+        got = np.frombuffer(b"".join([h.digest() for h in map(b3, pages_it)]),
+                            dtype=np.uint8).reshape(n, 32)
+        bad = (got != recs["digest"]).any(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            lead = f"reading epoch {reading}: " if reading is not None and reading != holder else ""
+            raise CorruptionError(
+                f"{lead}epoch {holder}: page {int(recs['page'][i])} in {pack_name} (offset "
+                f"{int(recs['offset'][i])}) does not match its BLAKE3 digest"
+                + (f" ({int(bad.sum())} pages bad)" if bad.sum() > 1 else ""))
+
+    def _fetch_raw(self, fd: int, recs: np.ndarray, out: np.ndarray, rows: np.ndarray,
+                   where: str) -> None:
+        n = len(recs)
+        if not n:
+            return
+        ps = self.page_size
+        off = recs["offset"].astype(np.int64)
+        fbreak = np.ones(n, dtype=bool)
+        fbreak[1:] = off[1:] != off[:-1] + ps
+        seg = fbreak.copy()
+        seg[1:] |= rows[1:] != rows[:-1] + 1
+        starts = np.flatnonzero(seg)
+        ends = np.append(starts[1:], n)
+        new_run = fbreak[starts]
+        iov: list[Any] = []
+        run_off = 0
+        rows_l = rows.tolist()
+        for s, e, nr in zip(starts.tolist(), ends.tolist(), new_run.tolist()):
+            if (nr or len(iov) >= _IOV_MAX) and iov:
+                _preadv_exact(fd, iov, run_off, where)
+                iov = []
+            if not iov:
+                run_off = int(off[s])
+            r = rows_l[s]
+            iov.append(out[r:r + (e - s)])
+        if iov:
+            _preadv_exact(fd, iov, run_off, where)
+
+    def _fetch_compressed(self, fd: int, recs: np.ndarray, out: np.ndarray, rows: np.ndarray,
+                          where: str, holder: int) -> None:
+        ps = self.page_size
+        flags = recs["flags"]
+        zd = fmt.codec("zstd").ZstdDecompressor() if (flags & fmt.FLAG_ZSTD).any() else None
+        lz = fmt.codec("lz4") if (flags & fmt.FLAG_LZ4).any() else None
+        off = recs["offset"].tolist()
+        ln = recs["length"].tolist()
+        fl = flags.tolist()
+        rows_l = rows.tolist()
+        n = len(off)
+        i = 0
+        while i < n:
+            j = i + 1
+            end = off[i] + ln[i]
+            while j < n and off[j] == end and end - off[i] < _CHUNK_BYTES:
+                end += ln[j]
+                j += 1
+            buf = os.pread(fd, end - off[i], off[i])
+            if len(buf) != end - off[i]:
+                raise CorruptionError(f"{where}: file ends early (at byte {off[i] + len(buf)}); truncated?")
+            mv = memoryview(buf)
+            base = off[i]
+            for k in range(i, j):
+                piece = mv[off[k] - base:off[k] - base + ln[k]]
+                try:
+                    if fl[k] & fmt.FLAG_ZSTD:
+                        zs = fmt.codec("zstd")
+                        if zs.frame_content_size(piece) != ps:
+                            raise ValueError("frame does not hold one page")
+                        page = zd.decompress(piece, max_output_size=ps)  # type: ignore[union-attr]
+                    else:
+                        page = lz.decompress(piece, uncompressed_size=ps)  # type: ignore[union-attr]
+                except Exception as exc:  # the codecs' own error types
+                    if isinstance(exc, MemckptError):
+                        raise
+                    raise CorruptionError(f"epoch {holder}: page {int(recs['page'][k])} in {where.split(': ', 1)[-1]} "
+                                          f"(offset {off[k]}) does not decompress: {exc}") from None
+                if len(page) != ps:
+                    raise CorruptionError(f"epoch {holder}: page {int(recs['page'][k])} decompresses "
+                                          f"to {len(page)} bytes, not {ps}")
+                out[rows_l[k]] = np.frombuffer(page, dtype=np.uint8)
+            i = j
+
+    def read_into(self, epoch: int, out: np.ndarray, pages: Any = None, *,
+                  progress: Callable[[int, int], None] | None = None) -> None:
+        """See the module docstring; progress(done, total) is called as pages are filled."""
+        if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 2:
+            raise TypeError("out must be a 2-D uint8 numpy array of (npages, page_size)")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be C-contiguous and writeable")
+        req = None
+        if pages is not None:
+            req = np.unique(_as_pages(pages, "pages"))
+        for attempt in range(3):
+            try:
+                self._read_into(epoch, out, req, progress)
+                return
+            except _MissingFile:
+                # a compact/prune in another process may have retired these files
+                # between our reading the manifests and opening the files
+                if attempt == 2:
+                    raise
+                self._drop_caches()
+
+    def _read_into(self, epoch: int, out: np.ndarray, req: np.ndarray | None,
+                   progress: Callable[[int, int], None] | None) -> None:
+        chain = self.chain(epoch)
+        docs = [self._doc(e) for e in chain]
+        npages = docs[-1]["npages"]
+        if out.shape != (npages, self.page_size):
+            raise ValueError(f"out has shape {out.shape}, epoch {epoch} needs ({npages}, {self.page_size})")
+        if req is not None and len(req) and int(req[-1]) >= npages:
+            raise ValueError(f"page {int(req[-1])} is beyond epoch {epoch}'s {npages} pages")
+        indexes = [self._index(e) for e in chain]
+        fds: list[int] = []
+        try:
+            for e, d in zip(chain, docs):
+                fds.append(self._open_pack(e, d))
+            dest, owner, ridx = self._resolve(indexes, npages, req)
+            total = len(dest)
+            done = [0]
+
+            def tick(n: int) -> None:
+                done[0] += n
+                if progress is not None:
+                    progress(done[0], total)
+
+            none = owner < 0
+            if none.any():
+                out[dest[none]] = 0
+                tick(int(none.sum()))
+            for pos, e in enumerate(chain):
+                sel = np.flatnonzero(owner == pos)
+                if not sel.size:
+                    continue
+                recs = indexes[pos][ridx[sel]]
+                rows = dest[sel]
+                zero = (recs["flags"] & fmt.FLAG_ZERO) != 0
+                if zero.any():
+                    out[rows[zero]] = 0
+                    tick(int(zero.sum()))
+                    recs, rows = recs[~zero], rows[~zero]
+                self._fetch(e, fds[pos], docs[pos]["files"]["pack"]["name"], recs, out, rows, epoch,
+                            tick)
+            if progress is not None and done[0] != total:
+                progress(total, total)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _effective_digests(self, chain: list[int], req: np.ndarray) -> np.ndarray:
+        indexes = [self._index(e) for e in chain]
+        npages = self._doc(chain[-1])["npages"]
+        _, owner, ridx = self._resolve(indexes, npages, req)
+        out = np.empty((len(req), 32), dtype=np.uint8)
+        out[:] = np.frombuffer(fmt.zero_digest(self.page_size), dtype=np.uint8)
+        for pos in range(len(chain)):
+            sel = owner == pos
+            if sel.any():
+                out[sel] = indexes[pos]["digest"][ridx[sel]]
+        return out
+
+    def changed_pages(self, a: int, b: int) -> np.ndarray | None:
+        ca, cb = self.chain(a), self.chain(b)
+        k = 0
+        while k < min(len(ca), len(cb)) and ca[k] == cb[k]:
+            k += 1
+        if k == 0:
+            return None
+        parts = [self._index(e)["page"] for e in ca[k:] + cb[k:]]
+        if not parts:
+            return np.empty(0, dtype=np.uint64)
+        cand = np.unique(np.concatenate(parts)).astype(np.uint64)
+        if not cand.size:
+            return cand
+        da = self._effective_digests(ca, cand)
+        db = self._effective_digests(cb, cand)
+        return cand[(da != db).any(axis=1)]
+
+    # -- verification -------------------------------------------------------------------
+    def verify(self, epoch: int | None = None, *,
+               progress: Callable[[int, int], None] | None = None) -> None:
+        """See the module docstring; progress(done, total) counts bytes of
+        index and pack files checked."""
+        self._read_header()
+        if epoch is None:
+            targets = self._epoch_numbers()
+        else:
+            targets = self.chain(epoch)
+        total = 0
+        if progress is not None:
+            for e in targets:
+                f = self._doc(e)["files"]
+                total += f["idx"]["size"] + f["pack"]["size"]
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(min(done[0], total), total)
+
+        for e in targets:
+            self._verify_epoch(e, tick)
+        if progress is not None:
+            progress(total, total)
+
+    def _verify_epoch(self, epoch: int, tick: Callable[[int], None]) -> None:
+        doc = self._doc(epoch, fresh=True)
+        self.chain(epoch)  # parents present, page counts agree
+        recs = self._index(epoch, fresh=True)
+        c = doc["counts"]
+        zero = (recs["flags"] & fmt.FLAG_ZERO) != 0
+        stored = recs[~zero]
+        nstored = len(np.unique(stored["offset"])) if len(stored) else 0
+        nzero = int(zero.sum())
+        if (nstored != c["pages_stored"] or len(stored) - nstored != c["pages_dedup"]
+                or (doc["kind"] == "incremental" and nzero != c["pages_zero"])):
+            raise CorruptionError(
+                f"epoch {epoch}: the manifest's counts (stored {c['pages_stored']}, dedup "
+                f"{c['pages_dedup']}, zero {c['pages_zero']}) disagree with its index (stored "
+                f"{nstored}, dedup {len(stored) - nstored}, zero records {nzero})")
+        where = f"epoch {epoch}: {doc['files']['pack']['name']}"
+        fd = self._open_pack(epoch, doc)
+        try:
+            # the whole file, against the manifest's digest
+            h = blake3.blake3()
+            buf = bytearray(min(_VERIFY_BATCH_BYTES, max(doc["files"]["pack"]["size"], 1)))
+            pos, size = 0, doc["files"]["pack"]["size"]
+            while pos < size:
+                n = os.preadv(fd, [buf], pos)
+                if n == 0:
+                    raise CorruptionError(f"{where}: file ends early (at byte {pos}); truncated?")
+                h.update(memoryview(buf)[:n])
+                pos += n
+            if h.hexdigest() != doc["files"]["pack"]["blake3"]:
+                raise CorruptionError(f"{where}: BLAKE3 digest mismatch (the file is damaged)")
+            tick(doc["files"]["idx"]["size"] + fmt.PACK_HEADER_SIZE)
+            # and every page, against its own digest
+            batch = max(1, _VERIFY_BATCH_BYTES // self.page_size)
+            scratch = np.empty((min(batch, max(len(stored), 1)), self.page_size), dtype=np.uint8)
+            for lo in range(0, len(stored), batch):
+                part = stored[lo:lo + batch]
+                self._fetch(epoch, fd, doc["files"]["pack"]["name"], part, scratch,
+                            np.arange(len(part), dtype=np.int64), None)
+                tick(int(part["length"].sum(dtype=np.uint64)))
+        finally:
+            os.close(fd)
+
+    # -- writing ------------------------------------------------------------------------
+    def begin(self, kind: str, parent: int | None = None, layout: dict[str, Any] | None = None,
+              page_size: int | None = None, npages: int | None = None,
+              compress: str | None = None) -> EpochWriter:
+        if kind not in ("full", "incremental"):
+            raise ValueError(f"kind must be 'full' or 'incremental', not {kind!r}")
+        if page_size is None:
+            page_size = self.page_size
+        if page_size != self.page_size:
+            raise ValueError(f"page_size {page_size} differs from the store's {self.page_size}")
+        npages = _index_arg(npages, "npages")
+        parent = None if parent is None else _index_arg(parent, "parent")
+        if not 0 <= npages <= fmt.MAX_NPAGES:  # type: ignore[operator]
+            raise ValueError(f"npages must be in 0..{fmt.MAX_NPAGES}, not {npages!r}")
+        if compress is not None:
+            if compress not in fmt.COMPRESSORS:
+                raise ValueError(f"compress must be None, 'zstd' or 'lz4', not {compress!r}")
+            fmt.codec(compress)  # a clear error naming the pip extra, before any file exists
+        layout = _jsonable({} if layout is None else layout, "layout")
+        if not isinstance(layout, dict):
+            raise TypeError(f"layout must be a dict, not {type(layout).__name__}")
+        try:
+            fmt.check_layout(layout, npages=npages, page_size=page_size, where="layout")  # type: ignore[arg-type]
+        except FormatError as exc:
+            raise ValueError(str(exc)) from None
+        if kind == "incremental" and parent is None:
+            raise ValueError("an incremental epoch needs a parent")
+        lock = _Lock(self.path, "write", wait=_LOCK_WAIT_S)
+        try:
+            nums = self._epoch_numbers()
+            epoch = nums[-1] + 1 if nums else 1
+            if parent is not None:
+                pdoc = self._doc(parent)
+                if kind == "incremental":
+                    self.chain(parent)
+                    if pdoc["npages"] != npages:
+                        raise ValueError(f"an incremental epoch of {npages} pages cannot follow "
+                                         f"epoch {parent} of {pdoc['npages']} pages")
+            return EpochWriter(self, lock, epoch=epoch, gen=0, kind=kind, parent=parent,
+                               layout=layout, npages=int(npages), compress=compress)  # type: ignore[arg-type]
+        except BaseException:
+            lock.release()
+            raise
+
+    # -- compaction and retention ---------------------------------------------------------
+    def compact(self, first: int, last: int, *,
+                progress: Callable[[int, int], None] | None = None) -> EpochInfo:
+        """See the module docstring; progress(done, total) counts pages merged."""
+        with _Lock(self.path, "compact", wait=_LOCK_WAIT_S):
+            full_chain = self.chain(last)
+            if first not in full_chain:
+                done = (self._doc(last).get("compacted") or {}).get("from", [])
+                if first in done:  # an earlier compact() that was interrupted: finish it
+                    return self._finish_compaction(done[done.index(first):])
+                raise MemckptError(f"cannot compact {first}..{last}: epoch {first} is not in "
+                                   f"epoch {last}'s chain {full_chain}")
+            run = full_chain[full_chain.index(first):]
+            if len(run) == 1:
+                return self.info(last)
+            inner = set(run[:-1])
+            for e in self._epoch_numbers():
+                if e in run:
+                    continue
+                d = self._doc(e)
+                if d.get("parent") in inner:
+                    # a full epoch's parent is lineage only, but is not left dangling either
+                    raise MemckptError(
+                        f"cannot compact {first}..{last}: epoch {e} ({d['kind']}) has epoch "
+                        f"{d['parent']} as its parent, which the compaction would retire (a branch "
+                        f"would break); compact {first}..{d['parent']} instead, or prune epoch {e} first")
+            t0 = time.perf_counter()
+            dfirst, dlast = self._doc(first), self._doc(last)
+            old_files = [dlast["files"]["idx"]["name"], dlast["files"]["pack"]["name"]]
+            w = EpochWriter(self, None, epoch=last, gen=fmt.manifest_generation(dlast) + 1,
+                            kind=dfirst["kind"], parent=dfirst.get("parent"),
+                            layout=dlast["layout"], npages=dlast["npages"],
+                            compress=dlast.get("compress"))
+            try:
+                self._copy_run(run, w, progress)
+                w._finish_files()
+                doc = w._manifest_doc(pages_dirty=w._records, pause_s=dlast["timings"]["pause_s"],
+                                      label=dlast.get("label"), tracker=dlast.get("tracker"),
+                                      mode=dlast.get("mode"), extra=dlast.get("extra", {}),
+                                      started=None)
+                doc["created"] = dlast["created"]
+                doc["timings"]["total_s"] = dlast["timings"]["total_s"]
+                doc["compacted"] = {"from": run, "at": time.time(),
+                                    "seconds": time.perf_counter() - t0}
+            except BaseException:
+                w.abort()
+                raise
+            info = w._commit_doc(doc)
+            # the merged epoch is durable: only now retire the run, newest first
+            self._retire(run[:-1], old_files)
+            return info
+
+    def _finish_compaction(self, run: list[int]) -> EpochInfo:
+        """Retire what is left of a run merged into run[-1] by a compaction
+        that was interrupted after its commit point (caller holds the lock)."""
+        existing = set(self._epoch_numbers())
+        leftover = [e for e in run[:-1] if e in existing]
+        for e in sorted(existing - set(leftover)):
+            d = self._doc(e)
+            if d.get("parent") in leftover:
+                raise MemckptError(
+                    f"cannot finish compacting {run[0]}..{run[-1]}: epoch {e} has epoch "
+                    f"{d['parent']} as its parent, which it would retire (a branch would break)")
+        if leftover:
+            self._retire(leftover, [])
+        return self.info(run[-1])
+
+    def _copy_run(self, run: list[int], w: EpochWriter,
+                  progress: Callable[[int, int], None] | None = None) -> None:
+        docs = [self._doc(e) for e in run]
+        indexes = [self._index(e) for e in run]
+        npages = docs[-1]["npages"]
+        _, owner, ridx = self._resolve(indexes, npages, None)
+        held = np.flatnonzero(owner >= 0)
+        if not held.size:
+            return
+        batch = max(1, _CHUNK_BYTES // self.page_size)
+        scratch = np.empty((min(batch, len(held)), self.page_size), dtype=np.uint8)
+        fds: list[int] = []
+        try:
+            for e, d in zip(run, docs):
+                fds.append(self._open_pack(e, d))
+            for lo in range(0, len(held), batch):
+                sel = held[lo:lo + batch]
+                buf = scratch[:len(sel)]
+                rows_all = np.arange(len(sel), dtype=np.int64)
+                own, ri = owner[sel], ridx[sel]
+                for pos in np.unique(own).tolist():
+                    s = own == pos
+                    recs, rows = indexes[pos][ri[s]], rows_all[s]
+                    z = (recs["flags"] & fmt.FLAG_ZERO) != 0
+                    if z.any():
+                        buf[rows[z]] = 0
+                    self._fetch(run[pos], fds[pos], docs[pos]["files"]["pack"]["name"],
+                                recs[~z], buf, rows[~z], None)
+                w.add_pages(sel.astype(np.uint64), buf)
+                if progress is not None:
+                    progress(lo + len(sel), len(held))
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _retire(self, epochs: list[int], extra_files: list[str]) -> None:
+        """Remove epochs newest first: each manifest's removal is durable before
+        the next, so an epoch still committed never lacks an ancestor. Their data
+        files go afterwards (a crash in between leaves garbage, swept on open)."""
+        files = list(extra_files)
+        orphans = []
+        for e in sorted(epochs, reverse=True):
+            try:
+                d = self._doc(e)
+                files += [d["files"]["idx"]["name"], d["files"]["pack"]["name"]]
+            except (CorruptionError, FormatError):
+                orphans.append(e)
+            _unlink(self.path / fmt.manifest_name(e))
+            _fsync_dir(self.path)
+        for n in os.listdir(self.path):
+            p = fmt.parse_data_name(n)
+            if p is not None and p[0] in orphans:
+                files.append(n)
+        for n in files:
+            _unlink(self.path / n)
+        _fsync_dir(self.path)
+        self._drop_caches()
+
+    def prune(self, keep_last: int | None = None, keep_every: int | None = None) -> list[int]:
+        for name, v in (("keep_last", keep_last), ("keep_every", keep_every)):
+            if v is not None and (not fmt._is_int(v) or v < 1):
+                raise ValueError(f"{name} must be a positive int or None, not {v!r}")
+        if keep_last is None and keep_every is None:
+            return []
+        with _Lock(self.path, "prune", wait=_LOCK_WAIT_S):
+            nums = self._epoch_numbers()
+            if not nums:
+                return []
+            keep = {nums[-1]}
+            if keep_last is not None:
+                keep.update(nums[-keep_last:])
+            if keep_every is not None:
+                keep.update(e for e in nums if e % keep_every == 0)
+            need: set[int] = set()
+            for e in keep:
+                need.update(self.chain(e))
+            remove = [e for e in nums if e not in need]
+            if remove:
+                self._retire(remove, [])
+            return remove
+
+    def _sweep(self) -> list[str]:
+        """Remove what no committed manifest references (caller holds the lock):
+        *.tmp, and data files of no manifest. The files of an epoch whose
+        manifest cannot be read are kept, for verify() to report."""
+        names = os.listdir(self.path)
+        referenced: set[str] = set()
+        protected: set[int] = set()
+        for n in names:
+            e = fmt.parse_manifest_name(n)
+            if e is None:
+                continue
+            try:
+                d = self._doc(e)
+            except (MemckptError, OSError):
+                protected.add(e)
+                continue
+            referenced.add(d["files"]["idx"]["name"])
+            referenced.add(d["files"]["pack"]["name"])
+        removed = []
+        for n in names:
+            if not n.endswith(fmt.TMP_SUFFIX):
+                p = fmt.parse_data_name(n)
+                if p is None or n in referenced or p[0] in protected:
+                    continue
+            if _unlink(self.path / n):
+                removed.append(n)
+        if removed:
+            _fsync_dir(self.path)
+        return removed
+
+
+def _index_arg(v: Any, what: str) -> int:
+    if isinstance(v, bool):
+        raise TypeError(f"{what} must be an int, not bool")
+    try:
+        return int(v.__index__())
+    except (AttributeError, TypeError):
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}") from None
+
+
+def _jsonable(obj: Any, what: str) -> Any:
+    """A JSON round-trip copy (tuples become lists), or ValueError naming `what`."""
+    try:
+        return json.loads(fmt.canonical_json(obj))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{what} must be JSON-serialisable (plain str/int/float/bool/None, "
+                         f"lists and dicts with str keys): {exc}") from None
+
+
+class EpochWriter:
+    """Writes one epoch: see Store.begin. Not thread-safe; one writer per store."""
+
+    def __init__(self, store: Store, lock: _Lock | None, *, epoch: int, gen: int, kind: str,
+                 parent: int | None, layout: dict[str, Any], npages: int,
+                 compress: str | None) -> None:
+        self._store = store
+        self._lock = lock
+        self._closed = False
+        self._committed = False
+        self.epoch = epoch
+        self.kind = kind
+        self.parent = parent
+        self.layout = layout
+        self.page_size = store.page_size
+        self.npages = npages
+        self.compress = compress
+        self._t0 = time.perf_counter()
+        self._pack_name = fmt.data_name(epoch, gen, "pack")
+        self._idx_name = fmt.data_name(epoch, gen, "idx")
+        self._tmp_name = fmt.manifest_name(epoch) + fmt.TMP_SUFFIX
+        self._recs: list[np.ndarray] = []
+        self._seen: dict[bytes, Any] = {}
+        self._last_page = -1
+        self._records = self._stored = self._dedup = self._zero = 0
+        self._compressor: Any = None
+        self._cflag = 0
+        if compress == "zstd":
+            self._compressor = fmt.codec("zstd").ZstdCompressor(
+                level=fmt.ZSTD_LEVEL, write_content_size=True, write_checksum=False,
+                write_dict_id=False).compress
+            self._cflag = fmt.FLAG_ZSTD
+        elif compress == "lz4":
+            lz4b = fmt.codec("lz4")
+            self._compressor = lambda b: lz4b.compress(b, store_size=False)
+            self._cflag = fmt.FLAG_LZ4
+        self._pack_fd: int | None = None
+        self._pack_fd = os.open(store.path / self._pack_name, _O_CREATE, _FILE_MODE)
+        try:
+            hdr = fmt.pack_header(epoch, self.page_size)
+            _write_all(self._pack_fd, hdr, 0)
+        except BaseException:
+            self.abort()
+            raise
+        self._pack_hash = blake3.blake3(hdr)
+        self._off = len(hdr)
+        self._durable_at = 0.0
+        self._files: dict[str, Any] = {}
+
+    def __enter__(self) -> EpochWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._committed:
+            self.abort()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed:
+                self.abort()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        state = "committed" if self._committed else "aborted" if self._closed else "open"
+        return f"<memckpt.store.EpochWriter epoch {self.epoch} {self.kind}, {state}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"the writer of epoch {self.epoch} is already "
+                             f"{'committed' if self._committed else 'aborted'}")
+
+    # -- pages ----------------------------------------------------------------------------
+    def add_pages(self, page_numbers: Any, data: Any) -> None:
+        self._check_open()
+        pages = _as_pages(page_numbers)
+        n = len(pages)
+        ps = self.page_size
+        if not isinstance(data, np.ndarray):
+            data = np.asarray(data)
+        if data.dtype != np.uint8 or data.shape != (n, ps):
+            raise ValueError(f"data must be uint8 of shape ({n}, {ps}), not {data.dtype} {data.shape}")
+        if n == 0:
+            return
+        if n > 1 and not bool((pages[1:] > pages[:-1]).all()):
+            raise ValueError("page numbers must be strictly increasing")
+        if int(pages[0]) <= self._last_page:
+            raise ValueError(f"page {int(pages[0])} does not follow the last page added "
+                             f"({self._last_page}): page numbers must increase across calls")
+        if int(pages[-1]) >= self.npages:
+            raise ValueError(f"page {int(pages[-1])} is beyond the arena's {self.npages} pages")
+        if not data.flags.c_contiguous:
+            data = np.ascontiguousarray(data)
+        step = max(1, _CHUNK_BYTES // ps)
+        try:
+            if n <= step:
+                self._write_job(self._add_chunk(pages, data))
+            else:
+                # hash chunk i+1 here while a worker writes chunk i (pwritev and
+                # BLAKE3 of a whole chunk both release the GIL); the worker is
+                # joined before return, so no thread outlives the call
+                with ThreadPoolExecutor(1, thread_name_prefix="memckpt-write") as ex:
+                    fut = None
+                    for lo in range(0, n, step):
+                        job = self._add_chunk(pages[lo:lo + step], data[lo:lo + step])
+                        if fut is not None:
+                            fut.result()
+                        fut = ex.submit(self._write_job, job)
+                    assert fut is not None
+                    fut.result()
+        except BaseException:
+            self.abort()  # the pack no longer matches the records: this epoch cannot commit
+            raise
+        self._last_page = int(pages[-1])
+
+    def _add_chunk(self, p: np.ndarray, d: np.ndarray) -> tuple[list[Any], int]:
+        """Hash, elide, dedup and place one chunk; return its write job."""
+        ps = self.page_size
+        m = len(p)
+        nz = d.view(np.uint64).any(axis=1)
+        nzi = np.flatnonzero(nz)
+        k = len(nzi)
+        rows_it: Iterable[Any] = d if k == m else map(d.__getitem__, nzi.tolist())
+        b3 = blake3.blake3
+        digests = [h.digest() for h in map(b3, rows_it)]
+        seen = self._seen
+        start = self._off
+        bufs: list[Any] = []
+        if self._compressor is None:
+            olds = list(map(seen.get, digests))
+            fast = olds.count(None) == k
+            if fast:  # no page seen before: offsets are consecutive, unless the chunk repeats a page
+                offs = start + ps * np.arange(k, dtype=np.uint64)
+                before = len(seen)
+                seen.update(zip(digests, offs.tolist()))
+                if len(seen) - before != k:
+                    for dg in digests:
+                        seen.pop(dg, None)
+                    fast = False
+            if fast:
+                wrows = nzi
+            else:
+                cur = start
+                offs_l = []
+                new_pos = []
+                for j, dg in enumerate(digests):
+                    o = seen.get(dg)
+                    if o is None:
+                        o = seen[dg] = cur
+                        cur += ps
+                        new_pos.append(j)
+                    offs_l.append(o)
+                offs = np.array(offs_l, dtype=np.uint64)
+                wrows = nzi[np.array(new_pos, dtype=np.int64)]
+            lens: Any = ps
+            flags: Any = 0
+            nnew = len(wrows)
+            # contiguous runs of rows to write go out as one iovec each
+            if nnew:
+                brk = np.flatnonzero(np.diff(wrows) != 1) + 1
+                s_l = np.concatenate(([0], brk)).tolist()
+                e_l = np.concatenate((brk, [nnew])).tolist()
+                w_l = wrows.tolist()
+                bufs.extend(d[w_l[s]:w_l[s] + (e - s)] for s, e in zip(s_l, e_l))
+            self._off = start + nnew * ps
+        else:
+            comp, cflag = self._compressor, self._cflag
+            offs_l, lens_l, flags_l = [], [], []
+            cur = start
+            nnew = 0
+            nzl = nzi.tolist()
+            for j, dg in enumerate(digests):
+                hit = seen.get(dg)
+                if hit is None:
+                    row = d[nzl[j]]
+                    c = comp(row)
+                    if len(c) < ps:
+                        hit = (cur, len(c), cflag)
+                        bufs.append(c)
+                    else:
+                        hit = (cur, ps, 0)
+                        bufs.append(row)
+                    seen[dg] = hit
+                    cur += hit[1]
+                    nnew += 1
+                offs_l.append(hit[0])
+                lens_l.append(hit[1])
+                flags_l.append(hit[2])
+            offs = np.array(offs_l, dtype=np.uint64)
+            lens = np.array(lens_l, dtype=np.uint32)
+            flags = np.array(flags_l, dtype=np.uint32)
+            if bufs:
+                bufs = [b"".join(bufs)]
+            self._off = cur
+        dg_arr = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(k, 32)
+        if self.kind == "incremental":
+            rec = np.zeros(m, dtype=fmt.RECORD_DTYPE)
+            rec["page"] = p
+            if k < m:
+                zmask = ~nz
+                rec["flags"][zmask] = fmt.FLAG_ZERO
+                rec["digest"][zmask] = np.frombuffer(fmt.zero_digest(ps), dtype=np.uint8)
+            sub = rec[nzi] if k < m else rec
+            sub["offset"] = offs
+            sub["length"] = lens
+            sub["flags"] = flags
+            sub["digest"] = dg_arr
+            if k < m:
+                rec[nzi] = sub
+        else:
+            rec = np.zeros(k, dtype=fmt.RECORD_DTYPE)
+            rec["page"] = p[nzi]
+            rec["offset"] = offs
+            rec["length"] = lens
+            rec["flags"] = flags
+            rec["digest"] = dg_arr
+        if len(rec):
+            self._recs.append(rec)
+        self._records += len(rec)
+        self._stored += nnew
+        self._dedup += k - nnew
+        self._zero += m - k
+        return bufs, start
+
+    def _write_job(self, job: tuple[list[Any], int]) -> None:
+        """Write one chunk's new stored bytes at their offset, and hash them
+        into the pack's file digest (jobs run in pack order)."""
+        bufs, offset = job
+        if bufs:
+            _pwritev_all(self._pack_fd, bufs, offset)  # type: ignore[arg-type]
+            for b in bufs:
+                self._pack_hash.update(b)
+
+    # -- commit ---------------------------------------------------------------------------
+    def _finish_files(self) -> None:
+        """Make pack and index durable (the epoch is still uncommitted)."""
+        fd, self._pack_fd = self._pack_fd, None
+        assert fd is not None
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        recs = np.concatenate(self._recs) if self._recs else np.zeros(0, dtype=fmt.RECORD_DTYPE)
+        idx = fmt.idx_header(self.epoch, self.page_size, len(recs)) + recs.tobytes()
+        ifd = os.open(self._store.path / self._idx_name, _O_CREATE, _FILE_MODE)
+        try:
+            _write_all(ifd, idx, 0)
+            os.fdatasync(ifd)
+        finally:
+            os.close(ifd)
+        self._durable_at = time.perf_counter()
+        self._files = {
+            "idx": {"name": self._idx_name, "size": len(idx), "blake3": blake3.blake3(idx).hexdigest()},
+            "pack": {"name": self._pack_name, "size": self._off, "blake3": self._pack_hash.hexdigest()},
+        }
+
+    def _manifest_doc(self, *, pages_dirty: int, pause_s: float, label: str | None,
+                      tracker: str | None, mode: str | None, extra: dict[str, Any] | None,
+                      started: float | None) -> dict[str, Any]:
+        t0 = self._t0 if started is None else started
+        return {
+            "format": fmt.EPOCH_FORMAT, "version": fmt.VERSION,
+            "epoch": self.epoch, "parent": self.parent, "kind": self.kind,
+            "created": time.time(), "label": label, "layout": self.layout,
+            "page_size": self.page_size, "npages": self.npages,
+            "tracker": tracker, "mode": mode, "compress": self.compress,
+            "counts": {"pages_dirty": pages_dirty, "pages_stored": self._stored,
+                       "pages_zero": self._zero, "pages_dedup": self._dedup,
+                       "records": self._records},
+            "bytes_on_disk": self._files["idx"]["size"] + self._files["pack"]["size"],
+            "timings": {"pause_s": pause_s, "total_s": max(0.0, self._durable_at - t0)},
+            "files": self._files,
+            "extra": {} if extra is None else extra,
+        }
+
+    def _commit_doc(self, doc: dict[str, Any]) -> EpochInfo:
+        store = self._store
+        doc = fmt.sign(doc)
+        tmp = store.path / self._tmp_name
+        try:
+            fmt.check_manifest(copy.deepcopy(doc), epoch=self.epoch, page_size=self.page_size,
+                               where=f"epoch {self.epoch}: new manifest")
+            fd = os.open(tmp, _O_CREATE, _FILE_MODE)
+            try:
+                _write_all(fd, fmt.dump_document(doc), 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, store.path / fmt.manifest_name(self.epoch))
+        except BaseException:
+            self.abort()
+            raise
+        self._committed = True  # from here on the epoch exists, whatever fails next
+        try:
+            _fsync_dir(store.path)
+        finally:
+            self._close()
+            with store._cache_lock:
+                store._manifests.pop(self.epoch, None)
+        return _info_from(doc)
+
+    def commit(self, *, pages_dirty: int, pause_s: float, label: str | None = None,
+               tracker: str | None = None, mode: str | None = None,
+               extra: dict[str, Any] | None = None, started: float | None = None) -> EpochInfo:
+        self._check_open()
+        pages_dirty = _index_arg(pages_dirty, "pages_dirty")
+        if pages_dirty < 0:
+            raise ValueError(f"pages_dirty must not be negative ({pages_dirty})")
+        pause_s = float(pause_s)
+        if not (pause_s >= 0 and pause_s != float("inf")):
+            raise ValueError(f"pause_s must be a finite non-negative number, not {pause_s!r}")
+        for name, v in (("label", label), ("tracker", tracker), ("mode", mode)):
+            if v is not None and not isinstance(v, str):
+                raise TypeError(f"{name} must be a str or None, not {type(v).__name__}")
+        extra = _jsonable({} if extra is None else extra, "extra")
+        if not isinstance(extra, dict):
+            raise TypeError("extra must be a dict")
+        try:
+            self._finish_files()
+            doc = self._manifest_doc(pages_dirty=pages_dirty, pause_s=pause_s, label=label,
+                                     tracker=tracker, mode=mode, extra=extra, started=started)
+        except BaseException:
+            self.abort()
+            raise
+        return self._commit_doc(doc)
+
+    def _close(self) -> None:
+        self._closed = True
+        self._seen = {}   # ~150 bytes a page: let it go with the epoch, not with the object
+        self._recs = []
+        fd, self._pack_fd = self._pack_fd, None
+        if fd is not None:
+            os.close(fd)
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def abort(self) -> None:
+        """Drop everything written for this epoch and release the lock (idempotent)."""
+        if self._closed:
+            return
+        try:
+            fd, self._pack_fd = self._pack_fd, None
+            if fd is not None:
+                os.close(fd)
+            if not self._committed:
+                for n in (self._pack_name, self._idx_name, self._tmp_name):
+                    _unlink(self._store.path / n)
+        finally:
+            self._close()

@@ -1,0 +1,82 @@
+"""Restore an epoch into a new arena, in this process or any other."""
+from __future__ import annotations
+
+import os
+from typing import Any, Union
+
+import numpy as np
+
+from .arena import Arena, layout_dtype
+from .errors import FormatError, MemckptError
+from .kernel import features
+
+StoreLike = Union["os.PathLike[str]", str, Any]  # a path, or a memckpt.Store
+
+
+def open_store(store: StoreLike, *, create: bool) -> tuple[Any, bool]:
+    """A Store for ``store`` (a path or a Store), and whether the caller opened it."""
+    if isinstance(store, (str, os.PathLike)):
+        from .store import Store
+        return Store(store, create=create), True
+    for attr in ("begin", "read_into", "layout", "latest"):
+        if not hasattr(store, attr):
+            raise TypeError(f"store must be a path or a memckpt.Store, not {type(store).__name__}")
+    return store, False
+
+
+def arena_from_layout(layout: dict[str, Any]) -> Arena:
+    """An empty arena with ``layout``'s arrays (from ``Arena.layout()``), each
+    at the offset recorded; FormatError if this machine cannot lay it out so."""
+    page_size = features().page_size
+    if layout["page_size"] != page_size:
+        raise FormatError(f"the epoch was taken with pages of {layout['page_size']} bytes; "
+                          f"this machine's are {page_size}")
+    arena = Arena(int(layout["nbytes"]), hugepages=bool(layout.get("hugepages", False)))
+    try:
+        if arena.nbytes != layout["nbytes"]:
+            raise FormatError(f"the layout's size {layout['nbytes']} is not whole pages")
+        for e in layout["arrays"]:
+            arena.array(e["name"], tuple(e["shape"]), layout_dtype(e))
+        got = arena.layout()["arrays"]
+        for want, have in zip(layout["arrays"], got):
+            if (have["offset"], have["nbytes"]) != (want["offset"], want["nbytes"]):
+                raise FormatError(
+                    f"array {want['name']!r} recorded at offset {want['offset']} "
+                    f"({want['nbytes']} bytes) lands at {have['offset']} ({have['nbytes']} bytes)")
+    except BaseException:
+        try:
+            arena.close()
+        except BufferError:
+            pass
+        raise
+    return arena
+
+
+def restore(store: StoreLike, epoch: int | None = None) -> Arena:
+    """A new arena holding ``epoch`` (default: the latest) of ``store`` (a
+    path or a :class:`memckpt.Store`): the same arrays (names, dtypes,
+    shapes, offsets) and, bit for bit, the same content. Its arrays are
+    ``arena.arrays()``.
+
+    To keep checkpointing what was restored, use
+    :meth:`memckpt.Checkpointer.resume` instead: it continues the chain
+    incrementally, where a checkpointer handed this arena starts with a full
+    epoch.
+    """
+    st, _ = open_store(store, create=False)
+    if epoch is None:
+        epoch = st.latest()
+        if epoch is None:
+            raise MemckptError(f"store {st.path} holds no committed epoch")
+    arena = arena_from_layout(st.layout(epoch))
+    try:
+        pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(arena.npages, arena.page_size)
+        st.read_into(epoch, pages)
+        del pages
+    except BaseException:
+        try:
+            arena.close()
+        except BufferError:
+            pass
+        raise
+    return arena
