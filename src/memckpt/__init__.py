@@ -9,8 +9,8 @@ epoch back into a new arena, and :meth:`Checkpointer.rollback` into the same one
 from .arena import Arena
 from .checkpointer import Checkpointer, RollbackInfo
 from .epoch import EpochInfo
-from .errors import (ArenaFull, CorruptionError, FormatError, MemckptError, TrackerBusy,
-                     TrackerUnavailable)
+from .errors import (ArenaFull, CorruptionError, EpochNotFound, FormatError, MemckptError,
+                     StoreLocked, TrackerBusy, TrackerUnavailable)
 from .kernel import Features, TrackerInfo, features, trackers
 from .restore import restore
 from .store import Store
@@ -21,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Arena", "ArenaFull", "CorruptionError", "DirtyTracker", "Features", "FormatError",
     "MemckptError", "TrackerBusy", "TrackerInfo", "TrackerUnavailable", "features", "trackers",
-    "Checkpointer", "EpochInfo", "RollbackInfo", "Store", "restore",
+    "Checkpointer", "EpochInfo", "EpochNotFound", "RollbackInfo", "Store", "StoreLocked", "restore",
 ]

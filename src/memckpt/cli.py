@@ -266,21 +266,11 @@ def open_store(path: str) -> Any:
     return Store(p, create=False)
 
 
-def epoch_numbers(store: Any) -> list[int]:
-    """The committed epochs' numbers, from the manifests' names alone, so that
-    one damaged manifest does not hide the others."""
-    for name in ("epoch_numbers", "_epoch_numbers"):
-        fn = getattr(store, name, None)
-        if fn is not None:
-            return list(fn())
-    return [e.epoch for e in store.epochs()]
-
-
 def read_infos(store: Any) -> tuple[list[Any], list[tuple[int, str]]]:
     """Every epoch's EpochInfo that can be read, and (epoch, why) for those that cannot."""
     from .errors import MemckptError
     good, bad = [], []
-    for n in epoch_numbers(store):
+    for n in store.epoch_numbers():
         try:
             good.append(store.info(n))
         except (MemckptError, OSError) as exc:
@@ -290,7 +280,7 @@ def read_infos(store: Any) -> tuple[list[Any], list[tuple[int, str]]]:
 
 def resolve_epoch(store: Any, spec: str | int | None, *, what: str = "epoch") -> int:
     """An epoch number that the store has: an int, "latest", or None (= latest)."""
-    nums = epoch_numbers(store)
+    nums = store.epoch_numbers()
     if not nums:
         raise CliError(f"the store {store.path} has no committed epochs")
     if spec is None or spec == "latest":
@@ -445,7 +435,7 @@ def verify(store: Any, epoch: int | None, *, progress: bool = False) -> dict[str
         else:
             bar.tick()
             store.verify(epoch)
-    checked = [int(x) for x in store.chain(epoch)] if epoch is not None else epoch_numbers(store)
+    checked = [int(x) for x in store.chain(epoch)] if epoch is not None else store.epoch_numbers()
     infos = {e.epoch: e for e in read_infos(store)[0]}
     nbytes = sum(infos[n].bytes_on_disk for n in checked if n in infos)
     return {"store": str(store.path), "ok": True, "epochs": checked,
@@ -573,7 +563,7 @@ def compact(store: Any, first: int, last: int, *, progress: bool = False) -> dic
         else:
             bar.tick()
             info = store.compact(first, last)
-    after = set(epoch_numbers(store))
+    after = set(store.epoch_numbers())
     return {"store": str(store.path), "first": first, "last": last, "merged": run,
             "removed": [n for n in run if n not in after], "epoch": epoch_dict(info),
             "bytes_before": bytes_before, "bytes_after": info.bytes_on_disk,
@@ -595,7 +585,7 @@ def format_compact(rep: dict[str, Any]) -> str:
 def prune(store: Any, keep_last: int, keep_every: int | None) -> dict[str, Any]:
     before = read_infos(store)[0]
     removed = sorted(int(x) for x in store.prune(keep_last=keep_last, keep_every=keep_every))
-    kept = epoch_numbers(store)
+    kept = store.epoch_numbers()
     freed = sum(e.bytes_on_disk for e in before if e.epoch in set(removed))
     return {"store": str(store.path), "keep_last": keep_last, "keep_every": keep_every,
             "removed": removed, "kept": kept, "bytes_freed": freed}

@@ -10,6 +10,7 @@ describes the files):
     store.path                             # pathlib.Path
     store.page_size                        # int, from the store header
     store.epochs() -> list[EpochInfo]      # committed epochs, ascending by number
+    store.epoch_numbers() -> list[int]     # their numbers, from file names alone (reads no manifest)
     store.latest() -> int | None           # the newest committed epoch number (epochs start at 1)
     store.info(epoch) -> EpochInfo         # EpochNotFound (a MemckptError and a KeyError) if absent
     store.manifest(epoch) -> dict          # the validated manifest (layout, counts, files, ...); a copy
@@ -380,7 +381,9 @@ class Store:
         return fmt.check_store_header(doc, where)
 
     # -- manifests -------------------------------------------------------------------
-    def _epoch_numbers(self) -> list[int]:
+    def epoch_numbers(self) -> list[int]:
+        """The committed epochs' numbers, from the manifests' names alone (no
+        manifest is read, so one damaged manifest does not hide the others)."""
         out = []
         for name in os.listdir(self.path):
             e = fmt.parse_manifest_name(name)
@@ -427,7 +430,7 @@ class Store:
 
     def epochs(self) -> list[EpochInfo]:
         out = []
-        for e in self._epoch_numbers():
+        for e in self.epoch_numbers():
             try:
                 out.append(_info_from(self._doc(e)))
             except EpochNotFound:  # retired by a compact/prune since the listing
@@ -435,7 +438,7 @@ class Store:
         return out
 
     def latest(self) -> int | None:
-        nums = self._epoch_numbers()
+        nums = self.epoch_numbers()
         return nums[-1] if nums else None
 
     def info(self, epoch: int) -> EpochInfo:
@@ -806,7 +809,7 @@ class Store:
         index and pack files checked."""
         self._read_header()
         if epoch is None:
-            targets = self._epoch_numbers()
+            targets = self.epoch_numbers()
         else:
             targets = self.chain(epoch)
         total = 0
@@ -897,7 +900,7 @@ class Store:
             raise ValueError("an incremental epoch needs a parent")
         lock = _Lock(self.path, "write", wait=_LOCK_WAIT_S)
         try:
-            nums = self._epoch_numbers()
+            nums = self.epoch_numbers()
             epoch = nums[-1] + 1 if nums else 1
             if parent is not None:
                 pdoc = self._doc(parent)
@@ -928,7 +931,7 @@ class Store:
             if len(run) == 1:
                 return self.info(last)
             inner = set(run[:-1])
-            for e in self._epoch_numbers():
+            for e in self.epoch_numbers():
                 if e in run:
                     continue
                 d = self._doc(e)
@@ -967,7 +970,7 @@ class Store:
     def _finish_compaction(self, run: list[int]) -> EpochInfo:
         """Retire what is left of a run merged into run[-1] by a compaction
         that was interrupted after its commit point (caller holds the lock)."""
-        existing = set(self._epoch_numbers())
+        existing = set(self.epoch_numbers())
         leftover = [e for e in run[:-1] if e in existing]
         for e in sorted(existing - set(leftover)):
             d = self._doc(e)
@@ -1044,7 +1047,7 @@ class Store:
         if keep_last is None and keep_every is None:
             return []
         with _Lock(self.path, "prune", wait=_LOCK_WAIT_S):
-            nums = self._epoch_numbers()
+            nums = self.epoch_numbers()
             if not nums:
                 return []
             keep = {nums[-1]}
