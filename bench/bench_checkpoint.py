@@ -41,7 +41,6 @@ import numpy as np
 import pytest
 
 import memckpt
-from conftest import ARENA_MIB
 
 RATIOS = [0.01, 0.1, 1.0]  # 1.0: a full epoch
 ROUNDS = {0.01: 25, 0.1: 12, 1.0: 5}

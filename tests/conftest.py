@@ -9,17 +9,6 @@ BACKENDS = [t.name for t in memckpt.trackers()]
 IN_CI = bool(os.environ.get("CI"))
 
 
-def pytest_collection_modifyitems(config, items):
-    """`slow` tests run only when asked for (`-m slow`, or any -m naming it),
-    as the marker's description in pyproject.toml says."""
-    if "slow" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
-
-
 def tracker_info(name: str) -> memckpt.TrackerInfo:
     return next(t for t in memckpt.trackers() if t.name == name)
 

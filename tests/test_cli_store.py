@@ -2,7 +2,6 @@
 through a subprocess (exit codes, stderr) and through main() (output), on small
 real stores made with the Checkpointer."""
 import json
-import os
 import shutil
 import subprocess
 import sys

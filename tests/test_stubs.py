@@ -1,5 +1,4 @@
 """The .pyi stub of the compiled binding must match what it exports."""
-import shutil
 import subprocess
 import sys
 from pathlib import Path

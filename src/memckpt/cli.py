@@ -8,7 +8,6 @@ errors, and ``__main__`` prints them as one line and exits 1.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import sys
@@ -247,13 +246,6 @@ def progress_wanted(flag: bool) -> bool:
         return False
 
 
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 # -- opening a store and naming epochs ---------------------------------------------
 def open_store(path: str) -> Any:
     """An existing store, or a CliError that says what is at ``path`` instead."""
@@ -430,11 +422,7 @@ def verify(store: Any, epoch: int | None, *, progress: bool = False) -> dict[str
     store raises CorruptionError/FormatError, which name the epoch and file."""
     t0 = time.monotonic()
     with Progress("verify", unit="", enabled=progress) as bar:
-        if _accepts(store.verify, "progress"):
-            store.verify(epoch, progress=bar.callback())
-        else:
-            bar.tick()
-            store.verify(epoch)
+        store.verify(epoch, progress=bar.callback())
     checked = [int(x) for x in store.chain(epoch)] if epoch is not None else store.epoch_numbers()
     infos = {e.epoch: e for e in read_infos(store)[0]}
     nbytes = sum(infos[n].bytes_on_disk for n in checked if n in infos)
@@ -463,16 +451,7 @@ def read_epoch(store: Any, epoch: int, *, progress: bool = False,
     npages = int(man.get("npages") or lay["nbytes"] // page_size)
     out = np.zeros((npages, page_size), np.uint8)
     with Progress(label, npages, unit="pages", enabled=progress) as bar:
-        if _accepts(store.read_into, "progress"):
-            store.read_into(epoch, out, progress=bar.callback())
-        else:
-            # 64 MiB at a time: enough calls for a bar, few enough that the
-            # chain's indexes are not walked often
-            step = max(1, (64 << 20) // page_size)
-            for lo in range(0, npages, step):
-                hi = min(npages, lo + step)
-                store.read_into(epoch, out, pages=np.arange(lo, hi, dtype=np.uint64))
-                bar.update(hi)
+        store.read_into(epoch, out, progress=bar.callback(), out_is_zero=True)
     return lay, out
 
 
@@ -558,11 +537,7 @@ def compact(store: Any, first: int, last: int, *, progress: bool = False) -> dic
                 "removed": [], "epoch": epoch_dict(before[last]), "bytes_before": bytes_before,
                 "bytes_after": bytes_before, "seconds": 0.0, "noop": True}
     with Progress(f"compact {first}..{last}", enabled=progress) as bar:
-        if _accepts(store.compact, "progress"):
-            info = store.compact(first, last, progress=bar.callback())
-        else:
-            bar.tick()
-            info = store.compact(first, last)
+        info = store.compact(first, last, progress=bar.callback())
     after = set(store.epoch_numbers())
     return {"store": str(store.path), "first": first, "last": last, "merged": run,
             "removed": [n for n in run if n not in after], "epoch": epoch_dict(info),

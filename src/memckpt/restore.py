@@ -18,6 +18,7 @@ def open_store(store: StoreLike, *, create: bool) -> tuple[Any, bool]:
     if isinstance(store, (str, os.PathLike)):
         from .store import Store
         return Store(store, create=create), True
+    # anything with the Store's methods will do (tests wrap a Store to inject faults)
     for attr in ("begin", "read_into", "layout", "latest"):
         if not hasattr(store, attr):
             raise TypeError(f"store must be a path or a memckpt.Store, not {type(store).__name__}")
@@ -71,7 +72,7 @@ def restore(store: StoreLike, epoch: int | None = None) -> Arena:
     arena = arena_from_layout(st.layout(epoch))
     try:
         pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(arena.npages, arena.page_size)
-        st.read_into(epoch, pages)
+        st.read_into(epoch, pages, out_is_zero=True)  # a fresh arena: sparse stays sparse
         del pages
     except BaseException:
         try:

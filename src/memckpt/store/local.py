@@ -707,8 +707,14 @@ class Store:
             i = j
 
     def read_into(self, epoch: int, out: np.ndarray, pages: Any = None, *,
-                  progress: Callable[[int, int], None] | None = None) -> None:
-        """See the module docstring; progress(done, total) is called as pages are filled."""
+                  progress: Callable[[int, int], None] | None = None,
+                  out_is_zero: bool = False) -> None:
+        """See the module docstring; progress(done, total) is called as pages are filled.
+
+        ``out_is_zero=True`` promises that ``out`` reads as zeros already (a
+        fresh arena): pages the epoch holds as zero are then left untouched,
+        so restoring a sparse arena does not make all of it resident. Page data
+        is read from the pack files straight into ``out`` (``preadv``)."""
         if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 2:
             raise TypeError("out must be a 2-D uint8 numpy array of (npages, page_size)")
         if not out.flags.c_contiguous or not out.flags.writeable:
@@ -718,7 +724,7 @@ class Store:
             req = np.unique(_as_pages(pages, "pages"))
         for attempt in range(3):
             try:
-                self._read_into(epoch, out, req, progress)
+                self._read_into(epoch, out, req, progress, out_is_zero)
                 return
             except _MissingFile:
                 # a compact/prune in another process may have retired these files
@@ -728,7 +734,7 @@ class Store:
                 self._drop_caches()
 
     def _read_into(self, epoch: int, out: np.ndarray, req: np.ndarray | None,
-                   progress: Callable[[int, int], None] | None) -> None:
+                   progress: Callable[[int, int], None] | None, out_is_zero: bool) -> None:
         chain = self.chain(epoch)
         docs = [self._doc(e) for e in chain]
         npages = docs[-1]["npages"]
@@ -752,7 +758,8 @@ class Store:
 
             none = owner < 0
             if none.any():
-                out[dest[none]] = 0
+                if not out_is_zero:
+                    out[dest[none]] = 0
                 tick(int(none.sum()))
             for pos, e in enumerate(chain):
                 sel = np.flatnonzero(owner == pos)
@@ -762,7 +769,8 @@ class Store:
                 rows = dest[sel]
                 zero = (recs["flags"] & fmt.FLAG_ZERO) != 0
                 if zero.any():
-                    out[rows[zero]] = 0
+                    if not out_is_zero:
+                        out[rows[zero]] = 0
                     tick(int(zero.sum()))
                     recs, rows = recs[~zero], rows[~zero]
                 self._fetch(e, fds[pos], docs[pos]["files"]["pack"]["name"], recs, out, rows, epoch,
