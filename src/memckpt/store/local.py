@@ -403,14 +403,7 @@ class Store:
             raise EpochNotFound(f"store {self.path} has no epoch {epoch!r}")
         name = fmt.manifest_name(epoch)
         where = f"epoch {epoch}: {name}"
-        try:
-            fd = os.open(self.path / name, _O_READ)
-        except FileNotFoundError:
-            raise EpochNotFound(f"store {self.path} has no epoch {epoch}") from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise FormatError(f"{where}: is a symbolic link; store files must be regular files") from None
-            raise
+        fd = self._open_regular(name, where, EpochNotFound(f"store {self.path} has no epoch {epoch}"))
         try:
             st = os.fstat(fd)
             key = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -471,17 +464,22 @@ class Store:
         return out
 
     # -- data files -------------------------------------------------------------------
-    def _open_data(self, epoch: int, doc: dict[str, Any], ext: str) -> int:
-        name = doc["files"][ext]["name"]
-        where = f"epoch {epoch}: {name}"
+    def _open_regular(self, name: str, where: str, missing: Exception) -> int:
+        """Open a store file for reading, never through a symbolic link;
+        raise ``missing`` if it is not there."""
         try:
-            fd = os.open(self.path / name, _O_READ)
+            return os.open(self.path / name, _O_READ)
         except FileNotFoundError:
-            raise _MissingFile(f"{where}: the file is missing") from None
+            raise missing from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise FormatError(f"{where}: is a symbolic link; store files must be regular files") from None
             raise
+
+    def _open_data(self, epoch: int, doc: dict[str, Any], ext: str) -> int:
+        name = doc["files"][ext]["name"]
+        where = f"epoch {epoch}: {name}"
+        fd = self._open_regular(name, where, _MissingFile(f"{where}: the file is missing"))
         try:
             size = os.fstat(fd).st_size
             want = doc["files"][ext]["size"]
