@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                "  memckpt doctor                    what this kernel offers, which tracker is used\n"
                "  memckpt ls memckpt-demo           the epochs of a store\n"
                "  memckpt show memckpt-demo latest  what one epoch holds and cost\n"
+               "  memckpt tune --mtbf 6h --rpo 5m --cost 2s   how often to checkpoint\n"
                "`memckpt COMMAND --help` explains each command.",
         formatter_class=_Formatter,
     )
@@ -172,6 +173,33 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--keep-every", type=_positive, default=None, metavar="K",
                     help="also keep every epoch whose number is a multiple of K")
     _json_arg(pr)
+
+    t = _sub(sub, "tune", "how often to checkpoint, from the MTBF, the RPO and the checkpoint cost",
+             "Recommend a checkpoint interval: Daly's higher-order optimum for checkpoint cost C "
+             "and mean time between failures M, capped so that no failure loses more than the "
+             "RPO of work (interval + C <= RPO). C is --cost, or the median total time of a "
+             "store's incremental epochs. Prints the expected overhead and lost work, and "
+             "Young's, Daly's and the RPO cap's intervals side by side. Durations: 150ms, 2s, "
+             "5m, 1.5h, 2d, or a number of seconds. See docs/tuning.md for the model.",
+             "  memckpt tune --mtbf 6h --rpo 5m --cost 2s\n"
+             "  memckpt tune --mtbf 24h --store memckpt-demo --step 0.1s\n"
+             "  memckpt tune --mtbf 6h --rpo 5m --cost 2s --restart 30s --json | jq .recommended\n"
+             "  memckpt tune --mtbf 2h --cost 20s --plot waste.png     (needs matplotlib)")
+    t.add_argument("--mtbf", required=True, metavar="DURATION",
+                   help="mean time between failures of the whole job")
+    t.add_argument("--rpo", metavar="DURATION",
+                   help="recovery point objective: the most work a failure may lose (default: none)")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cost", metavar="DURATION", help="the time one checkpoint takes to be durable")
+    src.add_argument("--store", metavar="STORE",
+                     help="measure the cost: the median total time of this store's incremental epochs")
+    t.add_argument("--restart", metavar="DURATION", default=None,
+                   help="time to restart from a checkpoint after a failure (default: 0)")
+    t.add_argument("--step", metavar="DURATION", default=None,
+                   help="the length of one step of the program: also give the interval in steps")
+    t.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw the expected overhead against the interval (needs matplotlib)")
+    _json_arg(t)
     return p
 
 
@@ -206,6 +234,11 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "_demo-worker":
         from . import demo
         return demo.worker(args)
+    if cmd == "tune":
+        _print(args, cli.tune(mtbf=args.mtbf, rpo=args.rpo, cost=args.cost, store=args.store,
+                              restart=args.restart, step=args.step, plot=args.plot),
+               cli.format_tune)
+        return 0
 
     store = cli.open_store(args.store)
     try:
