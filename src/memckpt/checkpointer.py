@@ -13,11 +13,15 @@ which is why :meth:`Checkpointer.wait` exists already.
 """
 from __future__ import annotations
 
+import collections
+import math
 import os
+import statistics
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,6 +30,7 @@ from .epoch import EpochInfo
 from .errors import MemckptError
 from .restore import StoreLike, open_store, restore
 from .tracker import DirtyTracker
+from .tuning import Recommendation, parse_duration, recommend
 
 COMPRESSORS = (None, "zstd", "lz4")
 CAPTURE_MODE = "sync"  # the program waits for the copy; see the module docstring
@@ -35,6 +40,11 @@ CAPTURE_MODE = "sync"  # the program waits for the copy; see the module docstrin
 _ADD_CHUNK_PAGES = 8192
 
 _NO_PAGES = np.empty(0, dtype=np.uint64)
+
+# Epochs whose total_s make the measured checkpoint cost of interval="auto":
+# the median of the last few increments (or of the last full epochs while
+# there are no increments yet).
+_COST_EPOCHS = 5
 
 # Average run of consecutive dirty pages from which copy_pages copies slices
 # rather than np.take (the two cost the same at 64-page runs, 1% of 1 GiB).
@@ -117,10 +127,23 @@ class Checkpointer:
     and the write-back are not atomic against concurrent writes).
     :meth:`close` (or leaving a ``with`` block) waits for every epoch to be
     durable and closes the tracker; the arena stays open.
+
+    ``interval`` is for :meth:`maybe_checkpoint`, called every step of a loop:
+    ``None`` (the default: only explicit :meth:`checkpoint` calls), seconds of
+    wall time (a number or a duration such as ``"5m"``) between the end of one
+    checkpoint and the next, or ``"auto"``: the interval
+    :func:`memckpt.tuning.recommend` gives for the measured checkpoint cost
+    and ``mtbf`` (required), ``rpo`` and ``restart`` (seconds or durations
+    such as ``"6h"``), re-tuned after every checkpoint. ``mtbf``, ``rpo`` and
+    ``restart`` apply only to ``interval="auto"``.
     """
 
     def __init__(self, arena: Arena, store: StoreLike, *, tracker: str = "auto",
-                 compress: str | None = None, full_every: int | None = None) -> None:
+                 compress: str | None = None, full_every: int | None = None,
+                 interval: float | str | None = None, mtbf: float | str | None = None,
+                 rpo: float | str | None = None, restart: float | str = 0) -> None:
+        # the interval's arguments first: a mistake there costs no tracker or store
+        fixed, auto, mtbf_s, rpo_s, restart_s = _interval_args(interval, mtbf, rpo, restart)
         if not isinstance(arena, Arena):
             raise TypeError(f"arena must be a memckpt.Arena, not {type(arena).__name__}")
         if compress not in COMPRESSORS:
@@ -155,11 +178,23 @@ class Checkpointer:
         self._inflight = 0
         self._idle = threading.Condition()
         self._closed = False
+        # maybe_checkpoint: a checkpoint is due once self._clock() >= self._due
+        # (-inf: at the next call). time.monotonic; tests replace it.
+        self._clock: Callable[[], float] = time.monotonic
+        self._auto = auto
+        self._interval: float | None = fixed
+        self._mtbf, self._rpo, self._restart = mtbf_s, rpo_s, restart_s
+        self._recommendation: Recommendation | None = None
+        self._full_costs: collections.deque[float] = collections.deque(maxlen=_COST_EPOCHS)
+        self._incr_costs: collections.deque[float] = collections.deque(maxlen=_COST_EPOCHS)
+        self._due = -math.inf
 
     # -- construction from a store ----------------------------------------------
     @classmethod
     def resume(cls, store: StoreLike, epoch: int | None = None, *, tracker: str = "auto",
-               compress: str | None = None, full_every: int | None = None) -> Checkpointer:
+               compress: str | None = None, full_every: int | None = None,
+               interval: float | str | None = None, mtbf: float | str | None = None,
+               rpo: float | str | None = None, restart: float | str = 0) -> Checkpointer:
         """Restore ``epoch`` (default: the latest) of ``store`` into a new arena
         and continue checkpointing it: the next epoch is an increment whose
         parent is ``epoch``. The arena is :attr:`arena` (its arrays:
@@ -170,7 +205,14 @@ class Checkpointer:
         starts with a full epoch, since the checkpointer cannot know that
         nothing wrote to it in between; here the tracker starts right after
         the restore.
+
+        With an ``interval``, the first :meth:`maybe_checkpoint` is due one
+        interval after the resume (the epoch resumed from is the last
+        checkpoint); with ``"auto"``, the cost is first measured from the
+        store's latest increments, if it holds any (else the first call
+        checkpoints, to measure it).
         """
+        _interval_args(interval, mtbf, rpo, restart)  # before the restore, which may be long
         st, owns = open_store(store, create=False)
         if epoch is None:
             epoch = st.latest()
@@ -178,7 +220,8 @@ class Checkpointer:
                 raise MemckptError(f"store {st.path} holds no committed epoch to resume from")
         arena = restore(st, epoch)
         try:
-            ck = cls(arena, st, tracker=tracker, compress=compress, full_every=full_every)
+            ck = cls(arena, st, tracker=tracker, compress=compress, full_every=full_every,
+                     interval=interval, mtbf=mtbf, rpo=rpo, restart=restart)
         except BaseException:
             arena.close()
             raise
@@ -187,6 +230,15 @@ class Checkpointer:
             ck._tracker.collect()  # nothing should be there: the tracker began after the restore
             ck._base = epoch
             ck._chain_len = len(st.chain(epoch))
+            if ck._auto:
+                for e in st.epochs():
+                    (ck._incr_costs if e.kind == "incremental" else ck._full_costs).append(e.total_s)
+                if ck._incr_costs:  # a full epoch's cost alone does not say what the next ones cost
+                    ck._retune()
+                else:
+                    ck._full_costs.clear()
+            if ck._interval is not None:
+                ck._due = ck._clock() + ck._interval
         except BaseException:
             ck.close()
             raise
@@ -215,7 +267,72 @@ class Checkpointer:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def interval(self) -> float | None:
+        """Seconds between the end of a checkpoint and the next one
+        :meth:`maybe_checkpoint` takes; None without ``interval``, and with
+        ``"auto"`` until a checkpoint has measured the cost."""
+        return self._interval
+
+    @property
+    def recommendation(self) -> Recommendation | None:
+        """With ``interval="auto"``, the :class:`memckpt.tuning.Recommendation`
+        :attr:`interval` comes from; None before the first checkpoint, without
+        ``"auto"``, or while the RPO is shorter than the measured cost."""
+        return self._recommendation
+
+    @property
+    def checkpoint_cost(self) -> float | None:
+        """The measured checkpoint cost ``interval="auto"`` tunes for: the
+        median ``total_s`` of the last few incremental epochs, or of the last
+        full epochs while there are no increments; None before any epoch (or
+        without ``"auto"``)."""
+        costs = self._incr_costs or self._full_costs
+        return float(statistics.median(costs)) if costs else None
+
     # -- checkpoint ------------------------------------------------------------------
+    def maybe_checkpoint(self, label: str | None = None) -> EpochInfo | None:
+        """Checkpoint if one is due, for a loop to call every step: returns the
+        new epoch's :class:`EpochInfo`, or None (at the cost of one clock read
+        and one comparison) when the last checkpoint is more recent than
+        :attr:`interval`. The first call checkpoints (a full epoch), and so
+        does the first with ``interval="auto"`` before any cost is measured.
+        Any :meth:`checkpoint` restarts the interval. Raises ValueError when
+        the checkpointer was made without ``interval``.
+        """
+        if self._clock() < self._due:
+            return None
+        if self._interval is None and not self._auto:
+            raise ValueError("maybe_checkpoint() needs an interval: make the Checkpointer with "
+                             "interval=SECONDS (or a duration such as '5m'), or "
+                             "interval='auto' and mtbf=...; or call checkpoint() yourself")
+        return self.checkpoint(label)
+
+    def _after(self, info: EpochInfo) -> None:
+        """After a committed epoch: measure it, re-tune, and restart the interval."""
+        if self._auto:
+            (self._full_costs if info.kind == "full" else self._incr_costs).append(info.total_s)
+            self._retune()
+        if self._interval is not None:
+            self._due = self._clock() + self._interval
+
+    def _retune(self) -> None:
+        cost = self.checkpoint_cost
+        assert cost is not None and self._mtbf is not None
+        cost = max(cost, 1e-6)  # recommend() needs a cost above zero; a coarse clock can give 0
+        try:
+            rec = recommend(cost, self._mtbf, self._rpo, self._restart)
+        except ValueError as e:
+            # The RPO is not longer than a checkpoint: back to back is the closest to it.
+            # Raising here would lose the epoch just committed; the loop goes on.
+            warnings.warn(f"interval='auto' checkpoints at every call: {e}", RuntimeWarning,
+                          stacklevel=4)
+            self._recommendation = None
+            self._interval = 0.0
+            return
+        self._recommendation = rec
+        self._interval = rec.interval_s
+
     def checkpoint(self, label: str | None = None) -> EpochInfo:
         """Commit an epoch of the arena as it is now and return what it holds and cost."""
         if label is not None and not isinstance(label, str):
@@ -238,6 +355,7 @@ class Checkpointer:
             self._base = info.epoch
             self._chain_len = 1 if cap.kind == "full" else self._chain_len + 1
             self._carry = _NO_PAGES
+            self._after(info)
             return info
 
     def _next_kind(self) -> tuple[str, int | None]:
@@ -432,6 +550,48 @@ class Checkpointer:
         state = "closed" if self._closed else f"head {self._base}"
         return (f"<memckpt.Checkpointer {self._tracker.backend} -> {os.fspath(self._store.path)}, "
                 f"{state}>")
+
+
+def _seconds(name: str, value: float | str, *, zero_ok: bool = False) -> float:
+    """Seconds from a number or a duration such as ``"6h"``, checked."""
+    if isinstance(value, str):
+        try:
+            v = parse_duration(value)
+        except ValueError as e:
+            also = " (or 'auto')" if name == "interval" else ""
+            raise ValueError(f"{name}{also}: {e}") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be seconds (a number) or a duration such as '5m', "
+                        f"not {type(value).__name__}")
+    else:
+        v = float(value)
+    if math.isnan(v) or math.isinf(v) or v < 0 or (v == 0 and not zero_ok):
+        need = "zero or more" if zero_ok else "more than zero"
+        raise ValueError(f"{name} must be a finite number of seconds, {need}, not {value!r}")
+    return v
+
+
+def _interval_args(interval: float | str | None, mtbf: float | str | None,
+                   rpo: float | str | None, restart: float | str,
+                   ) -> tuple[float | None, bool, float | None, float | None, float]:
+    """Check the interval arguments: (fixed interval, auto, mtbf, rpo, restart) in seconds."""
+    auto = isinstance(interval, str) and interval.strip().lower() == "auto"
+    if not auto:
+        given = [n for n, v in (("mtbf", mtbf is not None), ("rpo", rpo is not None),
+                                ("restart", not (isinstance(restart, (int, float)) and restart == 0)))
+                 if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with interval='auto' "
+                             f"(interval is {interval!r})")
+        fixed = None if interval is None else _seconds("interval", interval)
+        return fixed, False, None, None, 0.0
+    if mtbf is None:
+        raise ValueError("interval='auto' needs mtbf= (the job's mean time between failures, "
+                         "in seconds or a duration such as '6h') to choose the interval from")
+    mtbf_s = _seconds("mtbf", mtbf)
+    rpo_s = None if rpo is None else _seconds("rpo", rpo)
+    restart_s = _seconds("restart", restart, zero_ok=True)
+    return None, True, mtbf_s, rpo_s, restart_s
 
 
 def _names(layout: dict[str, Any]) -> list[str]:
