@@ -200,7 +200,55 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--plot", metavar="FILE.png", default=None,
                    help="draw the expected overhead against the interval (needs matplotlib)")
     _json_arg(t)
+
+    b = _sub(sub, "bench", "the standard benchmark: checkpoint cost beside the floor and np.save & co",
+             "Measure, for every available backend x dirty ratio x arena size, the median collect "
+             "time and checkpoint pause and total (into a temporary store under --dir), beside "
+             "the floor (a memcpy of the D dirty pages, plus one bare PAGEMAP_SCAN when the "
+             "kernel has it) and beside what programs do today, timed in the same run on the "
+             "same arrays: np.save, np.savez and pickle.dump (each with fsync), hashing every "
+             "page with BLAKE3 and writing the changed ones, and a full arr.copy(). Then the "
+             "program's own slowdown from tracking: a native stencil checkpointed every 1 and "
+             "every 10 iterations, against the same run untracked. The default matrix (256 MiB; "
+             "1% and 10%) takes about 35 s on 2 CPUs; --full adds 1 GiB, 0.1% "
+             "and 100%. See docs/benchmarks.md.",
+             "  memckpt bench                                the default matrix\n"
+             "  memckpt bench --size-mib 1024 --ratios 1     1 GiB, 1% dirty\n"
+             "  memckpt bench --full --dir /scratch          the whole matrix, stores on /scratch\n"
+             "  memckpt bench --size-mib 8 --rounds 1        a quick smoke run (seconds)\n"
+             "  memckpt bench --json | jq '.rows[] | select(.backend == \"uffd-async\")'\n"
+             "  memckpt bench --plot bench.png               (needs matplotlib)")
+    b.add_argument("--full", action="store_true",
+                   help="the whole matrix: 256 MiB and 1 GiB; 0.1%%, 1%%, 10%% and 100%%")
+    b.add_argument("--size-mib", type=_positive, nargs="+", default=None, metavar="MIB",
+                   help="arena size(s) in MiB (default: 256; with --full: 256 1024)")
+    b.add_argument("--ratios", type=_percent, nargs="+", default=None, metavar="PCT",
+                   help="percent of the pages written between checkpoints "
+                        "(default: 1 10; with --full: 0.1 1 10 100)")
+    b.add_argument("--rounds", type=_positive, default=3, metavar="N",
+                   help="rounds per measurement; the tables show medians (default: 3)")
+    b.add_argument("--backends", nargs="+", default=None, metavar="NAME",
+                   help="only these backends (default: every available one)")
+    b.add_argument("--dir", default=None, metavar="DIR",
+                   help="where the temporary stores and files go, i.e. the filesystem "
+                        "measured (default: the system's temporary directory)")
+    b.add_argument("--no-slowdown", action="store_true",
+                   help="skip the program-slowdown runs")
+    b.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw the checkpoint totals and the peers' times (needs matplotlib)")
+    _json_arg(b)
+    _progress_arg(b)
     return p
+
+
+def _percent(text: str) -> float:
+    try:
+        v = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage in (0, 100], not {text}")
+    return v
 
 
 def _print(args: argparse.Namespace, rep: dict[str, Any], fmt: Callable[[dict[str, Any]], str]) -> None:
@@ -234,6 +282,14 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "_demo-worker":
         from . import demo
         return demo.worker(args)
+    if cmd == "bench":
+        from . import benchcmd
+        _print(args, benchcmd.run(sizes_mib=args.size_mib, ratios=args.ratios, full=args.full,
+                                  rounds=args.rounds, backends=args.backends, directory=args.dir,
+                                  plot=args.plot, slowdown=not args.no_slowdown,
+                                  progress=cli.progress_wanted(args.progress)),
+               benchcmd.format_bench)
+        return 0
     if cmd == "tune":
         _print(args, cli.tune(mtbf=args.mtbf, rpo=args.rpo, cost=args.cost, store=args.store,
                               restart=args.restart, step=args.step, plot=args.plot),
