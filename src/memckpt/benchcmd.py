@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _core
 from .arena import Arena
-from .cli import CliError, Progress, fmt_seconds, table
+from .cli import CliError, Progress, fmt_seconds, pyplot, table
 from .kernel import features, trackers
 
 DEFAULT_SIZES_MIB = [256]
@@ -232,11 +232,7 @@ def run(*, sizes_mib: list[int] | None = None, ratios: list[float] | None = None
         directory: str | None = None, plot: str | None = None, slowdown: bool = True,
         progress: bool = False) -> dict[str, Any]:
     if plot is not None:
-        try:
-            import matplotlib  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
-        except ImportError:
-            raise CliError("--plot needs matplotlib, which is not installed: "
-                           "pip install matplotlib") from None
+        pyplot()  # fail now, not after the work
     sizes = sorted(set(sizes_mib or (FULL_SIZES_MIB if full else DEFAULT_SIZES_MIB)))
     pcts = sorted(set(ratios or (FULL_RATIOS if full else DEFAULT_RATIOS)))
     for p in pcts:
@@ -338,9 +334,7 @@ def run(*, sizes_mib: list[int] | None = None, ratios: list[float] | None = None
 
 def _plot(rep: dict[str, Any], out: str) -> None:
     """Checkpoint total per backend and each peer's time, against the dirty ratio."""
-    import matplotlib  # type: ignore[import-not-found,unused-ignore]
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+    plt = pyplot()
     sizes = rep["config"]["sizes_mib"]
     fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.5), squeeze=False)
     for ax, size in zip(axes[0], sizes):

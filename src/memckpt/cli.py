@@ -27,6 +27,19 @@ class CliError(Exception):
     """A mistake the user can fix, said in one line; the command exits 1."""
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files (Agg), or a CliError naming the install:
+    matplotlib is not a dependency of memckpt."""
+    try:
+        import matplotlib  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise CliError("--plot needs matplotlib, which is not installed: "
+                       "pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+    return plt
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[str(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
@@ -596,11 +609,7 @@ def tune(*, mtbf: str, rpo: str | None = None, cost: str | None = None, store: s
     ``plot`` if asked (needs matplotlib)."""
     from . import tuning as tn
     if plot is not None:
-        try:
-            import matplotlib  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
-        except ImportError:
-            raise CliError("--plot needs matplotlib, which is not installed: "
-                           "pip install matplotlib") from None
+        pyplot()  # fail now, not after the work
     mtbf_s = _duration("--mtbf", mtbf)
     rpo_s = _duration("--rpo", rpo)
     restart_s = _duration("--restart", restart) or 0.0
@@ -666,9 +675,7 @@ def tune(*, mtbf: str, rpo: str | None = None, cost: str | None = None, store: s
 
 def plot_waste(rep: dict[str, Any], out: str) -> None:
     """Expected overhead against the interval (log scale), with the choices marked."""
-    import matplotlib  # type: ignore[import-not-found,unused-ignore]
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+    plt = pyplot()
 
     from . import tuning as tn
     i = rep["inputs"]
