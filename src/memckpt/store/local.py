@@ -123,6 +123,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_durable(path: Path, data: bytes) -> None:
+    """Create ``path`` (owner-only, never through a symlink) holding ``data``,
+    fsynced: the step before a rename or link publishes it."""
+    fd = os.open(path, _O_CREATE, _FILE_MODE)
+    try:
+        _write_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_all(fd: int, data: Any, offset: int) -> None:
     mv = memoryview(data).cast("B")
     while mv.nbytes:
@@ -354,12 +365,7 @@ class Store:
         doc = fmt.sign({"format": fmt.STORE_FORMAT, "version": fmt.VERSION,
                         "page_size": page_size, "created": time.time()})
         tmp = self.path / f"{fmt.STORE_HEADER}.{os.getpid()}{fmt.TMP_SUFFIX}"
-        fd = os.open(tmp, _O_CREATE, _FILE_MODE)
-        try:
-            _write_all(fd, fmt.dump_document(doc), 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_durable(tmp, fmt.dump_document(doc))
         try:
             os.link(tmp, header)  # exclusive: a racing creator's header wins, intact
         except FileExistsError:
@@ -1400,12 +1406,7 @@ class EpochWriter:
         try:
             fmt.check_manifest(copy.deepcopy(doc), epoch=self.epoch, page_size=self.page_size,
                                where=f"epoch {self.epoch}: new manifest")
-            fd = os.open(tmp, _O_CREATE, _FILE_MODE)
-            try:
-                _write_all(fd, fmt.dump_document(doc), 0)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_durable(tmp, fmt.dump_document(doc))
             os.rename(tmp, store.path / fmt.manifest_name(self.epoch))
         except BaseException:
             self.abort()
