@@ -164,12 +164,17 @@ def report(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(render, doc: str, argv: list[str] | None = None) -> int:
+    """`python bench/<script>.py FILE.json`: print render(the loaded JSON)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("json", help="a file written by pytest --benchmark-json")
     args = ap.parse_args(argv)
-    sys.stdout.write(report(load(args.json)))
+    sys.stdout.write(render(load(args.json)))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(report, __doc__, argv)
 
 
 if __name__ == "__main__":

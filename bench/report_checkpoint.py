@@ -9,12 +9,11 @@ machine, arena and filesystem): quote the ratios, not the absolute times.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import fmt_load, fmt_ratio, fmt_time, load  # noqa: E402  (bench/report.py)
+from report import cli, fmt_load, fmt_ratio, fmt_time  # noqa: E402  (bench/report.py)
 
 GOAL = 50  # the issue's: the 1% pause at least 50x below np.save's time
 
@@ -134,11 +133,7 @@ def report(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json", help="a file written by pytest --benchmark-json")
-    args = ap.parse_args(argv)
-    sys.stdout.write(report(load(args.json)))
-    return 0
+    return cli(report, __doc__, argv)
 
 
 if __name__ == "__main__":

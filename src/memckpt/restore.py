@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Union
+from contextlib import contextmanager
+from typing import Any, Iterator, Union
 
 import numpy as np
 
@@ -25,6 +26,19 @@ def open_store(store: StoreLike, *, create: bool) -> tuple[Any, bool]:
     return store, False
 
 
+@contextmanager
+def _closed_on_error(arena: Arena) -> Iterator[None]:
+    """Unmap a half-built arena if building it fails (it is the caller's otherwise)."""
+    try:
+        yield
+    except BaseException:
+        try:
+            arena.close()
+        except BufferError:
+            pass  # something still holds an array: the mapping goes with it
+        raise
+
+
 def arena_from_layout(layout: dict[str, Any]) -> Arena:
     """An empty arena with ``layout``'s arrays (from ``Arena.layout()``), each
     at the offset recorded; FormatError if this machine cannot lay it out so."""
@@ -33,7 +47,7 @@ def arena_from_layout(layout: dict[str, Any]) -> Arena:
         raise FormatError(f"the epoch was taken with pages of {layout['page_size']} bytes; "
                           f"this machine's are {page_size}")
     arena = Arena(int(layout["nbytes"]), hugepages=bool(layout.get("hugepages", False)))
-    try:
+    with _closed_on_error(arena):
         if arena.nbytes != layout["nbytes"]:
             raise FormatError(f"the layout's size {layout['nbytes']} is not whole pages")
         for e in layout["arrays"]:
@@ -44,12 +58,6 @@ def arena_from_layout(layout: dict[str, Any]) -> Arena:
                 raise FormatError(
                     f"array {want['name']!r} recorded at offset {want['offset']} "
                     f"({want['nbytes']} bytes) lands at {have['offset']} ({have['nbytes']} bytes)")
-    except BaseException:
-        try:
-            arena.close()
-        except BufferError:
-            pass
-        raise
     return arena
 
 
@@ -70,14 +78,8 @@ def restore(store: StoreLike, epoch: int | None = None) -> Arena:
         if epoch is None:
             raise MemckptError(f"store {st.path} holds no committed epoch")
     arena = arena_from_layout(st.layout(epoch))
-    try:
+    with _closed_on_error(arena):
         pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(arena.npages, arena.page_size)
         st.read_into(epoch, pages, out_is_zero=True)  # a fresh arena: sparse stays sparse
         del pages
-    except BaseException:
-        try:
-            arena.close()
-        except BufferError:
-            pass
-        raise
     return arena
