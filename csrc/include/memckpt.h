@@ -119,6 +119,99 @@ size_t mck_tracker_npages(const struct mck_tracker *t);
 int mck_tracker_backend(const struct mck_tracker *t);
 int mck_tracker_close(struct mck_tracker *t);
 
+/* -------------------------------------------------------- fork snapshots
+ *
+ * A checkpoint whose pause is the fork itself: the parent collects the dirty
+ * pages, then mck_fork_start() forks a child that writes those pages, from
+ * its copy-on-write image of the arena, into an epoch's pack and index files
+ * (the store's format, docs/format.md). The parent resumes at once and later
+ * reaps the child with mck_fork_wait() (or mck_fork_kill() on error paths).
+ *
+ * The child allocates nothing, runs no atfork handler (it is made by _Fork)
+ * and calls only async-signal-safe functions: it may start while other
+ * threads hold the malloc or stdio locks. It dies with its parent
+ * (PR_SET_PDEATHSIG) and always leaves by _exit(). */
+
+/* The page index record of the store's format: 56 bytes, little-endian. */
+#define MCK_FORK_RECORD_SIZE 56
+#define MCK_FORK_IDX_HEADER_SIZE 48
+#define MCK_FORK_FLAG_ZERO 1u
+
+/* Where a child failed (mck_fork_result.stage); also the child's exit code. */
+enum mck_fork_stage {
+	MCK_FORK_OK = 0,
+	MCK_FORK_STAGE_SETUP = 1,   /* PR_SET_PDEATHSIG, or the parent was already gone */
+	MCK_FORK_STAGE_PACK = 2,    /* writing the pack's pages */
+	MCK_FORK_STAGE_INDEX = 3,   /* writing the index */
+	MCK_FORK_STAGE_SYNC = 4,    /* fdatasync of pack or index */
+	MCK_FORK_STAGE_REPORT = 5,  /* writing the result to the parent */
+	MCK_FORK_STAGE_DIED = 6,    /* (parent side) the child died without a result */
+};
+
+struct mck_fork_job {
+	const void *base;          /* page 0 of the arena */
+	size_t page_size;
+	size_t npages;             /* the arena's pages: every pages[i] < npages */
+	const uint64_t *pages;     /* n page numbers, strictly increasing */
+	size_t n;
+	int incremental;           /* 1: zero pages get a ZERO record; 0: they get none */
+	int pack_fd;               /* pages go from pack_off on; the pack header is */
+	uint64_t pack_off;         /* already there (written by the parent) */
+	const uint8_t *pack_header;   /* those bytes, which the pack's digest covers */
+	size_t pack_header_len;       /* == pack_off */
+	int idx_fd;                /* written from offset 0: header, then records */
+	uint8_t idx_header[MCK_FORK_IDX_HEADER_SIZE]; /* the record count is filled in */
+	/* mck_fork_scratch_size(n) bytes the child uses for digests, records and
+	 * its dedup table. Best a MAP_SHARED anonymous mapping the parent has
+	 * touched once: then the child's writes to it copy no page. */
+	void *scratch;
+	size_t scratch_len;
+};
+
+struct mck_fork_child {
+	int pid;   /* -1 once reaped */
+	int fd;    /* read end of the result pipe (O_CLOEXEC); -1 once closed */
+};
+
+struct mck_fork_result {
+	uint64_t records;          /* index records written */
+	uint64_t stored;           /* pages stored in the pack */
+	uint64_t dedup;            /* nonzero pages whose content was stored already */
+	uint64_t zero;             /* all-zero pages (never stored) */
+	uint64_t pack_size;        /* bytes, header included */
+	uint64_t idx_size;
+	uint8_t pack_digest[32];   /* BLAKE3 of the whole pack file */
+	uint8_t idx_digest[32];    /* BLAKE3 of the whole index file */
+	/* The child's Private_Clean + Private_Dirty from /proc/self/smaps_rollup,
+	 * read after it wrote and synced the files: memory that exists only
+	 * because the child is alive, i.e. pages the parent rewrote (or freed)
+	 * while the child ran, plus a few pages of the child's own stack. */
+	uint64_t extra_bytes;
+	double child_seconds;      /* from the fork to the result, in the child */
+	int32_t error;             /* errno of the failed step; 0 on success */
+	int32_t stage;             /* enum mck_fork_stage */
+	/* filled by the parent in mck_fork_wait: */
+	int32_t pid;
+	int32_t exit_code;         /* -1 if killed by a signal */
+	int32_t term_signal;       /* 0 if it exited */
+	int32_t reported;          /* 1 if a whole result came through the pipe */
+};
+
+/* Bytes of scratch a job of n pages needs. */
+size_t mck_fork_scratch_size(size_t n);
+/* Check the job, then fork the child; returns 0 with out filled, or -errno
+ * (-EINVAL for a bad job) with no child made and no fd left open. */
+int mck_fork_start(const struct mck_fork_job *job, struct mck_fork_child *out);
+/* Read the child's result, then reap it (both retried on EINTR). Returns 0 if
+ * the child wrote and synced both files; -error (res->stage says where) if
+ * the child reported a failure; -ECHILD if it died without a whole result
+ * (res->term_signal / res->exit_code say how). c is closed on return, also
+ * on failure: a second call returns -ESRCH. */
+int mck_fork_wait(struct mck_fork_child *c, struct mck_fork_result *res);
+/* SIGKILL the child (if still unreaped), reap it and close the pipe.
+ * Idempotent; 0 or -errno. */
+int mck_fork_kill(struct mck_fork_child *c);
+
 /* ------------------------------------------------------ measurement aids */
 
 /* Count the pages of [addr, addr+len) in all of the PAGE_IS_* categories of

@@ -1,0 +1,579 @@
+/* capture_fork.c: fork snapshots. The parent checks the job and forks; the
+ * child writes the dirty pages of its copy-on-write image into the epoch's
+ * pack and index files and reports over a pipe; the parent reaps it.
+ *
+ * Everything the child runs is below child_main(). Its rules, because it may
+ * be forked while another thread of the parent holds any lock (malloc's,
+ * stdio's, the interpreter's): no allocation, no stdio, no locks, no Python;
+ * only system calls and the async-signal-safe memcpy/memcmp/memset, and the
+ * core's BLAKE3, which allocates nothing. It leaves only by _exit(), which
+ * runs no atexit handler and flushes no parent stdio buffer a second time. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the index records are written as the host lays them out: little-endian hosts only"
+#endif
+
+#ifndef __NR_close_range
+#define __NR_close_range 436
+#endif
+
+/* Linux's IOV_MAX; a larger vector is EINVAL. */
+#define FORK_IOV_MAX 1024
+/* One iovec never grows past this: a single pwritev moves at most
+ * MAX_RW_COUNT (2 GiB - 4 KiB) anyway. */
+#define FORK_IOV_CAP ((size_t)1 << 30)
+
+/* The store's index record (store/format.py RECORD_DTYPE). */
+struct fork_record {
+	uint64_t page;
+	uint64_t offset;
+	uint32_t length;
+	uint32_t flags;
+	uint8_t digest[32];
+};
+_Static_assert(sizeof(struct fork_record) == MCK_FORK_RECORD_SIZE, "record layout");
+
+/* The part of mck_fork_result the child sends. */
+_Static_assert(sizeof(struct mck_fork_result) <= PIPE_BUF, "one atomic pipe write");
+
+/* ---- scratch layout ------------------------------------------------------ */
+
+struct fork_scratch {
+	uint8_t *digests;           /* 32 bytes per nonzero page */
+	uint64_t *nonzero;          /* their page numbers */
+	struct fork_record *recs;   /* n records at most */
+	uint64_t *table;            /* dedup: record index + 1, 0 = empty */
+	size_t table_cap;           /* a power of two >= 2n */
+	struct iovec *iov;          /* FORK_IOV_MAX */
+};
+
+static size_t table_cap(size_t n)
+{
+	size_t cap = 16;
+
+	while (cap < 2 * n)
+		cap *= 2;
+	return cap;
+}
+
+size_t mck_fork_scratch_size(size_t n)
+{
+	return n * 32 + n * sizeof(uint64_t) + n * sizeof(struct fork_record) +
+	       table_cap(n) * sizeof(uint64_t) + FORK_IOV_MAX * sizeof(struct iovec);
+}
+
+static void scratch_layout(const struct mck_fork_job *job, struct fork_scratch *s)
+{
+	uint8_t *p = job->scratch;
+	size_t n = job->n;
+
+	s->digests = p;
+	p += n * 32;
+	s->nonzero = (uint64_t *)p;
+	p += n * sizeof(uint64_t);
+	s->recs = (struct fork_record *)p;
+	p += n * sizeof(struct fork_record);
+	s->table_cap = table_cap(n);
+	s->table = (uint64_t *)p;
+	p += s->table_cap * sizeof(uint64_t);
+	s->iov = (struct iovec *)p;
+}
+
+/* ---- the child ----------------------------------------------------------- */
+
+static double elapsed_since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) * 1e-9;
+}
+
+static int page_is_zero(const uint8_t *p, size_t len)
+{
+	const uint64_t *w = (const uint64_t *)p;
+
+	for (size_t i = 0; i < len / 8; i++)
+		if (w[i])
+			return 0;
+	return 1;
+}
+
+/* pwritev the whole vector from off, finishing short writes; -errno. The
+ * vector is consumed (advanced in place). */
+static int write_all_iov(int fd, struct iovec *iov, int cnt, uint64_t off)
+{
+	while (cnt > 0) {
+		ssize_t w = pwritev(fd, iov, cnt, (off_t)off);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (w == 0)
+			return -EIO;
+		off += (uint64_t)w;
+		while (cnt > 0 && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
+/* Close every fd but the three the child needs: a child holding the parent's
+ * other fds (pipe write ends, sockets) would delay the EOF someone else waits
+ * for until the epoch is written. Best effort: without close_range (< 5.9)
+ * they stay open until _exit. */
+static void close_other_fds(int a, int b, int c)
+{
+	int keep[3] = {a, b, c};
+	unsigned lo = 0;
+
+	for (int i = 0; i < 3; i++) /* three elements: a sort by hand */
+		for (int j = i + 1; j < 3; j++)
+			if (keep[j] < keep[i]) {
+				int t = keep[i];
+				keep[i] = keep[j];
+				keep[j] = t;
+			}
+	for (int i = 0; i < 3; i++) {
+		if (keep[i] < 0 || (unsigned)keep[i] < lo)
+			continue;
+		if ((unsigned)keep[i] > lo)
+			syscall(__NR_close_range, lo, (unsigned)keep[i] - 1, 0u);
+		lo = (unsigned)keep[i] + 1;
+	}
+	syscall(__NR_close_range, lo, ~0u, 0u);
+}
+
+/* "Private_Clean:      123 kB" and "Private_Dirty:" of smaps_rollup, in
+ * bytes; 0 when unreadable (an old kernel, no /proc). */
+static uint64_t private_bytes(void)
+{
+	char buf[4096];
+	size_t len = 0;
+	uint64_t total = 0;
+	int fd = open("/proc/self/smaps_rollup", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return 0;
+	while (len < sizeof(buf) - 1) {
+		ssize_t r = read(fd, buf + len, sizeof(buf) - 1 - len);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+	}
+	close(fd);
+	buf[len] = 0;
+	for (char *line = buf; *line; ) {
+		if (!strncmp(line, "Private_Clean:", 14) || !strncmp(line, "Private_Dirty:", 14)) {
+			uint64_t kb = 0;
+
+			for (char *q = line + 14; *q && *q != '\n'; q++)
+				if (*q >= '0' && *q <= '9')
+					kb = kb * 10 + (uint64_t)(*q - '0');
+			total += kb * 1024;
+		}
+		while (*line && *line != '\n')
+			line++;
+		if (*line)
+			line++;
+	}
+	return total;
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Hash, elide, dedup and place the pages: records and counts, no I/O. The
+ * same rules as EpochWriter.add_pages (store/local.py): zero pages are not
+ * stored (a ZERO record in an incremental epoch, none in a full one);
+ * nonzero pages with a digest seen before in this epoch point at the first
+ * copy; new pages go to the pack in page order. */
+static void place_pages(const struct mck_fork_job *job, struct fork_scratch *s,
+			struct mck_fork_result *res, uint64_t *pack_end)
+{
+	const uint8_t *base = job->base;
+	size_t ps = job->page_size, k = 0, r = 0, j = 0;
+	uint64_t off = job->pack_off, first_zero = UINT64_MAX;
+	uint8_t zero_digest[32];
+
+	for (size_t i = 0; i < job->n; i++) {
+		uint64_t p = job->pages[i];
+
+		if (!page_is_zero(base + p * ps, ps))
+			s->nonzero[k++] = p;
+		else if (first_zero == UINT64_MAX)
+			first_zero = p;
+	}
+	mck_blake3_pages_at(base, ps, s->nonzero, k, s->digests);
+	if (job->incremental && first_zero != UINT64_MAX)
+		/* the zero page's digest, from a zero page of the arena itself */
+		mck_blake3_pages_at(base, ps, &first_zero, 1, zero_digest);
+	memset(s->table, 0, s->table_cap * sizeof(uint64_t));
+
+	for (size_t i = 0; i < job->n; i++) {
+		uint64_t p = job->pages[i];
+		struct fork_record *rec = &s->recs[r];
+
+		if (j < k && s->nonzero[j] == p) {
+			const uint8_t *d = s->digests + 32 * j++;
+			uint64_t h, mask = s->table_cap - 1;
+
+			memcpy(&h, d, sizeof(h)); /* a digest's bytes are already uniform */
+			for (h &= mask; s->table[h]; h = (h + 1) & mask)
+				if (!memcmp(s->recs[s->table[h] - 1].digest, d, 32))
+					break;
+			rec->page = p;
+			rec->length = (uint32_t)ps;
+			rec->flags = 0;
+			memcpy(rec->digest, d, 32);
+			if (s->table[h]) {
+				rec->offset = s->recs[s->table[h] - 1].offset;
+				res->dedup++;
+			} else {
+				s->table[h] = r + 1;
+				rec->offset = off;
+				off += ps;
+				res->stored++;
+			}
+			r++;
+		} else {
+			res->zero++;
+			if (!job->incremental)
+				continue;
+			rec->page = p;
+			rec->offset = 0;
+			rec->length = 0;
+			rec->flags = MCK_FORK_FLAG_ZERO;
+			memcpy(rec->digest, zero_digest, 32);
+			r++;
+		}
+	}
+	res->records = r;
+	*pack_end = off;
+}
+
+/* Write the new pages (those whose offset is the next free one: dedup hits
+ * point backwards), in runs of adjacent pages, and hash them in pack order. */
+static int write_pack(const struct mck_fork_job *job, struct fork_scratch *s,
+		      struct mck_blake3 *h)
+{
+	const uint8_t *base = job->base;
+	size_t ps = job->page_size;
+	uint64_t next = job->pack_off, batch_off = job->pack_off;
+	int cnt = 0, rc;
+
+	for (uint64_t i = 0; i <= (uint64_t)job->n; i++) {
+		const struct fork_record *rec = i < job->n ? &s->recs[i] : NULL;
+		int is_new = rec && !(rec->flags & MCK_FORK_FLAG_ZERO) && rec->offset == next;
+		uint8_t *addr = is_new ? (uint8_t *)base + rec->page * ps : NULL;
+
+		if (is_new && cnt > 0) {
+			struct iovec *last = &s->iov[cnt - 1];
+
+			if ((uint8_t *)last->iov_base + last->iov_len == addr &&
+			    last->iov_len + ps <= FORK_IOV_CAP) {
+				last->iov_len += ps;
+				next += ps;
+				continue;
+			}
+		}
+		if (cnt > 0 && (!rec || (is_new && cnt == FORK_IOV_MAX))) {
+			for (int v = 0; v < cnt; v++)
+				mck_blake3_update(h, s->iov[v].iov_base, s->iov[v].iov_len);
+			rc = write_all_iov(job->pack_fd, s->iov, cnt, batch_off);
+			if (rc < 0)
+				return rc;
+			batch_off = next;
+			cnt = 0;
+		}
+		if (is_new) {
+			s->iov[cnt].iov_base = addr;
+			s->iov[cnt].iov_len = ps;
+			cnt++;
+			next += ps;
+		}
+		if (!rec)
+			break;
+	}
+	return 0;
+}
+
+static int write_index(const struct mck_fork_job *job, struct fork_scratch *s,
+		       const struct mck_fork_result *res, uint8_t digest[32])
+{
+	uint8_t hdr[MCK_FORK_IDX_HEADER_SIZE];
+	struct mck_blake3 h;
+	struct iovec iov[1 + 8];
+	size_t left = res->records * sizeof(struct fork_record);
+	uint8_t *p = (uint8_t *)s->recs;
+	int cnt = 0;
+
+	memcpy(hdr, job->idx_header, sizeof(hdr));
+	put_le64(hdr + 32, res->records); /* the header's count field */
+	mck_blake3_init(&h);
+	mck_blake3_update(&h, hdr, sizeof(hdr));
+	mck_blake3_update(&h, p, left);
+	mck_blake3_final(&h, digest);
+	iov[cnt].iov_base = hdr;
+	iov[cnt++].iov_len = sizeof(hdr);
+	while (left && cnt < (int)MCK_ARRAY_SIZE(iov)) {
+		size_t part = left < FORK_IOV_CAP ? left : FORK_IOV_CAP;
+
+		iov[cnt].iov_base = p;
+		iov[cnt++].iov_len = part;
+		p += part;
+		left -= part;
+	}
+	if (left) /* more than 8 GiB of records: n is bounded far below that */
+		return -EFBIG;
+	return write_all_iov(job->idx_fd, iov, cnt, 0);
+}
+
+static int sync_fd(int fd)
+{
+	while (fdatasync(fd) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return 0;
+}
+
+static int report(int fd, const struct mck_fork_result *res)
+{
+	const uint8_t *p = (const uint8_t *)res;
+	size_t left = sizeof(*res);
+
+	while (left) {
+		ssize_t w = write(fd, p, left);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		p += w;
+		left -= (size_t)w;
+	}
+	return 0;
+}
+
+static _Noreturn void child_main(const struct mck_fork_job *job, int result_fd,
+				 pid_t parent, const struct timespec *t_fork)
+{
+	struct mck_fork_result res;
+	struct fork_scratch s;
+	struct mck_blake3 h;
+	uint64_t pack_end = 0;
+	int rc, stage;
+
+	memset(&res, 0, sizeof(res));
+	/* die with the thread that forked us; and if it is gone already
+	 * (reparented before the prctl took), nobody waits for this epoch */
+	stage = MCK_FORK_STAGE_SETUP;
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	if (getppid() != parent)
+		_exit(MCK_FORK_STAGE_SETUP);
+	close_other_fds(job->pack_fd, job->idx_fd, result_fd);
+
+	scratch_layout(job, &s);
+	place_pages(job, &s, &res, &pack_end);
+
+	stage = MCK_FORK_STAGE_PACK;
+	mck_blake3_init(&h);
+	mck_blake3_update(&h, job->pack_header, job->pack_header_len);
+	rc = write_pack(job, &s, &h);
+	if (rc < 0)
+		goto fail;
+	mck_blake3_final(&h, res.pack_digest);
+	res.pack_size = pack_end;
+
+	stage = MCK_FORK_STAGE_INDEX;
+	rc = write_index(job, &s, &res, res.idx_digest);
+	if (rc < 0)
+		goto fail;
+	res.idx_size = MCK_FORK_IDX_HEADER_SIZE + res.records * sizeof(struct fork_record);
+
+	stage = MCK_FORK_STAGE_SYNC;
+	rc = sync_fd(job->pack_fd);
+	if (rc == 0)
+		rc = sync_fd(job->idx_fd);
+	if (rc < 0)
+		goto fail;
+
+	res.extra_bytes = private_bytes();
+	res.child_seconds = elapsed_since(t_fork);
+	res.stage = MCK_FORK_OK;
+	if (report(result_fd, &res) < 0)
+		_exit(MCK_FORK_STAGE_REPORT);
+	_exit(0);
+fail:
+	res.error = -rc;
+	res.stage = stage;
+	res.child_seconds = elapsed_since(t_fork);
+	report(result_fd, &res);
+	_exit(stage);
+}
+
+/* ---- the parent ---------------------------------------------------------- */
+
+static int check_job(const struct mck_fork_job *job)
+{
+	size_t ps = job->page_size;
+
+	if (!job->base || ps < 512 || (ps & (ps - 1)) || ps > UINT32_MAX)
+		return -EINVAL;
+	if (job->n && !job->pages)
+		return -EINVAL;
+	if (job->pack_fd < 0 || job->idx_fd < 0 || job->pack_off != job->pack_header_len ||
+	    (job->pack_header_len && !job->pack_header))
+		return -EINVAL;
+	if (!job->scratch || job->scratch_len < mck_fork_scratch_size(job->n))
+		return -EINVAL;
+	for (size_t i = 0; i < job->n; i++)
+		if (job->pages[i] >= job->npages || (i && job->pages[i] <= job->pages[i - 1]))
+			return -EINVAL;
+	return 0;
+}
+
+int mck_fork_start(const struct mck_fork_job *job, struct mck_fork_child *out)
+{
+	sigset_t all, old;
+	struct timespec t_fork;
+	pid_t parent = getpid(), pid;
+	int pfd[2], rc, err;
+
+	out->pid = -1;
+	out->fd = -1;
+	rc = check_job(job);
+	if (rc < 0)
+		return rc;
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return -errno;
+	/* the child starts with every signal blocked: a signal meant for the
+	 * parent (SIGINT to the process group, a timer) must not run one of the
+	 * parent's handlers in the child */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	clock_gettime(CLOCK_MONOTONIC, &t_fork);
+	/* _Fork, not fork: no atfork handler runs, in either process (they may
+	 * allocate, and the child must not) */
+	pid = _Fork();
+	if (pid == 0) {
+		close(pfd[0]);
+		child_main(job, pfd[1], parent, &t_fork);
+	}
+	err = errno;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	close(pfd[1]);
+	if (pid < 0) {
+		close(pfd[0]);
+		return -err;
+	}
+	out->pid = pid;
+	out->fd = pfd[0];
+	return 0;
+}
+
+static void reap(struct mck_fork_child *c, struct mck_fork_result *res)
+{
+	int status;
+	pid_t r;
+
+	do
+		r = waitpid(c->pid, &status, 0);
+	while (r < 0 && errno == EINTR);
+	if (res) {
+		res->exit_code = -1;
+		res->term_signal = 0;
+		if (r == c->pid && WIFEXITED(status))
+			res->exit_code = WEXITSTATUS(status);
+		else if (r == c->pid && WIFSIGNALED(status))
+			res->term_signal = WTERMSIG(status);
+		/* r < 0 (ECHILD): reaped elsewhere (SIGCHLD ignored, a waitpid(-1)
+		 * in another thread): how it ended is unknown */
+	}
+	c->pid = -1;
+}
+
+int mck_fork_wait(struct mck_fork_child *c, struct mck_fork_result *res)
+{
+	uint8_t *p = (uint8_t *)res;
+	size_t got = 0;
+	int pid = c->pid;
+
+	if (pid < 0 && c->fd < 0)
+		return -ESRCH;
+	memset(res, 0, sizeof(*res));
+	while (c->fd >= 0 && got < sizeof(*res)) {
+		ssize_t r = read(c->fd, p + got, sizeof(*res) - got);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	if (c->fd >= 0) {
+		close(c->fd);
+		c->fd = -1;
+	}
+	if (got < sizeof(*res))
+		memset(res, 0, sizeof(*res));
+	if (pid >= 0)
+		reap(c, res);
+	res->pid = pid;
+	res->reported = got == sizeof(*res);
+	if (!res->reported) {
+		res->stage = MCK_FORK_STAGE_DIED;
+		res->error = ECHILD;
+		return -ECHILD;
+	}
+	if (res->stage != MCK_FORK_OK || res->error)
+		return res->error ? -res->error : -EIO;
+	return 0;
+}
+
+int mck_fork_kill(struct mck_fork_child *c)
+{
+	int rc = 0;
+
+	if (c->pid >= 0) {
+		if (kill(c->pid, SIGKILL) < 0 && errno != ESRCH)
+			rc = -errno;
+		reap(c, NULL);
+	}
+	if (c->fd >= 0) {
+		close(c->fd);
+		c->fd = -1;
+	}
+	return rc;
+}
