@@ -15,6 +15,7 @@ from .kernel import Features, TrackerInfo, features, trackers
 from .restore import restore
 from .store import Store
 from .tracker import DirtyTracker
+from .errors import ForkChildError  # fork mode
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = [
     "Arena", "ArenaFull", "CorruptionError", "DirtyTracker", "Features", "FormatError",
     "MemckptError", "TrackerBusy", "TrackerInfo", "TrackerUnavailable", "features", "trackers",
     "Checkpointer", "EpochInfo", "EpochNotFound", "RollbackInfo", "Store", "StoreLocked", "restore",
+    "ForkChildError",
 ]

@@ -41,3 +41,17 @@ class EpochNotFound(MemckptError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+# ---- fork mode -------------------------------------------------------------------
+class ForkChildError(MemckptError):
+    """A fork-mode child did not write its epoch (it reported a failure, or
+    died); the epoch was discarded and the store keeps its last committed one.
+    ``pid``, ``epoch``, ``stage`` (where it failed: "pack", "index", "sync",
+    ... or "died"), ``errno`` (0 if unknown) and ``signal`` (0 if it was not
+    killed) say what happened."""
+
+    def __init__(self, message: str, *, pid: int, epoch: int, stage: str, errno: int,
+                 signal: int) -> None:
+        super().__init__(message)
+        self.pid, self.epoch, self.stage, self.errno, self.signal = pid, epoch, stage, errno, signal
