@@ -1,0 +1,365 @@
+"""Fork snapshots at the binding + store level (csrc/capture_fork.c,
+memckpt.forksnap, EpochWriter.external_target/adopt): a forked child writes
+the epoch's pack and index from its copy-on-write image.
+
+- the epochs read back bit for bit (Store.read_into) and pass Store.verify,
+  full and incremental, with zero and duplicate pages; the child's pack and
+  index are byte-identical to what add_pages writes for the same content;
+- the parent (and its threads) writing while the child runs, and during the
+  fork itself, never reach the epoch: it holds one instant;
+- dirty tracking in the parent stays exact across the fork, per backend;
+- a child that fails or is killed mid-write leaves the store at its last
+  committed epoch and raises ForkChildError naming pid, epoch and signal;
+- 1,000 checkpoints: no child left, fd count flat.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import memckpt
+from memckpt import _core
+from memckpt.errors import CorruptionError, ForkChildError
+from memckpt.forksnap import ForkScratch, ForkSnapshot
+from memckpt.store import Store
+
+from conftest import pages_view
+
+
+def children() -> set[int]:
+    """Pids of this process's children (every thread's), from /proc."""
+    out: set[int] = set()
+    for f in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        try:
+            out.update(int(p) for p in Path(f).read_text().split())
+        except FileNotFoundError:  # a thread that just ended
+            pass
+    return out
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def fill(rng: np.random.Generator, pages: np.ndarray) -> None:
+    """Random pages; one in 7 zero; one in 7 a copy of one of 3 shared contents."""
+    n, ps = pages.shape
+    pages[:] = rng.integers(0, 256, (n, ps), dtype=np.uint8)
+    pages[3::7] = 0
+    shared = rng.integers(1, 256, (3, ps), dtype=np.uint8)
+    for i, p in enumerate(range(5, n, 7)):
+        pages[p] = shared[i % 3]
+
+
+def expected_counts(content: np.ndarray, kind: str) -> dict[str, int]:
+    nz = content[content.any(axis=1)]
+    distinct = len({bytes(r) for r in nz})
+    zero = len(content) - len(nz)
+    return {"pages_stored": distinct, "pages_dedup": len(nz) - distinct, "pages_zero": zero,
+            "records": len(nz) + (zero if kind == "incremental" else 0)}
+
+
+@pytest.fixture
+def arena():
+    with memckpt.Arena(256 * 4096) as a:
+        yield a
+
+
+@pytest.fixture
+def scratch():
+    s = ForkScratch()
+    yield s
+    s.close()
+
+
+def fork_epoch(store: Store, arena: memckpt.Arena, pages: np.ndarray, kind: str,
+               parent: int | None, scratch: ForkScratch, during=None) -> memckpt.EpochInfo:
+    """One epoch written by a fork child; `during()` runs right after the fork."""
+    w = store.begin(kind=kind, parent=parent, layout=arena.layout(), npages=arena.npages)
+    snap = ForkSnapshot(w, arena._region, arena.page_size, pages, scratch=scratch.get(len(pages)))
+    if during is not None:
+        during()
+    res = snap.finish()
+    return w.commit(pages_dirty=len(pages), pause_s=snap.fork_s, tracker="test", mode="fork",
+                    extra={"fork_s": snap.fork_s, "child_s": res["child_s"],
+                           "extra_bytes": res["extra_bytes"]})
+
+
+def add_pages_epoch(store: Store, arena_layout: dict, content: np.ndarray, pages: np.ndarray,
+                    kind: str, parent: int | None) -> memckpt.EpochInfo:
+    w = store.begin(kind=kind, parent=parent, layout=arena_layout, npages=content.shape[0])
+    w.add_pages(pages, content[pages.astype(np.int64)])
+    return w.commit(pages_dirty=len(pages), pause_s=0.0, tracker="test", mode="sync")
+
+
+def read(store: Store, epoch: int, like: np.ndarray) -> np.ndarray:
+    out = np.empty_like(like)
+    store.read_into(epoch, out)
+    return out
+
+
+def files_of(store: Store, epoch: int) -> dict[str, bytes]:
+    doc = store.manifest(epoch)
+    return {k: (store.path / v["name"]).read_bytes() for k, v in doc["files"].items()}
+
+
+def test_full_and_incremental_epochs_match_add_pages_bit_for_bit(tmp_path, arena, scratch):
+    rng = np.random.default_rng(1)
+    pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+    fill(rng, pv)
+    fs = Store(tmp_path / "fork", create=True)
+    ref = Store(tmp_path / "ref", create=True)
+    allp = np.arange(arena.npages, dtype=np.uint64)
+    want = {}
+    parent = None
+    for step in range(4):
+        kind = "full" if step == 0 else "incremental"
+        pages = allp if kind == "full" else np.sort(rng.choice(arena.npages, 60, replace=False)).astype(np.uint64)
+        if step:  # rewrite the chosen pages: new content, zero pages, duplicates
+            sel = pages.astype(np.int64)
+            pv[sel] = rng.integers(0, 256, (len(sel), arena.page_size), dtype=np.uint8)
+            pv[sel[::5]] = 0
+            pv[sel[1::6]] = pv[sel[2]]
+        snapshot = pv.copy()
+        info = fork_epoch(fs, arena, pages, kind, parent, scratch,
+                          during=lambda: pv.fill(0xAB))  # the parent rewrites every page
+        pv[:] = snapshot  # the program's state as it was at the fork, for the next step
+        rinfo = add_pages_epoch(ref, arena.layout(), snapshot, pages, kind, parent)
+        assert info.epoch == rinfo.epoch and info.kind == kind
+        want[info.epoch] = snapshot
+        doc = fs.manifest(info.epoch)
+        assert {k: doc["counts"][k] for k in expected_counts(snapshot[pages.astype(np.int64)], kind)} == \
+            expected_counts(snapshot[pages.astype(np.int64)], kind)
+        assert doc["counts"] == ref.manifest(info.epoch)["counts"]
+        assert doc["files"] == ref.manifest(info.epoch)["files"]
+        assert files_of(fs, info.epoch) == files_of(ref, info.epoch)  # byte-identical files
+        assert doc["mode"] == "fork" and set(doc["extra"]) == {"fork_s", "child_s", "extra_bytes"}
+        assert info.bytes_on_disk == rinfo.bytes_on_disk
+        parent = info.epoch
+    fresh = Store(tmp_path / "fork")
+    for e, content in want.items():
+        assert np.array_equal(read(fresh, e, pv), content), f"epoch {e}"
+    fresh.verify()
+
+
+def test_parent_threads_writing_during_fork_see_one_instant(tmp_path, arena, scratch):
+    """A thread sweeps the pages in order writing its sweep number into each,
+    through the fork and the child's whole run: an instant's snapshot has one
+    cut (pages before it at sweep s, after it at s-1), never two."""
+    words = arena.array("w", arena.nbytes // 8, np.uint64).reshape(arena.npages, -1)
+    store = Store(tmp_path / "st", create=True)
+    stop = threading.Event()
+    started = threading.Event()
+
+    def sweep():
+        s = 0
+        while not stop.is_set():
+            s += 1
+            for p in range(arena.npages):
+                words[p, :] = s  # the whole page, so the digest changes too
+            started.set()
+
+    t = threading.Thread(target=sweep)
+    t.start()
+    try:
+        started.wait(10)
+        parent = None
+        for i in range(5):
+            info = fork_epoch(store, arena, np.arange(arena.npages, dtype=np.uint64),
+                              "full" if i == 0 else "incremental", parent, scratch)
+            snap = read(store, info.epoch, pages_view(arena, words)).view(np.uint64)
+            col = snap[:, 0]
+            assert (snap == col[:, None]).all(), "a page holds two sweeps: torn page"
+            steps = np.flatnonzero(np.diff(col.astype(np.int64)) != 0)
+            assert len(steps) <= 1 and col[0] - col[-1] in (0, 1), \
+                f"epoch {info.epoch} is not one instant: sweeps {np.unique(col)} at {steps}"
+            parent = info.epoch
+    finally:
+        stop.set()
+        t.join()
+    store.verify()
+
+
+def test_tracking_stays_exact_across_the_fork(tmp_path, arena, scratch, backend):
+    pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+    store = Store(tmp_path / "st", create=True)
+    with memckpt.DirtyTracker(arena, backend) as tr:
+        pv[:] = 1
+        tr.collect()
+        rng = np.random.default_rng(3)
+        written = np.sort(rng.choice(arena.npages, 40, replace=False))
+
+        def write():
+            pv[written, 11] += 1
+
+        fork_epoch(store, arena, np.arange(arena.npages, dtype=np.uint64), "full", None, scratch,
+                   during=write)
+        got = tr.collect()
+        assert np.array_equal(got, written.astype(np.uint64)), f"{backend}: {got} vs {written}"
+        # and the next epoch, an increment of exactly those pages, reads back
+        info = fork_epoch(store, arena, got, "incremental", 1, scratch)
+        assert np.array_equal(read(store, info.epoch, pv), pv)
+
+
+def test_child_killed_mid_write_keeps_the_last_epoch(tmp_path, scratch):
+    with memckpt.Arena(8192 * 4096) as arena:  # 32 MiB: long enough to catch the child writing
+        pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+        pv[:] = np.arange(arena.npages, dtype=np.uint64)[:, None].view(np.uint8)[:, :1] + 1
+        pv[:, 8:16] = np.arange(arena.npages, dtype=np.uint64)[:, None].view(np.uint8)
+        store = Store(tmp_path / "st", create=True)
+        allp = np.arange(arena.npages, dtype=np.uint64)
+        first = fork_epoch(store, arena, allp, "full", None, scratch)
+        before = read(store, first.epoch, pv)
+        kids = children()
+
+        pv[:, 20] += 1
+        w = store.begin(kind="incremental", parent=first.epoch, layout=arena.layout(), npages=arena.npages)
+        pack = store.path / w._pack_name
+        snap = ForkSnapshot(w, arena._region, arena.page_size, allp, scratch=scratch.get(len(allp)))
+        deadline = time.monotonic() + 10
+        while pack.stat().st_size <= 32 and time.monotonic() < deadline:
+            pass
+        caught = pack.stat().st_size > 32
+        os.kill(snap.pid, signal.SIGKILL)
+        try:
+            snap.finish()
+            finished = True
+        except ForkChildError as exc:
+            finished = False
+            assert exc.signal == signal.SIGKILL and exc.stage == "died" and exc.epoch == w.epoch
+            assert exc.pid == snap.pid
+            msg = str(exc)
+            assert f"fork child {snap.pid} was killed by signal 9 (SIGKILL) while writing epoch {w.epoch}" in msg
+        if finished or not caught:
+            pytest.skip("the child finished before it could be killed mid-write")
+        assert store.latest() == first.epoch
+        assert not list(store.path.glob(f"e{w.epoch:08d}*")), "the dead child's files were left"
+        store.verify()
+        assert np.array_equal(read(Store(tmp_path / "st"), first.epoch, pv), before)
+        assert children() == kids
+        # the store takes the next epoch as if nothing happened
+        again = fork_epoch(store, arena, allp, "incremental", first.epoch, scratch)
+        assert again.epoch == w.epoch and np.array_equal(read(store, again.epoch, pv), pv)
+
+
+def test_child_failure_is_reported_with_stage_and_errno(tmp_path, arena, scratch):
+    pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+    pv[:] = 5
+    store = Store(tmp_path / "st", create=True)
+    w = store.begin(kind="full", layout=arena.layout(), npages=arena.npages)
+    real = w.external_target
+
+    def readonly_pack():
+        pack_fd, off, phdr, idx_fd, ihdr = real()
+        ro = os.open(store.path / w._pack_name, os.O_RDONLY | os.O_CLOEXEC)
+        opened.append(ro)
+        return ro, off, phdr, idx_fd, ihdr
+
+    opened: list[int] = []
+    w.external_target = readonly_pack
+    snap = ForkSnapshot(w, arena._region, arena.page_size, np.arange(arena.npages, dtype=np.uint64),
+                        scratch=scratch.get(arena.npages))
+    with pytest.raises(ForkChildError, match=rf"fork child {snap.pid} failed writing the pack of "
+                                             r"epoch 1: \[Errno 9\] Bad file descriptor") as ei:
+        snap.finish()
+    os.close(opened[0])
+    assert ei.value.stage == "pack" and ei.value.errno == 9 and ei.value.signal == 0
+    assert store.latest() is None and not list(store.path.glob("e0*"))
+
+
+def test_binding_child_lifecycle(tmp_path, arena, scratch):
+    """kill() and wait() are idempotent; a dropped ForkChild is reaped; bad jobs fork nothing."""
+    pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+    pv[:] = 9
+    store = Store(tmp_path / "st", create=True)
+    kids, fds = children(), fd_count()
+    pages = np.arange(arena.npages, dtype=np.uint64)
+    for how in ("wait", "kill", "drop"):
+        w = store.begin(kind="full", layout=arena.layout(), npages=arena.npages)
+        pack_fd, off, phdr, idx_fd, ihdr = w.external_target()
+        ch = _core.fork_snapshot(arena._region, arena.page_size, pages, False, pack_fd, off, phdr,
+                                 idx_fd, ihdr, scratch.get(len(pages)))
+        assert ch.running and ch.pid > 0
+        if how == "wait":
+            r = ch.wait()
+            assert r["ok"] and r["stage"] == "ok" and r["stored"] == 1 and r["dedup"] == arena.npages - 1
+            assert ch.wait() == r and not ch.running
+            ch.kill()  # after the reap: nothing to do
+        elif how == "kill":
+            ch.kill()
+            ch.kill()
+            r = ch.wait()
+            assert not r["ok"] and r["stage"] == "died" and r["signal"] == signal.SIGKILL
+        else:
+            del ch
+        w.abort()
+    assert children() == kids and fd_count() == fds
+    with pytest.raises(ValueError, match="strictly increasing"):
+        _core.fork_snapshot(arena._region, arena.page_size, pages[::-1].copy(), False, 1, 32,
+                            bytes(32), 1, bytes(48))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        _core.fork_snapshot(arena._region, arena.page_size, np.array([arena.npages], np.uint64),
+                            False, 1, 32, bytes(32), 1, bytes(48))
+    with pytest.raises(ValueError, match="smaller than"):
+        _core.fork_snapshot(arena._region, arena.page_size, pages, False, 1, 32, bytes(32), 1,
+                            bytes(48), bytearray(10))
+    assert children() == kids and fd_count() == fds
+
+
+def test_store_adopt_checks(tmp_path, arena, scratch):
+    store = Store(tmp_path / "st", create=True)
+    with pytest.raises(ValueError, match="zstd compression, which another process"):
+        store.begin(kind="full", layout=arena.layout(), npages=arena.npages,
+                    compress="zstd").external_target()
+    w = store.begin(kind="full", layout=arena.layout(), npages=arena.npages)
+    w.add_pages(np.array([0], np.uint64), np.ones((1, arena.page_size), np.uint8))
+    with pytest.raises(ValueError, match="already holds pages"):
+        w.external_target()
+    w.abort()
+    # a writer that reports sizes the files do not have: CorruptionError, epoch dropped
+    pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+    pv[:] = 3
+    w = store.begin(kind="full", layout=arena.layout(), npages=arena.npages)
+    snap = ForkSnapshot(w, arena._region, arena.page_size, np.arange(arena.npages, dtype=np.uint64),
+                        scratch=scratch.get(arena.npages))
+    res = snap.child.wait()
+    with pytest.raises(ValueError, match="handed to another writer"):
+        w.add_pages(np.array([0], np.uint64), np.ones((1, arena.page_size), np.uint8))
+    with pytest.raises(CorruptionError, match="writer reported"):
+        w.adopt(**{**{k: res[k] for k in ("records", "stored", "dedup", "zero", "pack_size",
+                                          "idx_digest", "pack_digest")}, "idx_size": res["idx_size"] + 56})
+    assert store.latest() is None and not list(store.path.glob("e0*"))
+    w = store.begin(kind="full", layout=arena.layout(), npages=arena.npages)
+    w.external_target()
+    with pytest.raises(ValueError, match="never adopted"):
+        w.commit(pages_dirty=1, pause_s=0.0)
+    assert store.latest() is None and not list(store.path.glob("e0*"))
+
+
+def test_a_thousand_checkpoints_leave_no_child_and_no_fd(tmp_path, scratch):
+    with memckpt.Arena(8 * 4096) as arena:
+        pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+        store = Store(tmp_path / "st", create=True)
+        kids = children()
+        pv[:] = 1
+        last = fork_epoch(store, arena, np.arange(8, dtype=np.uint64), "full", None, scratch)
+        fds = fd_count()
+        rng = np.random.default_rng(4)
+        for i in range(999):
+            p = np.sort(rng.choice(8, 3, replace=False))
+            pv[p, 0] = (i % 250) + 2
+            last = fork_epoch(store, arena, p.astype(np.uint64), "incremental", last.epoch, scratch)
+            if i % 100 == 0:
+                store.prune(keep_last=2)  # keeps the directory small; prune reads manifests
+        assert fd_count() == fds, f"{fds} fds before, {fd_count()} after 1,000 checkpoints"
+        assert children() == kids, f"children left: {children() - kids}"
+        assert last.epoch == 1000
+        assert np.array_equal(read(store, last.epoch, pv), pv)
+        store.verify(last.epoch)
