@@ -45,12 +45,13 @@ import numpy as np
 from .arena import Arena
 from .epoch import EpochInfo
 from .errors import MemckptError
+from .forksnap import ForkScratch, ForkSnapshot
 from .restore import StoreLike, open_store, restore
 from .tracker import DirtyTracker
 from .tuning import Recommendation, parse_duration, recommend
 
 COMPRESSORS = (None, "zstd", "lz4")
-MODES = ("copy", "sync")  # each mode: a _capture_<mode> method; see the module docstring
+MODES = ("copy", "sync", "fork")  # each mode: a _capture_<mode> method; see the module docstring
 
 # Pages handed to the store per add_pages call: bounds the store's working set
 # (digests, compression) without making the call overhead visible.
@@ -620,6 +621,58 @@ class Checkpointer:
                 pass  # the first error is the one to see; the store sweeps leftovers on open
             raise
 
+    # -- mode "fork" ----------------------------------------------------------------------
+    _fork_scratch: ForkScratch | None = None  # the child's working memory, reused
+    _fork_all: np.ndarray | None = None       # 0..npages-1, a full epoch's pages
+
+    def _capture_fork(self, w: Any, kind: str, parent: int | None, label: str | None) -> _Capture:
+        """Collect, then fork a child that writes the pages from its
+        copy-on-write image (memckpt.forksnap): the pause is the collect and
+        the fork. The child comes from the calling thread and dies with it
+        (PR_SET_PDEATHSIG): that thread must outlive the epoch's persist."""
+        if self._fork_scratch is None:
+            self._fork_scratch = ForkScratch()
+        if self._fork_all is None:
+            self._fork_all = np.arange(self._npages, dtype=np.uint64)
+        # before the pause: sized for a full epoch, allocated and touched once
+        scratch = self._fork_scratch.get(self._npages)
+        t0 = time.perf_counter()
+        dirty, reported = self._collect()
+        try:
+            pages = self._fork_all if kind == "full" else dirty
+            t1 = time.perf_counter()
+            snap = ForkSnapshot(w, self._arena._region, self._page_size, pages, scratch=scratch)
+        except BaseException:
+            self._carry = dirty  # collected, not saved: the next epoch or rollback needs them
+            raise
+        pause = time.perf_counter() - t0
+        extra: dict[str, Any] = {"tracker_reported": reported, "collect_s": t1 - t0,
+                                 "fork_s": snap.fork_s, "child_pid": snap.pid}
+        return _Capture(kind=kind, parent=parent, epoch=w.epoch, writer=w, pages=pages,
+                        dirty=dirty, data=snap, pages_dirty=int(pages.size), pause_s=pause,
+                        started=t0, label=label, mode=self._mode, extra=extra,
+                        persist=self._persist_fork, release=snap.release)
+
+    def _persist_fork(self, cap: _Capture) -> EpochInfo:
+        """Wait for the child (GIL released), adopt its files, commit. A child
+        that failed or died raises ForkChildError; its epoch is dropped."""
+        snap: ForkSnapshot = cap.data
+        w = cap.writer
+        try:
+            res = snap.finish()
+            cap.extra["child_s"] = res["child_s"]
+            cap.extra["extra_bytes"] = res["extra_bytes"]
+            return w.commit(pages_dirty=cap.pages_dirty, pause_s=cap.pause_s, label=cap.label,
+                            tracker=self._tracker.backend, mode=cap.mode, extra=cap.extra,
+                            started=cap.started)
+        except BaseException:
+            try:
+                snap.release()
+                w.abort()
+            except Exception:
+                pass  # the first error is the one to see
+            raise
+
     def _staging(self, npages: int) -> np.ndarray:
         spare, self._spare = self._spare, None
         if spare is not None and spare.shape[0] >= npages:
@@ -737,6 +790,7 @@ class Checkpointer:
             self._closed = True
             self._pages = None  # lets the arena close
             self._spare = None
+            self._fork_scratch = None  # mode "fork": its mapping goes with the last reference
             self._tracker.close()
             if self._owns_store and hasattr(self._store, "close"):
                 self._store.close()
@@ -799,6 +853,11 @@ def _interval_args(interval: float | str | None, mtbf: float | str | None,
 def _check_mode(mode: object, compress: str | None) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if mode == "fork" and compress is not None:
+        raise ValueError(f"mode='fork' cannot compress (compress={compress!r}): the fork child "
+                         "may not allocate memory, which zstd and lz4 need; use mode='copy' "
+                         "to compress, or compress=None with mode='fork'")
+
 
 
 def _names(layout: dict[str, Any]) -> list[str]:

@@ -132,6 +132,12 @@ class ForkSnapshot:
         self.result = res
         return res
 
+    def release(self) -> None:
+        """Whatever happened: a child not yet reaped is killed and reaped, and
+        its epoch dropped (nothing to do after finish())."""
+        if self.child.running:
+            self.kill()
+
     def kill(self) -> None:
         """Kill and reap the child, and drop the epoch (for error paths and close)."""
         try:
