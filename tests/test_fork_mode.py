@@ -152,9 +152,9 @@ def test_full_and_incremental_epochs_match_add_pages_bit_for_bit(tmp_path, arena
 
 
 def test_parent_threads_writing_during_fork_see_one_instant(tmp_path, arena, scratch):
-    """A thread sweeps the pages in order writing its sweep number into each,
-    through the fork and the child's whole run: an instant's snapshot has one
-    cut (pages before it at sweep s, after it at s-1), never two."""
+    """A thread sweeps the pages in order writing its sweep number into every
+    word, through the fork and the child's whole run: an instant's snapshot
+    has one cut (words before it at sweep s, after it at s-1), never two."""
     words = arena.array("w", arena.nbytes // 8, np.uint64).reshape(arena.npages, -1)
     store = Store(tmp_path / "st", create=True)
     stop = threading.Event()
@@ -177,11 +177,12 @@ def test_parent_threads_writing_during_fork_see_one_instant(tmp_path, arena, scr
             info = fork_epoch(store, arena, np.arange(arena.npages, dtype=np.uint64),
                               "full" if i == 0 else "incremental", parent, scratch)
             snap = read(store, info.epoch, pages_view(arena, words)).view(np.uint64)
-            col = snap[:, 0]
-            assert (snap == col[:, None]).all(), "a page holds two sweeps: torn page"
-            steps = np.flatnonzero(np.diff(col.astype(np.int64)) != 0)
-            assert len(steps) <= 1 and col[0] - col[-1] in (0, 1), \
-                f"epoch {info.epoch} is not one instant: sweeps {np.unique(col)} at {steps}"
+            # the words in arena order: sweep s up to the word being written at
+            # the fork (which may be inside a page), s-1 after it; one cut only
+            flat = snap.ravel().astype(np.int64)
+            steps = np.flatnonzero(np.diff(flat) != 0)
+            assert len(steps) <= 1 and flat[0] - flat[-1] in (0, 1), \
+                f"epoch {info.epoch} is not one instant: sweeps {np.unique(flat)} change at words {steps[:10]}"
             parent = info.epoch
     finally:
         stop.set()
@@ -357,25 +358,106 @@ def fast_dir(tmp_path):
         yield tmp_path
 
 
-def test_a_thousand_checkpoints_leave_no_child_and_no_fd(fast_dir, scratch):
+def test_a_thousand_checkpoints_leave_no_child_and_no_fd(fast_dir):
+    """Through the Checkpointer (persist thread, ForkSnapshot, adopt, commit)."""
     with memckpt.Arena(8 * 4096) as arena:
         pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
-        store = Store(fast_dir / "st", create=True)
         kids = children()
-        pv[:] = 1
-        last = fork_epoch(store, arena, np.arange(8, dtype=np.uint64), "full", None, scratch)
-        fds = fd_count()
         rng = np.random.default_rng(4)
-        for i in range(999):
-            p = np.sort(rng.choice(8, 3, replace=False))
-            pv[p, 0] = (i % 250) + 2
-            if i % 50 == 49:  # short chains, pruned: begin() walks the parent's chain
-                last = fork_epoch(store, arena, np.arange(8, dtype=np.uint64), "full", last.epoch, scratch)
-                store.prune(keep_last=1)
-            else:
-                last = fork_epoch(store, arena, p.astype(np.uint64), "incremental", last.epoch, scratch)
-        assert fd_count() == fds, f"{fds} fds before, {fd_count()} after 1,000 checkpoints"
-        assert children() == kids, f"children left: {children() - kids}"
-        assert last.epoch == 1000
-        assert np.array_equal(read(store, last.epoch, pv), pv)
-        store.verify(last.epoch)
+        with memckpt.Checkpointer(arena, fast_dir / "st", mode="fork", full_every=50) as ck:
+            pv[:] = 1
+            ck.checkpoint().result()
+            fds = fd_count()
+            for i in range(999):
+                p = rng.choice(8, 3, replace=False)
+                pv[p, 0] = (i % 250) + 2
+                info = ck.checkpoint().result()
+                assert info.mode == "fork" and info.pages_dirty == (8 if info.kind == "full" else 3)
+                if i % 50 == 49:
+                    ck.store.prune(keep_last=1)  # short chains, few files: begin() walks the chain
+            assert fd_count() == fds, f"{fds} fds before, {fd_count()} after 1,000 checkpoints"
+            assert children() == kids, f"children left: {children() - kids}"
+            assert info.epoch == 1000
+            with memckpt.restore(ck.store, info.epoch) as got:
+                assert np.array_equal(pages_view(got, got.arrays()["a"]), pv)
+            ck.store.verify(info.epoch)
+
+
+# -- the Checkpointer in mode "fork" --------------------------------------------------------
+def test_checkpointer_fork_mode_refuses_compression(arena, tmp_path):
+    for c in ("zstd", "lz4"):
+        with pytest.raises(ValueError, match=rf"mode='fork' cannot compress \(compress='{c}'\).*"
+                                             r"mode='copy'"):
+            memckpt.Checkpointer(arena, tmp_path / "s", mode="fork", compress=c)
+    assert not (tmp_path / "s").exists()
+
+
+def test_checkpointer_fork_mode_epochs_and_extra(arena, tmp_path):
+    pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+    fill(np.random.default_rng(6), pv)
+    with memckpt.Checkpointer(arena, tmp_path / "s", mode="fork") as ck:
+        p = ck.checkpoint("first")
+        expect = pv.copy()
+        pv[:] = 0x5C  # the program rewrites every page while the child writes
+        full = p.result()
+        inc1 = ck.checkpoint().result()  # every page, as rewritten
+        pv[:] = expect
+        pv[[2, 9, 30], 1] += 1
+        pv[40] = 0
+        inc = ck.checkpoint().result()
+    assert (full.kind, full.mode, inc1.pages_dirty) == ("full", "fork", arena.npages)
+    assert (inc.kind, inc.parent, inc.pages_dirty) == ("incremental", inc1.epoch, arena.npages)
+    for e in (full, inc):
+        x = e.extra
+        assert {"fork_s", "child_s", "extra_bytes", "collect_s", "child_pid", "wait_s"} <= set(x)
+        assert 0 < x["fork_s"] <= e.pause_s and x["child_s"] > 0 and x["extra_bytes"] >= 0
+    # the parent rewrote every page of the arena while the first child ran
+    # (unless the child was already done): its copy-on-write copies are extra memory
+    with memckpt.Store(tmp_path / "s") as st:
+        st.verify()
+        for e, want in ((full, expect), (inc1, np.full_like(pv, 0x5C)), (inc, pv)):
+            with memckpt.restore(st, e.epoch) as got:
+                assert np.array_equal(pages_view(got, got.arrays()["a"]), want)
+
+
+def test_checkpointer_child_killed_keeps_last_epoch_and_carries_pages(tmp_path):
+    with memckpt.Arena(8192 * 4096) as arena:  # 32 MiB, so the kill lands while the child writes
+        pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+        pv[:] = 1
+        pv[:, 8:16] = np.arange(arena.npages, dtype="<u8")[:, None].view(np.uint8)
+        kids = children()
+        with memckpt.Checkpointer(arena, tmp_path / "s", mode="fork", full_every=2) as ck:
+            first = ck.checkpoint().result()
+            pv[::2, 0] = 2  # half the pages: the next epoch, whose child dies
+            p = ck.checkpoint()
+            pid = p._cap.data.pid if p._cap is not None else None
+            if pid is None:
+                pytest.skip("the child finished before it could be killed")
+            os.kill(pid, signal.SIGKILL)
+            try:
+                p.result()
+                pytest.skip("the child finished before it could be killed")
+            except ForkChildError as exc:
+                assert exc.pid == pid and exc.signal == signal.SIGKILL and exc.epoch == p.epoch
+                assert f"while writing epoch {p.epoch}" in str(exc)
+            assert ck.store.latest() == first.epoch and ck.head == first.epoch
+            assert not list(ck.store.path.glob(f"e{p.epoch:08d}*"))
+            pv[1, 0] = 3
+            again = ck.checkpoint().result()  # the dead epoch's pages, and page 1
+            assert again.kind == "incremental" and again.parent == first.epoch
+            assert again.pages_dirty == arena.npages // 2 + 1
+        assert children() == kids
+        with memckpt.restore(tmp_path / "s", again.epoch) as got:
+            assert np.array_equal(pages_view(got, got.arrays()["a"]), pv)
+
+
+def test_checkpointer_close_reaps_a_running_child(tmp_path):
+    with memckpt.Arena(4096 * 4096) as arena:
+        pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+        pv[:] = 7
+        pv[:, :8] = np.arange(arena.npages, dtype="<u8")[:, None].view(np.uint8)
+        kids = children()
+        ck = memckpt.Checkpointer(arena, tmp_path / "s", mode="fork")
+        p = ck.checkpoint()
+        ck.close()  # waits for the child: the epoch is durable, the child reaped
+        assert p.done() and p.result().epoch == 1 and children() == kids
