@@ -30,6 +30,18 @@
 #define __NR_close_range 436
 #endif
 
+/* _Fork (glibc >= 2.34) forks without running pthread_atfork handlers, in
+ * either process. Elsewhere, a bare clone(SIGCHLD) does the same; the child
+ * then must not use glibc's idea of its own thread id, and does not. */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+#define mck_raw_fork() _Fork()
+#else
+static pid_t mck_raw_fork(void)
+{
+	return (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+}
+#endif
+
 /* Linux's IOV_MAX; a larger vector is EINVAL. */
 #define FORK_IOV_MAX 1024
 /* One iovec never grows past this: a single pwritev moves at most
@@ -486,7 +498,7 @@ int mck_fork_start(const struct mck_fork_job *job, struct mck_fork_child *out)
 	clock_gettime(CLOCK_MONOTONIC, &t_fork);
 	/* _Fork, not fork: no atfork handler runs, in either process (they may
 	 * allocate, and the child must not) */
-	pid = _Fork();
+	pid = mck_raw_fork();
 	if (pid == 0) {
 		close(pfd[0]);
 		child_main(job, pfd[1], parent, &t_fork);
