@@ -536,16 +536,25 @@ static void reap(struct mck_fork_child *c, struct mck_fork_result *res)
 	c->pid = -1;
 }
 
-int mck_fork_wait(struct mck_fork_child *c, struct mck_fork_result *res)
+static int result_code(const struct mck_fork_result *res)
+{
+	if (!res->reported)
+		return -ECHILD;
+	if (res->stage != MCK_FORK_OK || res->error)
+		return res->error ? -res->error : -EIO;
+	return 0;
+}
+
+int mck_fork_read(struct mck_fork_child *c, struct mck_fork_result *res)
 {
 	uint8_t *p = (uint8_t *)res;
 	size_t got = 0;
 	int pid = c->pid;
 
-	if (pid < 0 && c->fd < 0)
+	if (c->fd < 0)
 		return -ESRCH;
 	memset(res, 0, sizeof(*res));
-	while (c->fd >= 0 && got < sizeof(*res)) {
+	while (got < sizeof(*res)) {
 		ssize_t r = read(c->fd, p + got, sizeof(*res) - got);
 
 		if (r < 0 && errno == EINTR)
@@ -554,24 +563,34 @@ int mck_fork_wait(struct mck_fork_child *c, struct mck_fork_result *res)
 			break;
 		got += (size_t)r;
 	}
-	if (c->fd >= 0) {
-		close(c->fd);
-		c->fd = -1;
-	}
+	close(c->fd);
+	c->fd = -1;
 	if (got < sizeof(*res))
 		memset(res, 0, sizeof(*res));
-	if (pid >= 0)
-		reap(c, res);
 	res->pid = pid;
+	res->exit_code = -1;
 	res->reported = got == sizeof(*res);
 	if (!res->reported) {
+		/* EOF without a whole result: the child is dead or dying, and
+		 * how it died is the error; reap it now to know */
 		res->stage = MCK_FORK_STAGE_DIED;
 		res->error = ECHILD;
-		return -ECHILD;
+		if (pid >= 0)
+			reap(c, res);
 	}
-	if (res->stage != MCK_FORK_OK || res->error)
-		return res->error ? -res->error : -EIO;
-	return 0;
+	return result_code(res);
+}
+
+int mck_fork_wait(struct mck_fork_child *c, struct mck_fork_result *res)
+{
+	if (c->fd >= 0)
+		mck_fork_read(c, res);
+	else if (c->pid < 0)
+		return -ESRCH;
+	/* else: mck_fork_read filled *res already */
+	if (c->pid >= 0)
+		reap(c, res);
+	return result_code(res);
 }
 
 int mck_fork_kill(struct mck_fork_child *c)

@@ -89,9 +89,13 @@ def fork_epoch(store: Store, arena: memckpt.Arena, pages: np.ndarray, kind: str,
     if during is not None:
         during()
     res = snap.finish()
-    return w.commit(pages_dirty=len(pages), pause_s=snap.fork_s, tracker="test", mode="fork",
-                    extra={"fork_s": snap.fork_s, "child_s": res["child_s"],
-                           "extra_bytes": res["extra_bytes"]})
+    try:
+        return w.commit(pages_dirty=len(pages), pause_s=snap.fork_s, tracker="test", mode="fork",
+                        extra={"fork_s": snap.fork_s, "child_s": res["child_s"],
+                               "extra_bytes": res["extra_bytes"]})
+    finally:
+        snap.release()
+        assert not snap.child.running
 
 
 def add_pages_epoch(store: Store, arena_layout: dict, content: np.ndarray, pages: np.ndarray,
@@ -278,13 +282,14 @@ def test_child_failure_is_reported_with_stage_and_errno(tmp_path, arena, scratch
 
 
 def test_binding_child_lifecycle(tmp_path, arena, scratch):
-    """kill() and wait() are idempotent; a dropped ForkChild is reaped; bad jobs fork nothing."""
+    """read() then wait(); kill() and wait() are idempotent; a dropped ForkChild is
+    reaped; bad jobs fork nothing."""
     pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
     pv[:] = 9
     store = Store(tmp_path / "st", create=True)
     kids, fds = children(), fd_count()
     pages = np.arange(arena.npages, dtype=np.uint64)
-    for how in ("wait", "kill", "drop"):
+    for how in ("wait", "read", "kill", "drop"):
         w = store.begin(kind="full", layout=arena.layout(), npages=arena.npages)
         pack_fd, off, phdr, idx_fd, ihdr = w.external_target()
         ch = _core.fork_snapshot(arena._region, arena.page_size, pages, False, pack_fd, off, phdr,
@@ -293,8 +298,14 @@ def test_binding_child_lifecycle(tmp_path, arena, scratch):
         if how == "wait":
             r = ch.wait()
             assert r["ok"] and r["stage"] == "ok" and r["stored"] == 1 and r["dedup"] == arena.npages - 1
-            assert ch.wait() == r and not ch.running
+            assert r["exit_code"] == 0 and r["reported"]
+            assert ch.wait() == r and ch.read() == r and not ch.running
             ch.kill()  # after the reap: nothing to do
+        elif how == "read":
+            r = ch.read()  # the report; the child exits on its own, reaped by wait()
+            assert r["ok"] and r["exit_code"] == -1 and ch.running and ch.read() == r
+            r2 = ch.wait()
+            assert not ch.running and r2["exit_code"] == 0 and r2["records"] == r["records"]
         elif how == "kill":
             ch.kill()
             ch.kill()
@@ -433,6 +444,7 @@ def test_checkpointer_child_killed_keeps_last_epoch_and_carries_pages(tmp_path):
             pid = p._cap.data.pid if p._cap is not None else None
             if pid is None:
                 pytest.skip("the child finished before it could be killed")
+            os.kill(pid, signal.SIGSTOP)  # a stopped child cannot finish before the kill
             os.kill(pid, signal.SIGKILL)
             try:
                 p.result()

@@ -208,6 +208,14 @@ int mck_fork_start(const struct mck_fork_job *job, struct mck_fork_child *out);
  * (res->term_signal / res->exit_code say how). c is closed on return, also
  * on failure: a second call returns -ESRCH. */
 int mck_fork_wait(struct mck_fork_child *c, struct mck_fork_result *res);
+/* The first half of mck_fork_wait: read the result (same return values) and
+ * close the pipe, but leave a child that reported to exit on its own: its
+ * exit tears down a copy of the parent's address space (~50 ms for 1 GiB
+ * here), which the epoch need not wait for, since the files are durable
+ * once it reports. A child that reported nothing is reaped at once (c->pid
+ * is then -1). Otherwise mck_fork_wait(c, res), with the same res, reaps it
+ * and returns the same value (or mck_fork_kill does). */
+int mck_fork_read(struct mck_fork_child *c, struct mck_fork_result *res);
 /* SIGKILL the child (if still unreaped), reap it and close the pipe.
  * Idempotent; 0 or -errno. */
 int mck_fork_kill(struct mck_fork_child *c);

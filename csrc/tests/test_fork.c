@@ -9,6 +9,7 @@
  *    a child killed mid-write gives -ECHILD and the signal; mck_fork_kill;
  *  - bad jobs are refused before any fork; the child closes the parent's
  *    other fds;
+ *  - mck_fork_read then mck_fork_wait; read of a killed child reaps it;
  *  - 1,000 fork/wait cycles (and 100 fork/kill): fd count flat, no child left.
  *
  * Exit 0 = pass, 1 = fail. */
@@ -394,6 +395,18 @@ static void killed_case(void)
 			       (long long)st.st_size, strerror(-rc), res.term_signal);
 		}
 	}
+	/* mck_fork_read on a child killed before it reported reaps it */
+	rc = mck_fork_start(&job, &c);
+	CHECK(rc == 0, "read: start");
+	if (rc == 0) {
+		kill(c.pid, SIGKILL);
+		rc = mck_fork_read(&c, &res);
+		CHECK(rc == -ECHILD && c.pid == -1 && c.fd == -1 && res.term_signal == SIGKILL &&
+		      !res.reported, "read of a killed child: %d pid %d signal %d", rc, c.pid,
+		      res.term_signal);
+		CHECK(mck_fork_wait(&c, &res) == -ESRCH && mck_fork_read(&c, &res) == -ESRCH,
+		      "wait/read after the reap");
+	}
 	/* mck_fork_kill on a running child, then wait */
 	rc = mck_fork_start(&job, &c);
 	CHECK(rc == 0, "kill: start");
@@ -512,7 +525,16 @@ static void cycles(void)
 			CHECK(0, "cycle %d: start: %s", i, strerror(-rc));
 			break;
 		}
-		rc = mck_fork_wait(&c, &res);
+		if (i % 2) { /* half the cycles: read first, reap after */
+			rc = mck_fork_read(&c, &res);
+			if (rc == 0 && (c.fd != -1 || c.pid < 0 || res.exit_code != -1))
+				rc = -EPROTO;
+			if (rc == 0)
+				rc = mck_fork_wait(&c, &res);
+			rc = rc == 0 && res.exit_code == 0 && c.pid == -1 ? 0 : -EPROTO;
+		} else {
+			rc = mck_fork_wait(&c, &res);
+		}
 		ok += rc == 0 && res.stored == 2 && res.dedup == 1;
 	}
 	CHECK(ok == 1000, "only %d of 1000 cycles succeeded", ok);

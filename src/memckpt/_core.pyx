@@ -248,17 +248,22 @@ cdef dict _fork_result(c.mck_fork_result *r, int rc):
 cdef class ForkChild:
     """A child forked by fork_snapshot(), writing one epoch's files.
 
-    wait() (GIL released) reads its result and reaps it, and returns a dict:
-    ok, error (errno), stage ("ok", "setup", "pack", "index", "sync",
+    read() (GIL released) waits for the child's result and returns it as a
+    dict: ok, error (errno), stage ("ok", "setup", "pack", "index", "sync",
     "report", or "died": no whole result came), the counts (records, stored,
     dedup, zero), pack_size/idx_size, pack_digest/idx_digest (32 bytes each),
-    extra_bytes, child_s, pid, exit_code (-1 if killed), signal, reported.
-    Later calls return the same dict. kill() sends SIGKILL and reaps (from
-    another thread while wait() runs: only sends, and wait() reaps).
-    A ForkChild dropped unreaped is killed and reaped."""
+    extra_bytes, child_s, pid, exit_code (-1 if killed or not yet reaped),
+    signal, reported. A child that reported is left to exit on its own (its
+    files are durable already); one that did not is reaped by read().
+    wait() reads if needed, then reaps, and returns the same dict with the
+    exit fields. Later calls return the same dict. kill() sends SIGKILL and
+    reaps (from another thread while read()/wait() blocks: only sends, and
+    they reap). A ForkChild dropped unreaped is killed and reaped."""
     cdef c.mck_fork_child ch
-    cdef object scratch   # the child writes it (shared memory): held until reaped
-    cdef dict result
+    cdef c.mck_fork_result res
+    cdef object scratch   # the child writes it (shared memory): held until it reported
+    cdef dict report      # after read()
+    cdef dict result      # after the reap
     cdef bint waiting
     cdef readonly int pid
 
@@ -273,28 +278,48 @@ cdef class ForkChild:
 
     @property
     def running(self):
-        """True until the child is reaped (by wait() or kill())."""
+        """True until the child is reaped (by read() of a dead child, wait() or kill())."""
         return self.result is None
 
-    def wait(self):
-        cdef c.mck_fork_result r
-        cdef int rc
-        if self.result is not None:
-            return dict(self.result)
+    cdef int _enter(self) except -1:
         if self.waiting:
             raise RuntimeError(f"another thread is already waiting for fork child {self.pid}")
         self.waiting = True
+        return 0
+
+    def read(self):
+        cdef int rc
+        if self.result is not None:
+            return dict(self.result)
+        if self.report is not None:
+            return dict(self.report)
+        self._enter()
         try:
             with nogil:
-                rc = c.mck_fork_wait(&self.ch, &r)
+                rc = c.mck_fork_read(&self.ch, &self.res)
+        finally:
+            self.waiting = False
+        self.scratch = None  # it reported, or it is gone: the child no longer writes it
+        self.report = _fork_result(&self.res, rc)
+        if self.ch.pid < 0:
+            self.result = self.report
+        return dict(self.report)
+
+    def wait(self):
+        cdef int rc
+        if self.result is not None:
+            return dict(self.result)
+        self._enter()
+        try:
+            with nogil:
+                rc = c.mck_fork_wait(&self.ch, &self.res)
         finally:
             self.waiting = False
         self.scratch = None
-        self.result = _fork_result(&r, rc)
+        self.result = _fork_result(&self.res, rc)
         return dict(self.result)
 
     def kill(self):
-        cdef c.mck_fork_result r
         cdef int rc
         if self.result is not None:
             return
@@ -305,13 +330,16 @@ cdef class ForkChild:
         with nogil:
             rc = c.mck_fork_kill(&self.ch)
         check(rc, f"killing fork child {self.pid}")
-        memset(&r, 0, sizeof(r))
-        r.stage = c.MCK_FORK_STAGE_DIED
-        r.pid = self.pid
-        r.exit_code = -1
-        r.term_signal = 9  # SIGKILL, ours
         self.scratch = None
-        self.result = _fork_result(&r, -ECHILD)  # it left no result
+        if self.report is not None:  # it had reported: what it reported stands
+            self.result = dict(self.report, signal=9, exit_code=-1)
+            return
+        memset(&self.res, 0, sizeof(self.res))
+        self.res.stage = c.MCK_FORK_STAGE_DIED
+        self.res.pid = self.pid
+        self.res.exit_code = -1
+        self.res.term_signal = 9  # SIGKILL, ours
+        self.result = _fork_result(&self.res, -ECHILD)  # it left no result
 
 
 def fork_snapshot(Region region not None, size_t page_size, const uint64_t[::1] pages not None,

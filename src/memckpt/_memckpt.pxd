@@ -118,4 +118,5 @@ cdef extern from "memckpt.h" nogil:
     size_t mck_fork_scratch_size(size_t n)
     int mck_fork_start(const mck_fork_job *job, mck_fork_child *out)
     int mck_fork_wait(mck_fork_child *c, mck_fork_result *res)
+    int mck_fork_read(mck_fork_child *c, mck_fork_result *res)
     int mck_fork_kill(mck_fork_child *c)

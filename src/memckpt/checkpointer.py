@@ -634,14 +634,17 @@ class Checkpointer:
             self._fork_scratch = ForkScratch()
         if self._fork_all is None:
             self._fork_all = np.arange(self._npages, dtype=np.uint64)
-        # before the pause: sized for a full epoch, allocated and touched once
+        # before the pause: the scratch (sized for a full epoch, allocated and
+        # touched once) and the epoch's index file
         scratch = self._fork_scratch.get(self._npages)
+        target = w.external_target()
         t0 = time.perf_counter()
         dirty, reported = self._collect()
         try:
             pages = self._fork_all if kind == "full" else dirty
             t1 = time.perf_counter()
-            snap = ForkSnapshot(w, self._arena._region, self._page_size, pages, scratch=scratch)
+            snap = ForkSnapshot(w, self._arena._region, self._page_size, pages, scratch=scratch,
+                                target=target)
         except BaseException:
             self._carry = dirty  # collected, not saved: the next epoch or rollback needs them
             raise

@@ -8,10 +8,11 @@ sizes and digests; the parent adopts the files, and the caller commits::
     w = store.begin(kind=..., parent=..., layout=..., npages=...)
     snap = ForkSnapshot(w, arena._region, arena.page_size, pages, scratch=scratch)
     ...                                   # the program runs on
-    result = snap.finish()                # reaps the child; ForkChildError if it failed
+    result = snap.finish()                # the child's report; ForkChildError if it failed
     info = w.commit(pages_dirty=..., pause_s=..., mode="fork",
                     extra={"fork_s": snap.fork_s, "child_s": result["child_s"],
                            "extra_bytes": result["extra_bytes"]})
+    snap.release()                        # reaps the child (whatever happened)
 """
 from __future__ import annotations
 
@@ -97,12 +98,14 @@ class ForkSnapshot:
     the pause after collecting). The writer is aborted if the fork fails."""
 
     def __init__(self, writer: Any, region: Any, page_size: int, pages: np.ndarray, *,
-                 scratch: Any = None) -> None:
+                 scratch: Any = None, target: tuple[int, int, bytes, int, bytes] | None = None) -> None:
         self.writer = writer
         self.epoch: int = writer.epoch
         self.result: dict[str, Any] | None = None
         try:
-            pack_fd, off, phdr, idx_fd, ihdr = writer.external_target()
+            # target: writer.external_target(), when the caller took it earlier
+            # (before the pause: it creates the index file)
+            pack_fd, off, phdr, idx_fd, ihdr = writer.external_target() if target is None else target
             pages = np.ascontiguousarray(pages, dtype=np.uint64)
             t = time.perf_counter()
             self.child = _core.fork_snapshot(region, page_size, pages, writer.kind == "incremental",
@@ -120,7 +123,9 @@ class ForkSnapshot:
         if self.result is not None:
             return self.result
         try:
-            res = self.child.wait()
+            res = self.child.read()  # a child that reported exits on its own: see release()
+            if not res["ok"] and self.child.running:
+                res = self.child.wait()  # it reported a failure: reap it, for exit_code
         except BaseException:
             self.kill()
             raise
@@ -133,9 +138,14 @@ class ForkSnapshot:
         return res
 
     def release(self) -> None:
-        """Whatever happened: a child not yet reaped is killed and reaped, and
-        its epoch dropped (nothing to do after finish())."""
-        if self.child.running:
+        """Whatever happened, reap the child: after finish(), wait for its
+        exit (the teardown of its copy of the address space, which the
+        commit did not wait for); otherwise kill it and drop the epoch."""
+        if not self.child.running:
+            return
+        if self.result is not None:
+            self.child.wait()
+        else:
             self.kill()
 
     def kill(self) -> None:
