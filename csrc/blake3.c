@@ -90,6 +90,8 @@ static void b3_compress(const uint32_t cv[8], const uint8_t block[B3_BLOCK], uin
 	v[13] = (uint32_t)(ctr >> 32);
 	v[14] = block_len;
 	v[15] = flags;
+	/* unrolled, the schedule's indices are constants and m, v live in registers */
+#pragma GCC unroll 7
 	for (int r = 0; r < 7; r++) {
 		const uint8_t *s = B3_SCHEDULE[r];
 
@@ -163,11 +165,19 @@ static void b3_lanes_1(const uint8_t *const *in, const uint64_t *ctr, size_t nbl
 #undef LANES
 #undef LANES_FN
 #undef LANES_ATTR
+
+#define LANES 16
+#define LANES_FN b3_lanes_16
+#define LANES_ATTR __attribute__((target("avx512f")))
+#include "blake3_lanes.h"
+#undef LANES
+#undef LANES_FN
+#undef LANES_ATTR
 #endif
 
-enum b3_impl { B3_PORTABLE, B3_SSE2, B3_AVX2, B3_NIMPL };
+enum b3_impl { B3_PORTABLE, B3_SSE2, B3_AVX2, B3_AVX512, B3_NIMPL };
 
-static const char *const b3_impl_names[B3_NIMPL] = {"portable", "sse2", "avx2"};
+static const char *const b3_impl_names[B3_NIMPL] = {"portable", "sse2", "avx2", "avx512"};
 
 /* -1 = not decided yet. Deciding is pure computation (the CPU model libgcc
  * read at start-up), so two threads racing here store the same value. */
@@ -176,6 +186,8 @@ static atomic_int b3_impl_cur = -1;
 static int b3_impl_best(void)
 {
 #ifdef B3_HAVE_X86
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2"))
+		return B3_AVX512;
 	if (__builtin_cpu_supports("avx2"))
 		return B3_AVX2;
 	return B3_SSE2;
@@ -228,6 +240,9 @@ static void b3_many(const uint8_t *const *in, const uint64_t *ctr, size_t n, siz
 	int impl = b3_impl();
 
 #ifdef B3_HAVE_X86
+	if (impl >= B3_AVX512)
+		for (; i + 16 <= n; i += 16)
+			b3_lanes_16(in + i, ctr + i, nblocks, flags, start, end, out + 32 * i);
 	if (impl >= B3_AVX2)
 		for (; i + 8 <= n; i += 8)
 			b3_lanes_8(in + i, ctr + i, nblocks, flags, start, end, out + 32 * i);
