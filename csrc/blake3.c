@@ -279,9 +279,10 @@ void mck_blake3_init(struct mck_blake3 *h)
 	h->stack_len = 0;
 }
 
-/* Push the CV of a complete chunk (or of a run of them ending at chunk
- * index done-1 whose count is a power of two aligned to it). Since a CV is only
- * pushed when more input follows, a merge here is never the root. */
+/* Push the CV of a complete subtree; done = how many subtrees of its size
+ * the input holds up to and including it (for a chunk: the chunk count).
+ * Since a CV is only pushed when more input follows, a merge here is never
+ * the root. */
 static void b3_push(struct mck_blake3 *h, const uint8_t cv[32], uint64_t done)
 {
 	memcpy(h->stack[h->stack_len++], cv, 32);
@@ -324,8 +325,18 @@ void mck_blake3_update(struct mck_blake3 *h, const void *data, size_t len)
 				ctr[i] = h->chunk + i;
 			}
 			b3_many(in, ctr, k, B3_CHUNK / B3_BLOCK, 0, B3_CHUNK_START, B3_CHUNK_END, cvs);
-			for (size_t i = 0; i < k; i++)
-				b3_push(h, cvs + 32 * i, ++h->chunk);
+			if (k == B3_BATCH && h->chunk % B3_BATCH == 0) {
+				/* an aligned full batch is a complete subtree: its
+				 * parents go through the lanes too, and it enters
+				 * the stack as one entry (no smaller one is there) */
+				for (size_t c = B3_BATCH / 2; c >= 1; c /= 2)
+					b3_parents(cvs, c, 0, cvs);
+				h->chunk += B3_BATCH;
+				b3_push(h, cvs, h->chunk / B3_BATCH);
+			} else {
+				for (size_t i = 0; i < k; i++)
+					b3_push(h, cvs + 32 * i, ++h->chunk);
+			}
 			p += B3_CHUNK * k;
 			len -= B3_CHUNK * k;
 			continue;
