@@ -147,7 +147,9 @@ static void b3_lanes_1(const uint8_t *const *in, const uint64_t *ctr, size_t nbl
 	b3_words_to_bytes(cv, out);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+/* The lanes use GCC's vector extensions and __builtin_shuffle (clang spells
+ * the latter differently: it gets the portable path). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define B3_HAVE_X86 1
 
 #define LANES 4
