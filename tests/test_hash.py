@@ -169,7 +169,7 @@ def test_bad_arguments_say_what_is_wrong():
 
 def test_hashing_releases_the_gil():
     """Another thread runs Python while one hash_pages call is inside the core."""
-    pages = np.ones((16384, 4096), dtype=np.uint8)  # 64 MiB: tens of ms
+    pages = np.ones((32768, 4096), dtype=np.uint8)  # 128 MiB: one call of 40+ ms
     stamps: list[float] = []
     done = threading.Event()
 

@@ -132,7 +132,8 @@ int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask);
 
 /* BLAKE3 (unkeyed, 32-byte output), written from the specification. Every
  * function here is pure computation on the caller's memory: no heap, no locks,
- * no thread-local state, so a fork child or a signal handler may call them.
+ * no thread-local state, so a fork child or a signal handler may call them
+ * (they need at most about 8 KiB of stack: gcc -fstack-usage).
  * Page digests hash several 1 KiB chunks at once across SIMD lanes: 16 with
  * AVX-512, 8 with AVX2, chosen at run time from the CPU; 4 with SSE2 (x86-64's
  * baseline) or one at a time in portable C otherwise. */
