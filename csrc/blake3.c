@@ -90,6 +90,8 @@ static void b3_compress(const uint32_t cv[8], const uint8_t block[B3_BLOCK], uin
 	v[13] = (uint32_t)(ctr >> 32);
 	v[14] = block_len;
 	v[15] = flags;
+	/* unrolled, the schedule's indices are constants and m, v live in registers */
+#pragma GCC unroll 7
 	for (int r = 0; r < 7; r++) {
 		const uint8_t *s = B3_SCHEDULE[r];
 
@@ -145,7 +147,9 @@ static void b3_lanes_1(const uint8_t *const *in, const uint64_t *ctr, size_t nbl
 	b3_words_to_bytes(cv, out);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+/* The lanes use GCC's vector extensions and __builtin_shuffle (clang spells
+ * the latter differently: it gets the portable path). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define B3_HAVE_X86 1
 
 #define LANES 4
@@ -163,11 +167,19 @@ static void b3_lanes_1(const uint8_t *const *in, const uint64_t *ctr, size_t nbl
 #undef LANES
 #undef LANES_FN
 #undef LANES_ATTR
+
+#define LANES 16
+#define LANES_FN b3_lanes_16
+#define LANES_ATTR __attribute__((target("avx512f")))
+#include "blake3_lanes.h"
+#undef LANES
+#undef LANES_FN
+#undef LANES_ATTR
 #endif
 
-enum b3_impl { B3_PORTABLE, B3_SSE2, B3_AVX2, B3_NIMPL };
+enum b3_impl { B3_PORTABLE, B3_SSE2, B3_AVX2, B3_AVX512, B3_NIMPL };
 
-static const char *const b3_impl_names[B3_NIMPL] = {"portable", "sse2", "avx2"};
+static const char *const b3_impl_names[B3_NIMPL] = {"portable", "sse2", "avx2", "avx512"};
 
 /* -1 = not decided yet. Deciding is pure computation (the CPU model libgcc
  * read at start-up), so two threads racing here store the same value. */
@@ -176,6 +188,8 @@ static atomic_int b3_impl_cur = -1;
 static int b3_impl_best(void)
 {
 #ifdef B3_HAVE_X86
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2"))
+		return B3_AVX512;
 	if (__builtin_cpu_supports("avx2"))
 		return B3_AVX2;
 	return B3_SSE2;
@@ -228,6 +242,9 @@ static void b3_many(const uint8_t *const *in, const uint64_t *ctr, size_t n, siz
 	int impl = b3_impl();
 
 #ifdef B3_HAVE_X86
+	if (impl >= B3_AVX512)
+		for (; i + 16 <= n; i += 16)
+			b3_lanes_16(in + i, ctr + i, nblocks, flags, start, end, out + 32 * i);
 	if (impl >= B3_AVX2)
 		for (; i + 8 <= n; i += 8)
 			b3_lanes_8(in + i, ctr + i, nblocks, flags, start, end, out + 32 * i);
@@ -264,9 +281,10 @@ void mck_blake3_init(struct mck_blake3 *h)
 	h->stack_len = 0;
 }
 
-/* Push the CV of a complete chunk (or of a run of them ending at chunk
- * index done-1 whose count is a power of two aligned to it). Since a CV is only
- * pushed when more input follows, a merge here is never the root. */
+/* Push the CV of a complete subtree; done = how many subtrees of its size
+ * the input holds up to and including it (for a chunk: the chunk count).
+ * Since a CV is only pushed when more input follows, a merge here is never
+ * the root. */
 static void b3_push(struct mck_blake3 *h, const uint8_t cv[32], uint64_t done)
 {
 	memcpy(h->stack[h->stack_len++], cv, 32);
@@ -309,8 +327,18 @@ void mck_blake3_update(struct mck_blake3 *h, const void *data, size_t len)
 				ctr[i] = h->chunk + i;
 			}
 			b3_many(in, ctr, k, B3_CHUNK / B3_BLOCK, 0, B3_CHUNK_START, B3_CHUNK_END, cvs);
-			for (size_t i = 0; i < k; i++)
-				b3_push(h, cvs + 32 * i, ++h->chunk);
+			if (k == B3_BATCH && h->chunk % B3_BATCH == 0) {
+				/* an aligned full batch is a complete subtree: its
+				 * parents go through the lanes too, and it enters
+				 * the stack as one entry (no smaller one is there) */
+				for (size_t c = B3_BATCH / 2; c >= 1; c /= 2)
+					b3_parents(cvs, c, 0, cvs);
+				h->chunk += B3_BATCH;
+				b3_push(h, cvs, h->chunk / B3_BATCH);
+			} else {
+				for (size_t i = 0; i < k; i++)
+					b3_push(h, cvs + 32 * i, ++h->chunk);
+			}
 			p += B3_CHUNK * k;
 			len -= B3_CHUNK * k;
 			continue;

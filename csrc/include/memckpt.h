@@ -233,9 +233,11 @@ int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask);
 
 /* BLAKE3 (unkeyed, 32-byte output), written from the specification. Every
  * function here is pure computation on the caller's memory: no heap, no locks,
- * no thread-local state, so a fork child or a signal handler may call them.
- * Page digests hash several 1 KiB chunks at once across SIMD lanes (AVX2 when
- * the CPU has it, chosen at run time; SSE2 or portable C otherwise). */
+ * no thread-local state, so a fork child or a signal handler may call them
+ * (they need at most about 8 KiB of stack: gcc -fstack-usage).
+ * Page digests hash several 1 KiB chunks at once across SIMD lanes: 16 with
+ * AVX-512, 8 with AVX2, chosen at run time from the CPU; 4 with SSE2 (x86-64's
+ * baseline) or one at a time in portable C otherwise. */
 #define MCK_BLAKE3_LEN 32
 #define MCK_BLAKE3_STACK 54 /* subtree CVs a 2^64-byte input can leave pending */
 
@@ -261,7 +263,8 @@ void mck_blake3_pages(const void *base, size_t page_size, size_t n, uint8_t *out
 /* The same for the pages base + idx[i]*page_size (idx: page numbers, any order). */
 void mck_blake3_pages_at(const void *base, size_t page_size, const uint64_t *idx,
 			 size_t n, uint8_t *out);
-/* Which implementation the functions above use: "avx2", "sse2" or "portable". */
+/* Which implementation the functions above use: "avx512", "avx2", "sse2" or
+ * "portable". */
 const char *mck_blake3_impl(void);
 /* Force one by name (for tests and benchmarks; not thread-safe against
  * concurrent hashing). -EINVAL for an unknown name, -ENOTSUP if this CPU or

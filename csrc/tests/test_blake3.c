@@ -240,7 +240,7 @@ static void test_fork_child(void)
 
 int main(void)
 {
-	static const char *const impls[] = {"portable", "sse2", "avx2"};
+	static const char *const impls[] = {"portable", "sse2", "avx2", "avx512"};
 	int tested = 0;
 
 	printf("automatic choice: %s\n", mck_blake3_impl());
