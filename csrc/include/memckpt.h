@@ -128,6 +128,48 @@ int mck_tracker_close(struct mck_tracker *t);
  * counts every page with a page-table entry. -EOPNOTSUPP without PAGEMAP_SCAN. */
 int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask);
 
+/* -------------------------------------------------------------- hashing */
+
+/* BLAKE3 (unkeyed, 32-byte output), written from the specification. Every
+ * function here is pure computation on the caller's memory: no heap, no locks,
+ * no thread-local state, so a fork child or a signal handler may call them
+ * (they need at most about 8 KiB of stack: gcc -fstack-usage).
+ * Page digests hash several 1 KiB chunks at once across SIMD lanes: 16 with
+ * AVX-512, 8 with AVX2, chosen at run time from the CPU; 4 with SSE2 (x86-64's
+ * baseline) or one at a time in portable C otherwise. */
+#define MCK_BLAKE3_LEN 32
+#define MCK_BLAKE3_STACK 54 /* subtree CVs a 2^64-byte input can leave pending */
+
+/* A streaming hasher: fixed size, lives on the stack, copyable. */
+struct mck_blake3 {
+	uint32_t cv[8];        /* chaining value of the chunk being absorbed */
+	uint64_t chunk;        /* that chunk's index in the input */
+	uint8_t buf[64];       /* its last, not yet compressed, block */
+	uint32_t buf_len;
+	uint32_t blocks;       /* blocks of that chunk already compressed */
+	uint32_t stack_len;
+	uint8_t stack[MCK_BLAKE3_STACK][MCK_BLAKE3_LEN]; /* complete left subtrees */
+};
+
+void mck_blake3_init(struct mck_blake3 *h);
+void mck_blake3_update(struct mck_blake3 *h, const void *data, size_t len);
+/* The digest of everything absorbed so far; h may keep absorbing after. */
+void mck_blake3_final(const struct mck_blake3 *h, uint8_t out[MCK_BLAKE3_LEN]);
+/* out[i*32..] = BLAKE3 of the page at base + i*page_size, for i < n (pages
+ * contiguous). Fast for page sizes that are powers of two >= 512; any other
+ * size is hashed correctly, one page at a time. */
+void mck_blake3_pages(const void *base, size_t page_size, size_t n, uint8_t *out);
+/* The same for the pages base + idx[i]*page_size (idx: page numbers, any order). */
+void mck_blake3_pages_at(const void *base, size_t page_size, const uint64_t *idx,
+			 size_t n, uint8_t *out);
+/* Which implementation the functions above use: "avx512", "avx2", "sse2" or
+ * "portable". */
+const char *mck_blake3_impl(void);
+/* Force one by name (for tests and benchmarks; not thread-safe against
+ * concurrent hashing). -EINVAL for an unknown name, -ENOTSUP if this CPU or
+ * build lacks it. NULL restores the automatic choice. */
+int mck_blake3_set_impl(const char *name);
+
 #ifdef __cplusplus
 }
 #endif

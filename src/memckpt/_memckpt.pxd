@@ -1,5 +1,6 @@
 # Declarations of csrc/include/memckpt.h, the C core's one public header.
 from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport uint8_t  # hashing
 
 cdef extern from "memckpt.h" nogil:
     enum:
@@ -61,3 +62,19 @@ cdef extern from "memckpt.h" nogil:
     int mck_tracker_close(mck_tracker *t)
 
     int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask)
+
+    # ---- hashing (csrc/blake3.c)
+    enum:
+        MCK_BLAKE3_LEN
+
+    struct mck_blake3:
+        pass
+
+    void mck_blake3_init(mck_blake3 *h)
+    void mck_blake3_update(mck_blake3 *h, const void *data, size_t len)
+    void mck_blake3_final(const mck_blake3 *h, uint8_t *out)
+    void mck_blake3_pages(const void *base, size_t page_size, size_t n, uint8_t *out)
+    void mck_blake3_pages_at(const void *base, size_t page_size, const uint64_t *idx,
+                             size_t n, uint8_t *out)
+    const char *mck_blake3_impl()
+    int mck_blake3_set_impl(const char *name)

@@ -87,11 +87,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import blake3
 import numpy as np
 
+from .. import _core
 from ..epoch import EpochInfo
 from ..errors import CorruptionError, EpochNotFound, FormatError, MemckptError, StoreLocked
 from . import format as fmt
@@ -617,18 +618,15 @@ class Store:
 
     def _check_digests(self, holder: int, pack_name: str, recs: np.ndarray, out: np.ndarray,
                        rows: np.ndarray, reading: int | None) -> None:
-        # one digest per page, in a tight loop
+        # every page's digest in one call into the core (GIL released)
         n = len(rows)
         if not n:
             return
-        b3 = blake3.blake3
         r0 = int(rows[0])
         if int(rows[-1]) - r0 == n - 1 and (n < 2 or bool((np.diff(rows) == 1).all())):
-            pages_it: Iterable[Any] = out[r0:r0 + n]
+            got = _core.hash_pages(out[r0:r0 + n])
         else:
-            pages_it = map(out.__getitem__, rows.tolist())
-        got = np.frombuffer(b"".join([h.digest() for h in map(b3, pages_it)]),
-                            dtype=np.uint8).reshape(n, 32)
+            got = _core.hash_pages_at(out, rows)
         bad = (got != recs["digest"]).any(axis=1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -1246,9 +1244,11 @@ class EpochWriter:
         nz = d.view(np.uint64).any(axis=1)
         nzi = np.flatnonzero(nz)
         k = len(nzi)
-        rows_it: Iterable[Any] = d if k == m else map(d.__getitem__, nzi.tolist())
-        b3 = blake3.blake3
-        digests = [h.digest() for h in map(b3, rows_it)]
+        # the chunk's digests in one call into the core (GIL released); bytes
+        # of each for the dedup table
+        dg_arr = _core.hash_pages(d) if k == m else _core.hash_pages_at(d, nzi)
+        raw = dg_arr.tobytes()
+        digests = [raw[i:i + 32] for i in range(0, 32 * k, 32)]
         seen = self._seen
         start = self._off
         bufs: list[Any] = []
@@ -1318,7 +1318,6 @@ class EpochWriter:
             if bufs:
                 bufs = [b"".join(bufs)]
             self._off = cur
-        dg_arr = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(k, 32)
         if self.kind == "incremental":
             rec = np.zeros(m, dtype=fmt.RECORD_DTYPE)
             rec["page"] = p
