@@ -263,6 +263,9 @@ struct uffd_sync {
 	struct mck_bitmap dirty;
 	/* a failure the handler met; collect returns it from then on */
 	_Atomic int err;
+	/* background capture (capture_bg.c): set under lock, NULL until the
+	 * first mck_bg_begin; the handler asks it about every write fault */
+	struct mck_bg *bg;
 };
 
 static int uffd_sync_status(const struct mck_features *f, char *reason, size_t len)
@@ -335,6 +338,14 @@ static void handle_fault(struct uffd_sync *s, const struct uffd_msg *m)
 		rc = fill(s, page, true);
 	} else {
 		pthread_mutex_lock(&s->lock);
+		/* a page of a background snapshot not copied yet: the writer
+		 * sleeps on until the copier has copied it and un-protects it
+		 * (mck_uffd_sync_release); deciding under the lock orders this
+		 * against the freeze that protected the page */
+		if (s->bg && mck_bg_defer(s->bg, (page - base) / s->page_size)) {
+			pthread_mutex_unlock(&s->lock);
+			return;
+		}
 		mck_bitmap_set(&s->dirty, (size_t)((page - base) / s->page_size));
 		if (flags & UFFD_PAGEFAULT_FLAG_WP)
 			rc = writeprotect(s->uffd, (void *)(uintptr_t)page, s->page_size, false);
@@ -587,6 +598,11 @@ static void uffd_sync_close(struct mck_tracker *t)
 
 	if (!s)
 		return;
+	/* a background copy first: it needs the handler and the registration
+	 * to release the writers waiting on it, and its staging stays a
+	 * complete snapshot */
+	if (s->bg)
+		mck_bg_destroy(s->bg);
 	/* unregister, and before stopping the handler: it wakes writers
 	 * still waiting on a fault, which then write through the now plain
 	 * range; and a child forked meanwhile holds the fd too, so closing
@@ -601,6 +617,80 @@ static void uffd_sync_close(struct mck_tracker *t)
 	munmap((void *)s->zero, t->page_size);
 	free(s);
 	t->priv = NULL;
+}
+
+/* ---- uffd-sync: the background capture's hooks (see internal.h) ---------- */
+
+int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
+			     int (*arm)(struct mck_bg *, uint64_t *, size_t), struct mck_bg *bg)
+{
+	struct uffd_sync *s = t->priv;
+	size_t n;
+	int64_t rc;
+
+	if (cap < t->npages)
+		return -ENOBUFS;
+	/* the same critical section as collect's: a page is writable only
+	 * while its bit is set, and arm() protects the pages drained before
+	 * any fault on them is resolved, so no write slips between the
+	 * drain and the protect, and none after it escapes the copy */
+	pthread_mutex_lock(&s->lock);
+	rc = atomic_load(&s->err);
+	if (rc < 0)
+		goto out;
+	n = mck_bitmap_drain(&s->dirty, out);
+	rc = arm(bg, out, n);
+	if (rc < 0) {
+		for (size_t i = 0; i < n; i++)
+			mck_bitmap_set(&s->dirty, (size_t)out[i]);
+		goto out;
+	}
+	rc = (int64_t)n;
+out:
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+struct mck_bg *mck_uffd_sync_bg(struct mck_tracker *t)
+{
+	return ((struct uffd_sync *)t->priv)->bg;
+}
+
+void mck_uffd_sync_set_bg(struct mck_tracker *t, struct mck_bg *bg)
+{
+	struct uffd_sync *s = t->priv;
+
+	pthread_mutex_lock(&s->lock);
+	s->bg = bg;
+	pthread_mutex_unlock(&s->lock);
+}
+
+int mck_uffd_sync_protect(struct mck_tracker *t, uint64_t page, size_t npages, bool protect)
+{
+	struct uffd_sync *s = t->priv;
+
+	return writeprotect(s->uffd, s->addr + page * s->page_size, npages * s->page_size, protect);
+}
+
+int mck_uffd_sync_release(struct mck_tracker *t, uint64_t page)
+{
+	struct uffd_sync *s = t->priv;
+	int rc, expected = 0;
+
+	pthread_mutex_lock(&s->lock);
+	mck_bitmap_set(&s->dirty, (size_t)page);
+	/* un-protecting wakes every writer waiting in the range: a writer
+	 * whose fault was a missing-page one retries, faults again and is
+	 * resolved by the handler as usual */
+	rc = writeprotect(s->uffd, s->addr + page * s->page_size, s->page_size, false);
+	if (rc < 0) {
+		/* as in the handler: give up tracking rather than leave the
+		 * writer asleep; collect reports the error from now on */
+		atomic_compare_exchange_strong(&s->err, &expected, rc);
+		uffd_unregister(s->uffd, s->addr, s->len);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
 }
 
 const struct mck_tracker_ops mck_uffd_sync_ops = {
