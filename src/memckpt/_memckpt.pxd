@@ -61,3 +61,25 @@ cdef extern from "memckpt.h" nogil:
     int mck_tracker_close(mck_tracker *t)
 
     int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask)
+
+    # ---- background capture (csrc/capture_bg.c) ----
+    enum:
+        MCK_BG_GAP_AUTO
+        MCK_BG_GAP_RUNS
+
+    struct mck_bg_stats:
+        uint64_t pages
+        uint64_t runs
+        uint64_t protect_calls
+        uint64_t protect_pages
+        int64_t max_gap
+        uint64_t faults_waited
+        uint64_t copied_early
+        uint64_t collect_ns
+        uint64_t protect_ns
+        uint64_t copy_ns
+
+    int mck_bg_supported(int backend, char *reason, size_t len)
+    int64_t mck_bg_begin(mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
+                         size_t staging_pages, int64_t max_gap, mck_bg_stats *stats)
+    int mck_bg_wait(mck_tracker *t, mck_bg_stats *stats)
