@@ -164,7 +164,7 @@ def test_checkpoint(benchmark, arena, workdir, ratio):
     epochs: list[memckpt.EpochInfo] = []
     last: dict = {}
     try:
-        base = ck.checkpoint("base")  # untimed: the chain's full epoch
+        base = ck.checkpoint("base").result()  # untimed: the chain's full epoch
         assert base.kind == "full" and base.pages_stored == ba.npages, (
             f"the base epoch stored {base.pages_stored} of {ba.npages} pages: the fill is not random")
 
@@ -175,7 +175,7 @@ def test_checkpoint(benchmark, arena, workdir, ratio):
             return (), {}
 
         def timed():
-            last["info"] = ck.checkpoint(f"{pct(ratio)} round")
+            last["info"] = ck.checkpoint(f"{pct(ratio)} round").result()
 
         def teardown():
             e = last.pop("info")

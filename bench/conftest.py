@@ -180,14 +180,14 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 # -- bench_checkpoint.py ------------------------------------------------------------
 # (added for the checkpoint benchmarks; the hooks above are the tracking benchmarks')
 class _CheckpointBenchmarksLast:
-    """Runs bench_checkpoint.py's benchmarks after every other: they write
+    """Runs bench_checkpoint.py's and bench_capture.py's benchmarks after every other: they write
     GiBs to disk and map fresh arenas, which the tracking benchmarks should
     not have to measure through. A plugin, so that the sort above stays as it
     is; trylast, so that it sees that sort's order and keeps it (stable)."""
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session, config, items):
-        items.sort(key=lambda item: item.path.name == "bench_checkpoint.py")
+        items.sort(key=lambda item: item.path.name in ("bench_checkpoint.py", "bench_capture.py"))
 
 
 def pytest_configure(config):

@@ -67,7 +67,7 @@ def test_full_then_incremental(backend, arena, tmp_path):
     with memckpt.Checkpointer(arena, tmp_path / "s", tracker=backend) as ck:
         assert ck.tracker.backend == backend
         store = ck.store
-        e1 = ck.checkpoint("first")
+        e1 = ck.checkpoint("first").result()
         assert (e1.kind, e1.parent, e1.label, e1.tracker) == ("full", None, "first", backend)
         assert e1.pages_dirty == NPAGES            # every page is a candidate
         assert e1.pages_stored == 10               # zero pages elided
@@ -75,18 +75,18 @@ def test_full_then_incremental(backend, arena, tmp_path):
         snaps = {e1.epoch: snapshot(arena)}
 
         write(pages, [3, 70, 200, 255], rng)
-        e2 = ck.checkpoint()
+        e2 = ck.checkpoint().result()
         assert (e2.kind, e2.parent) == ("incremental", e1.epoch) and e2.epoch > e1.epoch
         assert dirty_ok(info, e2.pages_dirty, 4) and e2.pages_stored == e2.pages_dirty
         snaps[e2.epoch] = snapshot(arena)
 
-        e3 = ck.checkpoint()                        # nothing written
+        e3 = ck.checkpoint().result()                      # nothing written
         assert (e3.kind, e3.parent) == ("incremental", e2.epoch)
         assert dirty_ok(info, e3.pages_dirty, 0) and e3.pages_stored == 0
         snaps[e3.epoch] = snapshot(arena)
 
         pages[15] = 0                               # a page becomes zero: recorded, not stored
-        e4 = ck.checkpoint()
+        e4 = ck.checkpoint().result()
         assert dirty_ok(info, e4.pages_dirty, 1) and e4.pages_stored == 0
         snaps[e4.epoch] = snapshot(arena)
         assert ck.head == e4.epoch
@@ -126,13 +126,13 @@ def test_rollback_writes_back_only_what_differs(backend, arena, tmp_path):
     A, B, C = [5, 6, 100], [6, 150, 151, 152], [7, 200]
     rs = RecordingStore(tmp_path / "s", create=True)
     with memckpt.Checkpointer(arena, rs, tracker=backend) as ck:
-        e1 = ck.checkpoint()
+        e1 = ck.checkpoint().result()
         s1 = snapshot(arena)
         write(pages, A, rng)
-        e2 = ck.checkpoint()
+        e2 = ck.checkpoint().result()
         s2 = snapshot(arena)
         write(pages, B, rng)
-        e3 = ck.checkpoint()
+        e3 = ck.checkpoint().result()
         s3 = snapshot(arena)
 
         # back to the latest: only the pages written since are written back
@@ -152,14 +152,14 @@ def test_rollback_writes_back_only_what_differs(backend, arena, tmp_path):
             assert r.pages_written == len(set(A) | set(B) | set(C))
             assert rs.reads[-1] == set(A) | set(B) | set(C)   # the only pages the store filled
         # no write-back leaks into the next epoch, an increment on e1
-        e4 = ck.checkpoint()
+        e4 = ck.checkpoint().result()
         assert (e4.kind, e4.parent) == ("incremental", e1.epoch)
         assert dirty_ok(info, e4.pages_dirty, 0)
         e_empty = e4.epoch
 
         # the next increment is on the rolled-back state: history branches at e1
         write(pages, [9, 100], rng)
-        e5 = ck.checkpoint()
+        e5 = ck.checkpoint().result()
         assert (e5.kind, e5.parent) == ("incremental", e_empty)
         assert dirty_ok(info, e5.pages_dirty, 2)
         s5 = snapshot(arena)
@@ -169,7 +169,7 @@ def test_rollback_writes_back_only_what_differs(backend, arena, tmp_path):
         np.testing.assert_array_equal(pages, s2)
         if info.exact:
             assert r.pages_written == len(set(A) | {9, 100})
-        e6 = ck.checkpoint()
+        e6 = ck.checkpoint().result()
         assert e6.parent == e2.epoch
         s6 = snapshot(arena)
         np.testing.assert_array_equal(s6, s2)
@@ -184,7 +184,7 @@ def test_rollback_without_a_head_writes_every_page(arena, tmp_path):
     pages = pages_of(arena)
     write(pages, [1, 2, 3], rng)
     with memckpt.Checkpointer(arena, tmp_path / "s") as ck:
-        e1 = ck.checkpoint()
+        e1 = ck.checkpoint().result()
         s1 = snapshot(arena)
     write(pages, [4], rng)
     # a second checkpointer knows nothing of what the arena holds
@@ -194,7 +194,7 @@ def test_rollback_without_a_head_writes_every_page(arena, tmp_path):
         assert (r.epoch, r.pages_written) == (e1.epoch, NPAGES)
         np.testing.assert_array_equal(pages, s1)
         write(pages, [5], rng)
-        e2 = ck.checkpoint()
+        e2 = ck.checkpoint().result()
         assert (e2.kind, e2.parent) == ("incremental", e1.epoch)
 
 
@@ -205,7 +205,7 @@ def test_full_every(arena, tmp_path):
     with memckpt.Checkpointer(arena, tmp_path / "s", full_every=3) as ck:
         for i in range(8):
             write(pages, rng.choice(NPAGES, 5, replace=False), rng)
-            e = ck.checkpoint()
+            e = ck.checkpoint().result()
             kinds.append(e.kind)
             snaps[e.epoch] = snapshot(arena)
             assert e.parent == prev   # a full epoch's parent is its lineage: the chain walk stops there
@@ -231,10 +231,10 @@ def test_compress(arena, tmp_path, codec):
     write(pages, [100, 101], rng)
     try:
         with memckpt.Checkpointer(arena, tmp_path / "s", compress=codec) as ck:
-            e1 = ck.checkpoint()
+            e1 = ck.checkpoint().result()
             s1 = snapshot(arena)
             arena.arrays()["field"][3] += 1.5
-            e2 = ck.checkpoint()
+            e2 = ck.checkpoint().result()
             s2 = snapshot(arena)
     except (ImportError, memckpt.MemckptError) as exc:
         if codec in str(exc) and ("install" in str(exc) or isinstance(exc, ImportError)):
@@ -260,7 +260,7 @@ RESUME_CHILD = textwrap.dedent("""
     head = ck.head
     arena.arrays()["field"][7, :3] = [1.0, 2.0, 3.0]
     arena.arrays()["raw"][-1] = 42
-    e = ck.checkpoint("child")
+    e = ck.checkpoint("child").result()
     ck.close()
     json.dump({"head": head, "epoch": e.epoch, "parent": e.parent, "kind": e.kind,
                "pages_dirty": e.pages_dirty}, sys.stdout)
@@ -280,9 +280,9 @@ def test_resume_in_a_new_process(arena, tmp_path):
     path = tmp_path / "s"
     with memckpt.Checkpointer(arena, path) as ck:
         write(pages, range(0, 40), rng)
-        ck.checkpoint()
+        ck.checkpoint().result()
         write(pages, [50, 60], rng)
-        e2 = ck.checkpoint()
+        e2 = ck.checkpoint().result()
     arena.arrays()["field"][7, :3] = [1.0, 2.0, 3.0]
     arena.arrays()["raw"][-1] = 42
     expect = snapshot(arena)
@@ -308,14 +308,14 @@ def test_resume_an_older_epoch_branches(arena, tmp_path):
     path = tmp_path / "s"
     with memckpt.Checkpointer(arena, path) as ck:
         write(pages, [1], rng)
-        e1 = ck.checkpoint()
+        e1 = ck.checkpoint().result()
         s1 = snapshot(arena)
         write(pages, [2], rng)
-        ck.checkpoint()
+        ck.checkpoint().result()
     with memckpt.Checkpointer.resume(path, e1.epoch) as ck2:
         np.testing.assert_array_equal(pages_of(ck2.arena), s1)
         write(pages_of(ck2.arena), [3], rng)
-        e3 = ck2.checkpoint()
+        e3 = ck2.checkpoint().result()
         assert (e3.kind, e3.parent, e3.pages_dirty) == ("incremental", e1.epoch, 1)
         s3 = snapshot(ck2.arena)
     assert_restores(ck2.store, e3.epoch, s3)
@@ -330,12 +330,12 @@ def test_incremental_size_is_proportional_to_dirty_pages(tmp_path):
         data = arena.array("data", (npages, PS), np.uint8)
         data[:] = rng.integers(0, 256, size=data.shape, dtype=np.uint8)  # incompressible, no zeros
         with memckpt.Checkpointer(arena, tmp_path / "s") as ck:
-            full = ck.checkpoint()
+            full = ck.checkpoint().result()
             assert full.pages_stored == npages
             assert full.bytes_on_disk >= npages * PS
             dirty = rng.choice(npages, npages // 100, replace=False)
             data[dirty, 0] += np.uint8(1)
-            inc = ck.checkpoint()
+            inc = ck.checkpoint().result()
         del data
     assert inc.pages_dirty == inc.pages_stored == dirty.size
     payload = dirty.size * PS
@@ -361,6 +361,8 @@ class FailingStore:
         outer = self
 
         class W:
+            epoch = w.epoch
+
             def add_pages(self, *a):
                 raise OSError(28, "No space left on device (injected)")
 
@@ -378,21 +380,21 @@ def test_a_failed_epoch_carries_its_pages_to_the_next(arena, tmp_path):
     pages = pages_of(arena)
     fs = FailingStore(memckpt.Store(tmp_path / "s", create=True))
     with memckpt.Checkpointer(arena, fs) as ck:
-        e1 = ck.checkpoint()
+        e1 = ck.checkpoint().result()
         write(pages, [10, 11], rng)
         fs.fail = True
         with pytest.raises(OSError, match="injected"):
-            ck.checkpoint()
+            ck.checkpoint().result()
         assert ck.head == e1.epoch
         write(pages, [12], rng)
-        e2 = ck.checkpoint()
+        e2 = ck.checkpoint().result()
         assert (e2.parent, e2.pages_dirty) == (e1.epoch, 3)
         s2 = snapshot(arena)
         # and a rollback after a failed epoch writes those pages back too
         write(pages, [13], rng)
         fs.fail = True
         with pytest.raises(OSError):
-            ck.checkpoint()
+            ck.checkpoint().result()
         r = ck.rollback()
         assert r.pages_written == 1
         np.testing.assert_array_equal(pages, s2)
@@ -404,19 +406,19 @@ def test_a_failed_capture_or_full_epoch_keeps_the_written_pages(arena, tmp_path,
     pages = pages_of(arena)
     fs = FailingStore(memckpt.Store(tmp_path / "s", create=True))
     with memckpt.Checkpointer(arena, fs, full_every=2) as ck:
-        e1 = ck.checkpoint()
+        e1 = ck.checkpoint().result()
         s1 = snapshot(arena)
         write(pages, [20], rng)
         with monkeypatch.context() as m:   # the copy fails (out of memory, say)
             m.setattr(ck, "_staging", lambda n: (_ for _ in ()).throw(MemoryError("injected")))
             with pytest.raises(MemoryError):
-                ck.checkpoint()
-        e2 = ck.checkpoint()
+                ck.checkpoint().result()
+        e2 = ck.checkpoint().result()
         assert (e2.kind, e2.parent, e2.pages_dirty) == ("incremental", e1.epoch, 1)
         write(pages, [21, 22], rng)
         fs.fail = True                     # a full epoch (full_every=2) fails in persist
         with pytest.raises(OSError):
-            ck.checkpoint()
+            ck.checkpoint().result()
         r = ck.rollback(e1.epoch)          # e1..e2 differ in page 20; 21, 22 were written since
         assert r.pages_written == 3
         np.testing.assert_array_equal(pages, s1)
@@ -435,12 +437,12 @@ def test_lifetime_and_errors(tmp_path):
         memckpt.Checkpointer(arena, tmp_path / "s")
     with pytest.raises(BufferError):
         arena.close()                                  # the checkpointer holds it
-    ck.checkpoint()
+    ck.checkpoint().result()
     ck.wait()
     ck.close()
     ck.close()
     with pytest.raises(ValueError, match="closed"):
-        ck.checkpoint()
+        ck.checkpoint().result()
     arena.close()                                      # free once the checkpointer is closed
 
     with pytest.raises(memckpt.MemckptError, match="no committed epoch"):
@@ -451,7 +453,7 @@ def test_rollback_refuses_another_layout(tmp_path):
     with memckpt.Arena(64 * PS) as a:
         a.array("x", 10 * PS, np.uint8)
         with memckpt.Checkpointer(a, tmp_path / "s") as ck:
-            ck.checkpoint()
+            ck.checkpoint().result()
     with memckpt.Arena(64 * PS) as b:
         b.array("y", 10 * PS, np.uint8)
         with memckpt.Checkpointer(b, tmp_path / "s") as ck:
@@ -465,7 +467,7 @@ def test_rollback_refuses_another_layout(tmp_path):
     with memckpt.Arena(64 * PS) as d:
         x = d.array("x", 10 * PS, np.uint8)
         with memckpt.Checkpointer(d, tmp_path / "s") as ck:
-            e = ck.checkpoint()
+            e = ck.checkpoint().result()
             z = d.array("z", PS, np.uint8)
             z[:] = 7
             ck.rollback(e.epoch)
@@ -483,7 +485,7 @@ def test_restore_sees_arrays_at_their_offsets(tmp_path):
                         "itemsize": 12, "titles": ["pee", None]})  # fields out of order, a sub-array
         a.array("ooo", (2, 2), ooo)["p"] = [[1, 2], [3, 4]]
         with memckpt.Checkpointer(a, tmp_path / "s") as ck:
-            ck.checkpoint()
+            ck.checkpoint().result()
         r = memckpt.restore(tmp_path / "s")
         assert r.layout() == a.layout()
         for name, arr in a.arrays().items():
@@ -505,7 +507,7 @@ def test_restore_of_a_sparse_arena_stays_sparse(tmp_path):
         d = a.array("d", (64 << 20) // 8, np.uint64)
         d[np.arange(10) * 4096] = np.arange(1, 11, dtype=np.uint64)
         with memckpt.Checkpointer(a, tmp_path / "s", tracker="compare") as ck:
-            e = ck.checkpoint()
+            e = ck.checkpoint().result()
         del d
     got = memckpt.restore(tmp_path / "s", e.epoch)
     resident = _core.pagemap_scan_count(got.address, got.nbytes, PAGE_IS_PRESENT)

@@ -54,7 +54,7 @@ def make_store(path: Path) -> dict[int, dict[str, np.ndarray]]:
                 field[rng.integers(0, 32, size=4)] += 1.0
                 ids[round_ * 100] = -round_
                 grid[round_] = round_
-            e = ck.checkpoint(f"round {round_}")
+            e = ck.checkpoint(f"round {round_}").result()
             seen[e.epoch] = {k: v.copy() for k, v in arena.arrays().items()}
     del field, ids, grid
     arena.close()

@@ -52,7 +52,7 @@ def child(path: str, npages: int, full_every: int, ready: int, inside: np.ndarra
             arena.array("data", (npages, PS), np.uint8)
             ck = memckpt.Checkpointer(arena, store, full_every=full_every)
             k = 0
-            ck.checkpoint(label="0")
+            ck.checkpoint(label="0").result()
         else:
             ck = memckpt.Checkpointer.resume(store, full_every=full_every)
             k = int(store.info(latest).label)
@@ -62,7 +62,7 @@ def child(path: str, npages: int, full_every: int, ready: int, inside: np.ndarra
             k += 1
             apply_round(pages, k)
             inside[0] = 1
-            ck.checkpoint(label=str(k))
+            ck.checkpoint(label=str(k)).result()
             inside[0] = 0
     except BaseException:
         traceback.print_exc()

@@ -29,8 +29,8 @@ class CostCheckpointer(memckpt.Checkpointer):
 
     costs: list[float] = []
 
-    def _persist(self, cap):
-        info = super()._persist(cap)
+    def _persist_copy(self, cap):
+        info = super()._persist_copy(cap)
         cost = self.costs.pop(0) if len(self.costs) > 1 else self.costs[0]
         return dataclasses.replace(info, total_s=cost)
 
@@ -43,6 +43,10 @@ def arena():
 
 
 def make(arena, tmp_path, costs=(1.0,), **kw):
+    # mode "sync": each cost is known when checkpoint() returns, so the test
+    # can look at the re-tuned interval right away (the copy mode's
+    # background persist re-tunes when the epoch is durable: tested below)
+    kw.setdefault("mode", "sync")
     ck = CostCheckpointer(arena, tmp_path / "s", **kw)
     ck.costs = list(costs)
     ck._clock = clock = Clock()
@@ -71,11 +75,12 @@ def test_fixed_interval_checkpoints_exactly_when_due(arena, tmp_path):
         assert ck.maybe_checkpoint() is not None
         # an explicit checkpoint restarts the interval
         clock.t += 5
-        ck.checkpoint()
+        ck.checkpoint().result()
         clock.t += 9.5
         assert ck.maybe_checkpoint() is None
         clock.t += 0.5
         assert ck.maybe_checkpoint() is not None
+        ck.wait()  # the last epoch may still be persisting
         assert [e.epoch for e in ck.store.epochs()] == list(range(1, 8))
 
 
@@ -164,12 +169,12 @@ def test_auto_slower_store_longer_interval(arena, tmp_path):
     intervals = {}
     for cost in (0.01, 1.0):
         path = tmp_path / str(cost)
-        ck = CostCheckpointer(arena, path, interval="auto", mtbf="1h")
+        ck = CostCheckpointer(arena, path, interval="auto", mtbf="1h", mode="sync")
         ck.costs = [cost]
         ck._clock = Clock()
         with ck:
-            ck.checkpoint()
-            ck.checkpoint()
+            ck.checkpoint().result()
+            ck.checkpoint().result()
             intervals[cost] = ck.interval
             assert ck.interval == tuning.recommend(cost, 3600).interval_s
     assert intervals[1.0] > 5 * intervals[0.01]
@@ -205,7 +210,7 @@ def test_auto_rpo_shorter_than_a_checkpoint_warns_and_goes_back_to_back(arena, t
 def test_resume_continues_the_interval(arena, tmp_path):
     with memckpt.Checkpointer(arena, tmp_path / "s") as ck:
         for _ in range(3):
-            ck.checkpoint()
+            ck.checkpoint().result()
     incr = [e.total_s for e in ck.store.epochs() if e.kind == "incremental"]
     r = memckpt.Checkpointer.resume(tmp_path / "s", interval="auto", mtbf="2h")
     try:
@@ -227,3 +232,21 @@ def test_resume_continues_the_interval(arena, tmp_path):
         r.arena.close()
     with pytest.raises(ValueError, match="mtbf"):
         memckpt.Checkpointer.resume(tmp_path / "s", interval="auto")
+
+
+def test_auto_in_copy_mode_retunes_once_the_epoch_is_durable(arena, tmp_path):
+    ck, clock = make(arena, tmp_path, costs=[50.0, 2.0], interval="auto", mtbf="6h",
+                     mode="copy")
+    with ck:
+        e = ck.maybe_checkpoint()
+        assert e is not None and e.mode == "copy"
+        e.result()                              # durable: its cost is measured now
+        assert ck.checkpoint_cost == 50.0
+        assert ck.interval == tuning.recommend(50.0, 6 * 3600).interval_s
+        # the interval runs from the end of the pause, not from durability
+        clock.t += ck.interval - 0.5
+        assert ck.maybe_checkpoint() is None
+        clock.t += 0.5
+        e2 = ck.maybe_checkpoint()
+        assert e2 is not None and e2.result().kind == "incremental"
+        assert ck.checkpoint_cost == 2.0

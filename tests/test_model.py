@@ -85,7 +85,7 @@ class Model(RuleBasedStateMachine):
     def checkpoint(self, label):
         Model.counts["checkpoint"] += 1
         head_alive = self.head is not None and self.head in self.expect
-        e = self.ck.checkpoint(label)
+        e = self.ck.checkpoint(label).result()
         assert e.label == label
         assert e.epoch not in self.expect
         # a full epoch's parent is lineage only; either way it is the head, if the store has it

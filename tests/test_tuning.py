@@ -192,7 +192,7 @@ def make_store(path, checkpoints=4):
     with memckpt.Checkpointer(arena, path) as ck:
         for i in range(checkpoints):
             a[i % 8] += 1.0
-            ck.checkpoint(f"round {i}")
+            ck.checkpoint(f"round {i}").result()
     del a
     arena.close()
 

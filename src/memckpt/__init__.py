@@ -7,7 +7,7 @@ those pages to a :class:`Store` as chained epochs; :func:`restore` brings any
 epoch back into a new arena, and :meth:`Checkpointer.rollback` into the same one.
 """
 from .arena import Arena
-from .checkpointer import Checkpointer, RollbackInfo
+from .checkpointer import Checkpointer, PendingEpoch, RollbackInfo
 from .epoch import EpochInfo
 from .errors import (ArenaFull, CorruptionError, EpochNotFound, FormatError, MemckptError,
                      StoreLocked, TrackerBusy, TrackerUnavailable)
@@ -21,5 +21,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Arena", "ArenaFull", "CorruptionError", "DirtyTracker", "Features", "FormatError",
     "MemckptError", "TrackerBusy", "TrackerInfo", "TrackerUnavailable", "features", "trackers",
-    "Checkpointer", "EpochInfo", "EpochNotFound", "RollbackInfo", "Store", "StoreLocked", "restore",
+    "Checkpointer", "EpochInfo", "EpochNotFound", "PendingEpoch", "RollbackInfo", "Store",
+    "StoreLocked", "restore",
 ]

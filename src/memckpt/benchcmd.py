@@ -166,10 +166,10 @@ def _cell(arena: Arena, state: np.ndarray, backend: str, npages: int, rounds: in
     on_disk: list[float] = []
     store = tmp / f"store-{backend}"
     with Checkpointer(arena, str(store), tracker=backend) as ck:
-        ck.checkpoint()  # the full epoch: not timed
+        ck.checkpoint().result()  # the full epoch: not timed
         for r in range(rounds + 1):
             rp(state, npages, seed + 100 + r)
-            info = ck.checkpoint()
+            info = ck.checkpoint().result()
             if r:
                 pauses.append(info.pause_s)
                 totals.append(info.total_s)
@@ -196,7 +196,8 @@ def _slowdown(size_mib: int, backends: list[str], rounds: int, stencil: Callable
             for it in range(1, SLOWDOWN_ITERS + 1):
                 compute += _timed(lambda: stencil(grid, 1, window))
                 if ck is not None and it % every == 0:
-                    pause += ck.checkpoint().pause_s
+                    p = ck.checkpoint()
+                    pause += p.wait_s + p.pause_s  # what the loop was held for
             return compute, pause
 
         step("slowdown: untracked")
@@ -209,7 +210,7 @@ def _slowdown(size_mib: int, backends: list[str], rounds: int, stencil: Callable
                 comp, comp_pause = [], []
                 store = tmp / f"slow-{b}-{every}"
                 with Checkpointer(arena, str(store), tracker=b) as ck:
-                    ck.checkpoint()
+                    ck.checkpoint().result()
                     for _ in range(rounds):
                         c, p = run(ck, every)
                         comp.append(c)

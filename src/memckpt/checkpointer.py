@@ -1,15 +1,32 @@
 """Checkpointer: the epoch lifecycle of one arena over one store.
 
-A checkpoint is two steps with one object handed between them:
+A checkpoint is two steps with one object (a :class:`_Capture`) handed
+between them:
 
 - **capture** (the program is paused): collect the pages the tracker saw
-  written, and copy them into a staging buffer. Its cost is ``pause_s``.
-- **persist** (the program may run again): hand the staged pages to the
-  store, which writes, fsyncs and commits the epoch. ``total_s`` covers both.
+  written and take the snapshot. Its cost is ``pause_s``.
+- **persist** (the program runs again): hash, compress, write, fsync and
+  commit the epoch. ``total_s`` runs from the start of the pause until the
+  epoch is durable.
 
-Today both run in :meth:`Checkpointer.checkpoint`; a persist that runs in the
-background only changes who calls :meth:`Checkpointer._persist` and when,
-which is why :meth:`Checkpointer.wait` exists already.
+The capture mode says how the snapshot is taken and where persist runs:
+
+- ``"copy"`` (default): the dirty pages are copied into a staging buffer of
+  at most ``staging`` bytes; persist runs on a thread of its own. Pages that
+  do not fit are written in the pause instead (the pause grows, memory
+  does not).
+- ``"fork"``: a ``fork()`` child writes the pages from its copy-on-write
+  image; the parent resumes right after the fork.
+- ``"background"``: the dirty pages are write-protected and copied by a
+  thread; a write to a page not yet copied waits for its copy.
+- ``"sync"``: the copy, then persist in the caller: :meth:`Checkpointer.checkpoint`
+  returns once the epoch is durable (the baseline the other modes are
+  measured against).
+
+One epoch is in flight at a time: a checkpoint taken while the previous one
+is still persisting first waits for it (backpressure; ``extra["wait_s"]``).
+Each persist runs on its own non-daemon thread, which ends with the epoch,
+so an interpreter that exits lets the last epoch become durable first.
 """
 from __future__ import annotations
 
@@ -33,7 +50,7 @@ from .tracker import DirtyTracker
 from .tuning import Recommendation, parse_duration, recommend
 
 COMPRESSORS = (None, "zstd", "lz4")
-CAPTURE_MODE = "sync"  # the program waits for the copy; see the module docstring
+MODES = ("copy", "sync")  # each mode: a _capture_<mode> method; see the module docstring
 
 # Pages handed to the store per add_pages call: bounds the store's working set
 # (digests, compression) without making the call overhead visible.
@@ -85,25 +102,86 @@ class RollbackInfo:
 class _Capture:
     """The handoff from capture to persist: everything persist needs, owned by it.
 
-    ``pages`` and ``data`` are the page numbers (sorted uint64) and their
-    content as copied at capture time; ``buffer`` is the staging allocation
-    ``data`` is a view of, returned to the checkpointer for reuse after persist.
-    ``dirty`` is what the tracker reported (all of ``pages`` in an increment):
-    if the epoch fails, those pages are still unsaved changes.
+    ``writer`` is the epoch's open :class:`memckpt.store.EpochWriter` (begun
+    before the pause). ``pages`` and ``data`` are the page numbers (sorted
+    uint64) and their content as the mode snapshot them (in mode "copy", the
+    staged ones). ``dirty`` is what the tracker reported (all of the pages in
+    an increment): if the epoch fails, those pages are still unsaved changes.
+    ``persist`` writes and commits the capture (on the persist thread);
+    ``release`` gives back what the capture holds (staging, a child process),
+    whatever happened.
     """
 
     kind: str
     parent: int | None
+    epoch: int
+    writer: Any
     pages: np.ndarray
     dirty: np.ndarray
-    data: np.ndarray
-    buffer: np.ndarray
+    data: Any
     pages_dirty: int
     pause_s: float
     started: float  # perf_counter() at the start of capture
-    layout: dict[str, Any]
     label: str | None
+    mode: str
+    persist: Callable[[_Capture], EpochInfo]
+    release: Callable[[], None] = lambda: None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PendingEpoch:
+    """An epoch whose snapshot is taken and whose persist may still run:
+    what :meth:`Checkpointer.checkpoint` returns.
+
+    ``epoch``, ``kind``, ``parent``, ``mode``, ``label``, ``pages_dirty``,
+    ``pause_s`` (how long the snapshot stopped the program) and ``wait_s``
+    (how long :meth:`Checkpointer.checkpoint` first waited for the epoch
+    before it to be durable) are known at once.
+    :meth:`result` waits until the epoch is durable and returns its
+    :class:`EpochInfo`, or raises why it could not be committed (the store is
+    then left at its last committed epoch, and the epoch's pages go into the
+    next one).
+    """
+
+    def __init__(self, cap: _Capture) -> None:
+        self._cap: _Capture | None = cap
+        self.epoch: int = cap.epoch
+        self.kind: str = cap.kind
+        self.parent: int | None = cap.parent
+        self.mode: str = cap.mode
+        self.label: str | None = cap.label
+        self.pages_dirty: int = cap.pages_dirty
+        self.pause_s: float = cap.pause_s
+        self.wait_s: float = float(cap.extra.get("wait_s", 0.0))
+        self._done = threading.Event()
+        self._info: EpochInfo | None = None
+        self._error: BaseException | None = None
+        self._reported = False
+        self._resumed = 0.0  # the checkpointer's clock when checkpoint() returned
+
+    def _finish(self, info: EpochInfo | None, error: BaseException | None) -> None:
+        self._info, self._error = info, error
+        self._done.set()
+
+    def done(self) -> bool:
+        """True once the epoch is durable or has failed."""
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> EpochInfo:
+        """Wait until the epoch is durable and return its :class:`EpochInfo`;
+        raise its error if it failed, or TimeoutError after ``timeout`` seconds."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"epoch {self.epoch} is not durable after {timeout} s")
+        if self._error is not None:
+            self._reported = True
+            raise self._error
+        assert self._info is not None
+        return self._info
+
+    def __repr__(self) -> str:
+        state = ("failed" if self._error is not None else "durable") if self.done() else "persisting"
+        return (f"<memckpt.PendingEpoch {self.epoch} {self.kind} mode={self.mode} "
+                f"pause {self.pause_s * 1e3:.3g} ms, {state}>")
 
 
 class Checkpointer:
@@ -122,11 +200,19 @@ class Checkpointer:
     does. :meth:`resume` restores an epoch into a new arena and continues its
     chain incrementally.
 
+    ``mode`` is the capture mode (see the module docstring): ``"copy"`` (the
+    default), ``"fork"``, ``"background"`` or ``"sync"``. ``staging`` bounds
+    the bytes mode ``"copy"`` stages per epoch (default: the arena's size,
+    i.e. at most one copy of the arena); the dirty pages beyond it are
+    written during the pause instead.
+
     One checkpointer per arena; :meth:`checkpoint` and :meth:`rollback`
-    expect the arena's writers to be paused while they run (the capture copy
-    and the write-back are not atomic against concurrent writes).
-    :meth:`close` (or leaving a ``with`` block) waits for every epoch to be
-    durable and closes the tracker; the arena stays open.
+    expect the arena's writers to be paused while they run (the snapshot and
+    the write-back are not atomic against concurrent writes); the writers may
+    go on as soon as :meth:`checkpoint` returns, while the epoch persists.
+    :meth:`wait` returns once every epoch is durable. :meth:`close` (or
+    leaving a ``with`` block) waits for that too and closes the tracker; the
+    arena stays open.
 
     ``interval`` is for :meth:`maybe_checkpoint`, called every step of a loop:
     ``None`` (the default: only explicit :meth:`checkpoint` calls), seconds of
@@ -141,11 +227,16 @@ class Checkpointer:
     def __init__(self, arena: Arena, store: StoreLike, *, tracker: str = "auto",
                  compress: str | None = None, full_every: int | None = None,
                  interval: float | str | None = None, mtbf: float | str | None = None,
-                 rpo: float | str | None = None, restart: float | str = 0) -> None:
+                 rpo: float | str | None = None, restart: float | str = 0,
+                 mode: str = "copy", staging: int | None = None) -> None:
         # the interval's arguments first: a mistake there costs no tracker or store
         fixed, auto, mtbf_s, rpo_s, restart_s = _interval_args(interval, mtbf, rpo, restart)
         if not isinstance(arena, Arena):
             raise TypeError(f"arena must be a memckpt.Arena, not {type(arena).__name__}")
+        _check_mode(mode, compress)
+        if staging is not None and (isinstance(staging, bool) or not isinstance(staging, int)
+                                    or staging < 0):
+            raise ValueError(f"staging must be a number of bytes (0 or more) or None, not {staging!r}")
         if compress not in COMPRESSORS:
             raise ValueError(f"compress must be one of {COMPRESSORS}, not {compress!r}")
         if full_every is not None and (isinstance(full_every, bool) or not isinstance(full_every, int)
@@ -159,6 +250,11 @@ class Checkpointer:
         self._full_every = full_every
         self._page_size = arena.page_size
         self._npages = arena.npages
+        self._mode = mode
+        self._capture_fn: Callable[[Any, str, int | None, str | None], _Capture] = getattr(
+            self, "_capture_" + ("copy" if mode == "sync" else mode))
+        # pages mode "copy" may stage; the rest of an epoch is written in the pause
+        self._staging_pages = self._npages if staging is None else staging // self._page_size
         self._tracker = DirtyTracker(arena, tracker)
         try:
             self._pages: np.ndarray | None = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(
@@ -175,7 +271,8 @@ class Checkpointer:
         # from the base, so they belong to the next epoch or rollback.
         self._carry = _NO_PAGES
         self._spare: np.ndarray | None = None  # a staging buffer kept for the next capture
-        self._inflight = 0
+        self._inflight = 0  # epochs taken and not yet durable or failed: 0 or 1
+        self._current: PendingEpoch | None = None  # the last epoch taken
         self._idle = threading.Condition()
         self._closed = False
         # maybe_checkpoint: a checkpoint is due once self._clock() >= self._due
@@ -194,7 +291,8 @@ class Checkpointer:
     def resume(cls, store: StoreLike, epoch: int | None = None, *, tracker: str = "auto",
                compress: str | None = None, full_every: int | None = None,
                interval: float | str | None = None, mtbf: float | str | None = None,
-               rpo: float | str | None = None, restart: float | str = 0) -> Checkpointer:
+               rpo: float | str | None = None, restart: float | str = 0,
+               mode: str = "copy", staging: int | None = None) -> Checkpointer:
         """Restore ``epoch`` (default: the latest) of ``store`` into a new arena
         and continue checkpointing it: the next epoch is an increment whose
         parent is ``epoch``. The arena is :attr:`arena` (its arrays:
@@ -213,6 +311,7 @@ class Checkpointer:
         checkpoints, to measure it).
         """
         _interval_args(interval, mtbf, rpo, restart)  # before the restore, which may be long
+        _check_mode(mode, compress)
         st, owns = open_store(store, create=False)
         if epoch is None:
             epoch = st.latest()
@@ -221,7 +320,8 @@ class Checkpointer:
         arena = restore(st, epoch)
         try:
             ck = cls(arena, st, tracker=tracker, compress=compress, full_every=full_every,
-                     interval=interval, mtbf=mtbf, rpo=rpo, restart=restart)
+                     interval=interval, mtbf=mtbf, rpo=rpo, restart=restart, mode=mode,
+                     staging=staging)
         except BaseException:
             arena.close()
             raise
@@ -268,6 +368,11 @@ class Checkpointer:
         return self._closed
 
     @property
+    def mode(self) -> str:
+        """The capture mode: "copy", "fork", "background" or "sync"."""
+        return self._mode
+
+    @property
     def interval(self) -> float | None:
         """Seconds between the end of a checkpoint and the next one
         :meth:`maybe_checkpoint` takes; None without ``interval``, and with
@@ -308,13 +413,14 @@ class Checkpointer:
                              "interval='auto' and mtbf=...; or call checkpoint() yourself")
         return self.checkpoint(label)
 
-    def _after(self, info: EpochInfo) -> None:
-        """After a committed epoch: measure it, re-tune, and restart the interval."""
+    def _after(self, info: EpochInfo, resumed: float) -> None:
+        """After a committed epoch: measure it, re-tune, and restart the interval
+        from ``resumed``, the clock when its checkpoint() returned."""
         if self._auto:
             (self._full_costs if info.kind == "full" else self._incr_costs).append(info.total_s)
             self._retune()
         if self._interval is not None:
-            self._due = self._clock() + self._interval
+            self._due = resumed + self._interval
 
     def _retune(self) -> None:
         cost = self.checkpoint_cost
@@ -333,30 +439,91 @@ class Checkpointer:
         self._recommendation = rec
         self._interval = rec.interval_s
 
-    def checkpoint(self, label: str | None = None) -> EpochInfo:
-        """Commit an epoch of the arena as it is now and return what it holds and cost."""
+    def checkpoint(self, label: str | None = None) -> PendingEpoch:
+        """Take an epoch of the arena as it is now. Returns once the snapshot
+        is taken (the pause), with a :class:`PendingEpoch`: its ``epoch``,
+        ``kind`` and ``pause_s`` are known at once, ``result()`` waits until
+        the epoch is durable and returns its :class:`EpochInfo`. In mode
+        ``"sync"`` the epoch is durable on return.
+
+        The arena's writers must not write while this runs (see the class
+        docstring); they may write as soon as it returns. A previous epoch
+        that is still persisting is waited for first; if it failed, its error
+        is raised here (once) and no new epoch is taken: its pages belong to
+        the next checkpoint, which a new call takes.
+        """
         if label is not None and not isinstance(label, str):
             raise TypeError(f"label must be a str or None, not {type(label).__name__}")
         with self._lock:
             self._check_open()
+            t_wait = time.perf_counter()
+            self._wait_inflight()
+            waited = time.perf_counter() - t_wait
+            self._raise_unreported()
             cap = self._capture(label)
+            cap.extra["wait_s"] = waited  # before PendingEpoch(cap), which reads it
+            pending = PendingEpoch(cap)
+            # the interval runs from here, the end of the pause; "auto" moves it
+            # once the epoch's cost is known
+            pending._resumed = self._clock()
+            if self._interval is not None:
+                self._due = pending._resumed + self._interval
             with self._idle:
                 self._inflight += 1
+                self._current = pending
+            if self._mode == "sync":
+                self._run_persist(pending)
+                pending._reported = True
+                if pending._error is not None:
+                    raise pending._error
+                return pending
+            t = threading.Thread(target=self._run_persist, args=(pending,),
+                                 name=f"memckpt-persist-e{cap.epoch}")
             try:
-                info = self._persist(cap)
+                t.start()
             except BaseException:
-                self._carry = cap.dirty  # still unsaved changes against the base
-                raise
-            finally:
-                self._recycle(cap.buffer)
-                with self._idle:
-                    self._inflight -= 1
-                    self._idle.notify_all()
+                self._run_persist(pending)  # no thread to be had: persist here rather than lose it
+            return pending
+
+    def _run_persist(self, pending: PendingEpoch) -> None:
+        """Persist one capture (on its own thread except in mode "sync"), then
+        do the checkpointer's bookkeeping and wake whoever waits."""
+        cap = pending._cap
+        info: EpochInfo | None = None
+        error: BaseException | None = None
+        try:
+            info = cap.persist(cap)
+        except BaseException as e:  # noqa: B902 - handed to the waiter, raised there
+            error = e
+        finally:
+            cap.release()
+        if info is not None:
             self._base = info.epoch
             self._chain_len = 1 if cap.kind == "full" else self._chain_len + 1
-            self._carry = _NO_PAGES
-            self._after(info)
-            return info
+            try:
+                self._after(info, pending._resumed)
+            except BaseException as e:  # retuning must not lose a committed epoch
+                warnings.warn(f"interval='auto' could not re-tune: {e!r}", RuntimeWarning)
+        else:
+            # still unsaved changes against the base: the next epoch or rollback needs them
+            self._carry = np.union1d(self._carry, cap.dirty) if self._carry.size else cap.dirty
+        pending._cap = None  # let the pages and the staging buffer go
+        with self._idle:
+            pending._finish(info, error)
+            self._inflight -= 1
+            self._idle.notify_all()
+
+    def _wait_inflight(self) -> None:
+        with self._idle:
+            while self._inflight:
+                self._idle.wait()
+
+    def _raise_unreported(self) -> None:
+        """Raise (once) the error of the last epoch if nobody has seen it yet."""
+        cur = self._current
+        if cur is not None and cur._error is not None and not cur._reported:
+            cur._reported = True
+            raise cur._error
 
     def _next_kind(self) -> tuple[str, int | None]:
         """The next epoch's kind and parent. A full epoch's parent is only its
@@ -375,44 +542,76 @@ class Checkpointer:
             return False
         return True
 
-    def _capture(self, label: str | None) -> _Capture:
-        """Collect and copy: the part of a checkpoint the program waits for."""
-        assert self._pages is not None
-        kind, parent = self._next_kind()  # store metadata: before the pause, not part of it
-        t0 = time.perf_counter()
+    def _begin(self, kind: str, parent: int | None) -> Any:
+        return self._store.begin(kind=kind, parent=parent, layout=self._arena.layout(),
+                                 page_size=self._page_size, npages=self._npages,
+                                 compress=self._compress)
+
+    def _collect(self) -> tuple[np.ndarray, int]:
+        """The pages written since the last collect, plus those of a failed
+        epoch; and how many the tracker itself reported."""
         dirty = self._tracker.collect()
         reported = int(dirty.size)
         if self._carry.size:
             dirty = np.union1d(dirty, self._carry)
+        self._carry = _NO_PAGES  # the capture's now (and back if it fails)
+        return dirty, reported
+
+    def _capture(self, label: str | None) -> _Capture:
+        """Begin the epoch (before the pause) and take the snapshot the mode takes."""
+        kind, parent = self._next_kind()  # store metadata: before the pause, not part of it
+        w = self._begin(kind, parent)
         try:
-            if kind == "full":
-                pages = np.arange(self._npages, dtype=np.uint64)
-            else:
-                pages = dirty
-            buf = self._staging(pages.size)
-            data = buf[:pages.size]
-            copy_pages(self._pages, pages, data)
+            cap = self._capture_fn(w, kind, parent, label)
+        except BaseException:
+            w.abort()
+            raise
+        return cap
+
+    # -- mode "copy" (and "sync") --------------------------------------------------------
+    def _capture_copy(self, w: Any, kind: str, parent: int | None, label: str | None) -> _Capture:
+        """Collect and copy into staging: the part of a checkpoint the program
+        waits for. Pages beyond the staging bound are written to the epoch
+        here, in the pause, straight from the arena."""
+        assert self._pages is not None
+        t0 = time.perf_counter()
+        dirty, reported = self._collect()
+        try:
+            pages = np.arange(self._npages, dtype=np.uint64) if kind == "full" else dirty
+            room = self._staging_pages
+            overflow = max(0, int(pages.size) - room)
+            if overflow:
+                # the lowest pages go first: the writer takes pages in increasing order
+                scratch = np.empty((min(overflow, _ADD_CHUNK_PAGES), self._page_size), np.uint8)
+                for s in range(0, overflow, _ADD_CHUNK_PAGES):
+                    part = pages[s:min(s + _ADD_CHUNK_PAGES, overflow)]
+                    copy_pages(self._pages, part, scratch[:part.size])
+                    w.add_pages(part, scratch[:part.size])
+                del scratch
+            staged = pages[overflow:]
+            buf = self._staging(staged.size)
+            data = buf[:staged.size]
+            copy_pages(self._pages, staged, data)
         except BaseException:
             self._carry = dirty  # collected, not saved: the next epoch or rollback needs them
             raise
-        self._carry = _NO_PAGES  # now the capture's (and back here if persist fails)
         pause = time.perf_counter() - t0
-        extra: dict[str, Any] = {"tracker_reported": reported}
-        return _Capture(kind=kind, parent=parent, pages=pages, dirty=dirty, data=data, buffer=buf,
-                        pages_dirty=int(pages.size), pause_s=pause, started=t0,
-                        layout=self._arena.layout(), label=label, extra=extra)
+        extra: dict[str, Any] = {"tracker_reported": reported, "staging_bytes": int(data.nbytes),
+                                 "pages_in_pause": overflow}
+        return _Capture(kind=kind, parent=parent, epoch=w.epoch, writer=w, pages=staged,
+                        dirty=dirty, data=data, pages_dirty=int(pages.size), pause_s=pause,
+                        started=t0, label=label, mode=self._mode, extra=extra,
+                        persist=self._persist_copy, release=lambda: self._recycle(buf))
 
-    def _persist(self, cap: _Capture) -> EpochInfo:
-        """Write a capture to the store and commit it. Touches no checkpointer
-        state, so that it can run elsewhere than the capture."""
-        w = self._store.begin(kind=cap.kind, parent=cap.parent, layout=cap.layout,
-                              page_size=self._page_size, npages=self._npages,
-                              compress=self._compress)
+    def _persist_copy(self, cap: _Capture) -> EpochInfo:
+        """Write a staged capture to its epoch and commit it. Touches no
+        checkpointer state: it runs on the persist thread."""
+        w = cap.writer
         try:
             for s in range(0, cap.pages.size, _ADD_CHUNK_PAGES):
                 w.add_pages(cap.pages[s:s + _ADD_CHUNK_PAGES], cap.data[s:s + _ADD_CHUNK_PAGES])
             return w.commit(pages_dirty=cap.pages_dirty, pause_s=cap.pause_s, label=cap.label,
-                            tracker=self._tracker.backend, mode=CAPTURE_MODE, extra=cap.extra,
+                            tracker=self._tracker.backend, mode=cap.mode, extra=cap.extra,
                             started=cap.started)  # total_s: from the pause to durable
         except BaseException:
             try:
@@ -435,10 +634,11 @@ class Checkpointer:
                 self._spare = buf
 
     def wait(self) -> None:
-        """Return once every epoch taken so far is durable."""
-        with self._idle:
-            while self._inflight:
-                self._idle.wait()
+        """Return once every epoch taken so far is durable; raise (once) the
+        error of one that failed, unless its :meth:`PendingEpoch.result`
+        already did."""
+        self._wait_inflight()
+        self._raise_unreported()
 
     # -- rollback --------------------------------------------------------------------
     def rollback(self, epoch: int | None = None) -> RollbackInfo:
@@ -458,7 +658,7 @@ class Checkpointer:
         with self._lock:
             self._check_open()
             assert self._pages is not None
-            self.wait()
+            self._wait_inflight()  # a failed epoch's pages are in _carry: written back too
             t0 = time.perf_counter()
             target = epoch if epoch is not None else self._base
             if target is None:
@@ -528,17 +728,19 @@ class Checkpointer:
 
     def close(self) -> None:
         """Wait for every epoch to be durable, then close the tracker. The
-        arena stays open (it is the caller's)."""
+        arena stays open (it is the caller's). Raises, after closing, the
+        error of a last epoch that failed unseen (see :meth:`wait`)."""
         with self._lock:
             if self._closed:
                 return
-            self.wait()
+            self._wait_inflight()
             self._closed = True
             self._pages = None  # lets the arena close
             self._spare = None
             self._tracker.close()
             if self._owns_store and hasattr(self._store, "close"):
                 self._store.close()
+            self._raise_unreported()
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -592,6 +794,11 @@ def _interval_args(interval: float | str | None, mtbf: float | str | None,
     rpo_s = None if rpo is None else _seconds("rpo", rpo)
     restart_s = _seconds("restart", restart, zero_ok=True)
     return None, True, mtbf_s, rpo_s, restart_s
+
+
+def _check_mode(mode: object, compress: str | None) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
 
 
 def _names(layout: dict[str, Any]) -> list[str]:

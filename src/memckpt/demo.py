@@ -218,7 +218,7 @@ def worker(args: argparse.Namespace) -> int:
     def checkpoint(step: int) -> None:
         assert ck is not None
         emit("checkpointing", step=step)
-        info = ck.checkpoint(f"step {step}" + (" (end)" if step == steps else ""))
+        info = ck.checkpoint(f"step {step}" + (" (end)" if step == steps else "")).result()
         emit("epoch", step=step, epoch=info.epoch, kind=info.kind, pages_dirty=info.pages_dirty,
              pause_s=info.pause_s, total_s=info.total_s, bytes=info.bytes_on_disk)
 
