@@ -72,6 +72,7 @@ struct mck_bg {
 	uint8_t *staging;
 	size_t staging_pages;
 	int64_t max_gap;
+	bool all_pages;
 	_Atomic bool armed; /* the handler defers writes to pages of D */
 	_Atomic uint64_t faults_waited;
 	uint64_t copied_early;
@@ -215,14 +216,26 @@ static void *copier_main(void *arg)
 
 /* Protect D, merging runs whose gap of (already protected) pages is at most
  * max_gap into one ioctl. Called under the tracker lock. */
-static int arm(struct mck_bg *bg, uint64_t *pages, size_t n)
+static int arm(struct mck_bg *bg, uint64_t *pages, size_t *np)
 {
 	struct timespec t0;
 	uint64_t runs = 0, calls = 0, covered = 0;
 	int64_t gap = bg->max_gap < 0 ? BG_AUTO_GAP : bg->max_gap;
+	size_t n = *np;
 	int rc = 0;
 
 	bg->stats.collect_ns = ns_since(&bg->instant);
+	if (bg->all_pages) {
+		if (bg->cap > bg->staging_pages)
+			return -ENOBUFS;
+		/* the drained pages are among them; the pages not drained are
+		 * protected already, and one ioctl over the range re-protects
+		 * the rest (gap = the whole range) */
+		for (size_t i = 0; i < bg->cap; i++)
+			pages[i] = i;
+		*np = n = bg->cap;
+		gap = INT64_MAX;
+	}
 	if (n > bg->staging_pages)
 		return -ENOBUFS;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -327,13 +340,14 @@ int mck_bg_supported(int backend, char *reason, size_t len)
 }
 
 int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
-		     size_t staging_pages, int64_t max_gap, struct mck_bg_stats *stats)
+		     size_t staging_pages, int64_t max_gap, unsigned flags,
+		     struct mck_bg_stats *stats)
 {
 	struct mck_bg *bg;
 	int64_t n;
 	int rc;
 
-	if (!t || !pages || (!staging && staging_pages))
+	if (!t || !pages || (!staging && staging_pages) || (flags & ~MCK_BG_ALL_PAGES))
 		return -EINVAL;
 	if (t->backend != MCK_BACKEND_UFFD_SYNC)
 		return -EOPNOTSUPP;
@@ -355,6 +369,7 @@ int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *s
 	bg->staging = staging;
 	bg->staging_pages = staging_pages;
 	bg->max_gap = max_gap;
+	bg->all_pages = flags & MCK_BG_ALL_PAGES;
 	memset(&bg->stats, 0, sizeof(bg->stats));
 	clock_gettime(CLOCK_MONOTONIC, &bg->instant);
 	n = mck_uffd_sync_freeze(t, pages, cap, arm, bg);

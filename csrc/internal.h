@@ -102,10 +102,11 @@ extern const struct mck_tracker_ops mck_compare_ops;
 struct mck_bg;
 
 /* track_uffd.c: with the tracker's lock held, drain the dirty bitmap into
- * out[] and call arm(bg, out, n), which protects the pages and arms the copy;
- * if arm fails, the bits are set again. Returns n or -errno. */
+ * out[] and call arm(bg, out, &n), which protects the pages and arms the copy
+ * (and may widen out[] and n, to every page); if arm fails, the bits drained
+ * are set again. Returns n or -errno. */
 int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
-			     int (*arm)(struct mck_bg *, uint64_t *, size_t), struct mck_bg *bg);
+			     int (*arm)(struct mck_bg *, uint64_t *, size_t *), struct mck_bg *bg);
 /* track_uffd.c: the background copy of this tracker (NULL: none yet), and
  * setting it (the tracker frees it at close, after mck_bg_destroy). */
 struct mck_bg *mck_uffd_sync_bg(struct mck_tracker *t);

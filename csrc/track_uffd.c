@@ -622,10 +622,10 @@ static void uffd_sync_close(struct mck_tracker *t)
 /* ---- uffd-sync: the background capture's hooks (see internal.h) ---------- */
 
 int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
-			     int (*arm)(struct mck_bg *, uint64_t *, size_t), struct mck_bg *bg)
+			     int (*arm)(struct mck_bg *, uint64_t *, size_t *), struct mck_bg *bg)
 {
 	struct uffd_sync *s = t->priv;
-	size_t n;
+	size_t n, drained;
 	int64_t rc;
 
 	if (cap < t->npages)
@@ -638,10 +638,11 @@ int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
 	rc = atomic_load(&s->err);
 	if (rc < 0)
 		goto out;
-	n = mck_bitmap_drain(&s->dirty, out);
-	rc = arm(bg, out, n);
+	n = drained = mck_bitmap_drain(&s->dirty, out);
+	rc = arm(bg, out, &n);
 	if (rc < 0) {
-		for (size_t i = 0; i < n; i++)
+		/* arm() widens out[] only once nothing can fail any more */
+		for (size_t i = 0; i < drained; i++)
 			mck_bitmap_set(&s->dirty, (size_t)out[i]);
 		goto out;
 	}

@@ -228,3 +228,83 @@ def test_errors(arena):
     tr.bg_wait()
     assert (big[:6].view(np.uint64)[:, 0] == 1).all()
     tr.close()
+
+
+# ---- Checkpointer(mode="background") ------------------------------------------
+
+def test_checkpointer_background_needs_uffd_sync(arena, tmp_path):
+    with pytest.raises(ValueError, match="tracker='uffd-sync'") as ei:
+        memckpt.Checkpointer(arena, tmp_path / "s", mode="background", tracker="mprotect")
+    assert '"copy"' in str(ei.value) and '"fork"' in str(ei.value)
+    with memckpt.Checkpointer(arena, tmp_path / "s", mode="background") as ck:
+        assert ck.tracker.backend == "uffd-sync" and ck.mode == "background"
+
+
+def test_checkpointer_background_epochs_while_native_writers_go_on(arena, tmp_path):
+    """The writers never stop, not even for the pause: each epoch must still
+    be one cut of the native writer's rounds, and the last epoch, taken with
+    the writers stopped, equals the arena."""
+    stop = threading.Event()
+    native = _native_writer(arena, stop)
+    words = _words(arena)
+    mine = np.arange(NATIVE[0], NATIVE[0] + NATIVE[1])
+    infos = []
+    with memckpt.Checkpointer(arena, tmp_path / "s", mode="background") as ck:
+        native.start()
+        try:
+            for _ in range(6):
+                time.sleep(0.01)
+                infos.append(ck.checkpoint().result())
+        finally:
+            stop.set()
+            native.join()
+        last = ck.checkpoint().result()
+        expect = words.copy()
+    for info in infos + [last]:
+        for key in ("protect_s", "copy_s", "faults_waited", "collect_s"):
+            assert key in info.extra, info.extra
+        assert info.pause_s >= info.extra["protect_s"]
+    assert infos[0].kind == "full" and infos[0].pages_dirty == NPAGES
+    with memckpt.Store(tmp_path / "s") as st:
+        st.verify()
+        for info in infos:
+            with memckpt.restore(st, info.epoch) as got:
+                w0 = _words(got)[mine, 0].astype(np.int64)
+                assert (np.diff(w0) <= 0).all() and w0[0] - w0[-1] <= 1, (
+                    f"epoch {info.epoch} is not one cut of the writer's rounds: {np.unique(w0)}")
+                del w0
+        with memckpt.restore(st, last.epoch) as got:
+            assert np.array_equal(_words(got), expect)
+
+
+def test_checkpointer_background_failed_persist_loses_nothing(arena, tmp_path):
+    st = memckpt.Store(tmp_path / "s", create=True)
+    words = _words(arena)
+    fail = {"on": False}
+    real_begin = st.begin
+
+    def begin(**kw):
+        w = real_begin(**kw)
+        if fail["on"]:
+            fail["on"] = False
+
+            def broken(*a, **k):
+                raise OSError(28, "No space left on device (injected)")
+            w.add_pages = broken
+        return w
+
+    st.begin = begin
+    with memckpt.Checkpointer(arena, st, mode="background") as ck:
+        e1 = ck.checkpoint().result()
+        words[10, 0] = 10
+        fail["on"] = True
+        with pytest.raises(OSError, match="injected"):
+            ck.checkpoint().result()
+        words[11, 0] = 11
+        e2 = ck.checkpoint().result()  # carries the failed epoch's pages
+        assert e2.parent == e1.epoch
+        expect = words.copy()
+    st.verify()
+    with memckpt.restore(st, e2.epoch) as got:
+        assert np.array_equal(_words(got), expect)
+    st.close()

@@ -136,6 +136,12 @@ int mck_tracker_close(struct mck_tracker *t);
 #define MCK_BG_GAP_RUNS 0         /* one ioctl per run of adjacent pages */
 #define MCK_BG_GAP_SPAN INT64_MAX /* one ioctl from D's first page to its last */
 
+enum mck_bg_flags {
+	/* snapshot every page of the range, not only those written since the
+	 * last collect (a full epoch); the collect still re-arms */
+	MCK_BG_ALL_PAGES = 1u << 0,
+};
+
 struct mck_bg_stats {
 	uint64_t pages;         /* |D| */
 	uint64_t runs;          /* runs of adjacent pages in D */
@@ -153,13 +159,15 @@ struct mck_bg_stats {
  * written in both cases). */
 int mck_bg_supported(int backend, char *reason, size_t len);
 /* Collect into pages[] (cap >= the tracker's page count) as
- * mck_tracker_collect does, write-protect those pages, and start copying page
+ * mck_tracker_collect does (every page with MCK_BG_ALL_PAGES in flags),
+ * write-protect those pages, and start copying page
  * pages[i] to staging + i * page size. staging holds staging_pages pages; if
  * fewer than collected, nothing changes and -ENOBUFS is returned. pages[] and
  * staging must stay untouched until mck_bg_wait returns. Returns the count;
  * -EOPNOTSUPP if the backend is not uffd-sync, -EBUSY if a copy is pending. */
 int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
-		     size_t staging_pages, int64_t max_gap, struct mck_bg_stats *stats);
+		     size_t staging_pages, int64_t max_gap, unsigned flags,
+		     struct mck_bg_stats *stats);
 /* Block until every page of the copy mck_bg_begin started is in staging;
  * stats (may be NULL) gets the whole record. 0, or -errno if the copy failed
  * (then staging is not a snapshot); -EINVAL if no copy was started.

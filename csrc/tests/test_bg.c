@@ -133,8 +133,11 @@ static void test_snapshot_under_writers(void)
 		size_t differ = 0;
 
 		usleep(c % 3 == 0 ? 30000 : 3000);
-		n = mck_bg_begin(t, pages, NPAGES, staging, NPAGES, c % 4 == 3 ? MCK_BG_GAP_SPAN : MCK_BG_GAP_AUTO,
-				 NULL);
+		/* cycles 1, 5, 9 snapshot every page (a full epoch); 3, 7, 11
+		 * protect D with one ioctl over its span */
+		n = mck_bg_begin(t, pages, NPAGES, staging, NPAGES,
+				 c % 4 == 3 ? MCK_BG_GAP_SPAN : MCK_BG_GAP_AUTO,
+				 c % 4 == 1 ? MCK_BG_ALL_PAGES : 0, NULL);
 		CHECK(n >= 0, "cycle %d: bg_begin: %s", c, strerror((int)-n));
 		if (n < 0)
 			break;
@@ -280,7 +283,7 @@ static void test_kernel_write(void)
 		memset(page_at(p), (int)(p % 251) + 1, ps);
 	memset(src, 0xEE, ps);
 	alarm(20);
-	n = mck_bg_begin(t, pages, NPAGES, staging, NPAGES, MCK_BG_GAP_AUTO, NULL);
+	n = mck_bg_begin(t, pages, NPAGES, staging, NPAGES, MCK_BG_GAP_AUTO, 0, NULL);
 	CHECK(n == NPAGES, "bg_begin: %lld", (long long)n);
 	ssize_t got = pipe_into(page_at(last), src, ps);
 
@@ -350,7 +353,7 @@ static void test_close_mid_copy(void)
 		pthread_create(&tid[i], NULL, closer_writer_main, &cw[i]);
 	}
 	alarm(20);
-	n = mck_bg_begin(t, pages, NPAGES, staging, NPAGES, MCK_BG_GAP_AUTO, NULL);
+	n = mck_bg_begin(t, pages, NPAGES, staging, NPAGES, MCK_BG_GAP_AUTO, 0, NULL);
 	CHECK(n == NPAGES, "bg_begin: %lld", (long long)n);
 	atomic_store(&go, 1);
 	usleep(200);
@@ -390,7 +393,7 @@ static void test_errors(void)
 	base = region.addr;
 	/* another backend: refused, with a reason that names the way out */
 	if (mck_tracker_open(&other, mck_backend_lookup("mprotect"), region.addr, region.len) == 0) {
-		n = mck_bg_begin(other, pages, NPAGES, staging, 4, MCK_BG_GAP_AUTO, NULL);
+		n = mck_bg_begin(other, pages, NPAGES, staging, 4, MCK_BG_GAP_AUTO, 0, NULL);
 		CHECK(n == -EOPNOTSUPP, "bg_begin on mprotect: %lld", (long long)n);
 		CHECK(mck_bg_wait(other, NULL) == -EOPNOTSUPP, "bg_wait on mprotect");
 		mck_tracker_close(other);
@@ -405,20 +408,24 @@ static void test_errors(void)
 	CHECK(mck_bg_wait(t, NULL) == -EINVAL, "bg_wait with no copy started");
 	for (size_t p = 0; p < 6; p++)
 		page_at(p * 3)[0] = 1;
-	n = mck_bg_begin(t, pages, NPAGES, staging, 4, MCK_BG_GAP_AUTO, NULL);
+	n = mck_bg_begin(t, pages, NPAGES, staging, 4, MCK_BG_GAP_AUTO, 0, NULL);
 	CHECK(n == -ENOBUFS, "6 dirty pages into 4 pages of staging: %lld", (long long)n);
-	n = mck_bg_begin(t, pages, NPAGES / 2, staging, 4, MCK_BG_GAP_AUTO, NULL);
+	n = mck_bg_begin(t, pages, NPAGES / 2, staging, 4, MCK_BG_GAP_AUTO, 0, NULL);
 	CHECK(n == -ENOBUFS, "cap below the page count: %lld", (long long)n);
+	n = mck_bg_begin(t, pages, NPAGES, staging, 4, MCK_BG_GAP_AUTO, MCK_BG_ALL_PAGES, NULL);
+	CHECK(n == -ENOBUFS, "every page into 4 pages of staging: %lld", (long long)n);
+	n = mck_bg_begin(t, pages, NPAGES, staging, 4, MCK_BG_GAP_AUTO, 1u << 5, NULL);
+	CHECK(n == -EINVAL, "an unknown flag: %lld", (long long)n);
 	/* nothing lost: the pages are still dirty */
 	page_at(1)[0] = 1;
-	n = mck_bg_begin(t, pages, NPAGES, staging, 0, MCK_BG_GAP_AUTO, NULL);
+	n = mck_bg_begin(t, pages, NPAGES, staging, 0, MCK_BG_GAP_AUTO, 0, NULL);
 	CHECK(n == -ENOBUFS, "7 into 0: %lld", (long long)n);
 	n = mck_tracker_collect(t, pages, NPAGES);
 	CHECK(n == 7, "after -ENOBUFS the dirty pages must still be reported: %lld", (long long)n);
 	page_at(2)[0] = 1;
-	n = mck_bg_begin(t, pages, NPAGES, staging, 4, MCK_BG_GAP_AUTO, NULL);
+	n = mck_bg_begin(t, pages, NPAGES, staging, 4, MCK_BG_GAP_AUTO, 0, NULL);
 	CHECK(n == 1, "bg_begin: %lld", (long long)n);
-	CHECK(mck_bg_begin(t, pages, NPAGES, staging, 4, MCK_BG_GAP_AUTO, NULL) == -EBUSY,
+	CHECK(mck_bg_begin(t, pages, NPAGES, staging, 4, MCK_BG_GAP_AUTO, 0, NULL) == -EBUSY,
 	      "a second bg_begin before bg_wait");
 	CHECK(mck_bg_wait(t, NULL) == 0, "bg_wait");
 	CHECK(mck_bg_wait(t, NULL) == -EINVAL, "bg_wait twice");
@@ -474,7 +481,7 @@ static void test_leaks(void)
 	for (int c = 0; c < 1000; c++) {
 		for (int k = 0; k < 8; k++)
 			page_at((size_t)(c * 8 + k) % NPAGES)[0] = (uint8_t)c;
-		int64_t n = mck_bg_begin(t, pages, NPAGES, staging, 64, MCK_BG_GAP_AUTO, NULL);
+		int64_t n = mck_bg_begin(t, pages, NPAGES, staging, 64, MCK_BG_GAP_AUTO, 0, NULL);
 
 		if (n != 8 || mck_bg_wait(t, NULL) != 0) {
 			CHECK(0, "cycle %d: %lld", c, (long long)n);
@@ -497,7 +504,7 @@ static void test_leaks(void)
 			break;
 		}
 		page_at((size_t)i)[0] = 1;
-		if (i % 2 && mck_bg_begin(t, pages, NPAGES, staging, 64, MCK_BG_GAP_AUTO, NULL) >= 0 && i % 4 == 1)
+		if (i % 2 && mck_bg_begin(t, pages, NPAGES, staging, 64, MCK_BG_GAP_AUTO, 0, NULL) >= 0 && i % 4 == 1)
 			mck_bg_wait(t, NULL); /* the others are closed with the copy unwaited */
 		mck_tracker_close(t);
 	}

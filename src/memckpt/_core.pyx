@@ -234,8 +234,8 @@ cdef class Tracker:
         return np.asarray(self.scratch)[:n].copy()
 
     # ---- background capture ----
-    def bg_begin(self, staging, long long max_gap=c.MCK_BG_GAP_AUTO):
-        """Collect the dirty pages, write-protect them and start copying them
+    def bg_begin(self, staging, long long max_gap=c.MCK_BG_GAP_AUTO, bint all_pages=False):
+        """Collect the dirty pages (every page with ``all_pages``), write-protect them and start copying them
         into ``staging`` (a writable C-contiguous buffer of whole pages; page
         ``pages[i]`` goes to its i-th page). Returns (pages, stats): the sorted
         page numbers (read-only uint64) and the pause's figures. ``staging``
@@ -259,7 +259,8 @@ cdef class Tracker:
         pages = out
         cap = pages.shape[0]
         with nogil:
-            n = c.mck_bg_begin(self.t, &pages[0], cap, <void *>addr, nstaging, max_gap, &st)
+            n = c.mck_bg_begin(self.t, &pages[0], cap, <void *>addr, nstaging, max_gap,
+                               c.MCK_BG_ALL_PAGES if all_pages else 0, &st)
         if n == -errno.EOPNOTSUPP:
             ok, why = bg_supported(c.mck_tracker_backend(self.t))
             raise OSError(errno.EOPNOTSUPP, why)

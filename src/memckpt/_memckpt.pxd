@@ -66,6 +66,7 @@ cdef extern from "memckpt.h" nogil:
     enum:
         MCK_BG_GAP_AUTO
         MCK_BG_GAP_RUNS
+        MCK_BG_ALL_PAGES
 
     struct mck_bg_stats:
         uint64_t pages
@@ -81,5 +82,6 @@ cdef extern from "memckpt.h" nogil:
 
     int mck_bg_supported(int backend, char *reason, size_t len)
     int64_t mck_bg_begin(mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
-                         size_t staging_pages, int64_t max_gap, mck_bg_stats *stats)
+                         size_t staging_pages, int64_t max_gap, unsigned flags,
+                         mck_bg_stats *stats)
     int mck_bg_wait(mck_tracker *t, mck_bg_stats *stats)

@@ -87,7 +87,8 @@ class DirtyTracker:
             return self._t.collect()
 
     # -- background capture (copy-before-write; uffd-sync only) ------------------
-    def bg_begin(self, staging: np.ndarray, max_gap: int = _core.BG_GAP_AUTO) -> tuple[np.ndarray, dict[str, Any]]:
+    def bg_begin(self, staging: np.ndarray, max_gap: int = _core.BG_GAP_AUTO,
+                 all_pages: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
         """Collect as :meth:`collect` does, write-protect those pages and start
         copying them, in a background thread, into ``staging`` (a writable,
         C-contiguous array of whole pages: page ``pages[i]`` goes to its i-th
@@ -95,9 +96,10 @@ class DirtyTracker:
         ``(pages, stats)``; call :meth:`bg_wait` before touching ``staging`` or
         starting another copy. Needs the ``uffd-sync`` backend (``OSError``
         with ``errno.EOPNOTSUPP`` and the reason otherwise). ``max_gap``: runs
-        of pages closer than this are protected by one ioctl (``-1``: auto)."""
+        of pages closer than this are protected by one ioctl (``-1``: auto).
+        ``all_pages`` snapshots every page of the arena (a full epoch)."""
         with self._lock:
-            return self._t.bg_begin(staging, max_gap)
+            return self._t.bg_begin(staging, max_gap, all_pages)
 
     def bg_wait(self) -> dict[str, Any]:
         """Block until the copy :meth:`bg_begin` started is complete; its figures."""
