@@ -49,11 +49,14 @@ enum bg_phase {
 	BG_FINISHED /* copied, not yet waited for */
 };
 
-/* Ratio of one UFFDIO_WRITEPROTECT call to walking one more page inside a
- * call, measured on 6.18 by bench/bench_bg_protect.py (docs/checkpointing.md):
- * a gap of already-protected pages shorter than this is cheaper to walk than
- * to split the ioctl at. */
-#define BG_AUTO_GAP 8
+/* Ratio of one UFFDIO_WRITEPROTECT call (~1.4 us, its TLB flush included)
+ * to walking one more page inside a call (~0.1 us, whether the page was
+ * protected already or not), measured on 6.18 at 1 GiB by
+ * bench/bench_bg_protect.py (docs/checkpointing.md): a gap of
+ * already-protected pages shorter than this is cheaper to walk than to split
+ * the ioctl at. With cost = calls * c_call + pages walked * c_page, merging
+ * exactly the gaps below c_call / c_page is the cheapest cover of each D. */
+#define BG_AUTO_GAP 12
 
 struct mck_bg {
 	struct mck_tracker *t;
@@ -72,6 +75,7 @@ struct mck_bg {
 	uint8_t *staging;
 	size_t staging_pages;
 	int64_t max_gap;
+	int64_t prearm_gap;
 	bool all_pages;
 	_Atomic bool armed; /* the handler defers writes to pages of D */
 	_Atomic uint64_t faults_waited;
@@ -214,31 +218,16 @@ static void *copier_main(void *arg)
 	return NULL;
 }
 
-/* Protect D, merging runs whose gap of (already protected) pages is at most
- * max_gap into one ioctl. Called under the tracker lock. */
-static int arm(struct mck_bg *bg, uint64_t *pages, size_t *np)
+/* Protect pages[0..n) (sorted), merging runs whose gap is at most gap pages
+ * into one ioctl: every page of the range outside the writable list is
+ * protected already, so an ioctl over a gap re-protects nothing new and
+ * costs only its walk. Called under the tracker lock. */
+static int protect_list(struct mck_tracker *t, const uint64_t *pages, size_t n, int64_t gap,
+			struct mck_bg_stats *st)
 {
-	struct timespec t0;
 	uint64_t runs = 0, calls = 0, covered = 0;
-	int64_t gap = bg->max_gap < 0 ? BG_AUTO_GAP : bg->max_gap;
-	size_t n = *np;
-	int rc = 0;
+	int rc;
 
-	bg->stats.collect_ns = ns_since(&bg->instant);
-	if (bg->all_pages) {
-		if (bg->cap > bg->staging_pages)
-			return -ENOBUFS;
-		/* the drained pages are among them; the pages not drained are
-		 * protected already, and one ioctl over the range re-protects
-		 * the rest (gap = the whole range) */
-		for (size_t i = 0; i < bg->cap; i++)
-			pages[i] = i;
-		*np = n = bg->cap;
-		gap = INT64_MAX;
-	}
-	if (n > bg->staging_pages)
-		return -ENOBUFS;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (size_t i = 0, j; i < n; i = j) {
 		j = i + 1;
 		runs++;
@@ -246,18 +235,49 @@ static int arm(struct mck_bg *bg, uint64_t *pages, size_t *np)
 			runs += pages[j] != pages[j - 1] + 1;
 			j++;
 		}
-		rc = mck_uffd_sync_protect(bg->t, pages[i], (size_t)(pages[j - 1] - pages[i] + 1), true);
+		rc = mck_uffd_sync_protect(t, pages[i], (size_t)(pages[j - 1] - pages[i] + 1), true);
 		if (rc < 0)
 			return rc;
 		calls++;
 		covered += pages[j - 1] - pages[i] + 1;
 	}
+	if (st) {
+		st->runs = runs;
+		st->protect_calls = calls;
+		st->protect_pages = covered;
+		st->max_gap = gap;
+	}
+	return 0;
+}
+
+/* D is pages[0..*np); the writable ones among them, which need protecting,
+ * are writable[0..w). Called under the tracker lock: the instant. */
+static int arm(struct mck_bg *bg, uint64_t *pages, size_t *np, const uint64_t *writable, size_t w)
+{
+	struct timespec t0;
+	int64_t gap = bg->max_gap < 0 ? BG_AUTO_GAP : bg->max_gap;
+	size_t n = *np;
+	int rc;
+
+	bg->stats.collect_ns = ns_since(&bg->instant);
+	if (bg->all_pages) {
+		if (bg->cap > bg->staging_pages)
+			return -ENOBUFS;
+		/* the pages not drained are protected already: D grows to
+		 * every page, what needs protecting does not */
+		for (size_t i = 0; i < bg->cap; i++)
+			pages[i] = i;
+		*np = n = bg->cap;
+	}
+	if (n > bg->staging_pages)
+		return -ENOBUFS;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	rc = protect_list(bg->t, writable, w, gap, &bg->stats);
+	if (rc < 0)
+		return rc;
 	bg->stats.protect_ns = ns_since(&t0);
 	bg->stats.pages = n;
-	bg->stats.runs = runs;
-	bg->stats.protect_calls = calls;
-	bg->stats.protect_pages = covered;
-	bg->stats.max_gap = gap;
+	bg->stats.prearmed = n - w;
 	memset((void *)bg->state, BG_PENDING, n);
 	atomic_store_explicit(&bg->urgent_head, 0, memory_order_relaxed);
 	bg->urgent_tail = 0;
@@ -268,6 +288,11 @@ static int arm(struct mck_bg *bg, uint64_t *pages, size_t *np)
 	clock_gettime(CLOCK_MONOTONIC, &bg->instant);
 	atomic_store_explicit(&bg->armed, true, memory_order_release);
 	return 0;
+}
+
+static int prearm_protect(struct mck_bg *bg, const uint64_t *pages, size_t n)
+{
+	return protect_list(bg->t, pages, n, bg->prearm_gap, NULL);
 }
 
 static void bg_free(struct mck_bg *bg)
@@ -339,6 +364,39 @@ int mck_bg_supported(int backend, char *reason, size_t len)
 	return mck_backend_status(backend, reason, len);
 }
 
+/* The tracker's background state, made (with its copier) at first use. */
+static int bg_get(struct mck_tracker *t, struct mck_bg **out)
+{
+	int rc;
+
+	*out = mck_uffd_sync_bg(t);
+	if (*out)
+		return 0;
+	rc = bg_create(t, out);
+	if (rc < 0)
+		return rc;
+	mck_uffd_sync_set_bg(t, *out);
+	return 0;
+}
+
+int64_t mck_bg_prearm(struct mck_tracker *t, int64_t max_gap)
+{
+	struct mck_bg *bg;
+	int rc;
+
+	if (!t)
+		return -EINVAL;
+	if (t->backend != MCK_BACKEND_UFFD_SYNC)
+		return -EOPNOTSUPP;
+	rc = bg_get(t, &bg);
+	if (rc < 0)
+		return rc;
+	/* safe during a copy too: it only protects pages the handler made
+	 * writable, which the copier has finished with */
+	bg->prearm_gap = max_gap < 0 ? BG_AUTO_GAP : max_gap;
+	return mck_uffd_sync_prearm(t, prearm_protect, bg);
+}
+
 int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
 		     size_t staging_pages, int64_t max_gap, unsigned flags,
 		     struct mck_bg_stats *stats)
@@ -353,13 +411,9 @@ int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *s
 		return -EOPNOTSUPP;
 	if (cap < t->npages)
 		return -ENOBUFS;
-	bg = mck_uffd_sync_bg(t);
-	if (!bg) {
-		rc = bg_create(t, &bg);
-		if (rc < 0)
-			return rc;
-		mck_uffd_sync_set_bg(t, bg);
-	}
+	rc = bg_get(t, &bg);
+	if (rc < 0)
+		return rc;
 	pthread_mutex_lock(&bg->mu);
 	rc = bg->phase != BG_IDLE ? -EBUSY : 0;
 	pthread_mutex_unlock(&bg->mu);

@@ -219,6 +219,12 @@ const struct mck_tracker_ops mck_uffd_async_ops = {
  * re-protect the pages drained": it keeps the invariant that a page is
  * writable only while its bit is set (between the drain and the re-protect,
  * only while it is in the drained set).
+ * (Two bitmaps in fact: dirty, and writable, its subset the handler made
+ * writable since the page was last protected. A pre-arm, for the background
+ * capture, drains writable alone and protects those pages, leaving them
+ * dirty; collect reports dirty and protects only writable. The invariant
+ * holds for writable, and every page in writable is in dirty, so the
+ * argument below is the same.)
  *
  * Take any store S to page p, and the collect C that follows it.
  *  - p was writable when S executed. Only the handler makes a page writable
@@ -261,6 +267,11 @@ struct uffd_sync {
 	pthread_t thread;
 	pthread_mutex_t lock;
 	struct mck_bitmap dirty;
+	/* the pages the handler made writable since they were last protected:
+	 * a subset of dirty, since a pre-arm (mck_bg_prearm) protects pages
+	 * again without reporting them; collect re-protects only these */
+	struct mck_bitmap writable;
+	uint64_t *scratch; /* npages entries: the writable pages drained */
 	/* a failure the handler met; collect returns it from then on */
 	_Atomic int err;
 	/* background capture (capture_bg.c): set under lock, NULL until the
@@ -347,6 +358,7 @@ static void handle_fault(struct uffd_sync *s, const struct uffd_msg *m)
 			return;
 		}
 		mck_bitmap_set(&s->dirty, (size_t)((page - base) / s->page_size));
+		mck_bitmap_set(&s->writable, (size_t)((page - base) / s->page_size));
 		if (flags & UFFD_PAGEFAULT_FLAG_WP)
 			rc = writeprotect(s->uffd, (void *)(uintptr_t)page, s->page_size, false);
 		else
@@ -446,7 +458,7 @@ static int uffd_sync_open(struct mck_tracker *t)
 		.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
 	};
 	struct uffd_sync *s;
-	bool bitmap = false, mutex = false, registered = false, thread = false;
+	bool bitmap = false, writable = false, mutex = false, registered = false, thread = false;
 	void *zero;
 	int rc;
 
@@ -467,6 +479,16 @@ static int uffd_sync_open(struct mck_tracker *t)
 	if (rc < 0)
 		goto fail;
 	bitmap = true;
+	rc = mck_bitmap_init(&s->writable, t->npages);
+	if (rc < 0)
+		goto fail;
+	writable = true;
+	/* calloc'd: its pages cost memory only once that many are drained */
+	s->scratch = calloc(t->npages, sizeof(*s->scratch));
+	if (!s->scratch) {
+		rc = -ENOMEM;
+		goto fail;
+	}
 	rc = -pthread_mutex_init(&s->lock, NULL);
 	if (rc < 0)
 		goto fail;
@@ -528,6 +550,9 @@ fail:
 		pthread_mutex_destroy(&s->lock);
 	if (bitmap)
 		mck_bitmap_free(&s->dirty);
+	if (writable)
+		mck_bitmap_free(&s->writable);
+	free(s->scratch);
 	if (s->zero)
 		munmap((void *)s->zero, t->page_size);
 	free(s);
@@ -568,7 +593,7 @@ static int reprotect(struct uffd_sync *s, const uint64_t *pages, size_t n)
 static int64_t uffd_sync_collect(struct mck_tracker *t, uint64_t *out, size_t cap)
 {
 	struct uffd_sync *s = t->priv;
-	size_t n;
+	size_t n, w;
 	int64_t rc;
 
 	if (cap < t->npages)
@@ -578,12 +603,17 @@ static int64_t uffd_sync_collect(struct mck_tracker *t, uint64_t *out, size_t ca
 	if (rc < 0)
 		goto out;
 	n = mck_bitmap_drain(&s->dirty, out);
-	rc = reprotect(s, out, n);
+	/* only the writable ones need protecting: a pre-arm protected the
+	 * others already (without one, these are the same pages) */
+	w = mck_bitmap_drain(&s->writable, s->scratch);
+	rc = reprotect(s, s->scratch, w);
 	if (rc < 0) {
 		/* some of these pages may still be writable: their bits must
 		 * stay set, or their next writes would go unseen */
 		for (size_t i = 0; i < n; i++)
 			mck_bitmap_set(&s->dirty, (size_t)out[i]);
+		for (size_t i = 0; i < w; i++)
+			mck_bitmap_set(&s->writable, (size_t)s->scratch[i]);
 		goto out;
 	}
 	rc = (int64_t)n;
@@ -614,6 +644,8 @@ static void uffd_sync_close(struct mck_tracker *t)
 	close(s->uffd);
 	pthread_mutex_destroy(&s->lock);
 	mck_bitmap_free(&s->dirty);
+	mck_bitmap_free(&s->writable);
+	free(s->scratch);
 	munmap((void *)s->zero, t->page_size);
 	free(s);
 	t->priv = NULL;
@@ -622,10 +654,11 @@ static void uffd_sync_close(struct mck_tracker *t)
 /* ---- uffd-sync: the background capture's hooks (see internal.h) ---------- */
 
 int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
-			     int (*arm)(struct mck_bg *, uint64_t *, size_t *), struct mck_bg *bg)
+			     int (*arm)(struct mck_bg *, uint64_t *, size_t *, const uint64_t *, size_t),
+			     struct mck_bg *bg)
 {
 	struct uffd_sync *s = t->priv;
-	size_t n, drained;
+	size_t n, drained, w;
 	int64_t rc;
 
 	if (cap < t->npages)
@@ -639,14 +672,45 @@ int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
 	if (rc < 0)
 		goto out;
 	n = drained = mck_bitmap_drain(&s->dirty, out);
-	rc = arm(bg, out, &n);
+	w = mck_bitmap_drain(&s->writable, s->scratch);
+	rc = arm(bg, out, &n, s->scratch, w);
 	if (rc < 0) {
 		/* arm() widens out[] only once nothing can fail any more */
 		for (size_t i = 0; i < drained; i++)
 			mck_bitmap_set(&s->dirty, (size_t)out[i]);
+		for (size_t i = 0; i < w; i++)
+			mck_bitmap_set(&s->writable, (size_t)s->scratch[i]);
 		goto out;
 	}
 	rc = (int64_t)n;
+out:
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+int64_t mck_uffd_sync_prearm(struct mck_tracker *t,
+			     int (*protect)(struct mck_bg *, const uint64_t *, size_t),
+			     struct mck_bg *bg)
+{
+	struct uffd_sync *s = t->priv;
+	size_t w;
+	int64_t rc;
+
+	/* protect the writable pages but leave their dirty bits: the next
+	 * collect still reports them, and a write since faults again, which
+	 * makes the page writable (and so protected by that collect) again */
+	pthread_mutex_lock(&s->lock);
+	rc = atomic_load(&s->err);
+	if (rc < 0)
+		goto out;
+	w = mck_bitmap_drain(&s->writable, s->scratch);
+	rc = protect(bg, s->scratch, w);
+	if (rc < 0) {
+		for (size_t i = 0; i < w; i++)
+			mck_bitmap_set(&s->writable, (size_t)s->scratch[i]);
+		goto out;
+	}
+	rc = (int64_t)w;
 out:
 	pthread_mutex_unlock(&s->lock);
 	return rc;
@@ -680,6 +744,7 @@ int mck_uffd_sync_release(struct mck_tracker *t, uint64_t page)
 
 	pthread_mutex_lock(&s->lock);
 	mck_bitmap_set(&s->dirty, (size_t)page);
+	mck_bitmap_set(&s->writable, (size_t)page);
 	/* un-protecting wakes every writer waiting in the range: a writer
 	 * whose fault was a missing-page one retries, faults again and is
 	 * resolved by the handler as usual */

@@ -144,6 +144,7 @@ enum mck_bg_flags {
 
 struct mck_bg_stats {
 	uint64_t pages;         /* |D| */
+	uint64_t prearmed;      /* pages of D a pre-arm had protected already */
 	uint64_t runs;          /* runs of adjacent pages in D */
 	uint64_t protect_calls; /* UFFDIO_WRITEPROTECT ioctls the pause made */
 	uint64_t protect_pages; /* pages those ioctls covered (D and the gaps) */
@@ -168,6 +169,12 @@ int mck_bg_supported(int backend, char *reason, size_t len);
 int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
 		     size_t staging_pages, int64_t max_gap, unsigned flags,
 		     struct mck_bg_stats *stats);
+/* Shorten the next mck_bg_begin's pause: write-protect now, while the
+ * program runs, the pages written so far (they stay dirty: the next collect
+ * or mck_bg_begin still reports them), so that the pause protects only those
+ * written after this call. Each page written again after it costs one more
+ * fault. Returns the pages protected; -EOPNOTSUPP if not uffd-sync. */
+int64_t mck_bg_prearm(struct mck_tracker *t, int64_t max_gap);
 /* Block until every page of the copy mck_bg_begin started is in staging;
  * stats (may be NULL) gets the whole record. 0, or -errno if the copy failed
  * (then staging is not a snapshot); -EINVAL if no copy was started.

@@ -133,6 +133,13 @@ static void test_snapshot_under_writers(void)
 		size_t differ = 0;
 
 		usleep(c % 3 == 0 ? 30000 : 3000);
+		if (c % 3 == 2) {
+			/* a pre-arm while the writers run, then more writes */
+			int64_t pre = mck_bg_prearm(t, MCK_BG_GAP_AUTO);
+
+			CHECK(pre >= 0, "cycle %d: prearm: %s", c, strerror((int)-pre));
+			usleep(3000);
+		}
 		/* cycles 1, 5, 9 snapshot every page (a full epoch); 3, 7, 11
 		 * protect D with one ioctl over its span */
 		n = mck_bg_begin(t, pages, NPAGES, staging, NPAGES,
@@ -436,6 +443,74 @@ static void test_errors(void)
 	free(staging);
 }
 
+/* ---- pre-arm: the pages written before it need no protect in the pause ------------ */
+
+static void test_prearm(void)
+{
+	struct mck_region region;
+	struct mck_tracker *t = NULL, *other = NULL;
+	uint64_t *pages = calloc(NPAGES, sizeof(*pages));
+	uint8_t *staging = malloc(NPAGES * ps);
+	struct mck_bg_stats st;
+	int64_t n;
+
+	if (!pages || !staging || mck_region_create(&region, (size_t)NPAGES * ps, 0) < 0) {
+		CHECK(0, "setup");
+		return;
+	}
+	base = region.addr;
+	if (mck_tracker_open(&other, mck_backend_lookup("mprotect"), region.addr, region.len) == 0) {
+		CHECK(mck_bg_prearm(other, MCK_BG_GAP_AUTO) == -EOPNOTSUPP, "prearm on mprotect");
+		mck_tracker_close(other);
+	}
+	if (mck_tracker_open(&t, backend, region.addr, region.len) < 0) {
+		CHECK(0, "open");
+		return;
+	}
+	/* A = 0..99 written, pre-armed; then B = 50..149 written */
+	for (size_t p = 0; p < 100; p++)
+		page_at(p)[0] = 1;
+	n = mck_bg_prearm(t, MCK_BG_GAP_RUNS);
+	CHECK(n == 100, "prearm of 100 written pages: %lld", (long long)n);
+	CHECK(mck_bg_prearm(t, MCK_BG_GAP_RUNS) == 0, "a second prearm has nothing to protect");
+	for (size_t p = 50; p < 150; p++)
+		page_at(p)[1] = 2;
+	n = mck_bg_begin(t, pages, NPAGES, staging, NPAGES, MCK_BG_GAP_RUNS, 0, &st);
+	CHECK(n == 150 && pages[0] == 0 && pages[149] == 149, "D after a prearm: %lld", (long long)n);
+	CHECK(st.prearmed == 50 && st.protect_pages == 100 && st.protect_calls == 1,
+	      "the pause should protect pages 50..149 only: prearmed %llu, %llu pages in %llu ioctls",
+	      (unsigned long long)st.prearmed, (unsigned long long)st.protect_pages,
+	      (unsigned long long)st.protect_calls);
+	/* a pre-armed page written during the copy still waits for its copy */
+	page_at(10)[2] = 3;
+	page_at(120)[2] = 3;
+	CHECK(mck_bg_wait(t, &st) == 0, "bg_wait");
+	for (size_t p = 0; p < 150; p++) {
+		uint8_t *g = staging + p * ps;
+
+		CHECK(g[0] == (p < 100) && g[1] == (p >= 50 ? 2 : 0) && g[2] == 0,
+		      "staged page %zu: %d %d %d", p, g[0], g[1], g[2]);
+	}
+	n = mck_tracker_collect(t, pages, NPAGES);
+	CHECK(n == 2 && pages[0] == 10 && pages[1] == 120, "after the copy: %lld", (long long)n);
+	/* and a plain collect reports pre-armed pages too */
+	page_at(7)[0] = 9;
+	CHECK(mck_bg_prearm(t, MCK_BG_GAP_AUTO) == 1, "prearm of page 7");
+	page_at(7)[0] = 10; /* faults again: writable, dirty */
+	page_at(8)[0] = 9;
+	CHECK(mck_bg_prearm(t, MCK_BG_GAP_AUTO) == 2, "prearm of pages 7, 8");
+	n = mck_tracker_collect(t, pages, NPAGES);
+	CHECK(n == 2 && pages[0] == 7 && pages[1] == 8, "collect after prearms: %lld", (long long)n);
+	page_at(8)[0] = 11;
+	n = mck_tracker_collect(t, pages, NPAGES);
+	CHECK(n == 1 && pages[0] == 8, "a pre-armed page written after the collect: %lld", (long long)n);
+	printf("# prearm: the pause protects only the pages written after it\n");
+	mck_tracker_close(t);
+	mck_region_destroy(&region);
+	free(pages);
+	free(staging);
+}
+
 /* ---- leaks ------------------------------------------------------------------------ */
 
 static int count_dir(const char *path)
@@ -535,6 +610,7 @@ int main(int argc, char **argv)
 		return rc < 0 ? 1 : 77;
 	}
 	test_errors();
+	test_prearm();
 	test_leaks();
 	test_kernel_write();
 	test_close_mid_copy();

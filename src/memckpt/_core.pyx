@@ -104,7 +104,7 @@ def bg_supported(int backend):
 
 
 cdef dict _bg_stats(c.mck_bg_stats *st):
-    return {"pages": st.pages, "runs": st.runs, "protect_calls": st.protect_calls,
+    return {"pages": st.pages, "prearmed": st.prearmed, "runs": st.runs, "protect_calls": st.protect_calls,
             "protect_pages": st.protect_pages, "max_gap": st.max_gap,
             "faults_waited": st.faults_waited, "copied_early": st.copied_early,
             "collect_s": st.collect_ns * 1e-9, "protect_s": st.protect_ns * 1e-9,
@@ -277,6 +277,21 @@ cdef class Tracker:
         view = out[:n]
         view.flags.writeable = False
         return view, _bg_stats(&st)
+
+    def bg_prearm(self, long long max_gap=c.MCK_BG_GAP_AUTO):
+        """Write-protect now the pages written so far (they stay dirty), so
+        that the next bg_begin protects only the pages written after this:
+        a shorter pause. Returns how many pages it protected."""
+        cdef int64_t n
+        if self.t == NULL:
+            raise ValueError("tracker is closed")
+        with nogil:
+            n = c.mck_bg_prearm(self.t, max_gap)
+        if n == -errno.EOPNOTSUPP:
+            ok, why = bg_supported(c.mck_tracker_backend(self.t))
+            raise OSError(errno.EOPNOTSUPP, why)
+        check(n, f"pre-arming ({self.backend})")
+        return n
 
     def bg_wait(self):
         """Block (GIL released) until every page of the pending copy is in

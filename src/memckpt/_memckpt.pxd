@@ -70,6 +70,7 @@ cdef extern from "memckpt.h" nogil:
 
     struct mck_bg_stats:
         uint64_t pages
+        uint64_t prearmed
         uint64_t runs
         uint64_t protect_calls
         uint64_t protect_pages
@@ -85,3 +86,4 @@ cdef extern from "memckpt.h" nogil:
                          size_t staging_pages, int64_t max_gap, unsigned flags,
                          mck_bg_stats *stats)
     int mck_bg_wait(mck_tracker *t, mck_bg_stats *stats)
+    int64_t mck_bg_prearm(mck_tracker *t, int64_t max_gap)

@@ -101,6 +101,15 @@ class DirtyTracker:
         with self._lock:
             return self._t.bg_begin(staging, max_gap, all_pages)
 
+    def bg_prearm(self, max_gap: int = _core.BG_GAP_AUTO) -> int:
+        """Write-protect, now and outside any pause, the pages written so
+        far: they stay dirty (the next :meth:`collect` or :meth:`bg_begin`
+        still reports them), but :meth:`bg_begin` then protects only the
+        pages written after this call. Each of those pages written again
+        costs one more fault. Returns the pages protected (uffd-sync only)."""
+        with self._lock:
+            return int(self._t.bg_prearm(max_gap))
+
     def bg_wait(self) -> dict[str, Any]:
         """Block until the copy :meth:`bg_begin` started is complete; its figures."""
         return self._t.bg_wait()
