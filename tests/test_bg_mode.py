@@ -111,6 +111,9 @@ def test_snapshot_under_writers(arena):
         native.start()
         for cycle in range(8):
             time.sleep(0.03 if cycle % 2 else 0.005)
+            if cycle % 3 == 2:  # a pre-arm while the writers run, then more writes
+                tr.bg_prearm()
+                time.sleep(0.003)
             pages, st = tr.bg_begin(staging, _core.BG_GAP_SPAN if cycle == 5 else _core.BG_GAP_AUTO)
             done = tr.bg_wait()
             waited += done["faults_waited"]
@@ -308,3 +311,19 @@ def test_checkpointer_background_failed_persist_loses_nothing(arena, tmp_path):
     with memckpt.restore(st, e2.epoch) as got:
         assert np.array_equal(_words(got), expect)
     st.close()
+
+
+def test_checkpointer_prepare_shortens_what_the_pause_protects(arena, tmp_path):
+    words = _words(arena)
+    with memckpt.Checkpointer(arena, tmp_path / "s", mode="background") as ck:
+        ck.checkpoint().result()
+        words[100:200, 0] = 1
+        assert ck.prepare() == 100
+        words[150:160, 1] = 2  # written again after the pre-arm
+        info = ck.checkpoint().result()
+        assert info.pages_dirty == 100 and info.extra["prearmed"] == 90
+        expect = words.copy()
+    with memckpt.Checkpointer(arena, tmp_path / "c", mode="copy") as ck:
+        assert ck.prepare() == 0
+    with memckpt.restore(tmp_path / "s", info.epoch) as got:
+        assert np.array_equal(_words(got), expect)

@@ -639,6 +639,20 @@ class Checkpointer:
                 self._spare = buf
 
     # -- mode "background" ----------------------------------------------------------------
+    def prepare(self) -> int:
+        """Shorten the next checkpoint's pause, in mode ``"background"``:
+        write-protect now, while the program runs, the pages written so far,
+        so that the pause protects only the pages written after this call.
+        They stay in the next epoch. Each page written again afterwards costs
+        one more fault (a few microseconds, in the writer). Call it a little
+        before a checkpoint is due. Returns the pages protected (0 in the
+        other modes, where it does nothing)."""
+        with self._lock:
+            self._check_open()
+            if self._mode != "background":
+                return 0
+            return self._tracker.bg_prearm()
+
     def _capture_background(self, w: Any, kind: str, parent: int | None,
                             label: str | None) -> _Capture:
         """Collect and write-protect the dirty pages, and start their copy on
@@ -660,6 +674,7 @@ class Checkpointer:
         extra: dict[str, Any] = {"tracker_reported": int(pages.size) if not every else None,
                                  "staging_bytes": int(pages.size) * self._page_size,
                                  "collect_s": st["collect_s"], "protect_s": st["protect_s"],
+                                 "prearmed": st["prearmed"],
                                  "protect_calls": st["protect_calls"], "runs": st["runs"],
                                  "max_gap": st["max_gap"]}
         return _Capture(kind=kind, parent=parent, epoch=w.epoch, writer=w, pages=pages,
