@@ -75,7 +75,6 @@ struct mck_bg {
 	uint8_t *staging;
 	size_t staging_pages;
 	int64_t max_gap;
-	int64_t prearm_gap;
 	bool all_pages;
 	_Atomic bool armed; /* the handler defers writes to pages of D */
 	_Atomic uint64_t faults_waited;
@@ -290,9 +289,9 @@ static int arm(struct mck_bg *bg, uint64_t *pages, size_t *np, const uint64_t *w
 	return 0;
 }
 
-static int prearm_protect(struct mck_bg *bg, const uint64_t *pages, size_t n)
+static int prearm_protect(struct mck_tracker *t, const uint64_t *pages, size_t n, int64_t gap)
 {
-	return protect_list(bg->t, pages, n, bg->prearm_gap, NULL);
+	return protect_list(t, pages, n, gap, NULL);
 }
 
 static void bg_free(struct mck_bg *bg)
@@ -381,20 +380,13 @@ static int bg_get(struct mck_tracker *t, struct mck_bg **out)
 
 int64_t mck_bg_prearm(struct mck_tracker *t, int64_t max_gap)
 {
-	struct mck_bg *bg;
-	int rc;
-
 	if (!t)
 		return -EINVAL;
 	if (t->backend != MCK_BACKEND_UFFD_SYNC)
 		return -EOPNOTSUPP;
-	rc = bg_get(t, &bg);
-	if (rc < 0)
-		return rc;
 	/* safe during a copy too: it only protects pages the handler made
 	 * writable, which the copier has finished with */
-	bg->prearm_gap = max_gap < 0 ? BG_AUTO_GAP : max_gap;
-	return mck_uffd_sync_prearm(t, prearm_protect, bg);
+	return mck_uffd_sync_prearm(t, prearm_protect, max_gap < 0 ? BG_AUTO_GAP : max_gap);
 }
 
 int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,

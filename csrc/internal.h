@@ -111,12 +111,12 @@ int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
 			     int (*arm)(struct mck_bg *, uint64_t *, size_t *, const uint64_t *, size_t),
 			     struct mck_bg *bg);
 /* track_uffd.c: with the lock held, drain the writable bitmap and call
- * protect(bg, pages, w) on it, leaving the dirty bits: the pages are still
+ * protect(t, pages, w, gap) on it, leaving the dirty bits: the pages are still
  * reported by the next collect, but no longer need protecting in it. Returns
  * w or -errno (the bits set again). */
 int64_t mck_uffd_sync_prearm(struct mck_tracker *t,
-			     int (*protect)(struct mck_bg *, const uint64_t *, size_t),
-			     struct mck_bg *bg);
+			     int (*protect)(struct mck_tracker *, const uint64_t *, size_t, int64_t),
+			     int64_t gap);
 /* track_uffd.c: the background copy of this tracker (NULL: none yet), and
  * setting it (the tracker frees it at close, after mck_bg_destroy). */
 struct mck_bg *mck_uffd_sync_bg(struct mck_tracker *t);

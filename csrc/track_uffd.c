@@ -689,8 +689,8 @@ out:
 }
 
 int64_t mck_uffd_sync_prearm(struct mck_tracker *t,
-			     int (*protect)(struct mck_bg *, const uint64_t *, size_t),
-			     struct mck_bg *bg)
+			     int (*protect)(struct mck_tracker *, const uint64_t *, size_t, int64_t),
+			     int64_t gap)
 {
 	struct uffd_sync *s = t->priv;
 	size_t w;
@@ -704,7 +704,7 @@ int64_t mck_uffd_sync_prearm(struct mck_tracker *t,
 	if (rc < 0)
 		goto out;
 	w = mck_bitmap_drain(&s->writable, s->scratch);
-	rc = protect(bg, s->scratch, w);
+	rc = protect(t, s->scratch, w, gap);
 	if (rc < 0) {
 		for (size_t i = 0; i < w; i++)
 			mck_bitmap_set(&s->writable, (size_t)s->scratch[i]);
