@@ -345,6 +345,9 @@ void mck_bg_destroy(struct mck_bg *bg)
 	pthread_mutex_unlock(&bg->mu);
 	/* the copier finishes a copy in progress before it sees stop */
 	pthread_join(bg->thread, NULL);
+	/* the handler reads bg under the tracker lock: detach it there, or a
+	 * fault still queued would read it after the free */
+	mck_uffd_sync_set_bg(bg->t, NULL);
 	bg_free(bg);
 }
 
