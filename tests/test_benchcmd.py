@@ -8,6 +8,7 @@ import pytest
 import memckpt
 from memckpt import benchcmd
 from memckpt.__main__ import main
+from memckpt.checkpointer import MODES
 
 TINY = ["bench", "--size-mib", "8", "--rounds", "1"]
 AVAILABLE = [t.name for t in memckpt.trackers() if t.available]
@@ -25,16 +26,25 @@ def rep(tmp_path_factory):
     return json.loads(p.stdout)
 
 
-def test_json_has_a_row_per_available_backend_and_ratio(rep):
+def test_json_has_a_row_per_backend_and_mode_and_ratio(rep):
     assert rep["config"]["backends"] == AVAILABLE
     assert rep["config"]["ratios_pct"] == [1.0, 10.0]
-    assert sorted((r["backend"], r["ratio_pct"]) for r in rep["rows"]) == \
-        sorted((b, p) for b in AVAILABLE for p in (1.0, 10.0))
+    pairs = [tuple(p) for p in rep["config"]["pairs"]]
+    assert pairs == benchcmd.combos(AVAILABLE, None, False)
+    # every backend in mode copy; auto's backend (the first) in every other mode
+    assert [b for b, m in pairs if m == "copy"] == AVAILABLE
+    assert {m for b, m in pairs} == set(MODES) - ({"background"} if "uffd-sync" not in AVAILABLE
+                                                   else set())
+    impossible = {(i["backend"], i["mode"]) for i in rep["config"]["impossible"]}
+    assert sorted((r["backend"], r["mode"], r["ratio_pct"]) for r in rep["rows"]) == \
+        sorted((b, m, p) for b, m in pairs if (b, m) not in impossible for p in (1.0, 10.0))
     for r in rep["rows"]:
         assert r["size_mib"] == 8 and r["dirty_pages"] > 0
-        for k in ("collect_s", "pause_s", "total_s", "floor_s", "total_over_floor"):
-            assert r[k] > 0, (r["backend"], k)
-        assert r["bytes_on_disk"] > 0
+        for k in ("collect_s", "pause_s", "total_s", "floor_s", "total_over_floor",
+                  "pause_over_floor"):
+            assert r[k] > 0, (r["backend"], r["mode"], k)
+        assert r["total_s"] >= r["pause_s"] and r["bytes_on_disk"] > 0
+        assert r["extra_bytes"] > 0
     skipped = {s["backend"]: s["reason"] for s in rep["config"]["skipped"]}
     for t in memckpt.trackers():
         if not t.available:
@@ -46,7 +56,8 @@ def test_json_has_a_row_per_available_backend_and_ratio(rep):
 
 @pytest.mark.skipif("uffd-async" not in AVAILABLE, reason="uffd-async not available here")
 def test_uffd_async_at_1pct_has_ratios_to_the_floor_and_every_peer(rep):
-    (row,) = [r for r in rep["rows"] if r["backend"] == "uffd-async" and r["ratio_pct"] == 1.0]
+    (row,) = [r for r in rep["rows"]
+              if r["backend"] == "uffd-async" and r["mode"] == "copy" and r["ratio_pct"] == 1.0]
     assert row["total_over_floor"] == pytest.approx(row["total_s"] / row["floor_s"])
     peers = next(p for p in rep["peers"] if p["ratio_pct"] == 1.0)["peers_s"]
     for name in benchcmd.PEERS:
@@ -57,10 +68,16 @@ def test_uffd_async_at_1pct_has_ratios_to_the_floor_and_every_peer(rep):
 def test_slowdown_rows_per_backend_and_interval(rep):
     s = rep["slowdown"]
     assert s["untracked_s"] > 0
-    assert sorted((r["backend"], r["every"]) for r in s["rows"]) == \
-        sorted((b, e) for b in AVAILABLE for e in benchcmd.SLOWDOWN_EVERY)
+    assert sorted((r["backend"], r["mode"], r["every"]) for r in s["rows"]) == \
+        sorted((b, "copy", e) for b in AVAILABLE for e in benchcmd.SLOWDOWN_EVERY)
     for r in s["rows"]:
         assert r["slowdown"] > 0 and r["slowdown_with_pauses"] >= r["slowdown"]
+
+
+def test_modes_measure_every_chosen_backend_in_each(tmp_path):
+    assert benchcmd.combos(["a", "b"], ["copy", "sync"], False) == \
+        [("a", "copy"), ("b", "copy"), ("a", "sync"), ("b", "sync")]
+    assert benchcmd.combos(["a"], None, True) == [("a", m) for m in MODES]
 
 
 def test_table_via_main(capsys, tmp_path):
@@ -77,6 +94,7 @@ def test_table_via_main(capsys, tmp_path):
     (["--size-mib", "-4"], "must be positive"),
     (["--rounds", "0"], "must be positive"),
     (["--backends", "nosuch"], "unknown backend 'nosuch'"),
+    (["--modes", "nosuch"], "unknown capture mode 'nosuch'"),
     (["--dir", "/nonexistent/memckpt-bench"], "no such directory"),
 ])
 def test_bad_arguments_give_one_line_errors(args, words):

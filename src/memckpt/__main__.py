@@ -202,26 +202,30 @@ def _parser() -> argparse.ArgumentParser:
     _json_arg(t)
 
     b = _sub(sub, "bench", "the standard benchmark: checkpoint cost beside the floor and np.save & co",
-             "Measure, for every available backend x dirty ratio x arena size, the median collect "
-             "time and checkpoint pause and total (into a temporary store under --dir), beside "
-             "the floor (a memcpy of the D dirty pages, plus one bare PAGEMAP_SCAN when the "
-             "kernel has it) and beside what programs do today, timed in the same run on the "
-             "same arrays: np.save, np.savez and pickle.dump (each with fsync), hashing every "
-             "page with BLAKE3 and writing the changed ones, and a full arr.copy(). Then the "
-             "program's own slowdown from tracking: a native stencil checkpointed every 1 and "
-             "every 10 iterations, against the same run untracked. The default matrix (256 MiB; "
-             "1% and 10%) takes about 35 s on 2 CPUs; --full adds 1 GiB, 0.1% "
-             "and 100%. See docs/benchmarks.md.",
-             "  memckpt bench                                the default matrix\n"
-             "  memckpt bench --size-mib 1024 --ratios 1     1 GiB, 1% dirty\n"
+             "Measure backends x capture modes x dirty ratios x arena sizes: the median collect "
+             "time, checkpoint pause (what the program is stopped for), total (until the epoch is "
+             "durable) and extra memory, into a temporary store under --dir, beside the floor (a "
+             "memcpy of the D dirty pages, plus one bare PAGEMAP_SCAN when the kernel has it) and "
+             "beside what programs do today, timed in the same run on the same arrays: np.save, "
+             "np.savez and pickle.dump (each with fsync), hashing every page with BLAKE3 and "
+             "writing the changed ones, and a full arr.copy(). Then the program's own slowdown "
+             "from tracking: a native stencil checkpointed every 1 and every 10 iterations, "
+             "against the same run untracked. The default matrix (1 GiB; 1% and 10%; every "
+             "backend in mode copy, and auto's backend in every other mode) takes about two "
+             "minutes on 2 CPUs; --full measures every backend in every mode at 256 MiB, 1 GiB "
+             "and 4 GiB, 0.1% to 100%. See docs/benchmarks.md.",
+             "  memckpt bench                                the default matrix (~2 min)\n"
+             "  memckpt bench --size-mib 256 --ratios 1      256 MiB, 1% dirty\n"
+             "  memckpt bench --modes copy fork --backends uffd-async\n"
              "  memckpt bench --full --dir /scratch          the whole matrix, stores on /scratch\n"
              "  memckpt bench --size-mib 8 --rounds 1        a quick smoke run (seconds)\n"
              "  memckpt bench --json | jq '.rows[] | select(.backend == \"uffd-async\")'\n"
              "  memckpt bench --plot bench.png               (needs matplotlib)")
     b.add_argument("--full", action="store_true",
-                   help="the whole matrix: 256 MiB and 1 GiB; 0.1%%, 1%%, 10%% and 100%%")
+                   help="the whole matrix: every backend in every mode; 256 MiB, 1 GiB and 4 GiB; "
+                        "0.1%%, 1%%, 10%% and 100%%")
     b.add_argument("--size-mib", type=_positive, nargs="+", default=None, metavar="MIB",
-                   help="arena size(s) in MiB (default: 256; with --full: 256 1024)")
+                   help="arena size(s) in MiB (default: 1024; with --full: 256 1024 4096)")
     b.add_argument("--ratios", type=_percent, nargs="+", default=None, metavar="PCT",
                    help="percent of the pages written between checkpoints "
                         "(default: 1 10; with --full: 0.1 1 10 100)")
@@ -229,6 +233,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="rounds per measurement; the tables show medians (default: 3)")
     b.add_argument("--backends", nargs="+", default=None, metavar="NAME",
                    help="only these backends (default: every available one)")
+    b.add_argument("--modes", nargs="+", default=None, metavar="MODE",
+                   help="measure every chosen backend in each of these capture modes (copy, fork, "
+                        "background, sync; default: every backend in copy, auto's in the others)")
     b.add_argument("--dir", default=None, metavar="DIR",
                    help="where the temporary stores and files go, i.e. the filesystem "
                         "measured (default: the system's temporary directory)")
@@ -285,7 +292,8 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "bench":
         from . import benchcmd
         _print(args, benchcmd.run(sizes_mib=args.size_mib, ratios=args.ratios, full=args.full,
-                                  rounds=args.rounds, backends=args.backends, directory=args.dir,
+                                  rounds=args.rounds, backends=args.backends, modes=args.modes,
+                                  directory=args.dir,
                                   plot=args.plot, slowdown=not args.no_slowdown,
                                   progress=cli.progress_wanted(args.progress)),
                benchcmd.format_bench)
