@@ -96,6 +96,44 @@ extern const struct mck_tracker_ops mck_soft_dirty_ops;
 extern const struct mck_tracker_ops mck_mprotect_ops;
 extern const struct mck_tracker_ops mck_compare_ops;
 
+/* ---- background capture: capture_bg.c <-> track_uffd.c (uffd-sync) -------
+ * capture_bg.c owns the copy (page states, copier thread); track_uffd.c owns
+ * the fd, the handler and the lock that orders faults against collects. */
+struct mck_bg;
+
+/* track_uffd.c: with the tracker's lock held, drain the dirty bitmap into
+ * out[] (D) and the writable one (the pages of D not protected: all of D
+ * unless a pre-arm ran) and call arm(bg, out, &n, writable, w), which
+ * protects the writable pages and arms the copy (and may widen out[] and n,
+ * to every page); if arm fails, the bits drained are set again. Returns n or
+ * -errno. */
+int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
+			     int (*arm)(struct mck_bg *, uint64_t *, size_t *, const uint64_t *, size_t),
+			     struct mck_bg *bg);
+/* track_uffd.c: with the lock held, drain the writable bitmap and call
+ * protect(t, pages, w, gap) on it, leaving the dirty bits: the pages are still
+ * reported by the next collect, but no longer need protecting in it. Returns
+ * w or -errno (the bits set again). */
+int64_t mck_uffd_sync_prearm(struct mck_tracker *t,
+			     int (*protect)(struct mck_tracker *, const uint64_t *, size_t, int64_t),
+			     int64_t gap);
+/* track_uffd.c: the background copy of this tracker (NULL: none yet), and
+ * setting it (the tracker frees it at close, after mck_bg_destroy). */
+struct mck_bg *mck_uffd_sync_bg(struct mck_tracker *t);
+void mck_uffd_sync_set_bg(struct mck_tracker *t, struct mck_bg *bg);
+/* track_uffd.c: (un)protect [page, page + npages) of the range, retrying EAGAIN. */
+int mck_uffd_sync_protect(struct mck_tracker *t, uint64_t page, size_t npages, bool protect);
+/* track_uffd.c: a waiting writer's page is copied: record it as written
+ * (next epoch) and un-protect it, which wakes the writer. Takes the lock. */
+int mck_uffd_sync_release(struct mck_tracker *t, uint64_t page);
+/* capture_bg.c, called by the handler with the lock held, for a write fault
+ * on page (index in the range): true if the page awaits its copy, so the
+ * writer must sleep on (the copier releases it); false to resolve as usual. */
+bool mck_bg_defer(struct mck_bg *bg, uint64_t page);
+/* capture_bg.c, called by close before unregistering: finish the copy
+ * (releasing every waiter), stop the copier thread, free. */
+void mck_bg_destroy(struct mck_bg *bg);
+
 /* ---- helpers shared by the backends (util.c) ----------------------------- */
 
 /* A page bitmap whose bits may be set from any thread or signal handler. */

@@ -219,6 +219,12 @@ const struct mck_tracker_ops mck_uffd_async_ops = {
  * re-protect the pages drained": it keeps the invariant that a page is
  * writable only while its bit is set (between the drain and the re-protect,
  * only while it is in the drained set).
+ * (Two bitmaps in fact: dirty, and writable, its subset the handler made
+ * writable since the page was last protected. A pre-arm, for the background
+ * capture, drains writable alone and protects those pages, leaving them
+ * dirty; collect reports dirty and protects only writable. The invariant
+ * holds for writable, and every page in writable is in dirty, so the
+ * argument below is the same.)
  *
  * Take any store S to page p, and the collect C that follows it.
  *  - p was writable when S executed. Only the handler makes a page writable
@@ -261,8 +267,16 @@ struct uffd_sync {
 	pthread_t thread;
 	pthread_mutex_t lock;
 	struct mck_bitmap dirty;
+	/* the pages the handler made writable since they were last protected:
+	 * a subset of dirty, since a pre-arm (mck_bg_prearm) protects pages
+	 * again without reporting them; collect re-protects only these */
+	struct mck_bitmap writable;
+	uint64_t *scratch; /* npages entries: the writable pages drained */
 	/* a failure the handler met; collect returns it from then on */
 	_Atomic int err;
+	/* background capture (capture_bg.c): set under lock, NULL until the
+	 * first mck_bg_begin; the handler asks it about every write fault */
+	struct mck_bg *bg;
 };
 
 static int uffd_sync_status(const struct mck_features *f, char *reason, size_t len)
@@ -335,7 +349,16 @@ static void handle_fault(struct uffd_sync *s, const struct uffd_msg *m)
 		rc = fill(s, page, true);
 	} else {
 		pthread_mutex_lock(&s->lock);
+		/* a page of a background snapshot not copied yet: the writer
+		 * sleeps on until the copier has copied it and un-protects it
+		 * (mck_uffd_sync_release); deciding under the lock orders this
+		 * against the freeze that protected the page */
+		if (s->bg && mck_bg_defer(s->bg, (page - base) / s->page_size)) {
+			pthread_mutex_unlock(&s->lock);
+			return;
+		}
 		mck_bitmap_set(&s->dirty, (size_t)((page - base) / s->page_size));
+		mck_bitmap_set(&s->writable, (size_t)((page - base) / s->page_size));
 		if (flags & UFFD_PAGEFAULT_FLAG_WP)
 			rc = writeprotect(s->uffd, (void *)(uintptr_t)page, s->page_size, false);
 		else
@@ -435,7 +458,7 @@ static int uffd_sync_open(struct mck_tracker *t)
 		.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
 	};
 	struct uffd_sync *s;
-	bool bitmap = false, mutex = false, registered = false, thread = false;
+	bool bitmap = false, writable = false, mutex = false, registered = false, thread = false;
 	void *zero;
 	int rc;
 
@@ -456,6 +479,16 @@ static int uffd_sync_open(struct mck_tracker *t)
 	if (rc < 0)
 		goto fail;
 	bitmap = true;
+	rc = mck_bitmap_init(&s->writable, t->npages);
+	if (rc < 0)
+		goto fail;
+	writable = true;
+	/* calloc'd: its pages cost memory only once that many are drained */
+	s->scratch = calloc(t->npages, sizeof(*s->scratch));
+	if (!s->scratch) {
+		rc = -ENOMEM;
+		goto fail;
+	}
 	rc = -pthread_mutex_init(&s->lock, NULL);
 	if (rc < 0)
 		goto fail;
@@ -517,6 +550,9 @@ fail:
 		pthread_mutex_destroy(&s->lock);
 	if (bitmap)
 		mck_bitmap_free(&s->dirty);
+	if (writable)
+		mck_bitmap_free(&s->writable);
+	free(s->scratch);
 	if (s->zero)
 		munmap((void *)s->zero, t->page_size);
 	free(s);
@@ -557,7 +593,7 @@ static int reprotect(struct uffd_sync *s, const uint64_t *pages, size_t n)
 static int64_t uffd_sync_collect(struct mck_tracker *t, uint64_t *out, size_t cap)
 {
 	struct uffd_sync *s = t->priv;
-	size_t n;
+	size_t n, w;
 	int64_t rc;
 
 	if (cap < t->npages)
@@ -567,12 +603,17 @@ static int64_t uffd_sync_collect(struct mck_tracker *t, uint64_t *out, size_t ca
 	if (rc < 0)
 		goto out;
 	n = mck_bitmap_drain(&s->dirty, out);
-	rc = reprotect(s, out, n);
+	/* only the writable ones need protecting: a pre-arm protected the
+	 * others already (without one, these are the same pages) */
+	w = mck_bitmap_drain(&s->writable, s->scratch);
+	rc = reprotect(s, s->scratch, w);
 	if (rc < 0) {
 		/* some of these pages may still be writable: their bits must
 		 * stay set, or their next writes would go unseen */
 		for (size_t i = 0; i < n; i++)
 			mck_bitmap_set(&s->dirty, (size_t)out[i]);
+		for (size_t i = 0; i < w; i++)
+			mck_bitmap_set(&s->writable, (size_t)s->scratch[i]);
 		goto out;
 	}
 	rc = (int64_t)n;
@@ -587,6 +628,11 @@ static void uffd_sync_close(struct mck_tracker *t)
 
 	if (!s)
 		return;
+	/* a background copy first: it needs the handler and the registration
+	 * to release the writers waiting on it, and its staging stays a
+	 * complete snapshot */
+	if (s->bg)
+		mck_bg_destroy(s->bg);
 	/* unregister, and before stopping the handler: it wakes writers
 	 * still waiting on a fault, which then write through the now plain
 	 * range; and a child forked meanwhile holds the fd too, so closing
@@ -598,9 +644,119 @@ static void uffd_sync_close(struct mck_tracker *t)
 	close(s->uffd);
 	pthread_mutex_destroy(&s->lock);
 	mck_bitmap_free(&s->dirty);
+	mck_bitmap_free(&s->writable);
+	free(s->scratch);
 	munmap((void *)s->zero, t->page_size);
 	free(s);
 	t->priv = NULL;
+}
+
+/* ---- uffd-sync: the background capture's hooks (see internal.h) ---------- */
+
+int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
+			     int (*arm)(struct mck_bg *, uint64_t *, size_t *, const uint64_t *, size_t),
+			     struct mck_bg *bg)
+{
+	struct uffd_sync *s = t->priv;
+	size_t n, drained, w;
+	int64_t rc;
+
+	if (cap < t->npages)
+		return -ENOBUFS;
+	/* the same critical section as collect's: a page is writable only
+	 * while its bit is set, and arm() protects the pages drained before
+	 * any fault on them is resolved, so no write slips between the
+	 * drain and the protect, and none after it escapes the copy */
+	pthread_mutex_lock(&s->lock);
+	rc = atomic_load(&s->err);
+	if (rc < 0)
+		goto out;
+	n = drained = mck_bitmap_drain(&s->dirty, out);
+	w = mck_bitmap_drain(&s->writable, s->scratch);
+	rc = arm(bg, out, &n, s->scratch, w);
+	if (rc < 0) {
+		/* arm() widens out[] only once nothing can fail any more */
+		for (size_t i = 0; i < drained; i++)
+			mck_bitmap_set(&s->dirty, (size_t)out[i]);
+		for (size_t i = 0; i < w; i++)
+			mck_bitmap_set(&s->writable, (size_t)s->scratch[i]);
+		goto out;
+	}
+	rc = (int64_t)n;
+out:
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+int64_t mck_uffd_sync_prearm(struct mck_tracker *t,
+			     int (*protect)(struct mck_tracker *, const uint64_t *, size_t, int64_t),
+			     int64_t gap)
+{
+	struct uffd_sync *s = t->priv;
+	size_t w;
+	int64_t rc;
+
+	/* protect the writable pages but leave their dirty bits: the next
+	 * collect still reports them, and a write since faults again, which
+	 * makes the page writable (and so protected by that collect) again */
+	pthread_mutex_lock(&s->lock);
+	rc = atomic_load(&s->err);
+	if (rc < 0)
+		goto out;
+	w = mck_bitmap_drain(&s->writable, s->scratch);
+	rc = protect(t, s->scratch, w, gap);
+	if (rc < 0) {
+		for (size_t i = 0; i < w; i++)
+			mck_bitmap_set(&s->writable, (size_t)s->scratch[i]);
+		goto out;
+	}
+	rc = (int64_t)w;
+out:
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+struct mck_bg *mck_uffd_sync_bg(struct mck_tracker *t)
+{
+	return ((struct uffd_sync *)t->priv)->bg;
+}
+
+void mck_uffd_sync_set_bg(struct mck_tracker *t, struct mck_bg *bg)
+{
+	struct uffd_sync *s = t->priv;
+
+	pthread_mutex_lock(&s->lock);
+	s->bg = bg;
+	pthread_mutex_unlock(&s->lock);
+}
+
+int mck_uffd_sync_protect(struct mck_tracker *t, uint64_t page, size_t npages, bool protect)
+{
+	struct uffd_sync *s = t->priv;
+
+	return writeprotect(s->uffd, s->addr + page * s->page_size, npages * s->page_size, protect);
+}
+
+int mck_uffd_sync_release(struct mck_tracker *t, uint64_t page)
+{
+	struct uffd_sync *s = t->priv;
+	int rc, expected = 0;
+
+	pthread_mutex_lock(&s->lock);
+	mck_bitmap_set(&s->dirty, (size_t)page);
+	mck_bitmap_set(&s->writable, (size_t)page);
+	/* un-protecting wakes every writer waiting in the range: a writer
+	 * whose fault was a missing-page one retries, faults again and is
+	 * resolved by the handler as usual */
+	rc = writeprotect(s->uffd, s->addr + page * s->page_size, s->page_size, false);
+	if (rc < 0) {
+		/* as in the handler: give up tracking rather than leave the
+		 * writer asleep; collect reports the error from now on */
+		atomic_compare_exchange_strong(&s->err, &expected, rc);
+		uffd_unregister(s->uffd, s->addr, s->len);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
 }
 
 const struct mck_tracker_ops mck_uffd_sync_ops = {

@@ -220,6 +220,69 @@ int mck_fork_read(struct mck_fork_child *c, struct mck_fork_result *res);
  * Idempotent; 0 or -errno. */
 int mck_fork_kill(struct mck_fork_child *c);
 
+/* ------------------------------------------------- background capture
+ * Copy-before-write snapshots without fork, over a uffd-sync tracker
+ * (csrc/capture_bg.c). mck_bg_begin is the checkpoint instant: in one step
+ * against the tracker's fault handler it collects the pages written since the
+ * last collect (D, like mck_tracker_collect), write-protects them, and hands
+ * them to a copier thread that copies each into staging. A write to a page of
+ * D not copied yet waits until that page is copied, then proceeds and counts
+ * as a write of the next epoch. The program is paused only for the collect
+ * and the protect. Only one background copy per tracker at a time. */
+
+/* How mck_bg_begin re-protects D: runs of D closer than max_gap pages are
+ * protected by one UFFDIO_WRITEPROTECT over the gap too (the gap's pages are
+ * already protected: walking them is cheaper than another ioctl). */
+#define MCK_BG_GAP_AUTO (-1)      /* the gap the measured cost ratio gives */
+#define MCK_BG_GAP_RUNS 0         /* one ioctl per run of adjacent pages */
+#define MCK_BG_GAP_SPAN INT64_MAX /* one ioctl from D's first page to its last */
+
+enum mck_bg_flags {
+	/* snapshot every page of the range, not only those written since the
+	 * last collect (a full epoch); the collect still re-arms */
+	MCK_BG_ALL_PAGES = 1u << 0,
+};
+
+struct mck_bg_stats {
+	uint64_t pages;         /* |D| */
+	uint64_t prearmed;      /* pages of D a pre-arm had protected already */
+	uint64_t runs;          /* runs of adjacent pages in D */
+	uint64_t protect_calls; /* UFFDIO_WRITEPROTECT ioctls the pause made */
+	uint64_t protect_pages; /* pages those ioctls covered (D and the gaps) */
+	int64_t max_gap;        /* the gap used */
+	uint64_t faults_waited; /* write faults that waited for their page's copy */
+	uint64_t copied_early;  /* pages copied out of order for a waiting writer */
+	uint64_t collect_ns;    /* draining the dirty bitmap (in the pause) */
+	uint64_t protect_ns;    /* the ioctls (in the pause) */
+	uint64_t copy_ns;       /* the copier, from the instant to the last page */
+};
+
+/* 1 if the tracker's backend can do background capture, 0 if not (reason
+ * written in both cases). */
+int mck_bg_supported(int backend, char *reason, size_t len);
+/* Collect into pages[] (cap >= the tracker's page count) as
+ * mck_tracker_collect does (every page with MCK_BG_ALL_PAGES in flags),
+ * write-protect those pages, and start copying page
+ * pages[i] to staging + i * page size. staging holds staging_pages pages; if
+ * fewer than collected, nothing changes and -ENOBUFS is returned. pages[] and
+ * staging must stay untouched until mck_bg_wait returns. Returns the count;
+ * -EOPNOTSUPP if the backend is not uffd-sync, -EBUSY if a copy is pending. */
+int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
+		     size_t staging_pages, int64_t max_gap, unsigned flags,
+		     struct mck_bg_stats *stats);
+/* Shorten the next mck_bg_begin's pause: write-protect now, while the
+ * program runs, the pages written so far (they stay dirty: the next collect
+ * or mck_bg_begin still reports them), so that the pause protects only those
+ * written after this call. Each page written again after it costs one more
+ * fault. Returns the pages protected; -EOPNOTSUPP if not uffd-sync. */
+int64_t mck_bg_prearm(struct mck_tracker *t, int64_t max_gap);
+/* Block until every page of the copy mck_bg_begin started is in staging;
+ * stats (may be NULL) gets the whole record. 0, or -errno if the copy failed
+ * (then staging is not a snapshot); -EINVAL if no copy was started.
+ * mck_tracker_close during a copy finishes it first (waiters are released),
+ * but must not race mck_bg_wait on the same tracker. */
+int mck_bg_wait(struct mck_tracker *t, struct mck_bg_stats *stats);
+
 /* ------------------------------------------------------ measurement aids */
 
 /* Count the pages of [addr, addr+len) in all of the PAGE_IS_* categories of

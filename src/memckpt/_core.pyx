@@ -10,6 +10,8 @@ from libc.string cimport strerror
 
 cimport memckpt._memckpt as c
 
+import errno
+
 import numpy as np
 
 PROBE_ERROR = c.MCK_PROBE_ERROR
@@ -19,6 +21,9 @@ PROP_EXACT = c.MCK_PROP_EXACT
 PROP_KERNEL_WRITES = c.MCK_PROP_KERNEL_WRITES
 PROP_CONCURRENT = c.MCK_PROP_CONCURRENT
 BACKEND_COUNT = c.MCK_BACKEND_COUNT
+BG_GAP_AUTO = c.MCK_BG_GAP_AUTO
+BG_GAP_RUNS = c.MCK_BG_GAP_RUNS
+BG_GAP_SPAN = (1 << 63) - 1
 
 
 cdef int check(int64_t rc, str what) except -1:
@@ -83,6 +88,27 @@ def pagemap_scan_count(size_t addr, size_t length, uint64_t mask):
         rc = c.mck_pagemap_scan_count(<void *>addr, length, mask)
     check(rc, "PAGEMAP_SCAN")
     return rc
+
+
+# ---- background capture (csrc/capture_bg.c) ----
+
+def bg_supported(int backend):
+    """(supported, reason): can this backend's tracker do background capture."""
+    cdef char reason[512]
+    cdef int rc
+    reason[0] = 0
+    with nogil:
+        rc = c.mck_bg_supported(backend, reason, sizeof(reason))
+    check(rc, "background capture status")
+    return rc == 1, reason.decode(errors="replace")
+
+
+cdef dict _bg_stats(c.mck_bg_stats *st):
+    return {"pages": st.pages, "prearmed": st.prearmed, "runs": st.runs, "protect_calls": st.protect_calls,
+            "protect_pages": st.protect_pages, "max_gap": st.max_gap,
+            "faults_waited": st.faults_waited, "copied_early": st.copied_early,
+            "collect_s": st.collect_ns * 1e-9, "protect_s": st.protect_ns * 1e-9,
+            "copy_s": st.copy_ns * 1e-9}
 
 
 cdef class Region:
@@ -160,6 +186,12 @@ cdef class Tracker:
     cdef Region region
     cdef uint64_t[::1] scratch
     cdef readonly str backend
+    # background capture: what the pending copy reads and writes, kept alive
+    # until bg_wait; the stats of a copy that close() finished
+    cdef object bg_pages
+    cdef object bg_staging
+    cdef int bg_waiters
+    cdef object bg_closed
 
     def __cinit__(self, Region region not None, int backend):
         cdef int rc
@@ -201,10 +233,106 @@ cdef class Tracker:
         check(n, f"collecting dirty pages ({self.backend})")
         return np.asarray(self.scratch)[:n].copy()
 
+    # ---- background capture ----
+    def bg_begin(self, staging, long long max_gap=c.MCK_BG_GAP_AUTO, bint all_pages=False):
+        """Collect the dirty pages (every page with ``all_pages``), write-protect them and start copying them
+        into ``staging`` (a writable C-contiguous buffer of whole pages; page
+        ``pages[i]`` goes to its i-th page). Returns (pages, stats): the sorted
+        page numbers (read-only uint64) and the pause's figures. ``staging``
+        must not be touched until :meth:`bg_wait` returns."""
+        cdef int64_t n
+        cdef c.mck_bg_stats st
+        cdef uint64_t[::1] pages
+        cdef size_t cap, addr, nstaging, page_size
+        if self.t == NULL:
+            raise ValueError("tracker is closed")
+        arr = np.asarray(staging)
+        if not arr.flags.c_contiguous or not arr.flags.writeable:
+            raise ValueError("staging must be a writable C-contiguous buffer")
+        page_size = self.region.r.len // c.mck_tracker_npages(self.t)
+        if arr.nbytes % page_size:
+            raise ValueError(f"staging holds {arr.nbytes} bytes, not a whole number of "
+                             f"{page_size}-byte pages")
+        nstaging = arr.nbytes // page_size
+        addr = arr.ctypes.data
+        out = np.empty(c.mck_tracker_npages(self.t), dtype=np.uint64)
+        pages = out
+        cap = pages.shape[0]
+        with nogil:
+            n = c.mck_bg_begin(self.t, &pages[0], cap, <void *>addr, nstaging, max_gap,
+                               c.MCK_BG_ALL_PAGES if all_pages else 0, &st)
+        if n == -errno.EOPNOTSUPP:
+            ok, why = bg_supported(c.mck_tracker_backend(self.t))
+            raise OSError(errno.EOPNOTSUPP, why)
+        if n == -errno.ENOBUFS and nstaging < c.mck_tracker_npages(self.t):
+            raise OSError(errno.ENOBUFS, f"staging holds {nstaging} pages, fewer than the "
+                          "pages written (nothing was lost: they stay dirty)")
+        if n == -errno.EBUSY:
+            raise OSError(errno.EBUSY, "a background copy is already pending on this "
+                          "tracker: bg_wait() for it first")
+        check(n, f"starting the background copy ({self.backend})")
+        self.bg_pages = out
+        self.bg_staging = arr
+        self.bg_closed = None
+        view = out[:n]
+        view.flags.writeable = False
+        return view, _bg_stats(&st)
+
+    def bg_prearm(self, long long max_gap=c.MCK_BG_GAP_AUTO):
+        """Write-protect now the pages written so far (they stay dirty), so
+        that the next bg_begin protects only the pages written after this:
+        a shorter pause. Returns how many pages it protected."""
+        cdef int64_t n
+        if self.t == NULL:
+            raise ValueError("tracker is closed")
+        with nogil:
+            n = c.mck_bg_prearm(self.t, max_gap)
+        if n == -errno.EOPNOTSUPP:
+            ok, why = bg_supported(c.mck_tracker_backend(self.t))
+            raise OSError(errno.EOPNOTSUPP, why)
+        check(n, f"pre-arming ({self.backend})")
+        return n
+
+    def bg_wait(self):
+        """Block (GIL released) until every page of the pending copy is in
+        staging; returns the copy's figures."""
+        cdef c.mck_bg_stats st
+        cdef int rc
+        if self.t == NULL:
+            if self.bg_closed is not None:
+                done, self.bg_closed = self.bg_closed, None
+                return done
+            raise ValueError("tracker is closed")
+        if self.bg_pages is None:
+            raise ValueError("no background copy is pending: bg_begin() first")
+        self.bg_waiters += 1
+        try:
+            with nogil:
+                rc = c.mck_bg_wait(self.t, &st)
+        finally:
+            self.bg_waiters -= 1
+        self.bg_pages = self.bg_staging = None
+        check(rc, f"background copy ({self.backend})")
+        return _bg_stats(&st)
+
+    @property
+    def bg_pending(self):
+        return self.bg_pages is not None
+
     def close(self):
         cdef c.mck_tracker *t = self.t
+        cdef c.mck_bg_stats st
+        cdef int rc
         if t == NULL:
             return
+        if self.bg_waiters:
+            raise RuntimeError("bg_wait() is running in another thread; close after it returns")
+        if self.bg_pages is not None:
+            # the copy is finished, not abandoned: its staging stays a snapshot
+            with nogil:
+                rc = c.mck_bg_wait(t, &st)
+            self.bg_closed = _bg_stats(&st) if rc == 0 else None
+            self.bg_pages = self.bg_staging = None
         self.t = NULL
         with nogil:
             c.mck_tracker_close(t)

@@ -44,14 +44,14 @@ import numpy as np
 
 from .arena import Arena
 from .epoch import EpochInfo
-from .errors import MemckptError
+from .errors import MemckptError, TrackerUnavailable
 from .forksnap import ForkScratch, ForkSnapshot
 from .restore import StoreLike, open_store, restore
 from .tracker import DirtyTracker
 from .tuning import Recommendation, parse_duration, recommend
 
 COMPRESSORS = (None, "zstd", "lz4")
-MODES = ("copy", "sync", "fork")  # each mode: a _capture_<mode> method; see the module docstring
+MODES = ("copy", "sync", "background", "fork")  # each mode: a _capture_<mode> method; see the module docstring
 
 # Pages handed to the store per add_pages call: bounds the store's working set
 # (digests, compression) without making the call overhead visible.
@@ -235,6 +235,8 @@ class Checkpointer:
         if not isinstance(arena, Arena):
             raise TypeError(f"arena must be a memckpt.Arena, not {type(arena).__name__}")
         _check_mode(mode, compress)
+        if mode == "background":
+            tracker = _background_tracker(tracker)
         if staging is not None and (isinstance(staging, bool) or not isinstance(staging, int)
                                     or staging < 0):
             raise ValueError(f"staging must be a number of bytes (0 or more) or None, not {staging!r}")
@@ -272,6 +274,7 @@ class Checkpointer:
         # from the base, so they belong to the next epoch or rollback.
         self._carry = _NO_PAGES
         self._spare: np.ndarray | None = None  # a staging buffer kept for the next capture
+        self._bg_buf: np.ndarray | None = None  # mode "background": the staging of every epoch
         self._inflight = 0  # epochs taken and not yet durable or failed: 0 or 1
         self._current: PendingEpoch | None = None  # the last epoch taken
         self._idle = threading.Condition()
@@ -313,6 +316,8 @@ class Checkpointer:
         """
         _interval_args(interval, mtbf, rpo, restart)  # before the restore, which may be long
         _check_mode(mode, compress)
+        if mode == "background":
+            tracker = _background_tracker(tracker)
         st, owns = open_store(store, create=False)
         if epoch is None:
             epoch = st.latest()
@@ -689,6 +694,67 @@ class Checkpointer:
             if self._spare is None or self._spare.shape[0] < buf.shape[0]:
                 self._spare = buf
 
+    # -- mode "background" ----------------------------------------------------------------
+    def prepare(self) -> int:
+        """Shorten the next checkpoint's pause, in mode ``"background"``:
+        write-protect now, while the program runs, the pages written so far,
+        so that the pause protects only the pages written after this call.
+        They stay in the next epoch. Each page written again afterwards costs
+        one more fault (a few microseconds, in the writer). Call it a little
+        before a checkpoint is due. Returns the pages protected (0 in the
+        other modes, where it does nothing)."""
+        with self._lock:
+            self._check_open()
+            if self._mode != "background":
+                return 0
+            return self._tracker.bg_prearm()
+
+    def _capture_background(self, w: Any, kind: str, parent: int | None,
+                            label: str | None) -> _Capture:
+        """Collect and write-protect the dirty pages, and start their copy on
+        the core's copier thread: the pause. A write to a page not copied yet
+        waits for its copy. A full epoch, and an epoch that must also hold a
+        failed epoch's pages, snapshot every page the same way."""
+        t0 = time.perf_counter()
+        if self._bg_buf is None:
+            # virtual until written: only the most pages ever staged take memory
+            self._bg_buf = np.empty((self._npages, self._page_size), dtype=np.uint8)
+        carry = self._carry
+        every = kind == "full" or bool(carry.size)
+        # on failure nothing was collected: the pages stay dirty in the tracker
+        pages, st = self._tracker.bg_begin(self._bg_buf, all_pages=every)
+        self._carry = _NO_PAGES
+        pause = time.perf_counter() - t0
+        # if the epoch fails, all it snapshot counts as unsaved (a superset)
+        dirty = pages
+        extra: dict[str, Any] = {"tracker_reported": int(pages.size) if not every else None,
+                                 "staging_bytes": int(pages.size) * self._page_size,
+                                 "collect_s": st["collect_s"], "protect_s": st["protect_s"],
+                                 "prearmed": st["prearmed"],
+                                 "protect_calls": st["protect_calls"], "runs": st["runs"],
+                                 "max_gap": st["max_gap"]}
+        return _Capture(kind=kind, parent=parent, epoch=w.epoch, writer=w, pages=pages,
+                        dirty=dirty, data=self._bg_buf, pages_dirty=int(pages.size),
+                        pause_s=pause, started=t0, label=label, mode=self._mode, extra=extra,
+                        persist=self._persist_background)
+
+    def _persist_background(self, cap: _Capture) -> EpochInfo:
+        """On the persist thread: wait for the copy (GIL released), then write
+        the staged pages as mode "copy" does."""
+        t0 = time.perf_counter()
+        try:
+            st = self._tracker.bg_wait()
+        except BaseException:
+            try:
+                cap.writer.abort()
+            except Exception:
+                pass
+            raise
+        cap.extra.update(copy_s=st["copy_s"], copy_wait_s=time.perf_counter() - t0,
+                         faults_waited=st["faults_waited"], copied_early=st["copied_early"])
+        cap.data = cap.data[:cap.pages.size]
+        return self._persist_copy(cap)
+
     def wait(self) -> None:
         """Return once every epoch taken so far is durable; raise (once) the
         error of one that failed, unless its :meth:`PendingEpoch.result`
@@ -793,6 +859,7 @@ class Checkpointer:
             self._closed = True
             self._pages = None  # lets the arena close
             self._spare = None
+            self._bg_buf = None
             self._fork_scratch = None  # mode "fork": its mapping goes with the last reference
             self._tracker.close()
             if self._owns_store and hasattr(self._store, "close"):
@@ -861,6 +928,26 @@ def _check_mode(mode: object, compress: str | None) -> None:
                          "may not allocate memory, which zstd and lz4 need; use mode='copy' "
                          "to compress, or compress=None with mode='fork'")
 
+
+def _background_tracker(tracker: str) -> str:
+    """The tracker mode "background" runs on: uffd-sync, whose handler thread
+    can hold a writer until its page is copied. Raises TrackerUnavailable
+    (no userfaultfd write-protect here) or ValueError (another tracker asked
+    for), naming the modes to use instead."""
+    from . import _core
+    if tracker not in ("auto", "uffd-sync"):
+        if tracker not in _core.backend_names():
+            raise ValueError(f"unknown tracker {tracker!r}; choose 'auto' or one of "
+                             f"{_core.backend_names()}")
+        _, why = _core.bg_supported(_core.backend_lookup(tracker))
+        raise ValueError(f"mode='background' needs tracker='uffd-sync' (or 'auto'), not "
+                         f"{tracker!r}: {why}")
+    ok, why = _core.bg_supported(_core.backend_lookup("uffd-sync"))
+    if not ok:
+        raise TrackerUnavailable(f"mode='background' needs userfaultfd write-protect (the "
+                                 f"uffd-sync tracker), unavailable here: {why}; use "
+                                 f"mode='copy' or mode='fork' instead")
+    return "uffd-sync"
 
 
 def _names(layout: dict[str, Any]) -> list[str]:

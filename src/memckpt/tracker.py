@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +85,34 @@ class DirtyTracker:
         tracker started; re-arms in the same step."""
         with self._lock:
             return self._t.collect()
+
+    # -- background capture (copy-before-write; uffd-sync only) ------------------
+    def bg_begin(self, staging: np.ndarray, max_gap: int = _core.BG_GAP_AUTO,
+                 all_pages: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+        """Collect as :meth:`collect` does, write-protect those pages and start
+        copying them, in a background thread, into ``staging`` (a writable,
+        C-contiguous array of whole pages: page ``pages[i]`` goes to its i-th
+        page). A write to one of them waits until it is copied. Returns
+        ``(pages, stats)``; call :meth:`bg_wait` before touching ``staging`` or
+        starting another copy. Needs the ``uffd-sync`` backend (``OSError``
+        with ``errno.EOPNOTSUPP`` and the reason otherwise). ``max_gap``: runs
+        of pages closer than this are protected by one ioctl (``-1``: auto).
+        ``all_pages`` snapshots every page of the arena (a full epoch)."""
+        with self._lock:
+            return self._t.bg_begin(staging, max_gap, all_pages)
+
+    def bg_prearm(self, max_gap: int = _core.BG_GAP_AUTO) -> int:
+        """Write-protect, now and outside any pause, the pages written so
+        far: they stay dirty (the next :meth:`collect` or :meth:`bg_begin`
+        still reports them), but :meth:`bg_begin` then protects only the
+        pages written after this call. Each of those pages written again
+        costs one more fault. Returns the pages protected (uffd-sync only)."""
+        with self._lock:
+            return int(self._t.bg_prearm(max_gap))
+
+    def bg_wait(self) -> dict[str, Any]:
+        """Block until the copy :meth:`bg_begin` started is complete; its figures."""
+        return self._t.bg_wait()
 
     def close(self) -> None:
         with self._lock:
