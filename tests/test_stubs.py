@@ -19,3 +19,13 @@ def test_stubtest_core():
     p = subprocess.run([sys.executable, "-m", "mypy.stubtest", "memckpt._core",
                         "--allowlist", str(Path(__file__).with_name("stubtest-allowlist.txt"))], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_mypy_package():
+    """The package type-checks against its own stubs: a stub that drifts from
+    how the Python layer calls the binding fails here, not in a user's CI."""
+    pytest.importorskip("mypy")
+    pkg = Path(memckpt.__file__).parent
+    p = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary", str(pkg)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr

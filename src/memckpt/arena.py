@@ -148,7 +148,8 @@ class Arena:
         return arr
 
     def _view(self, dt: np.dtype, shape: tuple[int, ...], offset: int, count: int) -> np.ndarray:
-        return np.frombuffer(self._region, dtype=dt, count=count, offset=offset).reshape(shape)
+        return np.frombuffer(self._region, dtype=dt, count=count,  # type: ignore[call-overload]
+                             offset=offset).reshape(shape)  # (Region: see buffer())
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays by name, in the order they were made."""
@@ -178,7 +179,9 @@ class Arena:
     def buffer(self) -> memoryview:
         """The whole mapping as a writable memoryview (it holds the mapping open)."""
         self._check_open()
-        return memoryview(self._region)
+        # Region exports the buffer protocol from Cython; typing only learns of
+        # it through __buffer__, which exists from Python 3.12 on
+        return memoryview(self._region)  # type: ignore[arg-type]
 
     # -- lifetime -----------------------------------------------------------
     def _check_open(self) -> None:

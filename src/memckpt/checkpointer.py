@@ -402,7 +402,7 @@ class Checkpointer:
         return float(statistics.median(costs)) if costs else None
 
     # -- checkpoint ------------------------------------------------------------------
-    def maybe_checkpoint(self, label: str | None = None) -> EpochInfo | None:
+    def maybe_checkpoint(self, label: str | None = None) -> PendingEpoch | None:
         """Checkpoint if one is due, for a loop to call every step: returns the
         new epoch's :class:`EpochInfo`, or None (at the cost of one clock read
         and one comparison) when the last checkpoint is more recent than
@@ -495,6 +495,7 @@ class Checkpointer:
         """Persist one capture (on its own thread except in mode "sync"), then
         do the checkpointer's bookkeeping and wake whoever waits."""
         cap = pending._cap
+        assert cap is not None
         info: EpochInfo | None = None
         error: BaseException | None = None
         try:
