@@ -231,8 +231,14 @@ class _Lock:
 
     def __init__(self, store_path: Path, role: str, *, wait: float) -> None:
         self.fd: int | None = None
-        fd = os.open(store_path / fmt.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     _FILE_MODE)
+        try:
+            fd = os.open(store_path / fmt.LOCK_NAME,
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # never lock (or truncate) a file through a link
+                raise FormatError(f"store {store_path}: {fmt.LOCK_NAME} is a symbolic link; "
+                                  "store files must be regular files") from None
+            raise
         deadline = time.monotonic() + wait
         try:
             while True:
@@ -1102,8 +1108,11 @@ class Store:
                 p = fmt.parse_data_name(n)
                 if p is None or n in referenced or p[0] in protected:
                     continue
-            if _unlink(self.path / n):
-                removed.append(n)
+            try:
+                if _unlink(self.path / n):
+                    removed.append(n)
+            except IsADirectoryError:  # not ours to remove: a directory with a store-like name
+                continue
         if removed:
             _fsync_dir(self.path)
         return removed
