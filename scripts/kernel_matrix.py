@@ -108,6 +108,13 @@ KERNELS: dict[str, KernelSpec] = {
             description="Debian 12's kernel: soft-dirty and sync uffd-wp, "
                         "no WP_ASYNC, no PAGEMAP_SCAN",
         ),
+        KernelSpec(
+            name="debian-6.12",
+            package_re=r"linux-image-6\.12\.(?P<abi>\d+)\+deb12-amd64(?:-unsigned)?",
+            search=r"^linux-image-6\.12\.[0-9]+\+deb12-amd64",
+            description="bookworm's 6.12 (a security-updated LTS): soft-dirty, "
+                        "WP_ASYNC and PAGEMAP_SCAN together",
+        ),
     )
 }
 HOST = "host"

@@ -104,12 +104,22 @@ def features() -> Features:
 def tracker_info(backend: int) -> TrackerInfo:
     available, reason = _core.backend_status(backend)
     props = _core.backend_props(backend)
+    name = _core.backend_names()[backend]
+    kernel_writes = bool(props & _core.PROP_KERNEL_WRITES)
+    # -- unprivileged uffd-sync (reliability) ---------------------------------
+    # On a UFFD_USER_MODE_ONLY fd (what a process without CAP_SYS_PTRACE gets
+    # with vm.unprivileged_userfaultfd=0) the kernel does not wait for the
+    # handler on its own writes: read(2) into a protected page fails with
+    # EFAULT (the backend's reason says so). The C props are per backend, not
+    # per fd, so say it here: Checkpointer.rollback then reads into scratch.
+    if name == "uffd-sync" and features().uffd_user_mode_only:
+        kernel_writes = False
     return TrackerInfo(
-        name=_core.backend_names()[backend],
+        name=name,
         available=available,
         reason=reason,
         exact=bool(props & _core.PROP_EXACT),
-        kernel_writes=bool(props & _core.PROP_KERNEL_WRITES),
+        kernel_writes=kernel_writes,
         concurrent=bool(props & _core.PROP_CONCURRENT),
     )
 

@@ -54,6 +54,10 @@ MAX_EPOCH = 10**19 - 1          # what the 8..19-digit names can spell
 MAX_GEN = 10**9 - 1
 MAX_MANIFEST_BYTES = 64 << 20   # far above any real manifest; bounds memory on a hostile one
 MAX_HEADER_BYTES = 1 << 20
+#: how deep a store document may nest: far above what a layout or an `extra`
+#: needs, far below the depth where copy.deepcopy (~2 frames a level) or the
+#: JSON codec would hit Python's recursion limit
+MAX_JSON_DEPTH = 64
 
 
 def manifest_name(epoch: int) -> str:
@@ -275,6 +279,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON here")
 
 
+def json_depth(obj: Any) -> int:
+    """How deep lists and objects nest in obj (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        elif not isinstance(v, list):
+            continue
+        deepest = max(deepest, d)
+        if d <= MAX_JSON_DEPTH:  # deeper than that is all the caller needs to know
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
 def load_document(raw: bytes, *, where: str, fmt: str) -> dict[str, Any]:
     """Parse a signed JSON document; check format, major version and digest."""
     try:
@@ -284,6 +304,8 @@ def load_document(raw: bytes, *, where: str, fmt: str) -> dict[str, Any]:
         raise CorruptionError(f"{where}: not valid JSON (damaged?): {exc}") from None
     if not isinstance(doc, dict):
         raise CorruptionError(f"{where}: not a JSON object (damaged?)")
+    if json_depth(doc) > MAX_JSON_DEPTH:
+        raise FormatError(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
     if doc.get("format") != fmt:
         raise FormatError(f"{where}: not a {fmt} document (format {doc.get('format')!r})")
     ver = doc.get("version")

@@ -232,8 +232,14 @@ class _Lock:
 
     def __init__(self, store_path: Path, role: str, *, wait: float) -> None:
         self.fd: int | None = None
-        fd = os.open(store_path / fmt.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     _FILE_MODE)
+        try:
+            fd = os.open(store_path / fmt.LOCK_NAME,
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # never lock (or truncate) a file through a link
+                raise FormatError(f"store {store_path}: {fmt.LOCK_NAME} is a symbolic link; "
+                                  "store files must be regular files") from None
+            raise
         deadline = time.monotonic() + wait
         try:
             while True:
@@ -997,10 +1003,13 @@ class Store:
         docs = [self._doc(e) for e in run]
         indexes = [self._index(e) for e in run]
         npages = docs[-1]["npages"]
-        _, owner, ridx = self._resolve(indexes, npages, None)
-        held = np.flatnonzero(owner >= 0)
+        # resolve only the pages the run's indexes hold: a dense resolve would
+        # size three arrays by the manifest's npages (up to 2**48), which a
+        # hostile or damaged manifest controls; the indexes' size is checked
+        held = np.unique(np.concatenate([r["page"] for r in indexes]))
         if not held.size:
             return
+        _, owner, ridx = self._resolve(indexes, npages, held)
         batch = max(1, _CHUNK_BYTES // self.page_size)
         scratch = np.empty((min(batch, len(held)), self.page_size), dtype=np.uint8)
         fds: list[int] = []
@@ -1011,7 +1020,7 @@ class Store:
                 sel = held[lo:lo + batch]
                 buf = scratch[:len(sel)]
                 rows_all = np.arange(len(sel), dtype=np.int64)
-                own, ri = owner[sel], ridx[sel]
+                own, ri = owner[lo:lo + batch], ridx[lo:lo + batch]
                 for pos in np.unique(own).tolist():
                     s = own == pos
                     recs, rows = indexes[pos][ri[s]], rows_all[s]
@@ -1097,8 +1106,11 @@ class Store:
                 p = fmt.parse_data_name(n)
                 if p is None or n in referenced or p[0] in protected:
                     continue
-            if _unlink(self.path / n):
-                removed.append(n)
+            try:
+                if _unlink(self.path / n):
+                    removed.append(n)
+            except IsADirectoryError:  # not ours to remove: a directory with a store-like name
+                continue
         if removed:
             _fsync_dir(self.path)
         return removed
@@ -1116,10 +1128,14 @@ def _index_arg(v: Any, what: str) -> int:
 def _jsonable(obj: Any, what: str) -> Any:
     """A JSON round-trip copy (tuples become lists), or ValueError naming `what`."""
     try:
-        return json.loads(fmt.canonical_json(obj))
+        out = json.loads(fmt.canonical_json(obj))
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"{what} must be JSON-serialisable (plain str/int/float/bool/None, "
                          f"lists and dicts with str keys): {exc}") from None
+    # readers refuse deeper documents (format.MAX_JSON_DEPTH): refuse to write one
+    if fmt.json_depth(out) > fmt.MAX_JSON_DEPTH - 2:
+        raise ValueError(f"{what} nests deeper than {fmt.MAX_JSON_DEPTH - 2} levels")
+    return out
 
 
 class EpochWriter:
