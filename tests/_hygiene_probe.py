@@ -1,6 +1,6 @@
 """One resource-hygiene scenario in a fresh process (tests/test_hygiene.py).
 
-    python tests/_hygiene_probe.py SCENARIO CYCLES WARMUP [BACKEND]
+    python tests/_hygiene_probe.py SCENARIO CYCLES WARMUP [BACKEND [MODE]]
 
 Runs WARMUP cycles, measures, runs CYCLES more, measures again, and prints
 one JSON line: {"before": {...}, "after": {...}, "cycles": N, "seconds": s}.
@@ -8,10 +8,13 @@ A measure holds the process's open fds (/proc/self/fd), threads
 (/proc/self/task), child processes (any process whose parent is this one),
 memory maps (/proc/self/maps lines), VmSize and VmRSS in KiB.
 
-Scenarios: arena, tracker (BACKEND), checkpointer (BACKEND), checkpoints
-(BACKEND: CYCLES checkpoints through one Checkpointer, full_every=100, pruned
-to the last 100 epochs every 100), checkpoints-unpruned (the same, never
-pruned: the Store's manifest cache grows with the epochs it reads).
+Scenarios: arena, tracker (BACKEND), checkpointer (BACKEND, MODE),
+checkpoints (BACKEND, MODE: CYCLES checkpoints through one Checkpointer,
+full_every=100, pruned to the last 100 epochs every 100),
+checkpoints-unpruned (the same, never pruned: the Store's manifest cache
+grows with the epochs it reads). MODE is the capture mode (default copy);
+measures are taken once the last epoch is durable, so that a persist thread
+or fork child still at work is not counted as a leak.
 """
 from __future__ import annotations
 
@@ -67,8 +70,9 @@ def touch(pages: np.ndarray, rng: np.random.Generator, k: int = 4) -> None:
     pages[idx, rng.integers(0, PS, k)] += 1
 
 
-def scenario(name: str, backend: str, tmp: str):
-    """A function that runs one cycle (or one checkpoint), and a closer."""
+def scenario(name: str, backend: str, tmp: str, mode: str = "copy"):
+    """A function that runs one cycle (or one checkpoint), a closer, and a
+    settler that waits for work still in flight (run before each measure)."""
     rng = np.random.default_rng(1)
     if name == "arena":
         def cycle() -> None:
@@ -76,7 +80,7 @@ def scenario(name: str, backend: str, tmp: str):
                 x = a.array("x", (NPAGES, PS), np.uint8)
                 touch(x, rng)
                 del x
-        return cycle, lambda: None
+        return cycle, lambda: None, lambda: None
     if name == "tracker":
         arena = memckpt.Arena(NPAGES * PS)
         pages = arena.array("x", (NPAGES, PS), np.uint8)
@@ -91,7 +95,7 @@ def scenario(name: str, backend: str, tmp: str):
             nonlocal pages
             pages = None  # type: ignore[assignment]
             arena.close()
-        return cycle, close
+        return cycle, close, lambda: None
     if name == "checkpointer":
         arena = memckpt.Arena(NPAGES * PS)
         pages = arena.array("x", (NPAGES, PS), np.uint8)
@@ -100,7 +104,7 @@ def scenario(name: str, backend: str, tmp: str):
         def cycle() -> None:
             path = os.path.join(tmp, f"s{count[0]}")
             count[0] += 1
-            with memckpt.Checkpointer(arena, path, tracker=backend) as ck:
+            with memckpt.Checkpointer(arena, path, tracker=backend, mode=mode) as ck:
                 touch(pages, rng)
                 ck.checkpoint()
             shutil.rmtree(path)
@@ -109,13 +113,14 @@ def scenario(name: str, backend: str, tmp: str):
             nonlocal pages
             pages = None  # type: ignore[assignment]
             arena.close()
-        return cycle, close
+        return cycle, close, lambda: None
     if name in ("checkpoints", "checkpoints-unpruned"):
         # a long-running loop: a full epoch every 100, and (unless unpruned)
         # the history kept to the last 100 epochs, pruned every 100
         arena = memckpt.Arena(NPAGES * PS)
         pages = arena.array("x", (NPAGES, PS), np.uint8)
-        ck = memckpt.Checkpointer(arena, os.path.join(tmp, "s"), tracker=backend, full_every=100)
+        ck = memckpt.Checkpointer(arena, os.path.join(tmp, "s"), tracker=backend, full_every=100,
+                                  mode=mode)
         count = [0]
 
         def cycle() -> None:
@@ -130,29 +135,33 @@ def scenario(name: str, backend: str, tmp: str):
             ck.close()
             pages = None  # type: ignore[assignment]
             arena.close()
-        return cycle, close
+        return cycle, close, ck.wait
     raise SystemExit(f"unknown scenario {name!r}")
 
 
 def main() -> int:
     name, cycles, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     backend = sys.argv[4] if len(sys.argv) > 4 else "auto"
+    mode = sys.argv[5] if len(sys.argv) > 5 else "copy"
     # stores on tmpfs when there is one: fsync costs nothing there, and what
     # is measured is the process, not the disk
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="mck-hygiene-", dir=shm) as tmp:
-        cycle, close = scenario(name, backend, tmp)
+        cycle, close, settle = scenario(name, backend, tmp, mode)
         for _ in range(warmup):
             cycle()
+        settle()
         before = measure()
         t0 = time.monotonic()
         for _ in range(cycles):
             cycle()
+        settle()
         seconds = time.monotonic() - t0
         after = measure()
         close()
         final = measure()
-    print(json.dumps({"scenario": name, "backend": backend, "cycles": cycles, "before": before,
+    print(json.dumps({"scenario": name, "backend": backend, "mode": mode, "cycles": cycles,
+                      "before": before,
                       "after": after, "closed": final, "seconds": round(seconds, 2)}))
     return 0
 

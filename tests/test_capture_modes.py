@@ -292,3 +292,29 @@ def test_sync_mode_is_durable_on_return(arena, tmp_path):
         p = ck.checkpoint()
         assert p.done() and ck.store.latest() == p.epoch
         assert p.result().mode == "sync"
+
+
+def test_prune_of_the_same_store_waits_for_the_epoch_in_flight(arena, tmp_path):
+    """A loop that prunes right after each checkpoint: the prune waits for the
+    persisting epoch instead of colliding with it on the store's lock."""
+    pages = pages_of(arena)
+    with memckpt.Checkpointer(arena, tmp_path / "s", full_every=3) as ck:
+        for i in range(7):
+            pages[i, 0] = i + 1
+            ck.checkpoint()
+            ck.store.prune(keep_last=2)
+        ck.wait()
+        assert len(ck.store.epoch_numbers()) >= 2
+        expect = pages.copy()
+        ck.store.verify()
+        with memckpt.restore(ck.store, ck.head) as got:
+            np.testing.assert_array_equal(got.arrays()["x"].reshape(NPAGES, PS), expect)
+
+
+def test_a_writer_held_by_this_thread_is_refused_not_waited_for(tmp_path):
+    with memckpt.Store(tmp_path / "s", create=True, page_size=PS) as st:
+        w = st.begin(kind="full", npages=4)
+        with pytest.raises(memckpt.StoreLocked, match="this thread holds the open writer of epoch 1"):
+            st.prune(keep_last=1)
+        w.abort()
+        assert st.prune(keep_last=1) == []

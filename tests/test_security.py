@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import stat
+import subprocess
 import sys
 import threading
 from contextlib import contextmanager
@@ -406,3 +407,46 @@ def test_the_grep_would_catch_it():
                 "np.load(f, allow_pickle=True)", "yaml.load(t)", "subprocess.run(c, shell=True)"]:
         assert any(FORBIDDEN.search(line) for _, line in _code_lines(bad + "\n")), bad
     assert not any(FORBIDDEN.search(line) for _, line in _code_lines("# eval(s)\nx = 'exec(y)'\n"))
+
+
+FORK_PROBE = r"""
+import os, sys
+import numpy as np
+import memckpt
+marker = sys.argv[2]
+
+def ran_python_in_child():
+    with open(marker, "a") as f:
+        f.write(f"python ran in child {os.getpid()}\n")
+
+# Any fork that would go on to run Python (os.fork, multiprocessing) runs
+# these hooks in the child; the fork mode's child must never get there.
+os.register_at_fork(after_in_child=ran_python_in_child)
+with memckpt.Arena(256 * 4096) as a:
+    x = a.array("x", (256, 4096), np.uint8)
+    with memckpt.Checkpointer(a, sys.argv[1], mode="fork") as ck:
+        for i in range(20):
+            x[i % 256, :] = i + 1
+            info = ck.checkpoint().result()
+            assert info.mode == "fork" and info.extra["child_pid"] > 0
+print("ok")
+"""
+
+
+def test_fork_mode_child_runs_no_python(tmp_path):
+    """The arena and staging are only ever in a fork child that runs the
+    core's C writer: the interpreter's at-fork hooks never run in it."""
+    marker = tmp_path / "marker"
+    p = subprocess.run([sys.executable, "-c", FORK_PROBE, str(tmp_path / "s"), str(marker)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr
+    assert not marker.exists(), marker.read_text()
+    # and the hook does fire for a Python-level fork, so the check can fail
+    q = subprocess.run([sys.executable, "-c",
+                        "import os,sys\n"
+                        "os.register_at_fork(after_in_child=lambda: open(sys.argv[1],'w').write('x'))\n"
+                        "pid = os.fork()\n"
+                        "os._exit(0) if pid == 0 else os.waitpid(pid, 0)\n", str(marker)],
+                       capture_output=True, text=True, timeout=60)
+    assert q.returncode == 0, q.stderr
+    assert marker.exists()

@@ -314,7 +314,7 @@ def test_add_pages_checks_its_arguments(store):
 # -- writer lock, abort, permissions, sweep -----------------------------------------------------
 def test_one_writer_at_a_time(store):
     w = store.begin(kind="full", parent=None, layout={}, page_size=PS, npages=2)
-    with pytest.raises(StoreLocked, match="locked by this process"):
+    with pytest.raises(StoreLocked, match="this thread holds the open writer of epoch 1"):
         store.begin(kind="full", parent=None, layout={}, page_size=PS, npages=2)
     other = Store(store.path)                     # a second Store object: also refused
     with pytest.raises(StoreLocked):

@@ -568,6 +568,10 @@ class Checkpointer:
         """Begin the epoch (before the pause) and take the snapshot the mode takes."""
         kind, parent = self._next_kind()  # store metadata: before the pause, not part of it
         w = self._begin(kind, parent)
+        if hasattr(w, "handed_off"):
+            # finished by the persist thread: this thread may prune or compact
+            # the same Store meanwhile, waiting for the epoch rather than failing
+            w.handed_off = True
         try:
             cap = self._capture_fn(w, kind, parent, label)
         except BaseException:

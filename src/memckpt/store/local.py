@@ -85,6 +85,7 @@ import mmap
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -108,6 +109,7 @@ except (ValueError, OSError):  # pragma: no cover
 _CHUNK_BYTES = 32 << 20       # add_pages works in chunks this big: bounded temporaries
 _VERIFY_BATCH_BYTES = 16 << 20
 _LOCK_WAIT_S = 5.0            # how long begin() waits out a sweeping reader
+_WRITER_WAIT_S = 600.0        # how long a write waits for this Store's open epoch writer
 _INDEX_CACHE_ENTRIES = 64
 
 
@@ -325,6 +327,14 @@ class Store:
                  page_size: int | None = None) -> None:
         self.path = Path(path)
         self._cache_lock = threading.Lock()
+        # The epoch writers this Store has open: its own writes (begin,
+        # compact, prune) wait for them rather than collide with them on the
+        # lock file, so that a Checkpointer's persist thread and the program's
+        # prune() of the same Store take turns.
+        self._writers_cv = threading.Condition()
+        # weak: a writer dropped without commit or abort is collected, and its
+        # __del__ aborts it (which takes it out of here)
+        self._open_writers: weakref.WeakSet[EpochWriter] = weakref.WeakSet()
         self._manifests: dict[int, tuple[tuple[int, int, int], dict[str, Any]]] = {}
         self._indexes: dict[tuple[Any, ...], np.ndarray] = {}
         if page_size is not None and not fmt.valid_page_size(page_size):
@@ -914,6 +924,7 @@ class Store:
             raise ValueError(str(exc)) from None
         if kind == "incremental" and parent is None:
             raise ValueError("an incremental epoch needs a parent")
+        self._wait_for_writers("begin an epoch")
         lock = _Lock(self.path, "write", wait=_LOCK_WAIT_S)
         try:
             nums = self.epoch_numbers()
@@ -931,10 +942,31 @@ class Store:
             lock.release()
             raise
 
+    def _wait_for_writers(self, what: str) -> None:
+        """Wait (up to _WRITER_WAIT_S) until no epoch writer of this Store is
+        open. A writer the calling thread began and still holds cannot end
+        while it waits: that is refused at once."""
+        me = threading.get_ident()
+        deadline = time.monotonic() + _WRITER_WAIT_S
+        with self._writers_cv:
+            while self._open_writers:
+                mine = [w for w in self._open_writers if w._owner == me and not w.handed_off]
+                if mine:
+                    raise StoreLocked(f"store {self.path}: cannot {what} while this thread holds "
+                                      f"the open writer of epoch {mine[0].epoch}: commit or abort "
+                                      f"it first")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreLocked(f"store {self.path}: cannot {what}: the epoch writer of "
+                                      f"epoch {next(iter(self._open_writers)).epoch} has been open "
+                                      f"for over {_WRITER_WAIT_S:g} s")
+                self._writers_cv.wait(left)
+
     # -- compaction and retention ---------------------------------------------------------
     def compact(self, first: int, last: int, *,
                 progress: Callable[[int, int], None] | None = None) -> EpochInfo:
         """See the module docstring; progress(done, total) counts pages merged."""
+        self._wait_for_writers("compact")
         with _Lock(self.path, "compact", wait=_LOCK_WAIT_S):
             full_chain = self.chain(last)
             if first not in full_chain:
@@ -1065,6 +1097,7 @@ class Store:
                 raise ValueError(f"{name} must be a positive int or None, not {v!r}")
         if keep_last is None and keep_every is None:
             return []
+        self._wait_for_writers("prune")
         with _Lock(self.path, "prune", wait=_LOCK_WAIT_S):
             nums = self.epoch_numbers()
             if not nums:
@@ -1148,6 +1181,10 @@ class EpochWriter:
         self._lock = lock
         self._closed = False
         self._committed = False
+        # begun by this thread; handed_off: another thread will finish it
+        # (a Checkpointer's persist thread), so this one may wait for it
+        self._owner = threading.get_ident()
+        self.handed_off = False
         self.epoch = epoch
         self.kind = kind
         self.parent = parent
@@ -1176,6 +1213,8 @@ class EpochWriter:
             self._cflag = fmt.FLAG_LZ4
         self._pack_fd: int | None = None
         self._pack_fd = os.open(store.path / self._pack_name, _O_CREATE, _FILE_MODE)
+        with store._writers_cv:  # from here on, abort() (or commit) takes it out again
+            store._open_writers.add(self)
         try:
             hdr = fmt.pack_header(epoch, self.page_size)
             _write_all(self._pack_fd, hdr, 0)
@@ -1580,8 +1619,14 @@ class EpochWriter:
         if fd is not None:
             os.close(fd)
         lock, self._lock = self._lock, None
-        if lock is not None:
-            lock.release()
+        try:
+            if lock is not None:
+                lock.release()
+        finally:
+            # after the lock file is free: a write waiting for this writer goes on
+            with self._store._writers_cv:
+                self._store._open_writers.discard(self)
+                self._store._writers_cv.notify_all()
 
     def abort(self) -> None:
         """Drop everything written for this epoch and release the lock (idempotent)."""
