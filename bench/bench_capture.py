@@ -131,6 +131,8 @@ def test_capture(benchmark, arena, workdir, copy_buffer, kernels, mode, ratio):
         n, busy = sweeps_until(p.done)
         e = p.result()
         pauses.append(e.pause_s)
+        if os.environ.get("MEMCKPT_BENCH_DEBUG"):
+            print(f"\n{mode} {pct(ratio)} pause {e.pause_s * 1e3:.1f} ms wait {p.wait_s * 1e3:.1f} ms {e.extra}")
         persists.append(e.total_s - e.pause_s)
         dirty_counts.append(e.pages_dirty)
         extra_mem.append(int(e.extra.get("extra_bytes", e.extra.get("staging_bytes", 0))))
