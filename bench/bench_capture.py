@@ -115,6 +115,7 @@ def test_capture(benchmark, arena, workdir, copy_buffer, kernels, mode, ratio):
     floors: list[float] = []
     slowdowns: list[float] = []
     dirty_counts: list[int] = []
+    fork_s: list[float] = []  # mode fork: the fork() alone, inside the pause
 
     def sweeps_until(done) -> tuple[int, float]:
         n, t0 = 0, time.perf_counter()
@@ -135,6 +136,8 @@ def test_capture(benchmark, arena, workdir, copy_buffer, kernels, mode, ratio):
             print(f"\n{mode} {pct(ratio)} pause {e.pause_s * 1e3:.1f} ms wait {p.wait_s * 1e3:.1f} ms {e.extra}")
         persists.append(e.total_s - e.pause_s)
         dirty_counts.append(e.pages_dirty)
+        if "fork_s" in e.extra:
+            fork_s.append(e.extra["fork_s"])
         extra_mem.append(int(e.extra.get("extra_bytes", e.extra.get("staging_bytes", 0))))
         if n >= 3 and mode != "sync":
             t0 = time.perf_counter()
@@ -170,6 +173,7 @@ def test_capture(benchmark, arena, workdir, copy_buffer, kernels, mode, ratio):
         # the warm-up round is measured like the others but not kept
         keep = slice(1, None)
         pauses, persists, extra_mem, floors = pauses[keep], persists[keep], extra_mem[keep], floors[keep]
+        fork_s = fork_s[keep]
         slowdowns = slowdowns[1:] if len(slowdowns) > len(pauses) else slowdowns
         assert all(c >= d for c in dirty_counts), (dirty_counts, d)
         benchmark.extra_info.update(
@@ -178,7 +182,8 @@ def test_capture(benchmark, arena, workdir, copy_buffer, kernels, mode, ratio):
             extra_bytes_median=int(statistics.median(extra_mem)),
             floor_memcpy_median_s=statistics.median(floors),
             slowdown_median=statistics.median(slowdowns) if slowdowns else None,
-            slowdown_rounds=len(slowdowns), pages_dirty_median=int(statistics.median(dirty_counts)))
+            slowdown_rounds=len(slowdowns), pages_dirty_median=int(statistics.median(dirty_counts)),
+            fork_median_s=statistics.median(fork_s) if fork_s else None)
         # the last epoch equals the arena (every round is a correct increment)
         got = memckpt.restore(store, store.latest())
         try:
