@@ -212,8 +212,8 @@ def _parser() -> argparse.ArgumentParser:
              "from tracking: a native stencil checkpointed every 1 and every 10 iterations, "
              "against the same run untracked. The default matrix (1 GiB; 1% and 10%; every "
              "backend in mode copy, and auto's backend in every other mode) takes about two "
-             "minutes on 2 CPUs; --full measures every backend in every mode at 256 MiB, 1 GiB "
-             "and 4 GiB, 0.1% to 100%. See docs/benchmarks.md.",
+             "minutes on 2 CPUs; --full measures every backend in every mode at 256 MiB and 1 GiB, "
+             "0.1% to 100%. See docs/benchmarks.md.",
              "  memckpt bench                                the default matrix (~2 min)\n"
              "  memckpt bench --size-mib 256 --ratios 1      256 MiB, 1% dirty\n"
              "  memckpt bench --modes copy fork --backends uffd-async\n"
@@ -222,10 +222,10 @@ def _parser() -> argparse.ArgumentParser:
              "  memckpt bench --json | jq '.rows[] | select(.backend == \"uffd-async\")'\n"
              "  memckpt bench --plot bench.png               (needs matplotlib)")
     b.add_argument("--full", action="store_true",
-                   help="the whole matrix: every backend in every mode; 256 MiB, 1 GiB and 4 GiB; "
+                   help="the whole matrix: every backend in every mode; 256 MiB and 1 GiB; "
                         "0.1%%, 1%%, 10%% and 100%%")
     b.add_argument("--size-mib", type=_positive, nargs="+", default=None, metavar="MIB",
-                   help="arena size(s) in MiB (default: 1024; with --full: 256 1024 4096)")
+                   help="arena size(s) in MiB (default: 1024; with --full: 256 1024)")
     b.add_argument("--ratios", type=_percent, nargs="+", default=None, metavar="PCT",
                    help="percent of the pages written between checkpoints "
                         "(default: 1 10; with --full: 0.1 1 10 100)")

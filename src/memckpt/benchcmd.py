@@ -36,7 +36,7 @@ from .cli import CliError, Progress, fmt_seconds, pyplot, table
 from .kernel import features, trackers
 
 DEFAULT_SIZES_MIB = [1024]
-FULL_SIZES_MIB = [256, 1024, 4096]
+FULL_SIZES_MIB = [256, 1024]
 DEFAULT_RATIOS = [1.0, 10.0]  # percent of the arena's pages written between checkpoints
 FULL_RATIOS = [0.1, 1.0, 10.0, 100.0]
 DEFAULT_ROUNDS = 3
