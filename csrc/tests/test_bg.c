@@ -24,34 +24,16 @@
 #include <unistd.h>
 
 #include "memckpt.h"
+#include "check.h"
 
 #define NPAGES 16384u /* 64 MiB with 4 KiB pages: a copy long enough to race */
 #define NWRITERS 3
 #define LOG_CAP (4u << 20)
 #define CYCLES 12
 
-static int failures;
 static uint64_t rng_state;
 static size_t ps;
 static int backend;
-
-#define CHECK(cond, ...)                                                       \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);            \
-			printf(__VA_ARGS__);                                   \
-			printf("\n");                                          \
-			failures++;                                            \
-		}                                                              \
-	} while (0)
-
-static uint64_t rnd(uint64_t *s)
-{
-	*s ^= *s >> 12;
-	*s ^= *s << 25;
-	*s ^= *s >> 27;
-	return *s * 2685821657736338717ULL;
-}
 
 static uint8_t *base;
 

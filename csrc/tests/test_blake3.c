@@ -17,18 +17,8 @@
 #include <unistd.h>
 
 #include "memckpt.h"
+#include "check.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                       \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);            \
-			printf(__VA_ARGS__);                                   \
-			printf("\n");                                          \
-			failures++;                                            \
-		}                                                              \
-	} while (0)
 
 /* BLAKE3(pattern(len, 0)) */
 static const struct {

@@ -27,32 +27,14 @@
 #include <unistd.h>
 
 #include "memckpt.h"
+#include "check.h"
 
 #define NPAGES 2048u /* 8 MiB with 4 KiB pages */
 #define HDR_LEN 32u
 
-static int failures;
 static size_t ps;
 static char dir[] = "/tmp/mck-test-fork-XXXXXX";
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
-
-#define CHECK(cond, ...)                                                       \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);            \
-			printf(__VA_ARGS__);                                   \
-			printf("\n");                                          \
-			failures++;                                            \
-		}                                                              \
-	} while (0)
-
-static uint64_t rnd(void)
-{
-	rng ^= rng >> 12;
-	rng ^= rng << 25;
-	rng ^= rng >> 27;
-	return rng * 2685821657736338717ULL;
-}
 
 struct record {
 	uint64_t page, offset;
@@ -278,10 +260,10 @@ static void snapshot_case(const char *what, int incremental, unsigned every, int
 	int rc;
 
 	CHECK(mck_region_create(&reg, NPAGES * ps, 0) == 0, "region");
-	fill(reg.addr, rnd());
+	fill(reg.addr, rnd(&rng));
 	memcpy(ref, reg.addr, NPAGES * ps);
 	for (size_t p = 0; p < NPAGES; p++)
-		if (every == 1 || rnd() % every == 0)
+		if (every == 1 || rnd(&rng) % every == 0)
 			pages[n++] = p;
 	files_open(&f, O_RDWR, O_RDWR);
 	job_init(&job, &m, reg.addr, pages, n, incremental, &f);
@@ -291,7 +273,7 @@ static void snapshot_case(const char *what, int incremental, unsigned every, int
 		if (stop)
 			kill(c.pid, SIGSTOP);
 		/* every page changes, zero pages too, and pages shared become unique */
-		fill(reg.addr, rnd());
+		fill(reg.addr, rnd(&rng));
 		memset(m.scratch, 0xEE, m.len); /* the parent's scratch is not the child's */
 		if (stop)
 			kill(c.pid, SIGCONT);

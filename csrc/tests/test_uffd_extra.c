@@ -29,31 +29,13 @@
 #include <unistd.h>
 
 #include "memckpt.h"
+#include "check.h"
 
 #define NPAGES 4096u /* 16 MiB with 4 KiB pages */
 #define NWRITERS 4
 
-static int failures;
 static uint64_t rng_state;
 static size_t ps;
-
-#define CHECK(cond, ...)                                                       \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);            \
-			printf(__VA_ARGS__);                                   \
-			printf("\n");                                          \
-			failures++;                                            \
-		}                                                              \
-	} while (0)
-
-static uint64_t rnd(uint64_t *s)
-{
-	*s ^= *s >> 12;
-	*s ^= *s << 25;
-	*s ^= *s >> 27;
-	return *s * 2685821657736338717ULL;
-}
 
 struct fixture {
 	const char *name;

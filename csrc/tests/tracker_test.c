@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "memckpt.h"
+#include "check.h"
 
 #ifndef MCK_TEST_BACKEND
 #error "build with -DMCK_TEST_BACKEND='\"backend-name\"'"
@@ -22,27 +23,7 @@
 #define NPAGES 8192u /* 32 MiB with 4 KiB pages */
 #define NTHREADS 4
 
-static int failures;
 static uint64_t rng_state;
-
-#define CHECK(cond, ...)                                                       \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__);            \
-			printf(__VA_ARGS__);                                   \
-			printf("\n");                                          \
-			failures++;                                            \
-		}                                                              \
-	} while (0)
-
-static uint64_t rnd(uint64_t *s)
-{
-	/* xorshift64*: reproducible from the printed seed */
-	*s ^= *s >> 12;
-	*s ^= *s << 25;
-	*s ^= *s >> 27;
-	return *s * 2685821657736338717ULL;
-}
 
 struct fixture {
 	struct mck_region region;
