@@ -41,6 +41,7 @@ import numpy as np
 import pytest
 
 import memckpt
+from conftest import bench_workdir, fill_random
 
 RATIOS = [0.01, 0.1, 1.0]  # 1.0: a full epoch
 ROUNDS = {0.01: 25, 0.1: 12, 1.0: 5}
@@ -58,25 +59,14 @@ def seed(kind: str, ratio: float) -> int:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """Where the stores and the np.save file go: one filesystem for both."""
-    base = os.environ.get("MEMCKPT_BENCH_DIR")
-    path = Path(base) / "memckpt-bench-checkpoint" if base else tmp_path_factory.mktemp("ckpt")
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    """Where the stores (and the np.save file) go: one filesystem for all."""
+    yield from bench_workdir(tmp_path_factory, "checkpoint")
 
 
 @pytest.fixture(scope="module")
 def arena(bench_arena):
     """The session's arena, filled with random bytes (no zero, no duplicate page)."""
-    ba = bench_arena
-    ba.untrack()
-    rng = np.random.default_rng(20251126)
-    words = ba.pages.reshape(-1).view(np.uint64)
-    step = 8 << 20
-    for s in range(0, words.size, step):
-        words[s:s + step] = rng.bit_generator.random_raw(min(step, words.size - s))
-    return ba
+    return fill_random(bench_arena, 20251126)
 
 
 def fs_of(path: Path) -> str:

@@ -98,6 +98,30 @@ def bench_arena():
     ba.close()
 
 
+def fill_random(ba: BenchArena, seed: int) -> BenchArena:
+    """ba's pages filled with random bytes (no page zero, no two alike: the
+    store elides nothing), with no tracker open; for the checkpoint benchmarks."""
+    ba.untrack()
+    rng = np.random.default_rng(seed)
+    words = ba.pages.reshape(-1).view(np.uint64)
+    step = 8 << 20
+    for s in range(0, words.size, step):
+        words[s:s + step] = rng.bit_generator.random_raw(min(step, words.size - s))
+    return ba
+
+
+def bench_workdir(tmp_path_factory, name: str):
+    """A directory for stores and files: under $MEMCKPT_BENCH_DIR when set
+    (the filesystem measured), else a pytest temporary one; removed after."""
+    import shutil
+    from pathlib import Path
+    base = os.environ.get("MEMCKPT_BENCH_DIR")
+    path = Path(base) / f"memckpt-bench-{name}" if base else tmp_path_factory.mktemp(name)
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def copy_buffer(bench_arena):
     """The memcpy floor's destination, as large as the arena, faulted in once."""

@@ -125,31 +125,34 @@ def test_mode_is_checked_before_anything_is_made(arena, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+class DelayedCommits:
+    """A store whose epoch writers run ``before_commit()`` (on the persist
+    thread) before they commit."""
+
+    def __init__(self, st, before_commit):
+        self._s = st
+        self._before = before_commit
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def begin(self, **kw):
+        w = self._s.begin(**kw)
+        commit = w.commit
+
+        def delayed(**k):
+            self._before()
+            return commit(**k)
+        w.commit = delayed
+        return w
+
+
 def test_copy_mode_checkpoint_returns_before_the_epoch_is_durable(arena, tmp_path):
     gate = threading.Event()
-
-    class SlowStore:
-        """Holds every commit until the test opens the gate."""
-
-        def __init__(self, st):
-            self._s = st
-
-        def __getattr__(self, name):
-            return getattr(self._s, name)
-
-        def begin(self, **kw):
-            w = self._s.begin(**kw)
-            commit = w.commit
-
-            def held_commit(**k):
-                gate.wait(10)
-                return commit(**k)
-            w.commit = held_commit
-            return w
-
     st = memckpt.Store(tmp_path / "s", create=True)
     pages = pages_of(arena)
-    with memckpt.Checkpointer(arena, SlowStore(st)) as ck:
+    # every commit is held until the test opens the gate
+    with memckpt.Checkpointer(arena, DelayedCommits(st, lambda: gate.wait(10))) as ck:
         pages[3, 0] = 1
         p = ck.checkpoint("held")
         assert not p.done() and p.epoch == 1 and p.kind == "full" and p.pause_s > 0
@@ -170,26 +173,9 @@ def test_copy_mode_checkpoint_returns_before_the_epoch_is_durable(arena, tmp_pat
 def test_copy_mode_waits_for_the_epoch_in_flight(arena, tmp_path):
     """One epoch is in flight at a time: the next checkpoint waits for it
     (backpressure) and says how long in extra["wait_s"]."""
-    class SlowCommit:
-        def __init__(self, st):
-            self._s = st
-
-        def __getattr__(self, name):
-            return getattr(self._s, name)
-
-        def begin(self, **kw):
-            w = self._s.begin(**kw)
-            commit = w.commit
-
-            def slow(**k):
-                time.sleep(0.3)
-                return commit(**k)
-            w.commit = slow
-            return w
-
     st = memckpt.Store(tmp_path / "s", create=True)
     pages = pages_of(arena)
-    with memckpt.Checkpointer(arena, SlowCommit(st)) as ck:
+    with memckpt.Checkpointer(arena, DelayedCommits(st, lambda: time.sleep(0.3))) as ck:
         pages[1, 0] = 1
         p1 = ck.checkpoint()
         pages[2, 0] = 2
