@@ -213,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
              "against the same run untracked. The default matrix (1 GiB; 1% and 10%; every "
              "backend in mode copy, and auto's backend in every other mode) takes about two "
              "minutes on 2 CPUs; --full measures every backend in every mode at 256 MiB and 1 GiB, "
-             "0.1% to 100%. See docs/benchmarks.md.",
+             "0.1% to 100% (about 14 minutes). See docs/benchmarks.md.",
              "  memckpt bench                                the default matrix (~2 min)\n"
              "  memckpt bench --size-mib 256 --ratios 1      256 MiB, 1% dirty\n"
              "  memckpt bench --modes copy fork --backends uffd-async\n"
