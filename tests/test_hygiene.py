@@ -13,8 +13,9 @@ slack (malloc and the interpreter keep some of what they free).
 - 1,000 checkpoints (10,000 under ``-m slow``) through one Checkpointer on a
   64-page arena, full_every=100, pruned to the last 100 epochs every 100, in
   every capture mode (persist threads, fork children, copier threads);
-- the same never pruned: the Store keeps every manifest it read in a cache
-  (about 6.4 KiB each), so memory grows with the epochs in the store, and
+- the same never pruned: the Store keeps the manifests it read in a cache
+  (about 6.4 KiB each, 4,096 at most), so memory grows with the epochs in
+  the store up to that bound, and
   this test bounds that growth per epoch (docs/reliability.md).
 
     pytest tests/test_hygiene.py -v -s          # prints the measurements

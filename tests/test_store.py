@@ -638,3 +638,23 @@ def test_read_only_store_opens_and_reads(store, monkeypatch):
     assert (store.path / "e00000007-0.pack").exists()
     with pytest.raises(PermissionError):
         s.begin(kind="full", parent=None, layout={}, page_size=PS, npages=4)
+
+
+def test_manifest_cache_is_bounded_and_reads_stay_right(store, monkeypatch):
+    """A Store keeps the most recently used manifests only: reading a chain
+    longer than the cache still gives every epoch right."""
+    monkeypatch.setattr(local, "_MANIFEST_CACHE", 8)
+    rng = np.random.default_rng(5)
+    state = rng.integers(0, 256, size=(16, PS), dtype=np.uint8)
+    e = write_epoch(store, state, None, kind="full")
+    expect = {e: state.copy()}
+    for i in range(20):
+        state[i % 16, :8] = i
+        e = write_epoch(store, state, [i % 16], parent=e)
+        expect[e] = state.copy()
+    assert len(store.chain(e)) == 21
+    assert len(store._manifests) <= 8
+    for epoch, want in expect.items():
+        np.testing.assert_array_equal(read(store, epoch), want)
+    assert len(store._manifests) <= 8
+    assert [i.epoch for i in store.epochs()] == sorted(expect)

@@ -77,6 +77,7 @@ manifests, and otherwise reports EpochNotFound or CorruptionError.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import errno
 import fcntl
@@ -109,6 +110,7 @@ except (ValueError, OSError):  # pragma: no cover
 _CHUNK_BYTES = 32 << 20       # add_pages works in chunks this big: bounded temporaries
 _VERIFY_BATCH_BYTES = 16 << 20
 _LOCK_WAIT_S = 5.0            # how long begin() waits out a sweeping reader
+_MANIFEST_CACHE = 4096         # manifests a Store keeps parsed (about 26 MiB at most)
 _WRITER_WAIT_S = 600.0        # how long a write waits for this Store's open epoch writer
 _INDEX_CACHE_ENTRIES = 64
 
@@ -335,7 +337,11 @@ class Store:
         # weak: a writer dropped without commit or abort is collected, and its
         # __del__ aborts it (which takes it out of here)
         self._open_writers: weakref.WeakSet[EpochWriter] = weakref.WeakSet()
-        self._manifests: dict[int, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        # validated manifests by epoch, least recently used first; bounded, so
+        # that a process checkpointing for days without pruning does not keep
+        # every manifest it ever read (about 6.5 KiB each)
+        self._manifests: collections.OrderedDict[int, tuple[tuple[int, int, int], dict[str, Any]]] = \
+            collections.OrderedDict()
         self._indexes: dict[tuple[Any, ...], np.ndarray] = {}
         if page_size is not None and not fmt.valid_page_size(page_size):
             raise ValueError(f"page_size {page_size!r} must be a power of two in "
@@ -433,6 +439,8 @@ class Store:
             if not fresh:
                 with self._cache_lock:
                     hit = self._manifests.get(epoch)
+                    if hit is not None:
+                        self._manifests.move_to_end(epoch)
                 if hit is not None and hit[0] == key:
                     return hit[1]
             raw = _read_fd(fd, fmt.MAX_MANIFEST_BYTES, where)
@@ -442,6 +450,9 @@ class Store:
         fmt.check_manifest(doc, epoch=epoch, page_size=self.page_size, where=where)
         with self._cache_lock:
             self._manifests[epoch] = (key, doc)
+            self._manifests.move_to_end(epoch)
+            while len(self._manifests) > _MANIFEST_CACHE:
+                self._manifests.popitem(last=False)
         return doc
 
     def epochs(self) -> list[EpochInfo]:
