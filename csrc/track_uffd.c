@@ -590,6 +590,18 @@ static int reprotect(struct uffd_sync *s, const uint64_t *pages, size_t n)
 	return 0;
 }
 
+/* Put back what a collect drained (n dirty pages in out, w writable ones in
+ * s->scratch) when re-protecting them failed: some may still be writable,
+ * so their bits must stay set, or their next writes would go unseen.
+ * Called with s->lock held. */
+static void undrain(struct uffd_sync *s, const uint64_t *out, size_t n, size_t w)
+{
+	for (size_t i = 0; i < n; i++)
+		mck_bitmap_set(&s->dirty, (size_t)out[i]);
+	for (size_t i = 0; i < w; i++)
+		mck_bitmap_set(&s->writable, (size_t)s->scratch[i]);
+}
+
 static int64_t uffd_sync_collect(struct mck_tracker *t, uint64_t *out, size_t cap)
 {
 	struct uffd_sync *s = t->priv;
@@ -608,12 +620,7 @@ static int64_t uffd_sync_collect(struct mck_tracker *t, uint64_t *out, size_t ca
 	w = mck_bitmap_drain(&s->writable, s->scratch);
 	rc = reprotect(s, s->scratch, w);
 	if (rc < 0) {
-		/* some of these pages may still be writable: their bits must
-		 * stay set, or their next writes would go unseen */
-		for (size_t i = 0; i < n; i++)
-			mck_bitmap_set(&s->dirty, (size_t)out[i]);
-		for (size_t i = 0; i < w; i++)
-			mck_bitmap_set(&s->writable, (size_t)s->scratch[i]);
+		undrain(s, out, n, w);
 		goto out;
 	}
 	rc = (int64_t)n;
@@ -676,10 +683,7 @@ int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
 	rc = arm(bg, out, &n, s->scratch, w);
 	if (rc < 0) {
 		/* arm() widens out[] only once nothing can fail any more */
-		for (size_t i = 0; i < drained; i++)
-			mck_bitmap_set(&s->dirty, (size_t)out[i]);
-		for (size_t i = 0; i < w; i++)
-			mck_bitmap_set(&s->writable, (size_t)s->scratch[i]);
+		undrain(s, out, drained, w);
 		goto out;
 	}
 	rc = (int64_t)n;
