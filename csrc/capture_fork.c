@@ -293,17 +293,20 @@ static void place_pages(const struct mck_fork_job *job, struct fork_scratch *s,
 }
 
 /* Write the new pages (those whose offset is the next free one: dedup hits
- * point backwards), in runs of adjacent pages, and hash them in pack order. */
+ * point backwards), in runs of adjacent pages, and hash them in pack order.
+ * Only this epoch's records: the scratch is reused, and past `records` it
+ * holds an earlier epoch's (a full epoch records no zero page, so it can hold
+ * fewer records than pages). */
 static int write_pack(const struct mck_fork_job *job, struct fork_scratch *s,
-		      struct mck_blake3 *h)
+		      uint64_t records, struct mck_blake3 *h)
 {
 	const uint8_t *base = job->base;
 	size_t ps = job->page_size;
 	uint64_t next = job->pack_off, batch_off = job->pack_off;
 	int cnt = 0, rc;
 
-	for (uint64_t i = 0; i <= (uint64_t)job->n; i++) {
-		const struct fork_record *rec = i < job->n ? &s->recs[i] : NULL;
+	for (uint64_t i = 0; i <= records; i++) {
+		const struct fork_record *rec = i < records ? &s->recs[i] : NULL;
 		int is_new = rec && !(rec->flags & MCK_FORK_FLAG_ZERO) && rec->offset == next;
 		uint8_t *addr = is_new ? (uint8_t *)base + rec->page * ps : NULL;
 
@@ -422,7 +425,7 @@ static _Noreturn void child_main(const struct mck_fork_job *job, int result_fd,
 	stage = MCK_FORK_STAGE_PACK;
 	mck_blake3_init(&h);
 	mck_blake3_update(&h, job->pack_header, job->pack_header_len);
-	rc = write_pack(job, &s, &h);
+	rc = write_pack(job, &s, res.records, &h);
 	if (rc < 0)
 		goto fail;
 	mck_blake3_final(&h, res.pack_digest);

@@ -32,7 +32,7 @@ from memckpt.errors import CorruptionError, ForkChildError
 from memckpt.forksnap import ForkScratch, ForkSnapshot
 from memckpt.store import Store
 
-from conftest import pages_view
+from conftest import pages_view, touch
 
 
 def children() -> set[int]:
@@ -473,3 +473,33 @@ def test_checkpointer_close_reaps_a_running_child(tmp_path):
         p = ck.checkpoint()
         ck.close()  # waits for the child: the epoch is durable, the child reaped
         assert p.done() and p.result().epoch == 1 and children() == kids
+
+
+def test_full_epoch_with_fewer_pages_than_an_earlier_one(tmp_path, backend):
+    """Regression (issue 10, item 1): the child's scratch is reused, and a full
+    epoch records no zero page, so it can hold fewer records than an earlier
+    epoch did. The pack writer walked the scratch past this epoch's records and
+    appended an earlier epoch's pages, and every later checkpoint failed."""
+    with memckpt.Arena(128 * 4096) as arena:
+        a = arena.array("a", (128 * 4096,), np.uint8)
+        pv = pages_view(arena, a)
+        rng = np.random.default_rng(1)
+        with memckpt.Checkpointer(arena, tmp_path / "s", tracker=backend, mode="fork",
+                                  full_every=2) as ck:
+            pv[:64] = rng.integers(1, 256, (64, arena.page_size), dtype=np.uint8)
+            ck.checkpoint().result()          # 1: full, 64 stored pages
+            touch(pv, range(0, 64, 4))
+            ck.checkpoint().result()          # 2: incremental
+            pv[:32] = 0                      # half the written pages back to zero
+            infos = [ck.checkpoint().result() for _ in range(3)]  # 3: full, with 32 pages
+            want = pv.copy()
+            touch(pv, [40])
+            last = ck.checkpoint().result()
+        assert infos[0].kind == "full" and infos[0].pages_stored == 32
+        store = memckpt.Store(tmp_path / "s")
+        store.verify()
+        for info, content in ((infos[-1], want), (last, pv)):
+            got = np.empty_like(pv)
+            store.read_into(info.epoch, got)
+            assert np.array_equal(got, content)
+
