@@ -273,11 +273,13 @@ def open_store(path: str) -> Any:
 
 def read_infos(store: Any) -> tuple[list[Any], list[tuple[int, str]]]:
     """Every epoch's EpochInfo that can be read, and (epoch, why) for those that cannot."""
-    from .errors import MemckptError
+    from .errors import EpochNotFound, MemckptError
     good, bad = [], []
     for n in store.epoch_numbers():
         try:
             good.append(store.info(n))
+        except EpochNotFound:  # retired since the listing (a prune or compaction): not damage
+            continue
         except (MemckptError, OSError) as exc:
             bad.append((n, " ".join(str(exc).split())))
     return good, bad

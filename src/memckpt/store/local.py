@@ -3,8 +3,9 @@
 API CONTRACT (the checkpointer and the CLI code against it; docs/format.md
 describes the files):
 
-    store = Store(path, create=True)       # opens (creating if asked), takes no lock to read;
-                                           # sweeps uncommitted garbage when it can take the writer lock
+    store = Store(path, create=True)       # opens (creating if asked): reads the header only;
+                                           # writes nothing and takes no lock (see READERS below);
+                                           # creating is race-free across processes (under the lock)
                                            # (optional: page_size=N for a new store; default: the
                                            # system's page size; an existing store keeps its own)
     store.path                             # pathlib.Path
@@ -67,13 +68,33 @@ describes the files):
                                            # epoch's lineage parent may go); removes newest first;
                                            # both None: removes nothing
     store.close()                          # drops caches (a Store holds no fd between calls)
+    store.sweep() -> list[str]             # a writer's operation (takes the lock): removes what no
+                                           # committed manifest references (*.tmp, data files);
+                                           # returns the names removed
 
     # read_into, verify and compact also take progress=callable(done, total): pages
     # filled, bytes checked, pages merged.
 
-Readers take no lock. A reader racing a compact() or prune() in another
-process may find an epoch's files gone: read_into retries with fresh
-manifests, and otherwise reports EpochNotFound or CorruptionError.
+READERS never write and never take the writer's lock: opening a Store reads
+the header alone (no lock file is created, nothing is swept, no manifest is
+read), so readers work on a full or read-only file system and never make a
+writer wait. Only the writer sweeps uncommitted garbage, under its lock: at
+the first begin()/compact()/prune() of each Store object, after an epoch it
+wrote failed to commit, and on sweep().
+
+A reader racing a compact() or prune() in another process may find a
+manifest or file it was reading retired. read_into and verify then retry with
+fresh manifests; a retired epoch is EpochNotFound "... was retired during
+read/verify ..." (verify() of the whole store skips it: retired is not
+damaged); after several spoiled tries they give up with a MemckptError naming
+the concurrent prune or compaction. Damage (a bad digest, a missing or short
+file) is reported as CorruptionError only when every manifest the read used
+is still in place, i.e. never for a healthy store.
+
+Every store file (and the lock) is opened O_NOFOLLOW | O_NONBLOCK and
+fstat-checked to be a regular file before any read or write: a symbolic
+link, FIFO, device, socket or directory in its place is a FormatError naming
+the file ("... is a FIFO, not a regular file"), never a hang.
 """
 from __future__ import annotations
 
@@ -84,6 +105,7 @@ import fcntl
 import json
 import mmap
 import os
+import stat
 import threading
 import time
 import weakref
@@ -99,8 +121,12 @@ from ..epoch import EpochInfo
 from ..errors import CorruptionError, EpochNotFound, FormatError, MemckptError, StoreLocked
 from . import format as fmt
 
-_O_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+# O_NONBLOCK: a FIFO (or a device) planted at a store file's name must not
+# hang whoever opens it; O_NOCTTY: nor become our terminal. Every fd opened
+# here is fstat-checked to be a regular file before it is read or written.
+_O_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+_O_CREATE = (os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+             | os.O_NONBLOCK | os.O_NOCTTY)
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
 try:
@@ -113,6 +139,7 @@ _LOCK_WAIT_S = 5.0            # how long begin() waits out a sweeping reader
 _MANIFEST_CACHE = 4096         # manifests a Store keeps parsed (about 26 MiB at most)
 _WRITER_WAIT_S = 600.0        # how long a write waits for this Store's open epoch writer
 _INDEX_CACHE_ENTRIES = 64
+_SNAPSHOT_TRIES = 5            # reads a concurrent prune/compaction may spoil before a reader gives up
 
 
 class _MissingFile(CorruptionError):
@@ -128,10 +155,60 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _kind_of(mode: int) -> str:
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _not_regular(where: str, mode: int) -> FormatError:
+    return FormatError(f"{where}: is {_kind_of(mode)}, not a regular file; "
+                       "store files must be regular files")
+
+
+def _check_regular(fd: int, where: str) -> os.stat_result:
+    """fstat(fd), refusing anything but a regular file: a FIFO, device or
+    socket planted at a store file's name would hang or mislead a read."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(where, st.st_mode)
+    return st
+
+
+def _open_file(path: Path, flags: int, where: str, mode: int = _FILE_MODE) -> int:
+    """os.open(path, flags) for a store file, checked to be a regular file.
+    FileNotFoundError passes through; a symbolic link, FIFO, device, socket
+    or directory at ``path`` is a FormatError naming ``where``."""
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise FormatError(f"{where}: is a symbolic link; store files must be regular files") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP):
+            # a socket, a FIFO opened for writing with no reader, a directory,
+            # a device without a driver: say what it is, not the bare errno
+            try:
+                st = os.lstat(path)
+            except OSError:
+                raise exc from None
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_regular(where, st.st_mode) from None
+        raise
+    try:
+        _check_regular(fd, where)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _write_durable(path: Path, data: bytes) -> None:
     """Create ``path`` (owner-only, never through a symlink) holding ``data``,
     fsynced: the step before a rename or link publishes it."""
-    fd = os.open(path, _O_CREATE, _FILE_MODE)
+    fd = _open_file(path, _O_CREATE, str(path))
     try:
         _write_all(fd, data, 0)
         os.fsync(fd)
@@ -192,12 +269,7 @@ def _preadv_exact(fd: int, bufs: list[Any], offset: int, where: str) -> None:
 
 
 def _read_small(path: Path, limit: int, where: str) -> bytes:
-    try:
-        fd = os.open(path, _O_READ)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise FormatError(f"{where}: is a symbolic link; store files must be regular files") from None
-        raise
+    fd = _open_file(path, _O_READ, where)
     try:
         return _read_fd(fd, limit, where)
     finally:
@@ -222,6 +294,12 @@ def _read_fd(fd: int, limit: int, where: str) -> bytes:
             raise FormatError(f"{where}: more than a store file of this kind may hold ({limit})")
 
 
+def _fmt_epochs(epochs: list[int]) -> str:
+    head = ", ".join(str(e) for e in epochs[:5])
+    more = f" and {len(epochs) - 5} more" if len(epochs) > 5 else ""
+    return f"epoch{'s' if len(epochs) > 1 else ''} {head}{more}"
+
+
 def _unlink(path: Path) -> bool:
     try:
         os.unlink(path)
@@ -236,14 +314,11 @@ class _Lock:
 
     def __init__(self, store_path: Path, role: str, *, wait: float) -> None:
         self.fd: int | None = None
-        try:
-            fd = os.open(store_path / fmt.LOCK_NAME,
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # never lock (or truncate) a file through a link
-                raise FormatError(f"store {store_path}: {fmt.LOCK_NAME} is a symbolic link; "
-                                  "store files must be regular files") from None
-            raise
+        # never lock (or truncate) a file through a link, nor a FIFO or device
+        # planted as the lock (flock on those fails with a bare EINVAL)
+        fd = _open_file(store_path / fmt.LOCK_NAME,
+                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+                        | os.O_NOCTTY, f"store {store_path}: {fmt.LOCK_NAME}")
         deadline = time.monotonic() + wait
         try:
             while True:
@@ -254,8 +329,9 @@ class _Lock:
                     holder = os.pread(fd, 64, 0).decode("ascii", "replace").split()
                     pid = holder[0] if holder else "?"
                     what = holder[1] if len(holder) > 1 else ""
-                    # a reader sweeping garbage holds the lock briefly: wait it out
-                    if what in ("sweep", "") and time.monotonic() < deadline:
+                    # a process creating the store holds the lock for a moment
+                    # (and "sweep": a reader of an older memckpt): wait it out
+                    if what in ("create", "sweep", "") and time.monotonic() < deadline:
                         time.sleep(0.002)
                         continue
                     who = "this process" if pid == str(os.getpid()) else f"pid {pid}"
@@ -267,19 +343,6 @@ class _Lock:
             os.close(fd)
             raise
         self.fd = fd
-
-    @classmethod
-    def try_take(cls, store_path: Path, role: str) -> _Lock | None:
-        """The lock if it is free; None if it is held, or cannot be taken at all
-        (a read-only store or file system: then there is nothing to sweep either)."""
-        try:
-            return cls(store_path, role, wait=0.0)
-        except StoreLocked:
-            return None
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                return None
-            raise
 
     def release(self) -> None:
         fd, self.fd = self.fd, None
@@ -346,15 +409,17 @@ class Store:
         if page_size is not None and not fmt.valid_page_size(page_size):
             raise ValueError(f"page_size {page_size!r} must be a power of two in "
                              f"{fmt.MIN_PAGE_SIZE}..{fmt.MAX_PAGE_SIZE}")
+        # Only the writer sweeps, under its lock: at the first write of this
+        # Store object (begin, compact, prune, sweep), and at the next write
+        # after one of its own epochs did not commit (_sweep_if_due). Opening
+        # reads the header and nothing else, so readers write nothing.
+        self._swept = False
+        self._unsettled: tuple[int, str] | None = None  # (epoch, pack name) being written
         if create:
             self._create(page_size if page_size is not None else mmap.PAGESIZE)
         self.page_size: int = self._read_header()
         if page_size is not None and page_size != self.page_size:
             raise ValueError(f"store {self.path} has page size {self.page_size}, not {page_size}")
-        lock = _Lock.try_take(self.path, "sweep")
-        if lock is not None:
-            with lock:
-                self._sweep()
 
     def __repr__(self) -> str:
         return f"<memckpt.Store {str(self.path)!r}>"
@@ -373,29 +438,43 @@ class Store:
 
     # -- the store header ----------------------------------------------------------
     def _create(self, page_size: int) -> None:
-        existed = self.path.exists()
-        self.path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        if not existed:
-            os.chmod(self.path, _DIR_MODE)
+        """Make the directory a store unless it is one. Race-free across
+        processes: the header is made under the writer lock (no other
+        creator, and no writer's sweep, can remove its temporary or see a
+        half-made store), and it is published by link(), which never replaces
+        a header another creator published first."""
         header = self.path / fmt.STORE_HEADER
-        if header.exists():
+        if os.path.lexists(header):  # a store already (or something _read_header will name)
             return
-        others = [n for n in os.listdir(self.path)
-                  if n != fmt.LOCK_NAME and not n.endswith(fmt.TMP_SUFFIX)]
-        if others:
-            raise FormatError(f"{self.path} is not empty and is not a memckpt store "
-                              f"(no {fmt.STORE_HEADER}); refusing to make a store of it")
-        doc = fmt.sign({"format": fmt.STORE_FORMAT, "version": fmt.VERSION,
-                        "page_size": page_size, "created": time.time()})
-        tmp = self.path / f"{fmt.STORE_HEADER}.{os.getpid()}{fmt.TMP_SUFFIX}"
-        _write_durable(tmp, fmt.dump_document(doc))
         try:
-            os.link(tmp, header)  # exclusive: a racing creator's header wins, intact
+            os.mkdir(self.path, _DIR_MODE)
+            os.chmod(self.path, _DIR_MODE)  # whatever the umask
         except FileExistsError:
             pass
-        finally:
-            _unlink(tmp)
-        _fsync_dir(self.path)
+        except FileNotFoundError:  # its parents too
+            self.path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            os.chmod(self.path, _DIR_MODE)
+        if not self.path.is_dir():
+            raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(self.path))
+        with _Lock(self.path, "create", wait=_LOCK_WAIT_S):
+            if os.path.lexists(header):  # another creator made it while we waited
+                return
+            others = [n for n in os.listdir(self.path)
+                      if n != fmt.LOCK_NAME and not n.endswith(fmt.TMP_SUFFIX)]
+            if others:
+                raise FormatError(f"{self.path} is not empty and is not a memckpt store "
+                                  f"(no {fmt.STORE_HEADER}); refusing to make a store of it")
+            doc = fmt.sign({"format": fmt.STORE_FORMAT, "version": fmt.VERSION,
+                            "page_size": page_size, "created": time.time()})
+            tmp = self.path / f"{fmt.STORE_HEADER}.{os.getpid()}{fmt.TMP_SUFFIX}"
+            try:
+                _write_durable(tmp, fmt.dump_document(doc))
+                os.link(tmp, header)  # exclusive: never replaces a header
+            except FileExistsError:  # a creator that took no lock (an older memckpt) won
+                pass
+            finally:
+                _unlink(tmp)
+            _fsync_dir(self.path)
 
     def _read_header(self) -> int:
         where = f"store {self.path}: {fmt.STORE_HEADER}"
@@ -499,16 +578,13 @@ class Store:
 
     # -- data files -------------------------------------------------------------------
     def _open_regular(self, name: str, where: str, missing: Exception) -> int:
-        """Open a store file for reading, never through a symbolic link;
-        raise ``missing`` if it is not there."""
+        """Open a store file for reading, never through a symbolic link nor
+        anything but a regular file (see _open_file); raise ``missing`` if
+        it is not there."""
         try:
-            return os.open(self.path / name, _O_READ)
+            return _open_file(self.path / name, _O_READ, where)
         except FileNotFoundError:
             raise missing from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise FormatError(f"{where}: is a symbolic link; store files must be regular files") from None
-            raise
 
     def _open_data(self, epoch: int, doc: dict[str, Any], ext: str) -> int:
         name = doc["files"][ext]["name"]
@@ -751,16 +827,44 @@ class Store:
         req = None
         if pages is not None:
             req = np.unique(_as_pages(pages, "pages"))
-        for attempt in range(3):
+        for attempt in range(_SNAPSHOT_TRIES):
+            before = set(self.epoch_numbers())
             try:
                 self._read_into(epoch, out, req, progress, out_is_zero)
                 return
-            except _MissingFile:
-                # a compact/prune in another process may have retired these files
-                # between our reading the manifests and opening the files
-                if attempt == 2:
-                    raise
+            except (CorruptionError, FormatError, EpochNotFound) as exc:
+                # a prune or compaction in another process may have retired
+                # files or manifests between our reading the manifests and the files
+                before = self._raced(epoch, before, exc, "read", attempt)
                 self._drop_caches()
+
+    # -- snapshot reads beside a writer ---------------------------------------------------
+    # Readers take no lock, so a prune or compaction in another process may
+    # retire what a read is reading. Retirement removes an epoch's manifest (or
+    # renames a merged one over it) before any file the old manifest names, and
+    # never reuses a name. So a read that tripped over a retirement finds, once
+    # it has failed, a manifest that existed when it began gone: then it is
+    # retried with fresh manifests (or, if the epoch itself is gone, reported
+    # as retired); a failure with every manifest still in place is the store's own.
+    def _raced(self, target: int, before: set[int], exc: BaseException, what: str,
+               attempt: int) -> set[int]:
+        """After a read of ``target``'s chain failed with ``exc``: re-raise it if
+        no prune or compaction moved anything under the read (the damage is
+        real); EpochNotFound if ``target`` itself was retired; else the fresh
+        listing to retry from (or give up, naming the race, after the last try)."""
+        after = set(self.epoch_numbers())
+        gone = sorted(e for e in before - after if e <= target)
+        if not gone:
+            raise exc
+        if target in gone:
+            raise EpochNotFound(f"store {self.path}: epoch {target} was retired during {what} by a "
+                                f"prune or compaction (in another process)") from exc
+        if attempt + 1 >= _SNAPSHOT_TRIES:
+            raise MemckptError(f"store {self.path}: gave up trying to {what} epoch {target} after "
+                               f"{_SNAPSHOT_TRIES} tries: a prune or compaction (in another process) "
+                               f"kept retiring epochs of its chain (the last retired "
+                               f"{_fmt_epochs(gone)}; the read failed with: {exc})") from exc
+        return after
 
     def _read_into(self, epoch: int, out: np.ndarray, req: np.ndarray | None,
                    progress: Callable[[int, int], None] | None, out_is_zero: bool) -> None:
@@ -845,14 +949,58 @@ class Store:
         """See the module docstring; progress(done, total) counts bytes of
         index and pack files checked."""
         self._read_header()
+        self._drop_caches()  # verify reads what is on disk now
         if epoch is None:
-            targets = self.epoch_numbers()
-        else:
-            targets = self.chain(epoch)
+            return self._verify_all(progress)
+        targets: list[int] = []
+        # the chain of one epoch: a compaction in another process may merge
+        # part of it while we check it; then check the merged chain, skipping
+        # what was checked already (its files are immutable)
+        checked: set[tuple[int, str]] = set()
+        total = [0]
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(min(done[0], total[0]), total[0])
+
+        for attempt in range(_SNAPSHOT_TRIES):
+            before = set(self.epoch_numbers())
+            try:
+                targets = self.chain(epoch)
+                docs = {e: self._doc(e) for e in targets}
+                if progress is not None:
+                    total[0] = done[0] + sum(d["files"]["idx"]["size"] + d["files"]["pack"]["size"]
+                                             for e, d in docs.items()
+                                             if (e, d["files"]["pack"]["name"]) not in checked)
+                for e in targets:
+                    key = (e, docs[e]["files"]["pack"]["name"])
+                    if key not in checked:
+                        self._verify_epoch(e, tick)
+                        checked.add(key)
+                break
+            except (CorruptionError, FormatError, EpochNotFound) as exc:
+                self._raced(epoch, before, exc, "verify", attempt)
+                self._drop_caches()
+        if progress is not None:
+            progress(total[0], total[0])
+
+    def _verify_all(self, progress: Callable[[int, int], None] | None) -> None:
+        """verify() of every epoch. An epoch a prune or compaction in another
+        process retires during the run is skipped (it was retired, not damaged);
+        one whose chain moved under its check is checked again."""
+        targets = self.epoch_numbers()
         total = 0
         if progress is not None:
-            for e in targets:
-                f = self._doc(e)["files"]
+            for e in list(targets):
+                try:
+                    f = self._doc(e)["files"]
+                except EpochNotFound:  # retired since the listing
+                    targets.remove(e)
+                    continue
+                except (CorruptionError, FormatError):
+                    continue  # _verify_epoch reports it
                 total += f["idx"]["size"] + f["pack"]["size"]
         done = [0]
 
@@ -861,8 +1009,17 @@ class Store:
             if progress is not None:
                 progress(min(done[0], total), total)
 
+        before = set(targets)
         for e in targets:
-            self._verify_epoch(e, tick)
+            for attempt in range(_SNAPSHOT_TRIES):
+                try:
+                    self._verify_epoch(e, tick)
+                    break
+                except (CorruptionError, FormatError, EpochNotFound) as exc:
+                    if not os.path.lexists(self.path / fmt.manifest_name(e)):
+                        break  # epoch e was retired during verify: that is not damage
+                    before = self._raced(e, before, exc, "verify", attempt)
+                    self._drop_caches()
         if progress is not None:
             progress(total, total)
 
@@ -938,6 +1095,7 @@ class Store:
         self._wait_for_writers("begin an epoch")
         lock = _Lock(self.path, "write", wait=_LOCK_WAIT_S)
         try:
+            self._sweep_if_due()
             nums = self.epoch_numbers()
             epoch = nums[-1] + 1 if nums else 1
             if parent is not None:
@@ -947,8 +1105,10 @@ class Store:
                     if pdoc["npages"] != npages:
                         raise ValueError(f"an incremental epoch of {npages} pages cannot follow "
                                          f"epoch {parent} of {pdoc['npages']} pages")
-            return EpochWriter(self, lock, epoch=epoch, gen=0, kind=kind, parent=parent,
-                               layout=layout, npages=int(npages), compress=compress)  # type: ignore[arg-type]
+            w = EpochWriter(self, lock, epoch=epoch, gen=0, kind=kind, parent=parent,
+                            layout=layout, npages=int(npages), compress=compress)  # type: ignore[arg-type]
+            self._unsettled = (epoch, w._pack_name)
+            return w
         except BaseException:
             lock.release()
             raise
@@ -979,6 +1139,7 @@ class Store:
         """See the module docstring; progress(done, total) counts pages merged."""
         self._wait_for_writers("compact")
         with _Lock(self.path, "compact", wait=_LOCK_WAIT_S):
+            self._sweep_if_due()
             full_chain = self.chain(last)
             if first not in full_chain:
                 done = (self._doc(last).get("compacted") or {}).get("from", [])
@@ -1007,6 +1168,7 @@ class Store:
                             kind=dfirst["kind"], parent=dfirst.get("parent"),
                             layout=dlast["layout"], npages=dlast["npages"],
                             compress=dlast.get("compress"))
+            self._unsettled = (last, w._pack_name)
             try:
                 self._copy_run(run, w, progress)
                 w._finish_files()
@@ -1110,6 +1272,7 @@ class Store:
             return []
         self._wait_for_writers("prune")
         with _Lock(self.path, "prune", wait=_LOCK_WAIT_S):
+            self._sweep_if_due()
             nums = self.epoch_numbers()
             if not nums:
                 return []
@@ -1125,6 +1288,33 @@ class Store:
             if remove:
                 self._retire(remove, [])
             return remove
+
+    def sweep(self) -> list[str]:
+        """Remove uncommitted garbage now (a writer's operation: takes the
+        writer lock, StoreLocked if another writer holds it); returns the
+        names removed. Writes do this themselves when it is due."""
+        self._wait_for_writers("sweep")
+        with _Lock(self.path, "write", wait=_LOCK_WAIT_S):
+            removed = self._sweep()
+            self._swept, self._unsettled = True, None
+            return removed
+
+    def _sweep_if_due(self) -> None:
+        """Sweep (caller holds the writer lock) at this Store's first write,
+        and after an epoch it wrote did not commit: an abort that was itself
+        cut short (a signal, a dying disk) may have left its files. Checking
+        costs one manifest read; a sweep reads every manifest."""
+        due = not self._swept
+        if not due and self._unsettled is not None:
+            epoch, pack = self._unsettled
+            try:
+                due = self._doc(epoch)["files"]["pack"]["name"] != pack
+            except (MemckptError, OSError):
+                due = True
+        if due:
+            self._sweep()
+            self._swept = True
+        self._unsettled = None
 
     def _sweep(self) -> list[str]:
         """Remove what no committed manifest references (caller holds the lock):
@@ -1223,7 +1413,8 @@ class EpochWriter:
             self._compressor = lambda b: lz4b.compress(b, store_size=False)
             self._cflag = fmt.FLAG_LZ4
         self._pack_fd: int | None = None
-        self._pack_fd = os.open(store.path / self._pack_name, _O_CREATE, _FILE_MODE)
+        self._pack_fd = _open_file(store.path / self._pack_name, _O_CREATE,
+                                   f"epoch {epoch}: {self._pack_name}")
         with store._writers_cv:  # from here on, abort() (or commit) takes it out again
             store._open_writers.add(self)
         try:
@@ -1449,7 +1640,8 @@ class EpochWriter:
                              "another process writing the files (a fork child) cannot do")
         assert self._pack_fd is not None
         try:
-            self._idx_fd = os.open(self._store.path / self._idx_name, _O_CREATE, _FILE_MODE)
+            self._idx_fd = _open_file(self._store.path / self._idx_name, _O_CREATE,
+                                      f"epoch {self.epoch}: {self._idx_name}")
         except BaseException:
             self.abort()
             raise
@@ -1542,7 +1734,8 @@ class EpochWriter:
             os.close(fd)
         recs = np.concatenate(self._recs) if self._recs else np.zeros(0, dtype=fmt.RECORD_DTYPE)
         idx = fmt.idx_header(self.epoch, self.page_size, len(recs)) + recs.tobytes()
-        ifd = os.open(self._store.path / self._idx_name, _O_CREATE, _FILE_MODE)
+        ifd = _open_file(self._store.path / self._idx_name, _O_CREATE,
+                         f"epoch {self.epoch}: {self._idx_name}")
         try:
             _write_all(ifd, idx, 0)
             os.fdatasync(ifd)
