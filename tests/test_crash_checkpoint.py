@@ -105,7 +105,8 @@ def kill_trials(tmp_path, trials: int, npages: int, max_delay: float, seed: int,
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, \
             f"trial {t}: the child stopped on its own (status {status}); see its stderr"
 
-        store = memckpt.Store(path)  # sweeps what the killed writer left
+        store = memckpt.Store(path)
+        store.sweep()  # what the killed writer left (the next writer would do it)
         store.verify()
         latest = store.latest()
         assert latest is not None  # the child committed epoch "0" before signalling

@@ -228,7 +228,8 @@ def test_missing_data_file(copy, ext):
 def test_missing_manifest_breaks_the_chain(copy):
     path, expected = copy
     os.unlink(path / fmt.manifest_name(DAMAGED))
-    s = Store(path)                                   # its data are garbage now: swept
+    s = Store(path)
+    s.sweep()                                         # its data are garbage now: swept
     assert not (path / fmt.data_name(DAMAGED, 0, "pack")).exists()
     with pytest.raises(EpochNotFound):
         read(s, DAMAGED)
@@ -245,6 +246,8 @@ def test_extra_garbage_is_swept(copy):
     for n in extra:
         (path / n).write_bytes(os.urandom(100))
     s = Store(path)
+    assert set(extra) <= set(os.listdir(path))  # a reader removes nothing
+    s.sweep()
     assert not set(extra) & set(os.listdir(path))
     s.verify()
     for e, want in expected.items():

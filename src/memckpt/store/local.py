@@ -456,7 +456,20 @@ class Store:
             os.chmod(self.path, _DIR_MODE)
         if not self.path.is_dir():
             raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(self.path))
-        with _Lock(self.path, "create", wait=_LOCK_WAIT_S):
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            try:
+                lock = _Lock(self.path, "create", wait=0.0)
+                break
+            except StoreLocked:
+                # another creator, or a writer of the store another creator
+                # has just made (then there is nothing left to do)
+                if os.path.lexists(header):
+                    return
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.002)
+        with lock:
             if os.path.lexists(header):  # another creator made it while we waited
                 return
             others = [n for n in os.listdir(self.path)
