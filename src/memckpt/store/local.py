@@ -329,8 +329,8 @@ class _Lock:
                     holder = os.pread(fd, 64, 0).decode("ascii", "replace").split()
                     pid = holder[0] if holder else "?"
                     what = holder[1] if len(holder) > 1 else ""
-                    # a process creating the store holds the lock for a moment
-                    # (and "sweep": a reader of an older memckpt): wait it out
+                    # a process creating the store, or sweeping it, holds
+                    # the lock for a moment: wait it out
                     if what in ("create", "sweep", "") and time.monotonic() < deadline:
                         time.sleep(0.002)
                         continue
@@ -1307,7 +1307,8 @@ class Store:
         writer lock, StoreLocked if another writer holds it); returns the
         names removed. Writes do this themselves when it is due."""
         self._wait_for_writers("sweep")
-        with _Lock(self.path, "write", wait=_LOCK_WAIT_S):
+        # role "sweep": a writer arriving meanwhile waits the moment out
+        with _Lock(self.path, "sweep", wait=_LOCK_WAIT_S):
             removed = self._sweep()
             self._swept, self._unsettled = True, None
             return removed
