@@ -842,13 +842,14 @@ class Store:
             req = np.unique(_as_pages(pages, "pages"))
         for attempt in range(_SNAPSHOT_TRIES):
             before = set(self.epoch_numbers())
+            used: dict[int, Any] = {}
             try:
-                self._read_into(epoch, out, req, progress, out_is_zero)
+                self._read_into(epoch, out, req, progress, out_is_zero, used)
                 return
             except (CorruptionError, FormatError, EpochNotFound) as exc:
                 # a prune or compaction in another process may have retired
                 # files or manifests between our reading the manifests and the files
-                before = self._raced(epoch, before, exc, "read", attempt)
+                self._raced(epoch, before, used, exc, "read", attempt)
                 self._drop_caches()
 
     # -- snapshot reads beside a writer ---------------------------------------------------
@@ -856,17 +857,33 @@ class Store:
     # retire what a read is reading. Retirement removes an epoch's manifest (or
     # renames a merged one over it) before any file the old manifest names, and
     # never reuses a name. So a read that tripped over a retirement finds, once
-    # it has failed, a manifest that existed when it began gone: then it is
+    # it has failed, that a manifest it used names other files now or is gone,
+    # or (if it failed walking the chain, before it had the manifests) that an
+    # epoch up to the one it read, present when it began, is gone. Then it is
     # retried with fresh manifests (or, if the epoch itself is gone, reported
-    # as retired); a failure with every manifest still in place is the store's own.
-    def _raced(self, target: int, before: set[int], exc: BaseException, what: str,
-               attempt: int) -> set[int]:
+    # as retired); a failure with all of it still in place is the store's own.
+    def _raced(self, target: int, before: set[int], used: dict[int, Any], exc: BaseException,
+               what: str, attempt: int) -> set[int]:
         """After a read of ``target``'s chain failed with ``exc``: re-raise it if
         no prune or compaction moved anything under the read (the damage is
         real); EpochNotFound if ``target`` itself was retired; else the fresh
-        listing to retry from (or give up, naming the race, after the last try)."""
+        listing to retry from (or give up, naming the race, after the last try).
+        ``used``: epoch -> the manifest's "files" the read used."""
         after = set(self.epoch_numbers())
         gone = sorted(e for e in before - after if e <= target)
+        for e, files in used.items():
+            if e in gone:
+                continue
+            try:
+                now = self._doc(e, fresh=True)["files"]
+            except EpochNotFound:
+                gone.append(e)
+                continue
+            except (MemckptError, OSError):
+                continue  # a manifest is only ever replaced whole: this one is damaged
+            if now != files:
+                gone.append(e)  # replaced by a compaction's merged epoch
+        gone.sort()
         if not gone:
             raise exc
         if target in gone:
@@ -875,14 +892,16 @@ class Store:
         if attempt + 1 >= _SNAPSHOT_TRIES:
             raise MemckptError(f"store {self.path}: gave up trying to {what} epoch {target} after "
                                f"{_SNAPSHOT_TRIES} tries: a prune or compaction (in another process) "
-                               f"kept retiring epochs of its chain (the last retired "
+                               f"kept retiring epochs of its chain (the last one moved "
                                f"{_fmt_epochs(gone)}; the read failed with: {exc})") from exc
         return after
 
     def _read_into(self, epoch: int, out: np.ndarray, req: np.ndarray | None,
-                   progress: Callable[[int, int], None] | None, out_is_zero: bool) -> None:
+                   progress: Callable[[int, int], None] | None, out_is_zero: bool,
+                   used: dict[int, Any]) -> None:
         chain = self.chain(epoch)
         docs = [self._doc(e) for e in chain]
+        used.update((e, d["files"]) for e, d in zip(chain, docs))
         npages = docs[-1]["npages"]
         if out.shape != (npages, self.page_size):
             raise ValueError(f"out has shape {out.shape}, epoch {epoch} needs ({npages}, {self.page_size})")
@@ -980,9 +999,11 @@ class Store:
 
         for attempt in range(_SNAPSHOT_TRIES):
             before = set(self.epoch_numbers())
+            used: dict[int, Any] = {}
             try:
                 targets = self.chain(epoch)
                 docs = {e: self._doc(e) for e in targets}
+                used.update((e, d["files"]) for e, d in docs.items())
                 if progress is not None:
                     total[0] = done[0] + sum(d["files"]["idx"]["size"] + d["files"]["pack"]["size"]
                                              for e, d in docs.items()
@@ -994,7 +1015,7 @@ class Store:
                         checked.add(key)
                 break
             except (CorruptionError, FormatError, EpochNotFound) as exc:
-                self._raced(epoch, before, exc, "verify", attempt)
+                self._raced(epoch, before, used, exc, "verify", attempt)
                 self._drop_caches()
         if progress is not None:
             progress(total[0], total[0])
@@ -1025,13 +1046,18 @@ class Store:
         before = set(targets)
         for e in targets:
             for attempt in range(_SNAPSHOT_TRIES):
+                used: dict[int, Any] = {}
+                try:
+                    used[e] = self._doc(e)["files"]
+                except (MemckptError, OSError):
+                    pass  # _verify_epoch says what is wrong with it
                 try:
                     self._verify_epoch(e, tick)
                     break
                 except (CorruptionError, FormatError, EpochNotFound) as exc:
                     if not os.path.lexists(self.path / fmt.manifest_name(e)):
                         break  # epoch e was retired during verify: that is not damage
-                    before = self._raced(e, before, exc, "verify", attempt)
+                    before = self._raced(e, before, used, exc, "verify", attempt)
                     self._drop_caches()
         if progress is not None:
             progress(total, total)
