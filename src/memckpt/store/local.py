@@ -135,7 +135,7 @@ except (ValueError, OSError):  # pragma: no cover
     _IOV_MAX = 1024
 _CHUNK_BYTES = 32 << 20       # add_pages works in chunks this big: bounded temporaries
 _VERIFY_BATCH_BYTES = 16 << 20
-_LOCK_WAIT_S = 5.0            # how long begin() waits out a sweeping reader
+_LOCK_WAIT_S = 5.0            # how long a write waits out a creator or a sweep (never a writer)
 _MANIFEST_CACHE = 4096         # manifests a Store keeps parsed (about 26 MiB at most)
 _WRITER_WAIT_S = 600.0        # how long a write waits for this Store's open epoch writer
 _INDEX_CACHE_ENTRIES = 64
@@ -869,6 +869,8 @@ class Store:
         real); EpochNotFound if ``target`` itself was retired; else the fresh
         listing to retry from (or give up, naming the race, after the last try).
         ``used``: epoch -> the manifest's "files" the read used."""
+        if target not in before and target not in used:
+            raise exc  # there was no such epoch to begin with
         after = set(self.epoch_numbers())
         gone = sorted(e for e in before - after if e <= target)
         for e, files in used.items():
@@ -981,7 +983,6 @@ class Store:
         """See the module docstring; progress(done, total) counts bytes of
         index and pack files checked."""
         self._read_header()
-        self._drop_caches()  # verify reads what is on disk now
         if epoch is None:
             return self._verify_all(progress)
         targets: list[int] = []
