@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memckpt import FormatError, StoreLocked
+from memckpt import CorruptionError, EpochNotFound, FormatError, StoreLocked
 from memckpt.store import Store
 from memckpt.store import format as fmt
 from memckpt.store import local
@@ -367,6 +367,95 @@ def test_create_waits_for_another_creator_not_for_a_writer(tmp_path):
         w.abort()
 
 
+# -- item 9: a prune or compaction between a reader's manifests and its files ----------------
+def _between(monkeypatch: pytest.MonkeyPatch, reader: Store, action: Any) -> list[int]:
+    """Run ``action`` once, the first time ``reader`` opens a pack: after it
+    has read the manifests (and indexes) it is working from."""
+    real = Store._open_pack
+    fired: list[int] = []
+
+    def hooked(self: Store, epoch: int, doc: dict[str, Any]) -> int:
+        if self is reader and not fired:
+            fired.append(epoch)
+            action()
+        return real(self, epoch, doc)
+    monkeypatch.setattr(Store, "_open_pack", hooked)
+    return fired
+
+
+@pytest.mark.parametrize("target", [None, 3])
+def test_verify_over_a_compaction_is_not_damage(copy, monkeypatch, target):
+    path, expected = copy
+    reader, writer = Store(path), Store(path)
+    fired = _between(monkeypatch, reader, lambda: writer.compact(1, 3))
+    reader.verify(target)
+    assert fired and writer.epoch_numbers() == [3]
+    assert np.array_equal(read(reader, 3), expected[3])
+
+
+def test_verify_over_a_prune_skips_what_was_retired(copy, monkeypatch):
+    path, expected = copy
+    reader, writer = Store(path), Store(path)
+    new = write_epoch(writer, expected[3], None, kind="full")
+    fired = _between(monkeypatch, reader, lambda: writer.prune(keep_last=1))
+    reader.verify()
+    assert fired and writer.epoch_numbers() == [new]
+
+
+def test_read_over_a_compaction_rereads_and_over_a_prune_says_retired(copy, monkeypatch):
+    path, expected = copy
+    reader, writer = Store(path), Store(path)
+    _between(monkeypatch, reader, lambda: writer.compact(2, 3))
+    assert np.array_equal(read(reader, 3), expected[3])
+    monkeypatch.undo()
+    new = write_epoch(writer, expected[3], None, kind="full")
+    _between(monkeypatch, reader, lambda: writer.prune(keep_last=1))
+    with pytest.raises(EpochNotFound, match="epoch 3 was retired during read by a prune or compaction"):
+        read(reader, 3)
+    assert np.array_equal(read(reader, new), expected[3])
+
+
+def test_real_damage_is_still_reported(copy):
+    """A bad page in a file the current manifest names: CorruptionError, at
+    once (nothing moved, so nothing is retried away)."""
+    path, _ = copy
+    pack = path / fmt.data_name(2, 0, "pack")
+    raw = bytearray(pack.read_bytes())
+    raw[fmt.PACK_HEADER_SIZE + 7] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    s = Store(path)
+    with pytest.raises(CorruptionError, match="epoch 2"):
+        s.verify()
+    with pytest.raises(CorruptionError, match="epoch 2"):
+        s.verify(3)
+    with pytest.raises(CorruptionError, match="epoch 2"):
+        read(s, 3)
+
+
+# -- only the writer sweeps ---------------------------------------------------------------
+def test_the_writer_sweeps_at_its_first_write_and_after_a_failed_epoch(copy, monkeypatch):
+    path, expected = copy
+    junk = [fmt.data_name(9, 0, "pack"), "junk.tmp"]
+    for n in junk:
+        (path / n).write_bytes(b"x")
+    s = Store(path)
+    read(s, 3)
+    assert all((path / n).exists() for n in junk)       # a reader leaves it
+    write_epoch(s, expected[3], [0], parent=3)          # the first write sweeps
+    assert not any((path / n).exists() for n in junk)
+    # an epoch whose abort was cut short leaves its files: the next write sweeps them
+    w = s.begin("incremental", parent=4, npages=expected[3].shape[0])
+    w.add_pages(np.array([1], np.uint64), expected[3][1:2])
+    left = w._pack_name
+    monkeypatch.setattr(local, "_unlink", lambda p: False)
+    w.abort()
+    monkeypatch.undo()
+    assert (path / left).exists()
+    write_epoch(s, expected[3], [2], parent=4)
+    assert not (path / left).exists() or fmt.parse_data_name(left)[0] == s.latest()
+    s.verify()
+
+
 # -- item 9: readers beside a writer that checkpoints, prunes and compacts --------------------
 def _beside(tmp_path: Path, seconds: float, nreaders: int) -> None:
     path, stop = tmp_path / "st", tmp_path / "stop"
@@ -412,3 +501,26 @@ def test_readers_beside_a_writer_that_prunes_and_compacts(tmp_path):
 @pytest.mark.slow
 def test_readers_beside_a_writer_that_prunes_and_compacts_long(tmp_path):
     _beside(tmp_path, seconds=180.0, nreaders=3)
+
+
+def _cli(*args: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "memckpt", *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_ls_and_verify_name_a_fifo_instead_of_hanging(copy):
+    """`memckpt ls` used to hang on a FIFO manifest (every reader did); now it
+    lists the other epochs and names the FIFO; a FIFO as the lock stops no reader."""
+    path, _ = copy
+    manifest = (path / fmt.manifest_name(2)).read_bytes()
+    _plant(path, fmt.manifest_name(2), "fifo")
+    r = _cli("ls", path)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"{fmt.manifest_name(2)}: is a FIFO, not a regular file" in r.stderr
+    assert "Traceback" not in r.stderr
+    os.unlink(path / fmt.manifest_name(2))
+    (path / fmt.manifest_name(2)).write_bytes(manifest)
+    _plant(path, fmt.LOCK_NAME, "fifo")
+    for args in (("ls", path), ("verify", path)):
+        r = _cli(*args)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)

@@ -872,30 +872,30 @@ class Store:
         if target not in before and target not in used:
             raise exc  # there was no such epoch to begin with
         after = set(self.epoch_numbers())
-        gone = sorted(e for e in before - after if e <= target)
+        moved = sorted(e for e in before - after if e <= target)
         for e, files in used.items():
-            if e in gone:
+            if e in moved:
                 continue
             try:
                 now = self._doc(e, fresh=True)["files"]
             except EpochNotFound:
-                gone.append(e)
+                moved.append(e)
                 continue
             except (MemckptError, OSError):
                 continue  # a manifest is only ever replaced whole: this one is damaged
             if now != files:
-                gone.append(e)  # replaced by a compaction's merged epoch
-        gone.sort()
-        if not gone:
+                moved.append(e)  # replaced by a compaction's merged epoch
+        moved.sort()
+        if not moved:
             raise exc
-        if target in gone:
+        if target not in after:  # (a compaction's merged epoch keeps its number: not retired)
             raise EpochNotFound(f"store {self.path}: epoch {target} was retired during {what} by a "
                                 f"prune or compaction (in another process)") from exc
         if attempt + 1 >= _SNAPSHOT_TRIES:
             raise MemckptError(f"store {self.path}: gave up trying to {what} epoch {target} after "
                                f"{_SNAPSHOT_TRIES} tries: a prune or compaction (in another process) "
                                f"kept retiring epochs of its chain (the last one moved "
-                               f"{_fmt_epochs(gone)}; the read failed with: {exc})") from exc
+                               f"{_fmt_epochs(moved)}; the read failed with: {exc})") from exc
         return after
 
     def _read_into(self, epoch: int, out: np.ndarray, req: np.ndarray | None,
