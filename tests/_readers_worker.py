@@ -37,9 +37,10 @@ def state(k: int) -> np.ndarray:
 
 
 # -- the writer ----------------------------------------------------------------------
-def writer(path: str, seconds: float, stop_file: str) -> dict[str, Any]:
+def writer(path: str, seconds: float, stop_file: str, prune_every: int = 3,
+           compact_every: int = 4) -> dict[str, Any]:
     """Checkpoint round after round for ``seconds``; prune(keep_last=4) every
-    3rd round, compact the newest epoch's last 3 every 4th. A reader must
+    3rd round, compact the newest epoch's last 3 every 4th (by default). A reader must
     never make a write fail or wait: the lock wait is 0 here, so a reader
     holding the lock even for a moment would fail the write at once."""
     import memckpt
@@ -60,9 +61,9 @@ def writer(path: str, seconds: float, stop_file: str) -> dict[str, Any]:
             try:
                 ck.checkpoint(label=str(k)).result()
                 counts["rounds"] += 1
-                if k % 3 == 0:
+                if k % prune_every == 0:
                     counts["pruned"] += len(store.prune(keep_last=4))
-                if k % 4 == 0:
+                if k % compact_every == 0:
                     latest = store.latest()
                     chain = store.chain(latest)
                     if len(chain) >= 3:
@@ -208,7 +209,7 @@ def odd_tour(path: str) -> dict[str, str]:
 def main() -> None:
     what = sys.argv[1]
     if what == "writer":
-        res = writer(sys.argv[2], float(sys.argv[3]), sys.argv[4])
+        res = writer(sys.argv[2], float(sys.argv[3]), sys.argv[4], *map(int, sys.argv[5:7]))
     elif what == "reader":
         res = reader(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif what == "odd":
