@@ -451,20 +451,15 @@ class Store:
         doc = fmt.load_document(raw, where=where, fmt=fmt.STORE_FORMAT)
         ps = fmt.check_store_header(doc, where)
         if self._identity is None:
-            self._identity = self._current_identity()
+            d = os.stat(self.path)
+            self._identity = (d.st_dev, d.st_ino, bytes(raw))
         return ps
 
-    # (device, inode) of the directory and inode of the header this Store
-    # opened: a writer refuses to write into anything else at self.path
-    _identity: tuple[int, int, int] | None = None
-
-    def _current_identity(self) -> tuple[int, int, int] | None:
-        try:
-            d = os.stat(self.path)
-            h = os.lstat(self.path / fmt.STORE_HEADER)
-        except FileNotFoundError:
-            return None
-        return (d.st_dev, d.st_ino, h.st_ino)
+    # the directory (device, inode) and the header's bytes this Store opened:
+    # a writer refuses to write into anything else at self.path. The bytes,
+    # not the header's inode: a file system may give a directory and header
+    # made again at once the inodes just freed (tmpfs does)
+    _identity: tuple[int, int, bytes] | None = None
 
     def _check_same_store(self) -> None:
         """Refuse to write unless the directory at self.path is still the store
@@ -473,17 +468,28 @@ class Store:
         want = self._identity
         if want is None:
             return
-        now = self._current_identity()
-        if now == want:
-            return
-        if not self.path.is_dir():
+        try:
+            d = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            d = None
+        raw = None
+        if d is not None:
+            try:
+                raw = _read_small(self.path / fmt.STORE_HEADER, fmt.MAX_HEADER_BYTES,
+                                  f"store {self.path}: {fmt.STORE_HEADER}")
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            if (d.st_dev, d.st_ino, raw) == want:
+                return
+        if d is None:
             why = "the store directory was deleted"
-        elif now is None:
-            why = f"the store's {fmt.STORE_HEADER} was deleted"
-        elif now[:2] != want[:2]:
+        elif (d.st_dev, d.st_ino) != want[:2]:
             why = "the directory at this path is not the one it opened (deleted and re-created?)"
+        elif raw is None:
+            why = f"the store's {fmt.STORE_HEADER} is gone (it, or the directory, was deleted)"
         else:
-            why = f"the store's {fmt.STORE_HEADER} was replaced"
+            why = (f"the store's {fmt.STORE_HEADER} is not the one it opened (another store "
+                   f"made at this path?)")
         raise MemckptError(f"store {self.path}: {why} since this process opened it; no epoch "
                            f"can be committed there (the epochs it held are not there any more): "
                            f"open the store again to start a new one")
@@ -494,9 +500,10 @@ class Store:
         manifest is read, so one damaged manifest does not hide the others)."""
         out = []
         for name in os.listdir(self.path):
-            e = fmt.parse_manifest_name(name)
-            if e is not None:
-                out.append(e)
+            if name.endswith(".json"):  # skips two thirds of the regex matches
+                e = fmt.parse_manifest_name(name)
+                if e is not None:
+                    out.append(e)
         out.sort()
         if len(self._links) > len(out) + _LINK_SLACK:  # retired (by any process) since cached
             listed = set(out)
@@ -592,6 +599,7 @@ class Store:
             dfd: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             dfd = None  # _doc says what is wrong (no such epoch, ...)
+        links = self._links
         try:
             link = self._link(epoch, dfd)
             epoch = link_epoch = int(epoch)
@@ -599,12 +607,24 @@ class Store:
             while link.kind != "full":
                 parent = link.parent
                 assert parent is not None  # check_manifest: an incremental epoch has one
-                try:
-                    plink = self._link(parent, dfd)
-                except EpochNotFound:
-                    raise CorruptionError(f"epoch {epoch}: the chain is broken: epoch {link_epoch}'s "
-                                          f"parent {parent} is missing") from None
-                _check_link(epoch, link_epoch, link, plink)
+                # _link's hit path, inline: this loop runs thousands of times a walk
+                plink = links.get(parent)
+                if plink is not None and dfd is not None:
+                    try:
+                        st = os.stat(f"e{parent:08d}.json", dir_fd=dfd, follow_symlinks=False)
+                        if (st.st_ino, st.st_size, st.st_mtime_ns) != plink.key:
+                            plink = None
+                    except OSError:
+                        plink = None
+                if plink is None:
+                    try:
+                        plink = self._link(parent, dfd)
+                    except EpochNotFound:
+                        raise CorruptionError(f"epoch {epoch}: the chain is broken: epoch "
+                                              f"{link_epoch}'s parent {parent} is missing") from None
+                if plink.npages != link.npages or (link.parent_digest is not None
+                                                   and link.parent_digest != plink.identity):
+                    _check_link(epoch, link_epoch, link, plink)
                 out.append(parent)
                 link, link_epoch = plink, parent
         finally:
