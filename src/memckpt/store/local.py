@@ -315,7 +315,7 @@ def _as_pages(page_numbers: Any, what: str = "page_numbers") -> np.ndarray:
 
 
 class _Link(NamedTuple):
-    """What a chain walk needs of one epoch's manifest (about 200 bytes):
+    """What a chain walk needs of one epoch's manifest (under 0.5 KiB):
     kept for every epoch a Store has seen, apart from the bounded manifest
     cache, so that walking a chain of thousands of epochs reads no file.
     ``key`` is the manifest file's (inode, size, mtime): a compaction or a
@@ -587,8 +587,9 @@ class Store:
                 raise EpochNotFound(f"store {self.path} has no epoch {epoch}") from None
             if (st.st_ino, st.st_size, st.st_mtime_ns) == hit.key:
                 return hit
-        self._doc(epoch)
-        return self._links[epoch]
+        doc = self._doc(epoch)
+        # as _doc left it; a key that never matches if another thread dropped it since
+        return self._links.get(epoch) or _link_of(doc, (-1, -1, -1))
 
     def chain(self, epoch: int) -> list[int]:
         """[full, ..., epoch] by the parent pointers; every step checks that
@@ -1183,8 +1184,8 @@ class Store:
                             kind=dfirst["kind"], parent=dfirst.get("parent"),
                             layout=dlast["layout"], npages=dlast["npages"],
                             compress=dlast.get("compress"))
-            w._parent_digest = self._compacted_parent_digest(dfirst)
             try:
+                w._parent_digest = self._compacted_parent_digest(dfirst)
                 self._copy_run(run, w, progress)
                 w._finish_files()
                 doc = w._manifest_doc(pages_dirty=w._records, pause_s=dlast["timings"]["pause_s"],
