@@ -14,7 +14,10 @@ describes the files):
     store.latest() -> int | None           # the newest committed epoch number (epochs start at 1)
     store.info(epoch) -> EpochInfo         # EpochNotFound (a MemckptError and a KeyError) if absent
     store.manifest(epoch) -> dict          # the validated manifest (layout, counts, files, ...); a copy
-    store.chain(epoch) -> list[int]        # [full, ..., epoch] following parent pointers
+    store.chain(epoch) -> list[int]        # [full, ..., epoch] following parent pointers;
+                                           # CorruptionError if a parent is missing, has other
+                                           # npages, or is not the epoch its child was written
+                                           # on (the child's parent_digest, format 1.1)
     store.layout(epoch) -> dict            # the arena layout recorded (Arena.layout() form)
 
     # writing (one writer per store: an exclusive flock on STORE/lock, held by
@@ -24,7 +27,10 @@ describes the files):
                     page_size=int, npages=int, compress=None|"zstd"|"lz4")
         # an incremental epoch needs a committed parent with the same page_size
         # and npages; a full epoch's parent is optional and only informational
-        # (lineage: the chain walk stops at a full epoch)
+        # (lineage: the chain walk stops at a full epoch). The new manifest
+        # records the parent's identity (parent_digest). MemckptError naming
+        # the path if the directory at store.path is no longer the store this
+        # Store opened (deleted, re-created), here and again before the commit
     w.epoch                                # the number this epoch will commit as
     w.add_pages(page_numbers: np.ndarray[uint64], data: np.ndarray[uint8, (n, page_size)])
         # may be called many times, page numbers strictly increasing across calls;
