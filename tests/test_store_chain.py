@@ -142,13 +142,15 @@ def test_every_epoch_records_its_parents_identity(tmp_path):
     # a full epoch records its lineage parent's too, and does not need it
     state = np.full((16, PS), 5, np.uint8)
     e4 = write_epoch(s, state, None, kind="full", parent=3)
-    assert s.manifest(e4)["parent_digest"] == s.manifest(3)["digest"]
+    lineage = s.manifest(e4)["parent_digest"]
+    assert lineage == s.manifest(3)["digest"]
     e5 = write_epoch(s, state, [0], parent=e4)
     assert s.prune(keep_last=2) == [1, 2, 3]
     s.verify()
     assert s.chain(e5) == [e4, e5]
     info = s.compact(e4, e5)                      # first's lineage parent is gone: kept as recorded
-    assert s.manifest(info.epoch)["parent_digest"] == s.manifest(info.epoch)["parent_digest"]
+    m = s.manifest(info.epoch)
+    assert (m["kind"], m["parent"], m["parent_digest"]) == ("full", 3, lineage)
     s.verify()
     np.testing.assert_array_equal(read(s, e5), state)
 
