@@ -85,3 +85,24 @@ def resign_files(store_path: Path, epoch: int) -> None:
         f["size"] = len(data)
         f["blake3"] = blake3.blake3(data).hexdigest()
     write_signed(mpath, doc)
+    relink(store_path)
+
+
+def relink(store_path: Path) -> None:
+    """Re-tie every epoch that records its parent's digest to the parent's
+    manifest as it is now (oldest first: each re-signed child changes the
+    digest its own children must record), as a forger rewriting a parent
+    on purpose would, so that a test reaches the damage it is about."""
+    docs = {}
+    for mpath in sorted(store_path.glob("e*.json")):
+        e = fmt.parse_manifest_name(mpath.name)
+        if e is None:
+            continue
+        doc = load_json(mpath)
+        parent = docs.get(doc.get("parent"))
+        if "parent_digest" in doc and parent is not None:
+            want = fmt.manifest_identity(parent)
+            if doc["parent_digest"] != want:
+                doc = fmt.sign(dict(doc, parent_digest=want))
+                mpath.write_bytes(fmt.dump_document(doc))
+        docs[e] = doc

@@ -114,3 +114,32 @@ def test_hugepage_arena_is_2mib_aligned():
         x[:] = 1.0
         assert x.sum() == 1 << 18
         del x
+
+
+def test_subarray_dtype_shape_goes_to_the_end():
+    """Regression (issue 10, item 14): a sub-array dtype raised numpy's bare
+    reshape error; it means what it means to numpy (np.zeros(4, ("f8", 3)))."""
+    with memckpt.Arena(16 * 4096) as a:
+        x = a.array("x", (4,), ("f8", (3,)))
+        assert x.shape == (4, 3) and x.dtype == np.float64
+        assert x.shape == np.zeros(4, ("f8", 3)).shape
+        y = a.array("y", 2, np.dtype(("i4", (2, 2))))
+        assert y.shape == (2, 2, 2) and y.dtype == np.int32
+        assert [e["shape"] for e in a.layout()["arrays"]] == [[4, 3], [2, 2, 2]]
+        del x, y
+
+
+def test_close_names_the_open_tracker(tmp_path):
+    """Regression (issue 10, item 14): a Checkpointer dropped without close()
+    keeps its tracker open and the arena busy; the error says so."""
+    import gc
+    a = memckpt.Arena(16 * 4096)
+    ck = memckpt.Checkpointer(a, tmp_path / "s", tracker="compare")
+    ck.checkpoint().result()
+    del ck
+    gc.collect()
+    with pytest.raises(BufferError, match=r"compare tracker is open on it.*Checkpointer dropped "
+                                          r"without close\(\)"):
+        a.close()
+    a.tracker.close()
+    a.close()

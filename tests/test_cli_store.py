@@ -249,6 +249,35 @@ def test_unwritable_output(store, tmp_path):
     assert "cannot write" in err and "No such file or directory" in err
 
 
+def test_out_never_replaces_what_is_not_a_regular_file(store, tmp_path):
+    """Regression (issue 10, item 7): `--out /dev/null` as root turned the
+    device node into a regular file, and a FIFO likewise. What --out names is
+    a new file or a regular file; anything else is refused and left as it was."""
+    import os
+    import stat
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    dev = tmp_path / "null.npz"
+    os.mknod(dev, 0o666 | stat.S_IFCHR, os.stat("/dev/null").st_rdev)
+    target = tmp_path / "real.npz"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.npz"
+    link.symlink_to(target)
+    for path, what in ((fifo, "a FIFO"), (dev, "a character device"),
+                       (link, "a symbolic link"), (tmp_path, "a directory")):
+        before = os.lstat(path)
+        err = fails(run("restore", store, "--out", path, timeout=60))
+        assert f"is {what}" in err and str(path) in err, err
+        after = os.lstat(path)
+        assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino,
+                                                                before.st_rdev)
+    assert target.read_bytes() == b"old"  # not written through the link
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    # a regular file is replaced whole
+    assert run("restore", store, "--out", target).returncode == 0
+    assert set(np.load(target)) == {"field", "ids", "grid"}
+
+
 def test_usage_errors_exit_2(store):
     assert "--out" in fails(run("restore", store), code=2)
     assert "--keep-last" in fails(run("prune", store), code=2)

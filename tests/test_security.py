@@ -29,7 +29,7 @@ from memckpt import CorruptionError, FormatError, MemckptError
 from memckpt.store import Store
 from memckpt.store import format as fmt
 
-from _store_util import PS, build_chain, read, write_epoch, write_signed
+from _store_util import PS, build_chain, read, relink, write_epoch, write_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -194,6 +194,7 @@ def test_hostile_layout_and_extra_are_data_not_paths(site):
         doc["label"] = f"{canary}/x"
         doc["extra"] = {"path": "../canary/x", "abs": f"{canary}/x"}
         write_signed(mpath, doc)
+    relink(store)  # rewritten as a whole: the chain's ties hold
     with watching() as events:
         res = tour(store)
     assert res["fail"] is None, res["fail"]

@@ -18,7 +18,7 @@ from memckpt.errors import EpochNotFound
 from memckpt.store import Store
 from memckpt.store import format as fmt
 
-from _store_util import PS, build_chain, load_json, read, resign_files, write_signed
+from _store_util import PS, build_chain, load_json, read, relink, resign_files, write_signed
 
 DAMAGED = 2          # the epoch whose files are damaged; 3 and 4 build on it
 NEPOCHS = 4
@@ -176,6 +176,7 @@ def test_newer_minor_version_is_read(copy):
     path, expected = copy
     mpath = path / fmt.manifest_name(DAMAGED)
     write_signed(mpath, dict(load_json(mpath), version=[1, 7], future_field={"x": 1}))
+    relink(path)  # a newer memckpt wrote epoch 2 and the epochs built on it
     hpath = path / fmt.STORE_HEADER
     write_signed(hpath, dict(load_json(hpath), version=[1, 3], owner="someone"))
     s = Store(path)

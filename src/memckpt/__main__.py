@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from .errors import MemckptError
+    from .errors import CorruptionError, FormatError, MemckptError
     name = f"memckpt {args.command}"
     try:
         return _run(args)
@@ -370,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {_one_line(exc)}", file=sys.stderr)
         return 1
     except MemckptError as exc:
-        kind = {"CorruptionError": "damaged store", "FormatError": "unreadable store"}.get(
-            type(exc).__name__)
+        # by class, not by name: subclasses (a missing file is a CorruptionError) say the same
+        kind = ("damaged store" if isinstance(exc, CorruptionError)
+                else "unreadable store" if isinstance(exc, FormatError) else None)
         print(f"{name}: {kind + ': ' if kind else ''}{_one_line(exc)}", file=sys.stderr)
         return 1
     except (OSError, KeyError, ValueError) as exc:

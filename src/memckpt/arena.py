@@ -125,6 +125,12 @@ class Arena:
         if not isinstance(name, str) or not name:
             raise ValueError("array name must be a non-empty string")
         dt = np.dtype(dtype)
+        shp0 = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        if dt.subdtype is not None:
+            # as numpy does (np.zeros(4, ("f8", 3)) has shape (4, 3)): the
+            # sub-array's shape goes to the end of the array's
+            dt, sub = dt.subdtype
+            shape = (*shp0, *sub)
         if dt.hasobject:
             raise TypeError(f"array {name!r}: dtype {dt} holds Python objects, which cannot live in an arena")
         shp = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
@@ -209,6 +215,10 @@ class Arena:
                                        e["offset"], math.prod(e["shape"]))
                     self._arrays[e["name"]] = a
                 hint = f" (arrays still referenced: {', '.join(alive)})" if alive else ""
+                if self.tracker is not None:
+                    hint += (f" (a {self.tracker.backend} tracker is open on it: close it, or the "
+                             "Checkpointer that made it, e.g. with `with Checkpointer(...) as ck:`; "
+                             "a Checkpointer dropped without close() keeps its tracker open)")
                 raise BufferError(f"cannot close the arena: {exc}{hint}") from None
 
     def __enter__(self) -> Arena:

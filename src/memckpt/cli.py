@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import sys
 import threading
 import time
@@ -482,12 +483,33 @@ def arrays_of(lay: dict[str, Any], pages: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def restore_npz(store: Any, epoch: int, out: str, *, progress: bool = False) -> dict[str, Any]:
-    dest = Path(out)
-    if dest.is_dir():
-        raise CliError(f"--out {out} is a directory; give a file name such as {dest / 'epoch.npz'}")
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_out(dest: Path, out: str) -> None:
+    """--out may name a new file or an existing regular file (replaced whole);
+    anything else it names is refused, never replaced: `--out /dev/null` must
+    not turn the device node into a file."""
+    try:
+        mode = os.lstat(dest).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        what = next((w for test, w in _KINDS if test(mode)), "not a regular file")
+        hint = (f"; give a file name such as {dest / 'epoch.npz'}" if stat.S_ISDIR(mode)
+                else "; --out writes a new .npz file or replaces a regular one")
+        raise CliError(f"--out {out} is {what}{hint}")
     if not dest.parent.is_dir():
         raise CliError(f"cannot write {out}: No such file or directory ({dest.parent} does not exist)")
+
+
+def restore_npz(store: Any, epoch: int, out: str, *, progress: bool = False) -> dict[str, Any]:
+    dest = Path(out)
+    _check_out(dest, out)
     t0 = time.monotonic()
     lay, pages = read_epoch(store, epoch, progress=progress)
     arrays = arrays_of(lay, pages)
@@ -500,14 +522,19 @@ def restore_npz(store: Any, epoch: int, out: str, *, progress: bool = False) -> 
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     with Progress("write " + dest.name, enabled=progress) as bar:
         bar.tick()
+        made = False
         try:
-            with open(tmp, "wb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644)
+            made = True
+            with open(fd, "wb") as f:
                 np.savez(f, **arrays)  # type: ignore[arg-type]  # names checked above
+            _check_out(dest, out)  # again: it may have been replaced while the epoch was read
             os.replace(tmp, dest)
         except OSError as exc:
             raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
         finally:
-            if tmp.exists():
+            if made and os.path.lexists(tmp):
                 tmp.unlink()
     return {
         "store": str(store.path), "epoch": epoch, "out": str(dest),

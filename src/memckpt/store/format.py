@@ -1,4 +1,4 @@
-"""The on-disk formats of a store, version 1.0 (docs/format.md is the reference).
+"""The on-disk formats of a store, version 1.1 (docs/format.md is the reference).
 
 A store directory holds:
 
@@ -36,8 +36,14 @@ from ..errors import CorruptionError, FormatError, MemckptError
 #: the same major (minor versions only add fields a 1.0 reader may ignore)
 #: and refuse any other major.
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+#: 1.1 added ``parent_digest`` (the manifest ties an epoch to its parent's
+#: content) and ``compacted.identity`` (which keeps those ties valid when
+#: compaction rewrites a parent's manifest)
+FORMAT_MINOR = 1
 VERSION = [FORMAT_MAJOR, FORMAT_MINOR]
+#: The minor version the index and pack headers say: their layouts have not
+#: changed since 1.0, so files a 1.0 reader checks byte for byte stay 1.0.
+DATA_MINOR = 0
 
 STORE_FORMAT = "memckpt-store"
 EPOCH_FORMAT = "memckpt-epoch"
@@ -131,12 +137,12 @@ def zero_digest(page_size: int) -> bytes:
 
 
 def pack_header(epoch: int, page_size: int) -> bytes:
-    return PACK_HEADER.pack(PACK_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, PACK_HEADER_SIZE,
+    return PACK_HEADER.pack(PACK_MAGIC, FORMAT_MAJOR, DATA_MINOR, PACK_HEADER_SIZE,
                             page_size, 0, epoch)
 
 
 def idx_header(epoch: int, page_size: int, count: int) -> bytes:
-    return IDX_HEADER.pack(IDX_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, IDX_HEADER_SIZE,
+    return IDX_HEADER.pack(IDX_MAGIC, FORMAT_MAJOR, DATA_MINOR, IDX_HEADER_SIZE,
                            RECORD_SIZE, page_size, epoch, count, 0)
 
 
@@ -161,7 +167,7 @@ def parse_pack_header(buf: bytes, *, epoch: int, page_size: int, minor: int, whe
     if hminor > minor:
         raise CorruptionError(f"{where}: pack header says format {major}.{hminor}, newer than "
                               f"its manifest's {FORMAT_MAJOR}.{minor}")
-    if hminor <= FORMAT_MINOR:
+    if hminor <= DATA_MINOR:
         # a layout this code writes: every byte is known, so any change is damage
         if bytes(buf[:PACK_HEADER_SIZE]) != PACK_HEADER.pack(PACK_MAGIC, FORMAT_MAJOR, hminor,
                                                              PACK_HEADER_SIZE, page_size, 0, epoch):
@@ -509,7 +515,29 @@ def check_manifest(doc: dict[str, Any], *, epoch: int, page_size: int, where: st
                 or not all(_is_int(e) and 0 <= e <= epoch for e in run)
                 or any(a >= b for a, b in zip(run, run[1:]))):
             raise comp.fail(f"'from' must list the merged epochs, ascending, ending with {epoch}")
+        ident = comp.text("identity", optional=True, maxlen=64)
+        if ident is not None and not _HEX64.match(ident):
+            raise comp.fail(f"identity {ident!r} is not 64 lowercase hex digits")
+    pd = f.text("parent_digest", optional=True, maxlen=64)
+    if pd is not None:
+        if not _HEX64.match(pd):
+            raise f.fail(f"parent_digest {pd!r} is not 64 lowercase hex digits")
+        if parent is None:
+            raise f.fail("has a parent_digest but no parent")
+    elif kind == "incremental" and tuple(doc.get("version") or (1, 0)) >= (1, 1):
+        # every 1.1 writer records it: without it the chain could not be checked
+        raise f.fail("an incremental epoch of format 1.1 or later must record its parent_digest")
     return doc
+
+
+def manifest_identity(doc: dict[str, Any]) -> str:
+    """What a child's ``parent_digest`` names: the digest of the manifest
+    the epoch was first committed with. Compaction rewrites the manifest of
+    the epoch it merges into and carries this over as ``compacted.identity``
+    (its content is unchanged), so the ties of that epoch's children hold."""
+    comp = doc.get("compacted") or {}
+    ident = comp.get("identity")
+    return ident if isinstance(ident, str) else doc["digest"]
 
 
 def manifest_generation(doc: dict[str, Any]) -> int:

@@ -15,7 +15,10 @@ describes the files):
     store.latest() -> int | None           # the newest committed epoch number (epochs start at 1)
     store.info(epoch) -> EpochInfo         # EpochNotFound (a MemckptError and a KeyError) if absent
     store.manifest(epoch) -> dict          # the validated manifest (layout, counts, files, ...); a copy
-    store.chain(epoch) -> list[int]        # [full, ..., epoch] following parent pointers
+    store.chain(epoch) -> list[int]        # [full, ..., epoch] following parent pointers;
+                                           # CorruptionError if a parent is missing, has other
+                                           # npages, or is not the epoch its child was written
+                                           # on (the child's parent_digest, format 1.1)
     store.layout(epoch) -> dict            # the arena layout recorded (Arena.layout() form)
 
     # writing (one writer per store: an exclusive flock on STORE/lock, held by
@@ -25,7 +28,10 @@ describes the files):
                     page_size=int, npages=int, compress=None|"zstd"|"lz4")
         # an incremental epoch needs a committed parent with the same page_size
         # and npages; a full epoch's parent is optional and only informational
-        # (lineage: the chain walk stops at a full epoch)
+        # (lineage: the chain walk stops at a full epoch). The new manifest
+        # records the parent's identity (parent_digest). MemckptError naming
+        # the path if the directory at store.path is no longer the store this
+        # Store opened (deleted, re-created), here and again before the commit
     w.epoch                                # the number this epoch will commit as
     w.add_pages(page_numbers: np.ndarray[uint64], data: np.ndarray[uint8, (n, page_size)])
         # may be called many times, page numbers strictly increasing across calls;
@@ -111,7 +117,7 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import blake3
 import numpy as np
@@ -138,7 +144,11 @@ _VERIFY_BATCH_BYTES = 16 << 20
 _LOCK_WAIT_S = 5.0            # how long a write waits out a creator or a sweep (never a writer)
 _MANIFEST_CACHE = 4096         # manifests a Store keeps parsed (about 26 MiB at most)
 _WRITER_WAIT_S = 600.0        # how long a write waits for this Store's open epoch writer
-_INDEX_CACHE_ENTRIES = 64
+# parsed indexes a Store keeps, in bytes: a full epoch of a 512 MiB arena has a
+# 7 MiB index, so a count of entries would bound nothing
+_INDEX_CACHE_BYTES = 64 << 20
+# links of epochs no longer listed that a Store may keep before it forgets them
+_LINK_SLACK = 1024
 _SNAPSHOT_TRIES = 5            # reads a concurrent prune/compaction may spoil before a reader gives up
 
 
@@ -373,6 +383,39 @@ def _as_pages(page_numbers: Any, what: str = "page_numbers") -> np.ndarray:
     return p.astype(np.uint64, copy=False)
 
 
+class _Link(NamedTuple):
+    """What a chain walk needs of one epoch's manifest (under 0.5 KiB):
+    kept for every epoch a Store has seen, apart from the bounded manifest
+    cache, so that walking a chain of thousands of epochs reads no file.
+    ``key`` is the manifest file's (inode, size, mtime): a compaction or a
+    prune in another process changes it."""
+    key: tuple[int, int, int]
+    parent: int | None
+    kind: str
+    npages: int
+    identity: str
+    parent_digest: str | None
+
+
+def _link_of(doc: dict[str, Any], key: tuple[int, int, int]) -> _Link:
+    return _Link(key, doc.get("parent"), doc["kind"], doc["npages"], fmt.manifest_identity(doc),
+                 doc.get("parent_digest"))
+
+
+def _check_link(epoch: int, child: int, link: _Link, parent_link: _Link) -> None:
+    """The tie between `child` (of link) and its parent, on the way to `epoch`."""
+    parent = link.parent
+    if parent_link.npages != link.npages:
+        raise CorruptionError(f"epoch {epoch}: epoch {child} has {link.npages} pages "
+                              f"but its parent {parent} has {parent_link.npages}")
+    if link.parent_digest is not None and link.parent_digest != parent_link.identity:
+        raise CorruptionError(
+            f"epoch {epoch}: the chain is spliced: epoch {child} was written on an epoch {parent} "
+            f"whose manifest digest is {link.parent_digest[:16]}..., but this store's epoch "
+            f"{parent} is {parent_link.identity[:16]}... (an epoch {parent} from another store or "
+            f"another history: epoch {child} would restore a mix of the two)")
+
+
 def _info_from(doc: dict[str, Any]) -> EpochInfo:
     counts, timings = doc["counts"], doc["timings"]
     return EpochInfo(
@@ -405,7 +448,10 @@ class Store:
         # every manifest it ever read (about 6.5 KiB each)
         self._manifests: collections.OrderedDict[int, tuple[tuple[int, int, int], dict[str, Any]]] = \
             collections.OrderedDict()
-        self._indexes: dict[tuple[Any, ...], np.ndarray] = {}
+        self._indexes: collections.OrderedDict[tuple[Any, ...], np.ndarray] = collections.OrderedDict()
+        self._index_bytes = 0
+        # chain links by epoch: never evicted with the manifests (see _Link)
+        self._links: dict[int, _Link] = {}
         if page_size is not None and not fmt.valid_page_size(page_size):
             raise ValueError(f"page_size {page_size!r} must be a power of two in "
                              f"{fmt.MIN_PAGE_SIZE}..{fmt.MAX_PAGE_SIZE}")
@@ -429,6 +475,8 @@ class Store:
         between calls (a writer holds its own files and the lock), so this is
         all there is to close; the Store stays usable."""
         self._drop_caches()
+        with self._cache_lock:
+            self._links.clear()
 
     def __enter__(self) -> Store:
         return self
@@ -499,7 +547,50 @@ class Store:
             raise FormatError(f"{self.path} is not a memckpt store (it has no {fmt.STORE_HEADER}); "
                               f"Store(path, create=True) makes one") from None
         doc = fmt.load_document(raw, where=where, fmt=fmt.STORE_FORMAT)
-        return fmt.check_store_header(doc, where)
+        ps = fmt.check_store_header(doc, where)
+        if self._identity is None:
+            d = os.stat(self.path)
+            self._identity = (d.st_dev, d.st_ino, bytes(raw))
+        return ps
+
+    # the directory (device, inode) and the header's bytes this Store opened:
+    # a writer refuses to write into anything else at self.path. The bytes,
+    # not the header's inode: a file system may give a directory and header
+    # made again at once the inodes just freed (tmpfs does)
+    _identity: tuple[int, int, bytes] | None = None
+
+    def _check_same_store(self) -> None:
+        """Refuse to write unless the directory at self.path is still the store
+        this Store opened, with its header: deleted (and perhaps re-created)
+        under a live writer, it would take epochs that nothing can restore."""
+        want = self._identity
+        if want is None:
+            return
+        try:
+            d = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            d = None
+        raw = None
+        if d is not None:
+            try:
+                raw = _read_small(self.path / fmt.STORE_HEADER, fmt.MAX_HEADER_BYTES,
+                                  f"store {self.path}: {fmt.STORE_HEADER}")
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            if (d.st_dev, d.st_ino, raw) == want:
+                return
+        if d is None:
+            why = "the store directory was deleted"
+        elif (d.st_dev, d.st_ino) != want[:2]:
+            why = "the directory at this path is not the one it opened (deleted and re-created?)"
+        elif raw is None:
+            why = f"the store's {fmt.STORE_HEADER} is gone (it, or the directory, was deleted)"
+        else:
+            why = (f"the store's {fmt.STORE_HEADER} is not the one it opened (another store "
+                   f"made at this path?)")
+        raise MemckptError(f"store {self.path}: {why} since this process opened it; no epoch "
+                           f"can be committed there (the epochs it held are not there any more): "
+                           f"open the store again to start a new one")
 
     # -- manifests -------------------------------------------------------------------
     def epoch_numbers(self) -> list[int]:
@@ -507,10 +598,16 @@ class Store:
         manifest is read, so one damaged manifest does not hide the others)."""
         out = []
         for name in os.listdir(self.path):
-            e = fmt.parse_manifest_name(name)
-            if e is not None:
-                out.append(e)
+            if name.endswith(".json"):  # skips two thirds of the regex matches
+                e = fmt.parse_manifest_name(name)
+                if e is not None:
+                    out.append(e)
         out.sort()
+        if len(self._links) > len(out) + _LINK_SLACK:  # retired (by any process) since cached
+            listed = set(out)
+            with self._cache_lock:
+                for gone in [e for e in self._links if e not in listed]:
+                    del self._links[gone]
         return out
 
     def _doc(self, epoch: int, *, fresh: bool = False) -> dict[str, Any]:
@@ -534,6 +631,10 @@ class Store:
                     if hit is not None:
                         self._manifests.move_to_end(epoch)
                 if hit is not None and hit[0] == key:
+                    link = self._links.get(epoch)
+                    if link is None or link.key != key:
+                        with self._cache_lock:
+                            self._links[epoch] = _link_of(hit[1], key)
                     return hit[1]
             raw = _read_fd(fd, fmt.MAX_MANIFEST_BYTES, where)
         finally:
@@ -541,6 +642,7 @@ class Store:
         doc = fmt.load_document(raw, where=where, fmt=fmt.EPOCH_FORMAT)
         fmt.check_manifest(doc, epoch=epoch, page_size=self.page_size, where=where)
         with self._cache_lock:
+            self._links[epoch] = _link_of(doc, key)
             self._manifests[epoch] = (key, doc)
             self._manifests.move_to_end(epoch)
             while len(self._manifests) > _MANIFEST_CACHE:
@@ -569,23 +671,64 @@ class Store:
     def layout(self, epoch: int) -> dict[str, Any]:
         return copy.deepcopy(self._doc(epoch)["layout"])
 
-    def chain(self, epoch: int) -> list[int]:
-        out = []
-        doc = self._doc(epoch)
-        while True:
-            out.append(doc["epoch"])
-            if doc["kind"] == "full":
-                break
-            parent = doc["parent"]
+    def _link(self, epoch: int, dir_fd: int | None = None) -> _Link:
+        """The chain link of a committed epoch: from the links kept while its
+        manifest file is the same (one lstat), else from its manifest."""
+        hit = self._links.get(epoch) if fmt._is_int(epoch) else None
+        if hit is not None:
             try:
-                pdoc = self._doc(parent)
-            except EpochNotFound:
-                raise CorruptionError(f"epoch {epoch}: the chain is broken: epoch {doc['epoch']}'s "
-                                      f"parent {parent} is missing") from None
-            if pdoc["npages"] != doc["npages"]:
-                raise CorruptionError(f"epoch {epoch}: epoch {doc['epoch']} has {doc['npages']} pages "
-                                      f"but its parent {parent} has {pdoc['npages']}")
-            doc = pdoc
+                st = os.stat(fmt.manifest_name(epoch), dir_fd=dir_fd, follow_symlinks=False) \
+                    if dir_fd is not None else os.lstat(self.path / fmt.manifest_name(epoch))
+            except FileNotFoundError:
+                with self._cache_lock:
+                    self._links.pop(epoch, None)
+                raise EpochNotFound(f"store {self.path} has no epoch {epoch}") from None
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == hit.key:
+                return hit
+        doc = self._doc(epoch)
+        # as _doc left it; a key that never matches if another thread dropped it since
+        return self._links.get(epoch) or _link_of(doc, (-1, -1, -1))
+
+    def chain(self, epoch: int) -> list[int]:
+        """[full, ..., epoch] by the parent pointers; every step checks that
+        the parent is there, has as many pages, and is the epoch the child was
+        written on (its parent_digest). O(depth) lstat calls once the links
+        are known, whatever the manifest cache holds."""
+        try:
+            dfd: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            dfd = None  # _doc says what is wrong (no such epoch, ...)
+        links = self._links
+        try:
+            link = self._link(epoch, dfd)
+            epoch = link_epoch = int(epoch)
+            out = [epoch]
+            while link.kind != "full":
+                parent = link.parent
+                assert parent is not None  # check_manifest: an incremental epoch has one
+                # _link's hit path, inline: this loop runs thousands of times a walk
+                plink = links.get(parent)
+                if plink is not None and dfd is not None:
+                    try:
+                        st = os.stat(f"e{parent:08d}.json", dir_fd=dfd, follow_symlinks=False)
+                        if (st.st_ino, st.st_size, st.st_mtime_ns) != plink.key:
+                            plink = None
+                    except OSError:
+                        plink = None
+                if plink is None:
+                    try:
+                        plink = self._link(parent, dfd)
+                    except EpochNotFound:
+                        raise CorruptionError(f"epoch {epoch}: the chain is broken: epoch "
+                                              f"{link_epoch}'s parent {parent} is missing") from None
+                if plink.npages != link.npages or (link.parent_digest is not None
+                                                   and link.parent_digest != plink.identity):
+                    _check_link(epoch, link_epoch, link, plink)
+                out.append(parent)
+                link, link_epoch = plink, parent
+        finally:
+            if dfd is not None:
+                os.close(dfd)
         out.reverse()
         return out
 
@@ -624,6 +767,8 @@ class Store:
             if not fresh:
                 with self._cache_lock:
                     hit = self._indexes.get(key)
+                    if hit is not None:
+                        self._indexes.move_to_end(key)
                 if hit is not None:
                     return hit
             buf = bytearray(f["size"])
@@ -640,11 +785,23 @@ class Store:
         if len(recs) != doc["counts"]["records"]:
             raise CorruptionError(f"{where}: holds {len(recs)} records, the manifest counts "
                                   f"{doc['counts']['records']}")
-        with self._cache_lock:
-            self._indexes[key] = recs
-            while len(self._indexes) > _INDEX_CACHE_ENTRIES:
-                self._indexes.pop(next(iter(self._indexes)))
+        self._cache_index(key, recs)
         return recs
+
+    def _cache_index(self, key: tuple[Any, ...], recs: np.ndarray) -> None:
+        """Keep recs, least recently used out first, within _INDEX_CACHE_BYTES
+        (an index larger than that is not kept at all)."""
+        if recs.nbytes > _INDEX_CACHE_BYTES:
+            return
+        with self._cache_lock:
+            old = self._indexes.pop(key, None)
+            if old is not None:
+                self._index_bytes -= old.nbytes
+            self._indexes[key] = recs
+            self._index_bytes += recs.nbytes
+            while self._index_bytes > _INDEX_CACHE_BYTES:
+                _, gone = self._indexes.popitem(last=False)
+                self._index_bytes -= gone.nbytes
 
     def _open_pack(self, epoch: int, doc: dict[str, Any]) -> int:
         fd = self._open_data(epoch, doc, "pack")
@@ -662,6 +819,7 @@ class Store:
         with self._cache_lock:
             self._manifests.clear()
             self._indexes.clear()
+            self._index_bytes = 0
 
     # -- reading ------------------------------------------------------------------------
     def _resolve(self, indexes: list[np.ndarray], npages: int,
@@ -1044,6 +1202,12 @@ class Store:
             if progress is not None:
                 progress(min(done[0], total), total)
 
+        # each epoch's tie to its parent, checked once against the parent's
+        # manifest as verified just before it (ascending: parents come first):
+        # every chain checked, in one pass over the epochs. (A link stays
+        # good across a compaction in another process: its identity is carried
+        # over, and a parent is retired only after its children.)
+        verified: dict[int, _Link] = {}
         before = set(targets)
         for e in targets:
             for attempt in range(_SNAPSHOT_TRIES):
@@ -1053,7 +1217,7 @@ class Store:
                 except (MemckptError, OSError):
                     pass  # _verify_epoch says what is wrong with it
                 try:
-                    self._verify_epoch(e, tick)
+                    verified[e] = self._verify_epoch(e, tick, verified)
                     break
                 except (CorruptionError, FormatError, EpochNotFound) as exc:
                     if not os.path.lexists(self.path / fmt.manifest_name(e)):
@@ -1063,9 +1227,24 @@ class Store:
         if progress is not None:
             progress(total, total)
 
-    def _verify_epoch(self, epoch: int, tick: Callable[[int], None]) -> None:
+    def _verify_epoch(self, epoch: int, tick: Callable[[int], None],
+                      verified: dict[int, _Link] | None = None) -> _Link:
+        """Check one epoch's manifest, its tie to its parent (the parent's
+        link from `verified` if there, else from the store), index and pack;
+        return its link."""
         doc = self._doc(epoch, fresh=True)
-        self.chain(epoch)  # parents present, page counts agree
+        link = _link_of(doc, (0, 0, 0))  # the key is for the cache, not needed here
+        if link.kind != "full":
+            parent = link.parent
+            assert parent is not None  # check_manifest: an incremental epoch has one
+            plink = None if verified is None else verified.get(parent)
+            if plink is None:
+                try:
+                    plink = self._link(parent)
+                except EpochNotFound:
+                    raise CorruptionError(f"epoch {epoch}: the chain is broken: epoch {epoch}'s "
+                                          f"parent {parent} is missing") from None
+            _check_link(epoch, epoch, link, plink)
         recs = self._index(epoch, fresh=True)
         c = doc["counts"]
         zero = (recs["flags"] & fmt.FLAG_ZERO) != 0
@@ -1104,6 +1283,7 @@ class Store:
                 tick(int(part["length"].sum(dtype=np.uint64)))
         finally:
             os.close(fd)
+        return link
 
     # -- writing ------------------------------------------------------------------------
     def begin(self, kind: str, parent: int | None = None, layout: dict[str, Any] | None = None,
@@ -1133,20 +1313,24 @@ class Store:
         if kind == "incremental" and parent is None:
             raise ValueError("an incremental epoch needs a parent")
         self._wait_for_writers("begin an epoch")
+        self._check_same_store()  # before the lock file is made in a stranger's directory
         lock = _Lock(self.path, "write", wait=_LOCK_WAIT_S)
         try:
             self._sweep_if_due()
             nums = self.epoch_numbers()
             epoch = nums[-1] + 1 if nums else 1
+            parent_digest = None
             if parent is not None:
-                pdoc = self._doc(parent)
                 if kind == "incremental":
-                    self.chain(parent)
-                    if pdoc["npages"] != npages:
-                        raise ValueError(f"an incremental epoch of {npages} pages cannot follow "
-                                         f"epoch {parent} of {pdoc['npages']} pages")
+                    self.chain(parent)  # whole, and tied together: what the new epoch builds on
+                plink = self._link(parent)
+                if kind == "incremental" and plink.npages != npages:
+                    raise ValueError(f"an incremental epoch of {npages} pages cannot follow "
+                                     f"epoch {parent} of {plink.npages} pages")
+                parent_digest = plink.identity
             w = EpochWriter(self, lock, epoch=epoch, gen=0, kind=kind, parent=parent,
                             layout=layout, npages=int(npages), compress=compress)  # type: ignore[arg-type]
+            w._parent_digest = parent_digest
             self._unsettled = (epoch, w._pack_name)
             return w
         except BaseException:
@@ -1210,6 +1394,7 @@ class Store:
                             compress=dlast.get("compress"))
             self._unsettled = (last, w._pack_name)
             try:
+                w._parent_digest = self._compacted_parent_digest(dfirst)
                 self._copy_run(run, w, progress)
                 w._finish_files()
                 doc = w._manifest_doc(pages_dirty=w._records, pause_s=dlast["timings"]["pause_s"],
@@ -1218,8 +1403,12 @@ class Store:
                                       started=None)
                 doc["created"] = dlast["created"]
                 doc["timings"]["total_s"] = dlast["timings"]["total_s"]
+                # epoch `last` keeps its identity: its children's parent_digest
+                # names the manifest it was first committed with, and the
+                # merged epoch holds the same content
                 doc["compacted"] = {"from": run, "at": time.time(),
-                                    "seconds": time.perf_counter() - t0}
+                                    "seconds": time.perf_counter() - t0,
+                                    "identity": fmt.manifest_identity(dlast)}
             except BaseException:
                 w.abort()
                 raise
@@ -1227,6 +1416,18 @@ class Store:
             # the merged epoch is durable: only now retire the run, newest first
             self._retire(run[:-1], old_files)
             return info
+
+    def _compacted_parent_digest(self, dfirst: dict[str, Any]) -> str | None:
+        """The parent_digest of an epoch merged from a run starting at dfirst:
+        first's parent as it is now (chain(last) checked the tie), or, for a
+        full first whose lineage parent is gone, what first recorded."""
+        parent = dfirst.get("parent")
+        if parent is None:
+            return None
+        try:
+            return self._link(parent).identity
+        except EpochNotFound:
+            return dfirst.get("parent_digest")
 
     def _finish_compaction(self, run: list[int]) -> EpochInfo:
         """Retire what is left of a run merged into run[-1] by a compaction
@@ -1334,6 +1535,7 @@ class Store:
         writer lock, StoreLocked if another writer holds it); returns the
         names removed. Writes do this themselves when it is due."""
         self._wait_for_writers("sweep")
+        self._check_same_store()
         # role "sweep": a writer arriving meanwhile waits the moment out
         with _Lock(self.path, "sweep", wait=_LOCK_WAIT_S):
             removed = self._sweep()
@@ -1664,6 +1866,9 @@ class EpochWriter:
     # manifest exactly as after add_pages. abort() removes both files as ever.
     _idx_fd: int | None = None
     _adopted: dict[str, Any] | None = None
+    # the parent's manifest identity (format.manifest_identity), set by
+    # begin()/compact() for the manifest's parent_digest
+    _parent_digest: str | None = None
 
     def external_target(self) -> tuple[int, int, bytes, int, bytes]:
         """(pack_fd, pack_offset, pack_header, idx_fd, idx_header) for another
@@ -1791,8 +1996,10 @@ class EpochWriter:
     def _manifest_doc(self, *, pages_dirty: int, pause_s: float, label: str | None,
                       tracker: str | None, mode: str | None, extra: dict[str, Any] | None,
                       started: float | None) -> dict[str, Any]:
+        # the last moment before the commit's rename that can still refuse
+        self._store._check_same_store()
         t0 = self._t0 if started is None else started
-        return {
+        doc = {
             "format": fmt.EPOCH_FORMAT, "version": fmt.VERSION,
             "epoch": self.epoch, "parent": self.parent, "kind": self.kind,
             "created": time.time(), "label": label, "layout": self.layout,
@@ -1806,6 +2013,9 @@ class EpochWriter:
             "files": self._files,
             "extra": {} if extra is None else extra,
         }
+        if self._parent_digest is not None:
+            doc["parent_digest"] = self._parent_digest
+        return doc
 
     def _commit_doc(self, doc: dict[str, Any]) -> EpochInfo:
         store = self._store
