@@ -1026,23 +1026,15 @@ class Store:
         no prune or compaction moved anything under the read (the damage is
         real); EpochNotFound if ``target`` itself was retired; else the fresh
         listing to retry from (or give up, naming the race, after the last try).
-        ``used``: epoch -> the manifest's "files" the read used."""
+        ``used``: epoch -> _manifest_key() of the manifests the read used, taken
+        before it read them."""
         if target not in before and target not in used:
             raise exc  # there was no such epoch to begin with
         after = set(self.epoch_numbers())
         moved = sorted(e for e in before - after if e <= target)
-        for e, files in used.items():
-            if e in moved:
-                continue
-            try:
-                now = self._doc(e, fresh=True)["files"]
-            except EpochNotFound:
-                moved.append(e)
-                continue
-            except (MemckptError, OSError):
-                continue  # a manifest is only ever replaced whole: this one is damaged
-            if now != files:
-                moved.append(e)  # replaced by a compaction's merged epoch
+        for e, key in used.items():
+            if e not in moved and self._manifest_key(e) != key:
+                moved.append(e)  # retired, or replaced by a compaction's merged epoch
         moved.sort()
         if not moved:
             raise exc
@@ -1056,12 +1048,21 @@ class Store:
                                f"{_fmt_epochs(moved)}; the read failed with: {exc})") from exc
         return after
 
+    def _manifest_key(self, epoch: int) -> tuple[int, int, int] | None:
+        """(inode, size, mtime) of the epoch's manifest file; None if there is
+        none. A prune changes it to None, a compaction's rename to another."""
+        try:
+            st = os.lstat(self.path / fmt.manifest_name(epoch))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
     def _read_into(self, epoch: int, out: np.ndarray, req: np.ndarray | None,
                    progress: Callable[[int, int], None] | None, out_is_zero: bool,
                    used: dict[int, Any]) -> None:
         chain = self.chain(epoch)
+        used.update((e, self._manifest_key(e)) for e in chain)
         docs = [self._doc(e) for e in chain]
-        used.update((e, d["files"]) for e, d in zip(chain, docs))
         npages = docs[-1]["npages"]
         if out.shape != (npages, self.page_size):
             raise ValueError(f"out has shape {out.shape}, epoch {epoch} needs ({npages}, {self.page_size})")
@@ -1143,11 +1144,10 @@ class Store:
         self._read_header()
         if epoch is None:
             return self._verify_all(progress)
-        targets: list[int] = []
         # the chain of one epoch: a compaction in another process may merge
         # part of it while we check it; then check the merged chain, skipping
         # what was checked already (its files are immutable)
-        checked: set[tuple[int, str]] = set()
+        checked: set[tuple[int, Any]] = set()
         total = [0]
         done = [0]
 
@@ -1161,17 +1161,18 @@ class Store:
             used: dict[int, Any] = {}
             try:
                 targets = self.chain(epoch)
-                docs = {e: self._doc(e) for e in targets}
-                used.update((e, d["files"]) for e, d in docs.items())
+                used.update((e, self._manifest_key(e)) for e in targets)
+                todo = {e for e in targets if (e, used[e]) not in checked}
                 if progress is not None:
-                    total[0] = done[0] + sum(d["files"]["idx"]["size"] + d["files"]["pack"]["size"]
-                                             for e, d in docs.items()
-                                             if (e, d["files"]["pack"]["name"]) not in checked)
+                    total[0] = done[0] + sum(f["idx"]["size"] + f["pack"]["size"]
+                                             for f in (self._doc(e)["files"] for e in todo))
+                # each tie checked against the parent's manifest as verified just
+                # before it (ascending: parents come first)
+                verified: dict[int, _Link] = {}
                 for e in targets:
-                    key = (e, docs[e]["files"]["pack"]["name"])
-                    if key not in checked:
-                        self._verify_epoch(e, tick)
-                        checked.add(key)
+                    if e in todo:
+                        verified[e] = self._verify_epoch(e, tick, verified)
+                        checked.add((e, used[e]))
                 break
             except (CorruptionError, FormatError, EpochNotFound) as exc:
                 self._raced(epoch, before, used, exc, "verify", attempt)
@@ -1211,11 +1212,7 @@ class Store:
         before = set(targets)
         for e in targets:
             for attempt in range(_SNAPSHOT_TRIES):
-                used: dict[int, Any] = {}
-                try:
-                    used[e] = self._doc(e)["files"]
-                except (MemckptError, OSError):
-                    pass  # _verify_epoch says what is wrong with it
+                used = {e: self._manifest_key(e)}
                 try:
                     verified[e] = self._verify_epoch(e, tick, verified)
                     break
@@ -1544,9 +1541,9 @@ class Store:
 
     def _sweep_if_due(self) -> None:
         """Sweep (caller holds the writer lock) at this Store's first write,
-        and after an epoch it wrote did not commit: an abort that was itself
-        cut short (a signal, a dying disk) may have left its files. Checking
-        costs one manifest read; a sweep reads every manifest."""
+        and after an epoch it wrote did not commit and left files behind (an
+        abort that was itself cut short: a signal, a dying disk). Checking
+        costs a cached manifest lookup and a few lstat calls."""
         due = not self._swept
         if not due and self._unsettled is not None:
             epoch, pack = self._unsettled
@@ -1554,6 +1551,12 @@ class Store:
                 due = self._doc(epoch)["files"]["pack"]["name"] != pack
             except (MemckptError, OSError):
                 due = True
+            if due:  # not committed (or not as written): did its abort leave anything?
+                p = fmt.parse_data_name(pack)
+                names = [pack, fmt.manifest_name(epoch) + fmt.TMP_SUFFIX]
+                if p is not None:
+                    names.append(fmt.data_name(p[0], p[1], "idx"))
+                due = any(os.path.lexists(self.path / n) for n in names)
         if due:
             self._sweep()
             self._swept = True
@@ -1562,13 +1565,25 @@ class Store:
     def _sweep(self) -> list[str]:
         """Remove what no committed manifest references (caller holds the lock):
         *.tmp, and data files of no manifest. The files of an epoch whose
-        manifest cannot be read are kept, for verify() to report."""
+        manifest cannot be read are kept, for verify() to report.
+
+        Reads only the manifests of epochs with data files of more than one
+        generation (a compaction cut short, before or after its commit): an
+        epoch with a manifest and one generation of files keeps them (its
+        manifest names them, or it is damaged and verify() says so), so the
+        first write of a Store costs a listing, not a read of every manifest."""
         names = os.listdir(self.path)
+        committed = {e for e in map(fmt.parse_manifest_name, names) if e is not None}
+        gens: dict[int, set[int]] = {}
+        for n in names:
+            p = fmt.parse_data_name(n)
+            if p is not None and p[0] in committed:
+                gens.setdefault(p[0], set()).add(p[1])
         referenced: set[str] = set()
         protected: set[int] = set()
-        for n in names:
-            e = fmt.parse_manifest_name(n)
-            if e is None:
+        for e, gs in gens.items():
+            if len(gs) == 1:
+                protected.add(e)
                 continue
             try:
                 d = self._doc(e)
