@@ -267,6 +267,15 @@ def _plant(path: Path, name: str, kind: str) -> None:
     p.unlink(missing_ok=True)
     if kind == "fifo":
         os.mkfifo(p, 0o600)
+    elif kind == "socket":
+        import socket
+        sk = socket.socket(socket.AF_UNIX)
+        try:
+            sk.bind(str(p))
+        except OSError as exc:  # a path over sun_path's 108 bytes
+            pytest.skip(f"cannot bind a unix socket at {p}: {exc}")
+        finally:
+            sk.close()  # the socket file stays
     else:
         try:  # /dev/null's numbers: reads of it would look like an empty file
             os.mknod(p, stat.S_IFCHR | 0o600, os.makedev(1, 3))
@@ -274,10 +283,10 @@ def _plant(path: Path, name: str, kind: str) -> None:
             pytest.skip("mknod of a character device needs CAP_MKNOD")
 
 
-_WHAT = {"fifo": "a FIFO", "chardev": "a character device"}
+_WHAT = {"fifo": "a FIFO", "chardev": "a character device", "socket": "a socket"}
 
 
-@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+@pytest.mark.parametrize("kind", ["fifo", "chardev", "socket"])
 @pytest.mark.parametrize("victim", ["header", "manifest", "idx", "pack", "lock"])
 def test_fifo_or_device_in_place_of_a_store_file(copy, victim, kind):
     """Every reader, and a write, run in a child under a 10 s alarm each:
