@@ -85,8 +85,8 @@ READERS never write and never take the writer's lock: opening a Store reads
 the header alone (no lock file is created, nothing is swept, no manifest is
 read), so readers work on a full or read-only file system and never make a
 writer wait. Only the writer sweeps uncommitted garbage, under its lock: at
-the first begin()/compact()/prune() of each Store object, after an epoch it
-wrote failed to commit, and on sweep().
+the first begin()/compact()/prune() of each Store object, at its next write
+after an epoch it wrote failed to commit and left files, and on sweep().
 
 A reader racing a compact() or prune() in another process may find a
 manifest or file it was reading retired. read_into and verify then retry with
