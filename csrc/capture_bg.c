@@ -293,33 +293,37 @@ static int arm(struct mck_bg *bg, uint64_t *pages, size_t *np, const uint64_t *w
 	int64_t gap = bg->max_gap < 0 ? BG_AUTO_GAP : bg->max_gap;
 	const uint64_t *d = pages;
 	size_t n = *np;
+	bool every = bg->all_pages;
 	int rc;
 
 	bg->stats.collect_ns = ns_since(&bg->instant);
-	if (bg->all_pages) {
-		n = bg->cap;
-	} else if (bg->populated || bg->nextra) {
-		size_t m = 0;
+	if (!every && (bg->populated || bg->nextra)) {
+		int64_t m = 0;
 
 		if (bg->populated) {
 			/* here, under the lock, no page can turn from absent to
 			 * written unseen: such a write waits for the handler */
-			int64_t r = mck_pages_populated(bg->t->addr, bg->t->len, bg->pop, bg->cap, 0);
-
-			if (r < 0)
-				return (int)r;
-			m = (size_t)r;
+			m = mck_pages_populated(bg->t->addr, bg->t->len, bg->pop, bg->cap, 0);
 		}
-		n = merge3(pages, n, bg->pop, m, bg->extra, bg->nextra, bg->merged);
-		d = bg->merged;
+		if (m < 0) {
+			/* no pagemap to read (a sandbox without /proc, no fd
+			 * left): every page, as a full epoch took before,
+			 * rather than no epoch at all */
+			every = true;
+		} else {
+			n = merge3(pages, n, bg->pop, (size_t)m, bg->extra, bg->nextra, bg->merged);
+			d = bg->merged;
+		}
 	}
+	if (every)
+		n = bg->cap;
 	if (n > bg->staging_pages)
 		return -ENOBUFS;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	rc = protect_list(bg->t, writable, w, gap, &bg->stats);
 	if (rc < 0)
 		return rc;
-	if (bg->all_pages) {
+	if (every) {
 		for (size_t i = 0; i < n; i++)
 			pages[i] = i;
 	} else if (d != pages) {

@@ -10,6 +10,8 @@
  *  - a huge-page region;
  *  - the one rule that matters, checked in every case: no page that holds a
  *    non-zero byte is ever missing from the list;
+ *  - a background full epoch (MCK_BG_POPULATED) snapshots the populated
+ *    pages, and every page when no pagemap can be opened (no fd left);
  *  - errors: unaligned, short output, unknown flags.
  *
  * Exit 0 = pass, 1 = fail. `test_populated [seed]` replays a seed. */
@@ -19,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -237,6 +240,61 @@ static void test_huge(void)
 	mck_region_destroy(&r);
 }
 
+/* MCK_BG_POPULATED over uffd-sync: D is the populated pages, the dirty ones
+ * and the extra ones; with no fd to open pagemap with, every page. */
+static void test_bg_populated(void)
+{
+	int b = mck_backend_lookup("uffd-sync");
+	char reason[512];
+	struct mck_region r;
+	struct mck_tracker *t;
+	struct rlimit old, low;
+	static uint8_t staging[64 * 65536];
+	uint64_t extra[] = { 40 };
+	uint8_t *base;
+	int64_t n;
+	int fd;
+
+	if (mck_bg_supported(b, reason, sizeof(reason)) != 1 || 64 * ps > sizeof(staging)) {
+		printf("# background capture unavailable: %s\n", reason);
+		return;
+	}
+	CHECK(mck_region_create(&r, 64 * ps, 0) == 0, "region");
+	base = r.addr;
+	base[2 * ps] = 1; /* populated before the tracker, not dirty */
+	if (mck_tracker_open(&t, b, base, 64 * ps) < 0) {
+		CHECK(0, "uffd-sync open");
+		mck_region_destroy(&r);
+		return;
+	}
+	base[9 * ps] = 2; /* dirty */
+	n = mck_bg_begin_ex(t, out, 64, staging, 64, MCK_BG_GAP_AUTO, MCK_BG_POPULATED, extra, 1,
+			    NULL);
+	CHECK(n == 3 && out[0] == 2 && out[1] == 9 && out[2] == 40, "populated D: %lld pages",
+	      (long long)n);
+	CHECK(mck_bg_wait(t, NULL) == 0, "bg_wait");
+	CHECK(n == 3 && staging[0] == 1 && staging[ps] == 2, "staged content");
+	/* the lowest free fd becomes the limit: every open fails with EMFILE */
+	fd = dup(0);
+	getrlimit(RLIMIT_NOFILE, &old);
+	low = old;
+	low.rlim_cur = fd >= 0 ? (rlim_t)fd : 0;
+	if (fd >= 0)
+		close(fd);
+	CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0, "setrlimit");
+	CHECK(mck_pages_populated(base, 64 * ps, out, 64, 0) == -EMFILE, "no fd: -EMFILE");
+	n = mck_bg_begin_ex(t, out, 64, staging, 64, MCK_BG_GAP_AUTO, MCK_BG_POPULATED, NULL, 0,
+			    NULL);
+	setrlimit(RLIMIT_NOFILE, &old);
+	CHECK(n == 64 && out[63] == 63, "no pagemap: every page, got %lld", (long long)n);
+	CHECK(mck_bg_wait(t, NULL) == 0, "bg_wait");
+	CHECK(staging[2 * ps] == 1 && staging[9 * ps] == 2, "staged content, every page");
+	/* nothing written since: an empty collect, exact as ever */
+	CHECK(mck_tracker_collect(t, out, 64) == 0, "collect after");
+	CHECK(mck_tracker_close(t) == 0, "close");
+	mck_region_destroy(&r);
+}
+
 static void test_errors(void)
 {
 	struct mck_region r;
@@ -287,6 +345,7 @@ int main(int argc, char **argv)
 	test_swapped();
 	test_tracked();
 	test_huge();
+	test_bg_populated();
 	test_errors();
 	free(out);
 	if (failures) {

@@ -710,9 +710,12 @@ class Checkpointer:
         the collect, in the pause). The rest read as zero, which a full epoch
         does not record; they stay tracked like any page, so a write to one
         is in the next increment."""
-        if not _SKIP_UNPOPULATED:
-            return np.arange(self._npages, dtype=np.uint64)
-        return self._arena._region.populated()
+        if _SKIP_UNPOPULATED:
+            try:
+                return self._arena._region.populated()
+            except OSError:
+                pass  # no pagemap to read (a sandbox without /proc): every page, as before
+        return np.arange(self._npages, dtype=np.uint64)
 
     def _candidates(self, kind: str, pages: np.ndarray) -> int:
         # a full epoch's candidates are still every page: the ones not read
