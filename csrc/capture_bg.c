@@ -76,6 +76,14 @@ struct mck_bg {
 	size_t staging_pages;
 	int64_t max_gap;
 	bool all_pages;
+	bool populated;       /* D also holds the pages that may hold data */
+	const uint64_t *extra; /* and these (a failed epoch's pages) */
+	size_t nextra;
+	/* cap entries each, calloc'd (resident only as far as used): the
+	 * populated pages, and D built from its parts before it replaces the
+	 * drained list, which must stay intact until nothing can fail */
+	uint64_t *pop;
+	uint64_t *merged;
 	_Atomic bool armed; /* the handler defers writes to pages of D */
 	_Atomic uint64_t faults_waited;
 	uint64_t copied_early;
@@ -249,31 +257,79 @@ static int protect_list(struct mck_tracker *t, const uint64_t *pages, size_t n, 
 	return 0;
 }
 
-/* D is pages[0..*np); the writable ones among them, which need protecting,
- * are writable[0..w). Called under the tracker lock: the instant. */
+/* out = the sorted union of three sorted, duplicate-free lists; its length. */
+static size_t merge3(const uint64_t *a, size_t na, const uint64_t *b, size_t nb,
+		     const uint64_t *c, size_t nc, uint64_t *out)
+{
+	size_t i = 0, j = 0, k = 0, n = 0;
+
+	while (i < na || j < nb || k < nc) {
+		uint64_t m = UINT64_MAX;
+
+		if (i < na && a[i] < m)
+			m = a[i];
+		if (j < nb && b[j] < m)
+			m = b[j];
+		if (k < nc && c[k] < m)
+			m = c[k];
+		i += i < na && a[i] == m;
+		j += j < nb && b[j] == m;
+		k += k < nc && c[k] == m;
+		out[n++] = m;
+	}
+	return n;
+}
+
+/* The drained pages are pages[0..*np); the writable ones among them, which
+ * need protecting, are writable[0..w). D grows from the drained pages to
+ * every page (MCK_BG_ALL_PAGES), or by the populated and extra pages: those
+ * not drained are protected already, or absent (a write to one faults), so
+ * what needs protecting does not grow. pages[] becomes D only once nothing
+ * can fail: on failure, the caller puts the drained bits back from it.
+ * Called under the tracker lock: the instant. */
 static int arm(struct mck_bg *bg, uint64_t *pages, size_t *np, const uint64_t *writable, size_t w)
 {
 	struct timespec t0;
 	int64_t gap = bg->max_gap < 0 ? BG_AUTO_GAP : bg->max_gap;
+	const uint64_t *d = pages;
 	size_t n = *np;
+	bool every = bg->all_pages;
 	int rc;
 
 	bg->stats.collect_ns = ns_since(&bg->instant);
-	if (bg->all_pages) {
-		if (bg->cap > bg->staging_pages)
-			return -ENOBUFS;
-		/* the pages not drained are protected already: D grows to
-		 * every page, what needs protecting does not */
-		for (size_t i = 0; i < bg->cap; i++)
-			pages[i] = i;
-		*np = n = bg->cap;
+	if (!every && (bg->populated || bg->nextra)) {
+		int64_t m = 0;
+
+		if (bg->populated) {
+			/* here, under the lock, no page can turn from absent to
+			 * written unseen: such a write waits for the handler */
+			m = mck_pages_populated(bg->t->addr, bg->t->len, bg->pop, bg->cap, 0);
+		}
+		if (m < 0) {
+			/* no pagemap to read (a sandbox without /proc, no fd
+			 * left): every page, as a full epoch took before,
+			 * rather than no epoch at all */
+			every = true;
+		} else {
+			n = merge3(pages, n, bg->pop, (size_t)m, bg->extra, bg->nextra, bg->merged);
+			d = bg->merged;
+		}
 	}
+	if (every)
+		n = bg->cap;
 	if (n > bg->staging_pages)
 		return -ENOBUFS;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	rc = protect_list(bg->t, writable, w, gap, &bg->stats);
 	if (rc < 0)
 		return rc;
+	if (every) {
+		for (size_t i = 0; i < n; i++)
+			pages[i] = i;
+	} else if (d != pages) {
+		memcpy(pages, d, n * sizeof(*pages));
+	}
+	*np = n;
 	bg->stats.protect_ns = ns_since(&t0);
 	bg->stats.pages = n;
 	bg->stats.prearmed = n - w;
@@ -298,6 +354,8 @@ static void bg_free(struct mck_bg *bg)
 {
 	free((void *)bg->state);
 	free(bg->urgent);
+	free(bg->pop);
+	free(bg->merged);
 	pthread_cond_destroy(&bg->cv);
 	pthread_mutex_destroy(&bg->mu);
 	free(bg);
@@ -317,9 +375,11 @@ static int bg_create(struct mck_tracker *t, struct mck_bg **out)
 	/* calloc'd: untouched pages of these cost nothing until a D that large */
 	bg->state = calloc(t->npages, sizeof(*bg->state));
 	bg->urgent = calloc(t->npages, sizeof(*bg->urgent));
+	bg->pop = calloc(t->npages, sizeof(*bg->pop));
+	bg->merged = calloc(t->npages, sizeof(*bg->merged));
 	pthread_mutex_init(&bg->mu, NULL);
 	pthread_cond_init(&bg->cv, NULL);
-	if (!bg->state || !bg->urgent || t->npages > UINT32_MAX) {
+	if (!bg->state || !bg->urgent || !bg->pop || !bg->merged || t->npages > UINT32_MAX) {
 		bg_free(bg);
 		return t->npages > UINT32_MAX ? -EOVERFLOW : -ENOMEM;
 	}
@@ -396,16 +456,29 @@ int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *s
 		     size_t staging_pages, int64_t max_gap, unsigned flags,
 		     struct mck_bg_stats *stats)
 {
+	return mck_bg_begin_ex(t, pages, cap, staging, staging_pages, max_gap, flags, NULL, 0,
+			       stats);
+}
+
+int64_t mck_bg_begin_ex(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
+			size_t staging_pages, int64_t max_gap, unsigned flags,
+			const uint64_t *extra, size_t nextra, struct mck_bg_stats *stats)
+{
 	struct mck_bg *bg;
 	int64_t n;
 	int rc;
 
-	if (!t || !pages || (!staging && staging_pages) || (flags & ~MCK_BG_ALL_PAGES))
+	if (!t || !pages || (!staging && staging_pages) ||
+	    (flags & ~(unsigned)(MCK_BG_ALL_PAGES | MCK_BG_POPULATED)) || (!extra && nextra))
 		return -EINVAL;
 	if (t->backend != MCK_BACKEND_UFFD_SYNC)
 		return -EOPNOTSUPP;
 	if (cap < t->npages)
 		return -ENOBUFS;
+	/* merge3 and the copier's binary search need D sorted and unique */
+	for (size_t i = 0; i < nextra; i++)
+		if (extra[i] >= t->npages || (i && extra[i] <= extra[i - 1]))
+			return -EINVAL;
 	rc = bg_get(t, &bg);
 	if (rc < 0)
 		return rc;
@@ -419,6 +492,9 @@ int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *s
 	bg->staging_pages = staging_pages;
 	bg->max_gap = max_gap;
 	bg->all_pages = flags & MCK_BG_ALL_PAGES;
+	bg->populated = flags & MCK_BG_POPULATED;
+	bg->extra = extra;
+	bg->nextra = nextra;
 	memset(&bg->stats, 0, sizeof(bg->stats));
 	clock_gettime(CLOCK_MONOTONIC, &bg->instant);
 	n = mck_uffd_sync_freeze(t, pages, cap, arm, bg);

@@ -43,7 +43,8 @@ C_TESTS = ([f"test_{b.replace('-', '_')}" for b in BACKENDS]
 SANITIZED_TESTS = ["tests/test_tracker.py", "tests/test_arena.py", "tests/test_store.py",
                    "tests/test_checkpointer.py", "tests/test_interval.py",
                    "tests/test_capture_modes.py", "tests/test_fork_mode.py",
-                   "tests/test_bg_mode.py", "tests/test_hash.py"]
+                   "tests/test_bg_mode.py", "tests/test_hash.py",
+                   "tests/test_sparse_arena.py"]
 
 # what a sanitizer prints when it finds something
 REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|"

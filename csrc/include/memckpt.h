@@ -78,6 +78,22 @@ int mck_region_destroy(struct mck_region *r);
 /* Give the pages of [off, off+len) back to the kernel; they read as zero after. */
 int mck_region_discard(struct mck_region *r, size_t off, size_t len);
 
+enum mck_populated_flags {
+	/* read /proc/self/pagemap even where PAGEMAP_SCAN works (tests) */
+	MCK_POPULATED_READ = 1u << 0,
+};
+
+/* Write to out[] the sorted indices (from addr's page) of the pages of
+ * [addr, addr+len) (page-aligned; private anonymous memory) that may hold
+ * data: present and not the shared zero page, or swapped out. Every other
+ * page reads as zero. A uffd-wp marker (a never-touched page under a
+ * WP_UNPOPULATED tracker) is told from a swapped page only with
+ * CAP_SYS_ADMIN; without it, such pages are listed too (never too few).
+ * A page written after the call returns may be missing: the caller orders
+ * the call after its snapshot's instant. Returns the count; -ENOBUFS if
+ * more than cap. PAGEMAP_SCAN (Linux >= 6.7), else /proc/self/pagemap. */
+int64_t mck_pages_populated(void *addr, size_t len, uint64_t *out, size_t cap, unsigned flags);
+
 /* ------------------------------------------------------------ trackers */
 
 enum mck_backend {
@@ -241,6 +257,10 @@ enum mck_bg_flags {
 	/* snapshot every page of the range, not only those written since the
 	 * last collect (a full epoch); the collect still re-arms */
 	MCK_BG_ALL_PAGES = 1u << 0,
+	/* snapshot also the pages that may hold data at the instant
+	 * (mck_pages_populated, taken in the same critical section): a full
+	 * epoch that neither reads nor stages the never-touched pages */
+	MCK_BG_POPULATED = 1u << 1,
 };
 
 struct mck_bg_stats {
@@ -270,6 +290,13 @@ int mck_bg_supported(int backend, char *reason, size_t len);
 int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
 		     size_t staging_pages, int64_t max_gap, unsigned flags,
 		     struct mck_bg_stats *stats);
+/* mck_bg_begin whose D also holds extra[0..nextra) (sorted, duplicate-free,
+ * each < the tracker's page count): pages a failed epoch collected, which are
+ * protected already but must be in this snapshot. D is the sorted union of
+ * the pages collected, extra and (with MCK_BG_POPULATED) the populated ones. */
+int64_t mck_bg_begin_ex(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
+			size_t staging_pages, int64_t max_gap, unsigned flags,
+			const uint64_t *extra, size_t nextra, struct mck_bg_stats *stats);
 /* Shorten the next mck_bg_begin's pause: write-protect now, while the
  * program runs, the pages written so far (they stay dirty: the next collect
  * or mck_bg_begin still reports them), so that the pause protects only those

@@ -11,6 +11,7 @@ from libc.string cimport strerror
 cimport memckpt._memckpt as c
 
 import errno
+import mmap
 
 import numpy as np
 
@@ -166,6 +167,28 @@ cdef class Region:
             rc = c.mck_region_discard(&self.r, offset, length)
         check(rc, "discarding pages")
 
+    def populated(self, bint read=False):
+        """The sorted numbers (uint64) of the region's pages that may hold
+        data: present and not the shared zero page, or swapped out; every
+        other page reads as zero (csrc/populated.c). ``read`` asks
+        /proc/self/pagemap even where PAGEMAP_SCAN works."""
+        cdef int64_t n
+        cdef size_t cap
+        cdef uint64_t[::1] buf
+        cdef void *addr
+        cdef size_t length
+        cdef unsigned flags = c.MCK_POPULATED_READ if read else 0
+        self._check_open()
+        addr, length = self.r.addr, self.r.len
+        cap = length // mmap.PAGESIZE
+        out = np.empty(max(cap, 1), dtype=np.uint64)
+        buf = out
+        with nogil:
+            n = c.mck_pages_populated(addr, length, &buf[0], cap, flags)
+        check(n, "listing the populated pages")
+        # a mostly empty region's list is short: keep only that much
+        return out[:n] if <size_t>n == cap else out[:n].copy()
+
     cdef int _check_open(self) except -1:
         if self.r.map_base == NULL:
             raise ValueError("region is closed")
@@ -234,8 +257,11 @@ cdef class Tracker:
         return np.asarray(self.scratch)[:n].copy()
 
     # ---- background capture ----
-    def bg_begin(self, staging, long long max_gap=c.MCK_BG_GAP_AUTO, bint all_pages=False):
-        """Collect the dirty pages (every page with ``all_pages``), write-protect them and start copying them
+    def bg_begin(self, staging, long long max_gap=c.MCK_BG_GAP_AUTO, bint all_pages=False,
+                 bint populated=False, extra=None):
+        """Collect the dirty pages (every page with ``all_pages``; with
+        ``populated`` also every page that may hold data; and the sorted
+        page numbers ``extra``), write-protect them and start copying them
         into ``staging`` (a writable C-contiguous buffer of whole pages; page
         ``pages[i]`` goes to its i-th page). Returns (pages, stats): the sorted
         page numbers (read-only uint64) and the pause's figures. ``staging``
@@ -243,9 +269,18 @@ cdef class Tracker:
         cdef int64_t n
         cdef c.mck_bg_stats st
         cdef uint64_t[::1] pages
-        cdef size_t cap, addr, nstaging, page_size
+        cdef const uint64_t[::1] more
+        cdef const uint64_t *more_p = NULL
+        cdef size_t cap, addr, nstaging, page_size, nmore = 0
+        cdef unsigned flags = ((c.MCK_BG_ALL_PAGES if all_pages else 0)
+                               | (c.MCK_BG_POPULATED if populated else 0))
         if self.t == NULL:
             raise ValueError("tracker is closed")
+        if extra is not None:
+            more = np.ascontiguousarray(extra, dtype=np.uint64)
+            nmore = more.shape[0]
+            if nmore:
+                more_p = &more[0]
         arr = np.asarray(staging)
         if not arr.flags.c_contiguous or not arr.flags.writeable:
             raise ValueError("staging must be a writable C-contiguous buffer")
@@ -259,8 +294,8 @@ cdef class Tracker:
         pages = out
         cap = pages.shape[0]
         with nogil:
-            n = c.mck_bg_begin(self.t, &pages[0], cap, <void *>addr, nstaging, max_gap,
-                               c.MCK_BG_ALL_PAGES if all_pages else 0, &st)
+            n = c.mck_bg_begin_ex(self.t, &pages[0], cap, <void *>addr, nstaging, max_gap,
+                                  flags, more_p, nmore, &st)
         if n == -errno.EOPNOTSUPP:
             ok, why = bg_supported(c.mck_tracker_backend(self.t))
             raise OSError(errno.EOPNOTSUPP, why)

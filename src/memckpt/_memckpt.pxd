@@ -41,6 +41,11 @@ cdef extern from "memckpt.h" nogil:
     int mck_region_discard(mck_region *r, size_t off, size_t len)
 
     enum:
+        MCK_POPULATED_READ
+
+    int64_t mck_pages_populated(void *addr, size_t len, uint64_t *out, size_t cap, unsigned flags)
+
+    enum:
         MCK_BACKEND_COUNT
         MCK_PROP_EXACT
         MCK_PROP_KERNEL_WRITES
@@ -143,6 +148,7 @@ cdef extern from "memckpt.h" nogil:
         MCK_BG_GAP_AUTO
         MCK_BG_GAP_RUNS
         MCK_BG_ALL_PAGES
+        MCK_BG_POPULATED
 
     struct mck_bg_stats:
         uint64_t pages
@@ -161,5 +167,8 @@ cdef extern from "memckpt.h" nogil:
     int64_t mck_bg_begin(mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
                          size_t staging_pages, int64_t max_gap, unsigned flags,
                          mck_bg_stats *stats)
+    int64_t mck_bg_begin_ex(mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
+                            size_t staging_pages, int64_t max_gap, unsigned flags,
+                            const uint64_t *extra, size_t nextra, mck_bg_stats *stats)
     int mck_bg_wait(mck_tracker *t, mck_bg_stats *stats)
     int64_t mck_bg_prearm(mck_tracker *t, int64_t max_gap)

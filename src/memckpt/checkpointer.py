@@ -64,6 +64,18 @@ _NO_PAGES = np.empty(0, dtype=np.uint64)
 # there are no increments yet).
 _COST_EPOCHS = 5
 
+# A full epoch's candidates are the pages that may hold data (Region.populated,
+# after the collect): every other page reads as zero, and a full epoch records
+# no zero page, so the epoch is the same without reading, staging or (under
+# uffd-sync, whose MISSING fills give every page read a real one) populating
+# them. False: every page, as before (bench/probe_sparse_full.py compares).
+_SKIP_UNPOPULATED = True
+
+# Mode "sync" stages at most this many pages: its caller waits until the epoch
+# is durable anyway, so the rest is written straight from the arena in the
+# same call, in chunks, and a dense full epoch needs no arena-sized buffer.
+_SYNC_STAGING_PAGES = _ADD_CHUNK_PAGES
+
 # Average run of consecutive dirty pages from which copy_pages copies slices
 # rather than np.take (the two cost the same at 64-page runs, 1% of 1 GiB).
 _RUN_PAGES = 64
@@ -588,8 +600,10 @@ class Checkpointer:
         t0 = time.perf_counter()
         dirty, reported = self._collect()
         try:
-            pages = np.arange(self._npages, dtype=np.uint64) if kind == "full" else dirty
+            pages = self._full_pages() if kind == "full" else dirty
             room = self._staging_pages
+            if self._mode == "sync":
+                room = min(room, _SYNC_STAGING_PAGES)
             overflow = max(0, int(pages.size) - room)
             if overflow:
                 # the lowest pages go first: the writer takes pages in increasing order
@@ -609,8 +623,10 @@ class Checkpointer:
         pause = time.perf_counter() - t0
         extra: dict[str, Any] = {"tracker_reported": reported, "staging_bytes": int(data.nbytes),
                                  "pages_in_pause": overflow}
+        extra.update(self._unpopulated(kind, pages))
         return _Capture(kind=kind, parent=parent, epoch=w.epoch, writer=w, pages=staged,
-                        dirty=dirty, data=data, pages_dirty=int(pages.size), pause_s=pause,
+                        dirty=dirty, data=data, pages_dirty=self._candidates(kind, pages),
+                        pause_s=pause,
                         started=t0, label=label, mode=self._mode, extra=extra,
                         persist=self._persist_copy, release=lambda: self._recycle(buf, kind))
 
@@ -633,7 +649,6 @@ class Checkpointer:
 
     # -- mode "fork" ----------------------------------------------------------------------
     _fork_scratch: ForkScratch | None = None  # the child's working memory, reused
-    _fork_all: np.ndarray | None = None       # 0..npages-1, a full epoch's pages
 
     def _capture_fork(self, w: Any, kind: str, parent: int | None, label: str | None) -> _Capture:
         """Collect, then fork a child that writes the pages from its
@@ -642,8 +657,6 @@ class Checkpointer:
         (PR_SET_PDEATHSIG): that thread must outlive the epoch's persist."""
         if self._fork_scratch is None:
             self._fork_scratch = ForkScratch()
-        if self._fork_all is None:
-            self._fork_all = np.arange(self._npages, dtype=np.uint64)
         # before the pause: the scratch (sized for a full epoch, allocated and
         # touched once) and the epoch's index file
         scratch = self._fork_scratch.get(self._npages)
@@ -651,7 +664,11 @@ class Checkpointer:
         t0 = time.perf_counter()
         dirty, reported = self._collect()
         try:
-            pages = self._fork_all if kind == "full" else dirty
+            # the child hashes only these: a page absent now reads as zero in
+            # its image too, unless written between here and the fork, which
+            # the tracker reports to the next epoch (as for any page written
+            # after the collect)
+            pages = self._full_pages() if kind == "full" else dirty
             t1 = time.perf_counter()
             snap = ForkSnapshot(w, self._arena._region, self._page_size, pages, scratch=scratch,
                                 target=target)
@@ -661,8 +678,10 @@ class Checkpointer:
         pause = time.perf_counter() - t0
         extra: dict[str, Any] = {"tracker_reported": reported, "collect_s": t1 - t0,
                                  "fork_s": snap.fork_s, "child_pid": snap.pid}
+        extra.update(self._unpopulated(kind, pages))
         return _Capture(kind=kind, parent=parent, epoch=w.epoch, writer=w, pages=pages,
-                        dirty=dirty, data=snap, pages_dirty=int(pages.size), pause_s=pause,
+                        dirty=dirty, data=snap, pages_dirty=self._candidates(kind, pages),
+                        pause_s=pause,
                         started=t0, label=label, mode=self._mode, extra=extra,
                         persist=self._persist_fork, release=snap.release)
 
@@ -685,6 +704,28 @@ class Checkpointer:
             except Exception:
                 pass  # the first error is the one to see
             raise
+
+    def _full_pages(self) -> np.ndarray:
+        """A full epoch's pages: those that may hold data now (called after
+        the collect, in the pause). The rest read as zero, which a full epoch
+        does not record; they stay tracked like any page, so a write to one
+        is in the next increment."""
+        if _SKIP_UNPOPULATED:
+            try:
+                return self._arena._region.populated()
+            except OSError:
+                pass  # no pagemap to read (a sandbox without /proc): every page, as before
+        return np.arange(self._npages, dtype=np.uint64)
+
+    def _candidates(self, kind: str, pages: np.ndarray) -> int:
+        # a full epoch's candidates are still every page: the ones not read
+        # are known to be zero
+        return self._npages if kind == "full" else int(pages.size)
+
+    def _unpopulated(self, kind: str, pages: np.ndarray) -> dict[str, Any]:
+        if kind != "full":
+            return {}
+        return {"pages_unpopulated": self._npages - int(pages.size)}
 
     def _staging(self, npages: int) -> np.ndarray:
         spare, self._spare = self._spare, None
@@ -735,7 +776,14 @@ class Checkpointer:
         carry = self._carry
         every = kind == "full" or bool(carry.size)
         # on failure nothing was collected: the pages stay dirty in the tracker
-        pages, st = self._tracker.bg_begin(self._bg_buf, all_pages=every)
+        if _SKIP_UNPOPULATED:
+            # a full epoch: the pages that may hold data at the instant (the
+            # others are neither read, nor staged, nor filled by the handler);
+            # a failed epoch's pages are protected already and join as they are
+            pages, st = self._tracker.bg_begin(self._bg_buf, populated=kind == "full",
+                                               extra=carry if carry.size else None)
+        else:
+            pages, st = self._tracker.bg_begin(self._bg_buf, all_pages=every)
         self._carry = _NO_PAGES
         pause = time.perf_counter() - t0
         # if the epoch fails, all it snapshot counts as unsaved (a superset)
@@ -746,10 +794,20 @@ class Checkpointer:
                                  "prearmed": st["prearmed"],
                                  "protect_calls": st["protect_calls"], "runs": st["runs"],
                                  "max_gap": st["max_gap"]}
+        extra.update(self._unpopulated(kind, pages))
         return _Capture(kind=kind, parent=parent, epoch=w.epoch, writer=w, pages=pages,
-                        dirty=dirty, data=self._bg_buf, pages_dirty=int(pages.size),
+                        dirty=dirty, data=self._bg_buf, pages_dirty=self._candidates(kind, pages),
                         pause_s=pause, started=t0, label=label, mode=self._mode, extra=extra,
-                        persist=self._persist_background)
+                        persist=self._persist_background,
+                        release=lambda: self._bg_recycle(kind, int(pages.size)))
+
+    def _bg_recycle(self, kind: str, npages: int) -> None:
+        # As _recycle does for mode "copy": the staging a full epoch touched is
+        # let go unless small, or a dense arena's first epoch would hold a
+        # second arena's worth of memory for good. (A copy still running keeps
+        # the buffer alive through the tracker until bg_wait.)
+        if kind == "full" and npages * self._page_size > max(64 << 20, self._arena.nbytes // 8):
+            self._bg_buf = None
 
     def _persist_background(self, cap: _Capture) -> EpochInfo:
         """On the persist thread: wait for the copy (GIL released), then write

@@ -88,7 +88,8 @@ class DirtyTracker:
 
     # -- background capture (copy-before-write; uffd-sync only) ------------------
     def bg_begin(self, staging: np.ndarray, max_gap: int = _core.BG_GAP_AUTO,
-                 all_pages: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+                 all_pages: bool = False, populated: bool = False,
+                 extra: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """Collect as :meth:`collect` does, write-protect those pages and start
         copying them, in a background thread, into ``staging`` (a writable,
         C-contiguous array of whole pages: page ``pages[i]`` goes to its i-th
@@ -97,9 +98,12 @@ class DirtyTracker:
         starting another copy. Needs the ``uffd-sync`` backend (``OSError``
         with ``errno.EOPNOTSUPP`` and the reason otherwise). ``max_gap``: runs
         of pages closer than this are protected by one ioctl (``-1``: auto).
-        ``all_pages`` snapshots every page of the arena (a full epoch)."""
+        ``all_pages`` snapshots every page of the arena; ``populated`` adds
+        every page that may hold data at the instant (a full epoch: the others
+        read as zero, and are neither read nor staged); ``extra`` adds those
+        sorted page numbers (a failed epoch's pages, protected already)."""
         with self._lock:
-            return self._t.bg_begin(staging, max_gap, all_pages)
+            return self._t.bg_begin(staging, max_gap, all_pages, populated, extra)
 
     def bg_prearm(self, max_gap: int = _core.BG_GAP_AUTO) -> int:
         """Write-protect, now and outside any pause, the pages written so
