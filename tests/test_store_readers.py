@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memckpt import CorruptionError, EpochNotFound, FormatError, StoreLocked
+from memckpt import CorruptionError, EpochNotFound, FormatError, MemckptError, StoreLocked
 from memckpt.store import Store
 from memckpt.store import format as fmt
 from memckpt.store import local
@@ -422,6 +422,30 @@ def test_read_over_a_compaction_rereads_and_over_a_prune_says_retired(copy, monk
     with pytest.raises(EpochNotFound, match="epoch 3 was retired during read by a prune or compaction"):
         read(reader, 3)
     assert np.array_equal(read(reader, new), expected[3])
+
+
+def test_a_read_spoiled_at_every_try_gives_up_naming_the_race(copy, monkeypatch):
+    """Every try finds its files gone and the manifest replaced meanwhile
+    (as a compaction in a loop would): after 5 tries, a MemckptError that
+    names the concurrent prune/compaction and the last failure; not damage."""
+    path, _ = copy
+    s = Store(path)
+    tries = [0]
+
+    def spoiled(self: Store, epoch: int, doc: dict[str, Any]) -> int:
+        tries[0] += 1
+        m = path / fmt.manifest_name(3)
+        tmp = path / "m.tmp"
+        tmp.write_bytes(m.read_bytes())
+        os.rename(tmp, m)  # the same manifest, a new file: what a compaction's rename looks like
+        raise local._MissingFile(f"epoch {epoch}: {doc['files']['pack']['name']}: the file is missing")
+    monkeypatch.setattr(Store, "_open_pack", spoiled)
+    with pytest.raises(MemckptError, match=r"gave up trying to read epoch 3 after 5 tries: a prune "
+                                           r"or compaction .* kept retiring .*the file is missing") as ei:
+        read(s, 3)
+    assert not isinstance(ei.value, CorruptionError) and tries[0] == 5
+    with pytest.raises(MemckptError, match="gave up trying to verify epoch 3"):
+        s.verify(3)
 
 
 def test_real_damage_is_still_reported(copy):
