@@ -10,11 +10,11 @@ prints one JSON line: {"ok": bool, "why": str, ...}.
 
 Scenarios (the "scenario" key):
 
-- ``child``: checkpoints, forks one child right after a checkpoint()
-  returned (its persist still in flight, held back by a gate), the child
-  exits normally / calls close() on the inherited Checkpointer / is
-  SIGKILLed / tries to checkpoint; then more checkpoints. Every epoch must
-  restore bit for bit.
+- ``child``: checkpoints, forks one child between epochs and one right
+  after a checkpoint() returned (its persist still in flight, held back by
+  a gate); each exits normally / calls close() on the inherited
+  Checkpointer / tries to checkpoint / ... or lives on through the next
+  epochs and is SIGKILLed. Every epoch must restore bit for bit.
 - ``pool``: a fork-started multiprocessing.Pool made while a persist holds
   the store's lock; the next checkpoints must not be refused.
 - ``writer``: a bare EpochWriter inherited by a child that aborts it, lets
@@ -245,10 +245,20 @@ def pool_task(how: str) -> str:
 
 # -- scenarios --------------------------------------------------------------------------
 def scenario_child(req: dict[str, Any]) -> dict[str, Any]:
+    """Two children doing the same: one forked between epochs (nothing in
+    flight: at its exit the interpreter frees the inherited Checkpointer and
+    tracker), one while an epoch persists (held by the gate: the child
+    inherits the lock, the writer, the persist's state). A child to be
+    killed lives on through the parent's next epochs."""
     loop = Loop(req["backend"], req["mode"], req.get("seed", 1))
+    how = req["how"]
     for _ in range(2):
         loop.write()
         loop.checkpoint().result(HANG_S)
+    pids = [fork_child(how)]
+    codes = []
+    if how != "kill":
+        codes.append(child_exit_code(wait_child(pids.pop())))
     loop.write()
     gated = loop.ck.mode != "sync"
     if gated:
@@ -256,23 +266,23 @@ def scenario_child(req: dict[str, Any]) -> dict[str, Any]:
     pe = loop.checkpoint()
     if gated:
         GATE.entered.wait(HANG_S)  # the persist holds the lock and the epoch's files now
-    pid = fork_child(req["how"])
+    pids.append(fork_child(how))
     loop.write()  # the parent goes on writing while its epoch persists
-    if req["how"] == "kill":
-        time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-    st = wait_child(pid)  # the child is gone before the parent's persist ends
+    if how != "kill":  # the child is gone before the parent's persist ends
+        codes.append(child_exit_code(wait_child(pids.pop())))
     GATE.release()
     pe.result(HANG_S)
     for _ in range(3):
         loop.write()
         loop.checkpoint().result(HANG_S)
+    for pid in pids:  # the ones to kill, alive through the epochs above
+        os.kill(pid, signal.SIGKILL)
+        codes.append(child_exit_code(wait_child(pid)))
     out = loop.finish()
-    code = child_exit_code(st)
-    want = f"signal {signal.SIGKILL}" if req["how"] == "kill" else 0
-    if code != want:
-        out.update(ok=False, why=f"the child ended with {code}, not {want}; {out['why']}")
-    out["child"] = code
+    want = f"signal {signal.SIGKILL}" if how == "kill" else 0
+    if any(c != want for c in codes):
+        out.update(ok=False, why=f"the children ended with {codes}, not {want}; {out['why']}")
+    out["children"] = codes
     return out
 
 
