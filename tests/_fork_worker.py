@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -466,6 +467,9 @@ SCENARIOS = {"child": scenario_child, "pool": scenario_pool, "writer": scenario_
 
 def main() -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # where a hung run is stuck
+    # Python >= 3.12 warns on fork() with threads alive: forking so is the point here
+    warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks",
+                            category=DeprecationWarning)
     req = json.loads(sys.argv[1])
     try:
         out = SCENARIOS[req["scenario"]](req)
