@@ -411,6 +411,15 @@ void mck_bg_destroy(struct mck_bg *bg)
 	bg_free(bg);
 }
 
+void mck_bg_forget(struct mck_bg *bg)
+{
+	/* the copier and the handler live in the parent; staging is the
+	 * caller's; what remains here is memory of this process */
+	free((void *)bg->state);
+	free(bg->urgent);
+	free(bg);
+}
+
 int mck_bg_supported(int backend, char *reason, size_t len)
 {
 	const char *name = mck_backend_name(backend);
@@ -447,6 +456,8 @@ int64_t mck_bg_prearm(struct mck_tracker *t, int64_t max_gap)
 		return -EINVAL;
 	if (t->backend != MCK_BACKEND_UFFD_SYNC)
 		return -EOPNOTSUPP;
+	if (mck_detached(t))
+		return -ECHILD;
 	/* safe during a copy too: it only protects pages the handler made
 	 * writable, which the copier has finished with */
 	return mck_uffd_sync_prearm(t, prearm_protect, max_gap < 0 ? BG_AUTO_GAP : max_gap);
@@ -473,6 +484,8 @@ int64_t mck_bg_begin_ex(struct mck_tracker *t, uint64_t *pages, size_t cap, void
 		return -EINVAL;
 	if (t->backend != MCK_BACKEND_UFFD_SYNC)
 		return -EOPNOTSUPP;
+	if (mck_detached(t))
+		return -ECHILD;
 	if (cap < t->npages)
 		return -ENOBUFS;
 	/* merge3 and the copier's binary search need D sorted and unique */
@@ -519,6 +532,9 @@ int mck_bg_wait(struct mck_tracker *t, struct mck_bg_stats *stats)
 		return -EINVAL;
 	if (t->backend != MCK_BACKEND_UFFD_SYNC)
 		return -EOPNOTSUPP;
+	/* the copier that would end the wait is in the parent */
+	if (mck_detached(t))
+		return -ECHILD;
 	bg = mck_uffd_sync_bg(t);
 	if (!bg)
 		return -EINVAL;

@@ -488,6 +488,7 @@ int mck_fork_start(const struct mck_fork_job *job, struct mck_fork_child *out)
 
 	out->pid = -1;
 	out->fd = -1;
+	out->owner = parent;
 	rc = check_job(job);
 	if (rc < 0)
 		return rc;
@@ -548,12 +549,28 @@ static int result_code(const struct mck_fork_result *res)
 	return 0;
 }
 
+/* In a fork() child of the process that forked c (see memckpt.h): let go of
+ * this process's copy of the pipe and nothing else. True if so. */
+static bool forget_if_inherited(struct mck_fork_child *c)
+{
+	if (c->owner == getpid())
+		return false;
+	if (c->fd >= 0) {
+		close(c->fd);
+		c->fd = -1;
+	}
+	c->pid = -1;
+	return true;
+}
+
 int mck_fork_read(struct mck_fork_child *c, struct mck_fork_result *res)
 {
 	uint8_t *p = (uint8_t *)res;
 	size_t got = 0;
 	int pid = c->pid;
 
+	if (forget_if_inherited(c))
+		return -ECHILD;
 	if (c->fd < 0)
 		return -ESRCH;
 	memset(res, 0, sizeof(*res));
@@ -586,6 +603,8 @@ int mck_fork_read(struct mck_fork_child *c, struct mck_fork_result *res)
 
 int mck_fork_wait(struct mck_fork_child *c, struct mck_fork_result *res)
 {
+	if (forget_if_inherited(c))
+		return -ECHILD;
 	if (c->fd >= 0)
 		mck_fork_read(c, res);
 	else if (c->pid < 0)
@@ -600,6 +619,8 @@ int mck_fork_kill(struct mck_fork_child *c)
 {
 	int rc = 0;
 
+	if (forget_if_inherited(c))
+		return -ECHILD;
 	if (c->pid >= 0) {
 		if (kill(c->pid, SIGKILL) < 0 && errno != ESRCH)
 			rc = -errno;

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/types.h>
 #include <linux/types.h>
 #include <linux/userfaultfd.h>
 
@@ -78,6 +79,13 @@ struct mck_tracker_ops {
 	/* write sorted page indices to out, re-arm in the same step */
 	int64_t (*collect)(struct mck_tracker *t, uint64_t *out, size_t cap);
 	void (*close)(struct mck_tracker *t);
+	/* close in a child of fork() (see mck_tracker_detached): free t->priv
+	 * and close this process's fds, and nothing else. A uffd's context is
+	 * the opener's mm, so an ioctl through the inherited fd (unregister,
+	 * protect) would act on the parent's range; the eventfds are shared
+	 * with the parent's threads; the threads themselves, and whoever held
+	 * a mutex at the fork, do not exist here. */
+	void (*forget)(struct mck_tracker *t);
 };
 
 struct mck_tracker {
@@ -88,7 +96,14 @@ struct mck_tracker {
 	size_t npages;
 	size_t page_size;
 	void *priv;
+	/* who opened it: see mck_tracker_detached (tracker.c) */
+	pid_t owner;
+	unsigned long fork_gen;
 };
+
+/* tracker.c: true in any process but the one that opened t (a child of
+ * fork()): there every entry point refuses with -ECHILD and close forgets. */
+bool mck_detached(const struct mck_tracker *t);
 
 extern const struct mck_tracker_ops mck_uffd_async_ops;
 extern const struct mck_tracker_ops mck_uffd_sync_ops;
@@ -133,6 +148,10 @@ bool mck_bg_defer(struct mck_bg *bg, uint64_t page);
 /* capture_bg.c, called by close before unregistering: finish the copy
  * (releasing every waiter), stop the copier thread, free. */
 void mck_bg_destroy(struct mck_bg *bg);
+/* capture_bg.c, called by forget in a fork child: free bg's memory; no
+ * join (the copier is not in this process), no mutex or cond destroyed
+ * (one may have been held at the fork). */
+void mck_bg_forget(struct mck_bg *bg);
 
 /* ---- helpers shared by the backends (util.c) ----------------------------- */
 

@@ -436,6 +436,35 @@ static void mp_close(struct mck_tracker *t)
 	t->priv = NULL;
 }
 
+/* In a fork child: everything here is the child's own (its mm, its signal
+ * disposition, its copy of the slots), so it undoes what close undoes, but
+ * without waiting on what threads of the parent may have held at the fork:
+ * mp_lock (try it; if taken, leave the slot published and p allocated, a
+ * few bytes lost in the child), a handler's users count, collect_lock. */
+static void mp_forget(struct mck_tracker *t)
+{
+	struct mp_priv *p = t->priv;
+	struct mp_slot *s;
+
+	if (!p)
+		return;
+	t->priv = NULL;
+	/* the child's copy of the arena is its own memory, untracked from now */
+	mprotect(t->addr, t->len, PROT_READ | PROT_WRITE);
+	if (pthread_mutex_trylock(&mp_lock) != 0)
+		return;
+	s = &mp_slots[p->slot];
+	atomic_store(&s->closed_ns, mp_now_ns());
+	atomic_store(&s->priv, NULL);
+	if (--mp_nopen == 0)
+		mp_uninstall();
+	pthread_mutex_unlock(&mp_lock);
+	if (atomic_load(&s->users) == 0) {
+		mck_bitmap_free(&p->dirty);
+		free(p);
+	}
+}
+
 static int mp_status(const struct mck_features *f, char *reason, size_t len)
 {
 	(void)f;
@@ -450,4 +479,5 @@ const struct mck_tracker_ops mck_mprotect_ops = {
 	.open = mp_open,
 	.collect = mp_collect,
 	.close = mp_close,
+	.forget = mp_forget,
 };

@@ -249,4 +249,7 @@ const struct mck_tracker_ops mck_soft_dirty_ops = {
 	.open = sd_open,
 	.collect = sd_collect,
 	.close = sd_close,
+	/* close only closes this process's fds and clears this process's
+	 * in-use flag: a child may then open a soft-dirty tracker of its own */
+	.forget = sd_close,
 };

@@ -185,6 +185,20 @@ static void uffd_async_close(struct mck_tracker *t)
 	t->priv = NULL;
 }
 
+static void uffd_async_forget(struct mck_tracker *t)
+{
+	struct uffd_async *a = t->priv;
+
+	if (!a)
+		return;
+	/* no unregister: the fd's context is the parent's mm (see internal.h);
+	 * closing our copy leaves the parent's registration as it is */
+	close(a->pagemap);
+	close(a->uffd);
+	free(a);
+	t->priv = NULL;
+}
+
 const struct mck_tracker_ops mck_uffd_async_ops = {
 	.name = "uffd-async",
 	.props = MCK_PROP_EXACT | MCK_PROP_KERNEL_WRITES | MCK_PROP_CONCURRENT,
@@ -192,6 +206,7 @@ const struct mck_tracker_ops mck_uffd_async_ops = {
 	.open = uffd_async_open,
 	.collect = uffd_async_collect,
 	.close = uffd_async_close,
+	.forget = uffd_async_forget,
 };
 
 /* ---- uffd-sync ------------------------------------------------------------
@@ -658,6 +673,29 @@ static void uffd_sync_close(struct mck_tracker *t)
 	t->priv = NULL;
 }
 
+static void uffd_sync_forget(struct mck_tracker *t)
+{
+	struct uffd_sync *s = t->priv;
+
+	if (!s)
+		return;
+	/* Of what close does, only what is this process's own: no unregister
+	 * (it would act on the parent's mm), no write to stopfd (the eventfd
+	 * is shared: it would stop the parent's handler), no join (the handler
+	 * and the copier are the parent's threads), no mutex destroy (one may
+	 * have been held at the fork). */
+	if (s->bg)
+		mck_bg_forget(s->bg);
+	close(s->stopfd);
+	close(s->uffd);
+	mck_bitmap_free(&s->dirty);
+	mck_bitmap_free(&s->writable);
+	free(s->scratch);
+	munmap((void *)s->zero, t->page_size);
+	free(s);
+	t->priv = NULL;
+}
+
 /* ---- uffd-sync: the background capture's hooks (see internal.h) ---------- */
 
 int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
@@ -770,4 +808,5 @@ const struct mck_tracker_ops mck_uffd_sync_ops = {
 	.open = uffd_sync_open,
 	.collect = uffd_sync_collect,
 	.close = uffd_sync_close,
+	.forget = uffd_sync_forget,
 };

@@ -1,5 +1,6 @@
 /* tracker.c: the backend table, and the dispatch every backend shares. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,45 @@ int mck_backend_auto(char *reason, size_t len)
 	return -ENOTSUP;
 }
 
+/* ---- fork safety (see memckpt.h) -------------------------------------------
+ *
+ * Why a pid check at every entry point rather than only a pthread_atfork
+ * child handler that marks the trackers detached: the check needs no registry
+ * of live trackers, whose lock would itself be a fork hazard; it also covers
+ * children that run no atfork handler (_Fork, a raw clone: capture_fork.c's
+ * child is one, and runs no tracker code, but a library's could); and it
+ * costs one getpid() per collect, not per page. The atfork counter only
+ * backs it up where a pid can lie: a grandchild whose pid is that of its
+ * dead grandparent, the owner, would otherwise pass the check and join
+ * threads it does not have. */
+static _Atomic unsigned long fork_gen;
+static pthread_once_t fork_gen_once = PTHREAD_ONCE_INIT;
+
+static void fork_gen_child(void)
+{
+	atomic_fetch_add(&fork_gen, 1); /* async-signal-safe: fine in an atfork child */
+}
+
+static void fork_gen_register(void)
+{
+	pthread_atfork(NULL, NULL, fork_gen_child);
+}
+
+bool mck_detached(const struct mck_tracker *t)
+{
+	return t->owner != getpid() || t->fork_gen != atomic_load(&fork_gen);
+}
+
+int mck_tracker_detached(const struct mck_tracker *t)
+{
+	return t ? mck_detached(t) : -EINVAL;
+}
+
+int mck_tracker_owner(const struct mck_tracker *t)
+{
+	return t ? (int)t->owner : -EINVAL;
+}
+
 int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t len)
 {
 	const struct mck_tracker_ops *ops = backend_ops(backend);
@@ -112,6 +152,9 @@ int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t l
 	t->len = len;
 	t->page_size = ps;
 	t->npages = len / ps;
+	pthread_once(&fork_gen_once, fork_gen_register);
+	t->owner = getpid();
+	t->fork_gen = atomic_load(&fork_gen);
 	rc = ops->open(t);
 	if (rc < 0) {
 		free(t);
@@ -125,6 +168,8 @@ int64_t mck_tracker_collect(struct mck_tracker *t, uint64_t *out, size_t cap)
 {
 	if (!t || !out)
 		return -EINVAL;
+	if (mck_detached(t))
+		return -ECHILD;
 	if (cap < t->npages)
 		return -ENOBUFS;
 	return t->ops->collect(t, out, cap);
@@ -144,7 +189,10 @@ int mck_tracker_close(struct mck_tracker *t)
 {
 	if (!t)
 		return 0;
-	t->ops->close(t);
+	if (mck_detached(t))
+		t->ops->forget(t);
+	else
+		t->ops->close(t);
 	free(t);
 	return 0;
 }

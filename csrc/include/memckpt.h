@@ -133,7 +133,26 @@ int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t l
 int64_t mck_tracker_collect(struct mck_tracker *t, uint64_t *out, size_t cap);
 size_t mck_tracker_npages(const struct mck_tracker *t);
 int mck_tracker_backend(const struct mck_tracker *t);
+/* Close the tracker: the range is plain memory again. In a child of fork()
+ * (below) it only frees the child's copy: the parent's tracking goes on. */
 int mck_tracker_close(struct mck_tracker *t);
+
+/* Fork safety. A tracker belongs to the process that opened it. Its kernel
+ * objects are shared with any child of fork(): a userfaultfd acts on the mm
+ * that created it, whoever holds the fd, so a child's unregister or
+ * write-protect would undo the parent's tracking; its threads (uffd-sync's
+ * handler, the background copier) are not in the child. So in any other
+ * process the tracker is *detached*: collect, and the mck_bg_* calls below,
+ * return -ECHILD and touch nothing, and mck_tracker_close frees the child's
+ * copy of the tracker and closes the child's fds, with no ioctl, no thread
+ * join (the mprotect backend also makes the child's copy of the range
+ * writable, which is the child's own memory). A child that wants tracking
+ * opens a tracker of its own. Fork snapshots (mck_fork_*) follow the same
+ * rule. */
+/* 1 if the calling process is not the one that opened t, else 0. */
+int mck_tracker_detached(const struct mck_tracker *t);
+/* The pid of the process that opened t. */
+int mck_tracker_owner(const struct mck_tracker *t);
 
 /* -------------------------------------------------------- fork snapshots
  *
@@ -187,6 +206,11 @@ struct mck_fork_job {
 struct mck_fork_child {
 	int pid;   /* -1 once reaped */
 	int fd;    /* read end of the result pipe (O_CLOEXEC); -1 once closed */
+	/* the process that forked it: in any other (a fork() child of that
+	 * one), read, wait and kill only close this process's copy of fd and
+	 * return -ECHILD: the snapshot child is not ours to kill or reap, and
+	 * its result is the parent's to read */
+	int owner;
 };
 
 struct mck_fork_result {

@@ -16,6 +16,7 @@ from .restore import restore
 from .store import Store
 from .tracker import DirtyTracker
 from .errors import ForkChildError  # fork mode
+from .errors import ForkDetached  # fork safety: docs/fork.md
 
 __version__ = "0.1.0"
 
@@ -24,5 +25,5 @@ __all__ = [
     "MemckptError", "TrackerBusy", "TrackerInfo", "TrackerUnavailable", "features", "trackers",
     "Checkpointer", "EpochInfo", "EpochNotFound", "PendingEpoch", "RollbackInfo", "Store",
     "StoreLocked", "restore",
-    "ForkChildError",
+    "ForkChildError", "ForkDetached",
 ]

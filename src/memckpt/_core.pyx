@@ -244,13 +244,32 @@ cdef class Tracker:
     def npages(self):
         return c.mck_tracker_npages(self.t) if self.t != NULL else 0
 
+    @property
+    def detached(self):
+        """True in a child of fork(): the tracker is the parent's; here it
+        refuses everything (ECHILD) and close() only frees this process's copy."""
+        return self.t != NULL and c.mck_tracker_detached(self.t) == 1
+
+    @property
+    def owner(self):
+        """The pid of the process that opened the tracker (0 once closed)."""
+        return c.mck_tracker_owner(self.t) if self.t != NULL else 0
+
+    cdef int _check_usable(self) except -1:
+        if self.t == NULL:
+            raise ValueError("tracker is closed")
+        if c.mck_tracker_detached(self.t) == 1:
+            raise OSError(errno.ECHILD, f"the {self.backend} tracker belongs to process "
+                          f"{c.mck_tracker_owner(self.t)}, and this is a child of its fork(): "
+                          "here it is detached and can only be closed")
+        return 0
+
     def collect(self):
         """The sorted indices of the pages written since the last collect, as uint64."""
         cdef int64_t n
         cdef uint64_t *buf = &self.scratch[0]
         cdef size_t cap = self.scratch.shape[0]
-        if self.t == NULL:
-            raise ValueError("tracker is closed")
+        self._check_usable()
         with nogil:
             n = c.mck_tracker_collect(self.t, buf, cap)
         check(n, f"collecting dirty pages ({self.backend})")
@@ -274,8 +293,7 @@ cdef class Tracker:
         cdef size_t cap, addr, nstaging, page_size, nmore = 0
         cdef unsigned flags = ((c.MCK_BG_ALL_PAGES if all_pages else 0)
                                | (c.MCK_BG_POPULATED if populated else 0))
-        if self.t == NULL:
-            raise ValueError("tracker is closed")
+        self._check_usable()
         if extra is not None:
             more = np.ascontiguousarray(extra, dtype=np.uint64)
             nmore = more.shape[0]
@@ -318,8 +336,7 @@ cdef class Tracker:
         that the next bg_begin protects only the pages written after this:
         a shorter pause. Returns how many pages it protected."""
         cdef int64_t n
-        if self.t == NULL:
-            raise ValueError("tracker is closed")
+        self._check_usable()
         with nogil:
             n = c.mck_bg_prearm(self.t, max_gap)
         if n == -errno.EOPNOTSUPP:
@@ -338,6 +355,7 @@ cdef class Tracker:
                 done, self.bg_closed = self.bg_closed, None
                 return done
             raise ValueError("tracker is closed")
+        self._check_usable()
         if self.bg_pages is None:
             raise ValueError("no background copy is pending: bg_begin() first")
         self.bg_waiters += 1
@@ -360,6 +378,15 @@ cdef class Tracker:
         cdef int rc
         if t == NULL:
             return
+        if c.mck_tracker_detached(t) == 1:
+            # a fork child's copy: the copy and its waiter are the parent's
+            # threads, not in this process; the core only frees our copy
+            self.bg_pages = self.bg_staging = None
+            self.bg_waiters = 0
+            self.t = NULL
+            c.mck_tracker_close(t)
+            self.region.trackers -= 1
+            return
         if self.bg_waiters:
             raise RuntimeError("bg_wait() is running in another thread; close after it returns")
         if self.bg_pages is not None:
@@ -379,6 +406,7 @@ from libc.errno cimport ECHILD, EINVAL
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy, memset
 from posix.signal cimport kill as _kill
+from posix.unistd cimport getpid
 
 import mmap as _mmap
 
@@ -450,12 +478,20 @@ cdef class ForkChild:
         self.waiting = True
         return 0
 
+    cdef int _check_owner(self) except -1:
+        if self.ch.owner != 0 and self.ch.owner != getpid():
+            c.mck_fork_kill(&self.ch)  # inherited: closes only our copy of the pipe
+            raise OSError(ECHILD, f"fork child {self.pid} belongs to process {self.ch.owner}; "
+                          "this is a child of its fork(), which must not read, reap or kill it")
+        return 0
+
     def read(self):
         cdef int rc
         if self.result is not None:
             return dict(self.result)
         if self.report is not None:
             return dict(self.report)
+        self._check_owner()
         self._enter()
         try:
             with nogil:
@@ -472,6 +508,7 @@ cdef class ForkChild:
         cdef int rc
         if self.result is not None:
             return dict(self.result)
+        self._check_owner()
         self._enter()
         try:
             with nogil:
@@ -486,6 +523,7 @@ cdef class ForkChild:
         cdef int rc
         if self.result is not None:
             return
+        self._check_owner()
         if self.waiting:
             if self.ch.pid >= 0:
                 _kill(self.ch.pid, 9)

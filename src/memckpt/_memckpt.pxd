@@ -65,6 +65,8 @@ cdef extern from "memckpt.h" nogil:
     size_t mck_tracker_npages(const mck_tracker *t)
     int mck_tracker_backend(const mck_tracker *t)
     int mck_tracker_close(mck_tracker *t)
+    int mck_tracker_detached(const mck_tracker *t)
+    int mck_tracker_owner(const mck_tracker *t)
 
     int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask)
 
@@ -102,6 +104,7 @@ cdef extern from "memckpt.h" nogil:
     struct mck_fork_child:
         int pid
         int fd
+        int owner
 
     struct mck_fork_result:
         uint64_t records

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _core, _forksafe
 from .errors import ArenaFull
 from .kernel import features
 
@@ -87,6 +87,13 @@ class Arena:
         self._next = 0
         self._lock = threading.Lock()
         self.tracker: Any = None  # the open DirtyTracker, if any
+        _forksafe.register(self)
+
+    def _detach_in_child(self) -> None:
+        """In a child of fork() the arena is the child's own copy (its
+        tracker detaches itself): only the lock, which a thread of the
+        parent may have held at the fork, is renewed."""
+        self._lock = threading.Lock()
 
     # -- properties ---------------------------------------------------------
     @property

@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _forksafe
 from .arena import Arena
 from .epoch import EpochInfo
 from .errors import MemckptError, TrackerUnavailable
@@ -259,6 +260,7 @@ class Checkpointer:
             raise ValueError(f"full_every must be a positive int or None, not {full_every!r}")
         if arena.closed:
             raise ValueError("the arena is closed")
+        self._owner_pid = os.getpid()  # the process whose epochs these are: see _detach_in_child
         self._store, self._owns_store = open_store(store, create=True)
         self._arena = arena
         self._compress = compress
@@ -301,6 +303,20 @@ class Checkpointer:
         self._full_costs: collections.deque[float] = collections.deque(maxlen=_COST_EPOCHS)
         self._incr_costs: collections.deque[float] = collections.deque(maxlen=_COST_EPOCHS)
         self._due = -math.inf
+        _forksafe.register(self)
+
+    def _detach_in_child(self) -> None:
+        """In a child of fork() (memckpt._forksafe): the epochs, the persist
+        thread and the store's lock are the parent's. Renew the locks (a
+        thread of the parent may have held them at the fork) and let go of
+        the arena's buffer, so that the child may close its copy of the
+        arena or track it itself; from here on the checkpointer refuses to
+        act (:meth:`_check_open`) and :meth:`close` only lets go."""
+        self._lock = threading.RLock()
+        self._idle = threading.Condition()
+        self._pages = None
+        self._spare = None
+        self._bg_buf = None
 
     # -- construction from a store ----------------------------------------------
     @classmethod
@@ -830,6 +846,8 @@ class Checkpointer:
         """Return once every epoch taken so far is durable; raise (once) the
         error of one that failed, unless its :meth:`PendingEpoch.result`
         already did."""
+        if self._owner_pid != os.getpid():
+            self._check_open()  # the parent's epochs: nothing in this process to wait for
         self._wait_inflight()
         self._raise_unreported()
 
@@ -916,13 +934,25 @@ class Checkpointer:
 
     # -- lifetime ---------------------------------------------------------------------
     def _check_open(self) -> None:
+        if self._owner_pid != os.getpid():
+            raise _forksafe.refusal(f"this Checkpointer of {os.fspath(self._store.path)}",
+                                    self._owner_pid, "checkpoint, roll back or wait")
         if self._closed:
             raise ValueError("the checkpointer is closed")
 
     def close(self) -> None:
         """Wait for every epoch to be durable, then close the tracker. The
         arena stays open (it is the caller's). Raises, after closing, the
-        error of a last epoch that failed unseen (see :meth:`wait`)."""
+        error of a last epoch that failed unseen (see :meth:`wait`).
+
+        In a child of fork() it only lets go of the child's references: the
+        epochs in flight, the tracker and the store are the parent's."""
+        if self._owner_pid != os.getpid():
+            self._closed = True
+            self._detach_in_child()  # again: idempotent, and the hook may not have run
+            self._current = None
+            self._fork_scratch = None
+            return
         with self._lock:
             if self._closed:
                 return

@@ -55,3 +55,14 @@ class ForkChildError(MemckptError):
                  signal: int) -> None:
         super().__init__(message)
         self.pid, self.epoch, self.stage, self.errno, self.signal = pid, epoch, stage, errno, signal
+
+
+# ---- fork safety -----------------------------------------------------------------
+class ForkDetached(MemckptError):
+    """An object this process inherited through ``fork()`` (a Checkpointer, a
+    DirtyTracker, an epoch writer) was asked to act: it belongs to the parent,
+    ``owner``, and is detached here (docs/fork.md says what a child may do)."""
+
+    def __init__(self, message: str, *, owner: int) -> None:
+        super().__init__(message)
+        self.owner = owner

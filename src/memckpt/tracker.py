@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _core, _forksafe
 from .arena import Arena
 from .errors import TrackerBusy, TrackerUnavailable
 from .kernel import TrackerInfo, backend_names, tracker_info
@@ -62,6 +63,22 @@ class DirtyTracker:
                                             "these pages; close it first")) from exc
             raise
         arena.tracker = self
+        self._owner_pid = os.getpid()
+        _forksafe.register(self)
+
+    def _detach_in_child(self) -> None:
+        """In a child of fork() (memckpt._forksafe): free the child's copy of
+        the tracker, with no ioctl on the parent's userfaultfd and no join of
+        the parent's threads (the core's forget), and leave the child's copy
+        of the arena untracked, free for a tracker of the child's own."""
+        self._lock = threading.Lock()  # a thread of the parent may have held it at the fork
+        self._t.close()
+        if self._arena.tracker is self:
+            self._arena.tracker = None
+
+    def _refuse_in_child(self, action: str) -> None:
+        if self._owner_pid != os.getpid():
+            raise _forksafe.refusal(f"this {self.backend} DirtyTracker", self._owner_pid, action)
 
     @property
     def backend(self) -> str:
@@ -83,6 +100,7 @@ class DirtyTracker:
         """The sorted, duplicate-free indices (uint64, counted from the arena's
         first page) of the pages written since the last collect, or since the
         tracker started; re-arms in the same step."""
+        self._refuse_in_child("collect")
         with self._lock:
             return self._t.collect()
 
@@ -102,6 +120,7 @@ class DirtyTracker:
         every page that may hold data at the instant (a full epoch: the others
         read as zero, and are neither read nor staged); ``extra`` adds those
         sorted page numbers (a failed epoch's pages, protected already)."""
+        self._refuse_in_child("begin a background copy")
         with self._lock:
             return self._t.bg_begin(staging, max_gap, all_pages, populated, extra)
 
@@ -111,11 +130,13 @@ class DirtyTracker:
         still reports them), but :meth:`bg_begin` then protects only the
         pages written after this call. Each of those pages written again
         costs one more fault. Returns the pages protected (uffd-sync only)."""
+        self._refuse_in_child("pre-arm")
         with self._lock:
             return int(self._t.bg_prearm(max_gap))
 
     def bg_wait(self) -> dict[str, Any]:
         """Block until the copy :meth:`bg_begin` started is complete; its figures."""
+        self._refuse_in_child("wait for a background copy")
         return self._t.bg_wait()
 
     def close(self) -> None:

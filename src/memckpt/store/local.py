@@ -122,7 +122,7 @@ from typing import Any, Callable, NamedTuple
 import blake3
 import numpy as np
 
-from .. import _core
+from .. import _core, _forksafe
 from ..epoch import EpochInfo
 from ..errors import CorruptionError, EpochNotFound, FormatError, MemckptError, StoreLocked
 from . import format as fmt
@@ -319,16 +319,52 @@ def _unlink(path: Path) -> bool:
 
 
 # -- the writer lock -------------------------------------------------------------------
+def _close_copies_of(path: Path) -> None:
+    """In a fork child: close every fd of this process open on the file at
+    ``path``. For a lock forked in the middle of its open or release, whose
+    fd number the child cannot trust: it may be closed and reused already,
+    and closing an unrelated fd (a Pool worker's pipe) would be worse than
+    keeping the lock."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        try:
+            fst = os.fstat(int(name))
+        except (OSError, ValueError):
+            continue
+        if (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino):
+            os.close(int(name))
+
+
 class _Lock:
-    """An exclusive flock on STORE/lock; the file holds "pid role" of its holder."""
+    """An exclusive flock on STORE/lock; the file holds "pid role" of its holder.
+
+    A flock belongs to the open file description, which a child of fork()
+    shares: while any child kept its copy of the fd, the lock would outlive
+    the parent's release. So the child closes its copy at once
+    (:meth:`_detach_in_child`), and never unlocks or truncates: that would
+    be the parent's lock and the parent's pid."""
 
     def __init__(self, store_path: Path, role: str, *, wait: float) -> None:
         self.fd: int | None = None
-        # never lock (or truncate) a file through a link, nor a FIFO or device
-        # planted as the lock (flock on those fails with a bare EINVAL)
-        fd = _open_file(store_path / fmt.LOCK_NAME,
-                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-                        | os.O_NOCTTY, f"store {store_path}: {fmt.LOCK_NAME}")
+        self._owner_pid = os.getpid()
+        self._path = store_path / fmt.LOCK_NAME
+        # True while an fd of ours may exist that self.fd does not show (here,
+        # and in release): a child forked then finds its copy by identity
+        self._busy = True
+        _forksafe.register(self)
+        try:
+            # never lock (or truncate) a file through a link, nor a FIFO or device
+            # planted as the lock (flock on those fails with a bare EINVAL)
+            fd = _open_file(self._path,
+                            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+                            | os.O_NOCTTY, f"store {store_path}: {fmt.LOCK_NAME}")
+        except BaseException:
+            self._busy = False
+            raise
         deadline = time.monotonic() + wait
         try:
             while True:
@@ -344,23 +380,46 @@ class _Lock:
                     if what in ("create", "sweep", "") and time.monotonic() < deadline:
                         time.sleep(0.002)
                         continue
-                    who = "this process" if pid == str(os.getpid()) else f"pid {pid}"
+                    who = ("this process" if pid == str(os.getpid()) else f"pid {pid}" if holder
+                           else f"a process that has not written its pid into {fmt.LOCK_NAME} "
+                                "(a writer starting, or another program locking the file)")
                     raise StoreLocked(f"store {store_path} is locked by {who}"
                                       f"{' (' + what + ')' if what else ''}: one writer at a time") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {role}\n".encode(), 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        self.fd = fd
-
-    def release(self) -> None:
-        fd, self.fd = self.fd, None
-        if fd is not None:
             try:
                 os.ftruncate(fd, 0)
-            finally:
-                os.close(fd)  # closing the last fd of the description drops the flock
+                os.pwrite(fd, f"{os.getpid()} {role}\n".encode(), 0)
+            except OSError as exc:  # a full disk: say where
+                raise type(exc)(exc.errno, f"{exc.strerror} (writing the holder's pid into the "
+                                f"lock of store {store_path})", str(self._path)) from None
+        except BaseException:
+            os.close(fd)
+            self._busy = False
+            raise
+        self.fd = fd
+        self._busy = False
+
+    def _detach_in_child(self) -> None:
+        """In a child of fork(): close the child's copy of the fd, which is
+        all it holds of the parent's lock (no unlock, no truncate)."""
+        fd, self.fd = self.fd, None
+        if self._busy:
+            _close_copies_of(self._path)
+        elif fd is not None:
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._owner_pid != os.getpid():
+            return self._detach_in_child()
+        self._busy = True
+        fd, self.fd = self.fd, None
+        try:
+            if fd is not None:
+                try:
+                    os.ftruncate(fd, 0)
+                finally:
+                    os.close(fd)  # closing the last fd of the description drops the flock
+        finally:
+            self._busy = False
 
     def __enter__(self) -> _Lock:
         return self
@@ -435,6 +494,7 @@ class Store:
                  page_size: int | None = None) -> None:
         self.path = Path(path)
         self._cache_lock = threading.Lock()
+        _forksafe.register(self)  # see _detach_in_child
         # The epoch writers this Store has open: its own writes (begin,
         # compact, prune) wait for them rather than collide with them on the
         # lock file, so that a Checkpointer's persist thread and the program's
@@ -466,6 +526,13 @@ class Store:
         self.page_size: int = self._read_header()
         if page_size is not None and page_size != self.page_size:
             raise ValueError(f"store {self.path} has page size {self.page_size}, not {page_size}")
+
+    def _detach_in_child(self) -> None:
+        """In a child of fork() the Store is the child's to read: renew the
+        locks a thread of the parent (a persist, a reader) may have held at
+        the fork. Its open writers are the parent's and detach themselves."""
+        self._cache_lock = threading.Lock()
+        self._writers_cv = threading.Condition()
 
     def __repr__(self) -> str:
         return f"<memckpt.Store {str(self.path)!r}>"
@@ -1640,6 +1707,7 @@ class EpochWriter:
         self._lock = lock
         self._closed = False
         self._committed = False
+        self._owner_pid = os.getpid()  # see _detach_in_child
         # begun by this thread; handed_off: another thread will finish it
         # (a Checkpointer's persist thread), so this one may wait for it
         self._owner = threading.get_ident()
@@ -1675,6 +1743,7 @@ class EpochWriter:
                                    f"epoch {epoch}: {self._pack_name}")
         with store._writers_cv:  # from here on, abort() (or commit) takes it out again
             store._open_writers.add(self)
+        _forksafe.register(self)
         try:
             hdr = fmt.pack_header(epoch, self.page_size)
             _write_all(self._pack_fd, hdr, 0)
@@ -1685,6 +1754,30 @@ class EpochWriter:
         self._off = len(hdr)
         self._durable_at = 0.0
         self._files: dict[str, Any] = {}
+
+    def _detach_in_child(self) -> None:
+        """In a child of fork() (memckpt._forksafe): the epoch's files and
+        the lock are the parent's, being written by the parent. Close the
+        child's copies of the fds, and never write, unlink or unlock: from
+        here on the writer is closed, so abort() (__del__, a with block's
+        exit, a finalizer at the child's exit) does nothing, and the rest
+        refuse (_check_open)."""
+        if self._closed:
+            return
+        self._closed = True
+        for attr in ("_pack_fd", "_idx_fd"):
+            fd = getattr(self, attr)
+            setattr(self, attr, None)
+            if fd is not None:
+                os.close(fd)
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock._detach_in_child()
+        self._seen = {}
+        self._recs = []
+        # the child's copy of the Store must not wait for a writer that is
+        # the parent's (no _writers_cv: a parent's thread may have held it)
+        self._store._open_writers.discard(self)
 
     def __enter__(self) -> EpochWriter:
         return self
@@ -1705,6 +1798,9 @@ class EpochWriter:
         return f"<memckpt.store.EpochWriter epoch {self.epoch} {self.kind}, {state}>"
 
     def _check_open(self) -> None:
+        if self._owner_pid != os.getpid():
+            raise _forksafe.refusal(f"the writer of epoch {self.epoch} of {self._store.path}",
+                                    self._owner_pid, "write or commit")
         if self._closed:
             raise ValueError(f"the writer of epoch {self.epoch} is already "
                              f"{'committed' if self._committed else 'aborted'}")
@@ -2100,7 +2196,7 @@ class EpochWriter:
 
     def abort(self) -> None:
         """Drop everything written for this epoch and release the lock (idempotent)."""
-        if self._closed:
+        if self._closed or self._owner_pid != os.getpid():  # a fork child: the parent's files
             return
         try:
             fd, self._pack_fd = self._pack_fd, None
