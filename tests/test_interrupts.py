@@ -150,6 +150,29 @@ def test_deferred_does_nothing_off_the_main_thread():
     assert got == [signal.default_int_handler]
 
 
+def test_a_child_forked_inside_a_section_gets_the_programs_handlers():
+    """A fork from another thread while the main thread is in a section: the
+    child must not keep the recorder (its Ctrl-C would be recorded for good)."""
+    r = _run_child("""
+import os, signal, threading
+from memckpt import _signals
+out = []
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        ok = signal.getsignal(signal.SIGINT) is signal.default_int_handler and not _signals._depth
+        os._exit(0 if ok else 1)
+    out.append(os.waitpid(pid, 0)[1])
+with _signals.deferred():
+    t = threading.Thread(target=fork)
+    t.start()
+    t.join()
+print("child status", out[0])
+""")
+    assert r.returncode == 0, r.stderr
+    assert "child status 0" in r.stdout, r.stdout
+
+
 # -- regression: the commit point ------------------------------------------------------
 def _rename_then(exc: type[BaseException], monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make the store's os.rename rename, then raise exc (once)."""
@@ -518,8 +541,8 @@ def check_trial(path: Path, lines: list[str], n: int) -> list[str]:
     try:
         st = memckpt.Store(path)
         st.verify()
-    except Exception as e:  # noqa: BLE001 - the damage is the finding
-        return [f"verify: {type(e).__name__}: {e}"]
+    except Exception as exc:  # noqa: BLE001 - the damage is the finding
+        return [f"verify: {type(exc).__name__}: {exc}"]
     have = set(st.epoch_numbers())
     for e, digest in sorted(committed.items()):
         if e not in have:
@@ -560,7 +583,8 @@ def run_fuzz(trials: list[dict[str, Any]], root: Path, *, workers: int = 2,
                 break
             if w is None:
                 w = _Worker(root / f"worker{k}.err", old_src)
-            n, lines = t["trial"], []
+            n = t["trial"]
+            lines: list[str] = []
             w.send({key: t[key] for key in ("trial", "store", "mode", "seed", "sigterm", "last")})
             tag = f"trial {n} ({t['mode']}, {'SIGTERM' if t['sigterm'] else 'SIGINT'}, seed {t['seed']})"
             if _until(w, lambda s: s == f"READY {n}", hang_s, lines) is None:
@@ -600,7 +624,7 @@ def run_fuzz(trials: list[dict[str, Any]], root: Path, *, workers: int = 2,
                     res["lost"].append(f"{tag}: the top saw {top!r}, not {want}")
             bad = check_trial(Path(t["store"]), lines, n)
             with lock:
-                res["epochs"] += sum(1 for s in lines if s.startswith("C "))
+                res["epochs"] += len([s for s in lines if s.startswith("C ")])
                 if bad:
                     res["damaged"].append(f"{tag}: {bad[:3]}")
         if w is not None:

@@ -34,6 +34,8 @@ than until the next section.
 """
 from __future__ import annotations
 
+import importlib
+import os
 import signal
 import threading
 from itertools import compress
@@ -49,7 +51,8 @@ _CANDIDATES = tuple(sorted(int(s) for s in signal.valid_signals() if s not in _N
 try:
     # signal.getsignal/signal wrap handlers in enums: 2-3 us a call, where
     # the C functions take 0.02-0.3 us; a section checks every signal twice
-    from _signal import getsignal as _getsignal, signal as _setsignal
+    _c: Any = importlib.import_module("_signal")
+    _getsignal, _setsignal = _c.getsignal, _c.signal
 except ImportError:  # pragma: no cover - another implementation
     _getsignal, _setsignal = signal.getsignal, signal.signal
 
@@ -184,6 +187,25 @@ class interruptible:
         if self._outer:
             _depth, self._outer = self._outer, 0
             _swap()
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while a section was open (from another thread, e.g. a
+    multiprocessing pool started beside a checkpoint) inherits the recorder
+    as its handlers and a section that never ends there: its Ctrl-C would be
+    recorded for good. Give it the program's handlers back; the signals
+    recorded were the parent's."""
+    global _depth
+    _depth = 0
+    del _pending[:]
+    try:
+        _restore()
+    except (OSError, ValueError):  # pragma: no cover - a child that cannot set handlers
+        _saved.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def pending() -> tuple[int, ...]:
