@@ -34,7 +34,6 @@ than until the next section.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import threading
@@ -48,13 +47,11 @@ _NEVER = {getattr(signal, n) for n in ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS"
                                        "SIGILL") if hasattr(signal, n)}
 _CANDIDATES = tuple(sorted(int(s) for s in signal.valid_signals() if s not in _NEVER))
 
-try:
-    # signal.getsignal/signal wrap handlers in enums: 2-3 us a call, where
-    # the C functions take 0.02-0.3 us; a section checks every signal twice
-    _c: Any = importlib.import_module("_signal")
-    _getsignal, _setsignal = _c.getsignal, _c.signal
-except ImportError:  # pragma: no cover - another implementation
-    _getsignal, _setsignal = signal.getsignal, signal.signal
+# signal.getsignal/signal wrap handlers in enums: 2-3 us a call, where the C
+# functions they wrap (CPython's _signal, which the signal module imports)
+# take 0.02-0.3 us; a section checks every signal
+_c: Any = getattr(signal, "_signal", signal)
+_getsignal, _setsignal = _c.getsignal, _c.signal
 
 _depth = 0                      # open deferred() sections (main thread only)
 _saved: dict[int, Any] = {}     # the program's handlers while the recorder stands in
