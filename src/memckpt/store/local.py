@@ -1112,27 +1112,26 @@ class Store:
         files go afterwards (a crash in between leaves garbage, swept on open)."""
         # Interruptible between any two steps (Ctrl-C in a long prune): each
         # step leaves committed epochs whole, at worst data files of removed
-        # manifests, which the next writer's sweep removes.
+        # manifests (swept by the next writer) and cached entries of removed
+        # epochs (keyed by inode, so never served for another file).
         files = list(extra_files)
         orphans = []
-        try:
-            for e in sorted(epochs, reverse=True):
-                try:
-                    d = self._doc(e)
-                    files += [d["files"]["idx"]["name"], d["files"]["pack"]["name"]]
-                except (CorruptionError, FormatError):
-                    orphans.append(e)
-                _unlink(self.path / fmt.manifest_name(e))
-                _fsync_dir(self.path)
-            for n in os.listdir(self.path):
-                p = fmt.parse_data_name(n)
-                if p is not None and p[0] in orphans:
-                    files.append(n)
-            for n in files:
-                _unlink(self.path / n)
+        for e in sorted(epochs, reverse=True):
+            try:
+                d = self._doc(e)
+                files += [d["files"]["idx"]["name"], d["files"]["pack"]["name"]]
+            except (CorruptionError, FormatError):
+                orphans.append(e)
+            _unlink(self.path / fmt.manifest_name(e))
             _fsync_dir(self.path)
-        finally:
-            self._drop_caches()
+        for n in os.listdir(self.path):
+            p = fmt.parse_data_name(n)
+            if p is not None and p[0] in orphans:
+                files.append(n)
+        for n in files:
+            _unlink(self.path / n)
+        _fsync_dir(self.path)
+        self._drop_caches()
 
     def prune(self, keep_last: int | None = None, keep_every: int | None = None) -> list[int]:
         for name, v in (("keep_last", keep_last), ("keep_every", keep_every)):
