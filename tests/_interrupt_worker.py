@@ -23,8 +23,10 @@ waited for every non-daemon thread.
 """
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -37,7 +39,7 @@ import memckpt
 from memckpt.errors import MemckptError
 
 PS = memckpt.features().page_size
-TRIAL_LIMIT_S = 20.0  # no signal by then: the parent's signal was lost
+TRIAL_LIMIT_S = float(os.environ.get("MEMCKPT_TRIAL_LIMIT_S", "20"))  # no signal by then: the parent's signal was lost
 
 
 def out(line: str) -> None:
@@ -94,7 +96,9 @@ def run_trial(req: dict[str, Any]) -> None:
                 info = p.result()
                 committed.append(info.epoch)
                 out(f"C {n} {info.epoch} {digest}")
-            out(f"TOP {n} none")
+            from memckpt import _signals  # what held the signal back, for the report
+            out(f"TOP {n} none: depth {_signals._depth}, pending {_signals._pending}, "
+                f"saved {sorted(_signals._saved)}, SIGTERM handler {signal.getsignal(signal.SIGTERM)}")
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
@@ -103,7 +107,16 @@ def run_trial(req: dict[str, Any]) -> None:
             pass  # a view still held by the unwinding frame: the process ends soon
 
 
+def _unraisable(u: Any) -> None:
+    # an exception raised where Python cannot propagate it (a __del__, a
+    # weakref callback): a signal handler's exception there is lost
+    out(f"UNRAISABLE {u.exc_type.__name__} in {u.object!r}: {u.err_msg}")
+
+
 def main() -> None:
+    sys.unraisablehook = _unraisable
+    # the parent sends SIGUSR1 to a worker that hangs: every thread's stack to stderr
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     for line in sys.stdin:
         req = json.loads(line)
         if req.get("last"):

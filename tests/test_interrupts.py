@@ -500,6 +500,9 @@ class _Worker:
         self.proc.stdin.flush()
 
     def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)  # the worker's faulthandler: its stacks
+            time.sleep(0.5)
         self.proc.kill()
         self.proc.wait()
         self.err.close()
@@ -620,8 +623,9 @@ def run_fuzz(trials: list[dict[str, Any]], root: Path, *, workers: int = 2,
                 with lock:
                     res["hangs"].append(f"{tag}: {stuck or 'no exit'}; last lines {lines[-2:]}")
             elif top != want:
+                where = [s for s in lines if s.startswith("UNRAISABLE")]
                 with lock:
-                    res["lost"].append(f"{tag}: the top saw {top!r}, not {want}")
+                    res["lost"].append(f"{tag}: the top saw {top!r}, not {want} {where}")
             bad = check_trial(Path(t["store"]), lines, n)
             with lock:
                 res["epochs"] += len([s for s in lines if s.startswith("C ")])
@@ -709,9 +713,12 @@ if __name__ == "__main__":
     ap.add_argument("--hang-s", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--keep", help="put the stores and the workers' stderr here, and keep them")
     a = ap.parse_args()
     ms = [m for m in a.modes.split(",") if m in fuzz_modes()[0]]
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory(dir=a.keep) as d:
+        if a.keep:
+            d = a.keep
         t0 = time.monotonic()
         r = run_fuzz(make_trials(Path(d), -(-a.trials // len(ms)), ms, a.seed), Path(d),
                      old_src=a.old_src, hang_s=a.hang_s, seed=a.seed)

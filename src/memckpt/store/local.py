@@ -1049,6 +1049,11 @@ class Store:
                 w.abort()
                 raise
             info = w._commit_doc(doc)
+            with _signals.deferred():
+                # the writer's finalizers (its __del__, its WeakSet's callback)
+                # run Python code, where CPython drops a signal handler's
+                # exception: here it waits for the end of the section instead
+                del w
             # the merged epoch is durable: only now retire the run, newest first
             self._retire(run[:-1], old_files)
             return info
