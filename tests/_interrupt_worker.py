@@ -117,6 +117,7 @@ def main() -> None:
     sys.unraisablehook = _unraisable
     # the parent sends SIGUSR1 to a worker that hangs: every thread's stack to stderr
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    faulthandler.enable()  # and on a crash
     for line in sys.stdin:
         req = json.loads(line)
         if req.get("last"):

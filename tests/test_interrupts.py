@@ -613,6 +613,7 @@ def run_fuzz(trials: list[dict[str, Any]], root: Path, *, workers: int = 2,
                 got = _until(w, lambda s: s.startswith(f"TOP {n} "), hang_s, lines)
                 top = None if got is None else got.split(None, 2)[2]
                 if got is None:
+                    lines.append(f"worker exit status {w.proc.poll()}")
                     w.kill()
                     w = None
             with lock:
@@ -621,7 +622,7 @@ def run_fuzz(trials: list[dict[str, Any]], root: Path, *, workers: int = 2,
             stuck = [s for s in lines if s.startswith("STUCK")]
             if top is None or stuck:
                 with lock:
-                    res["hangs"].append(f"{tag}: {stuck or 'no exit'}; last lines {lines[-2:]}")
+                    res["hangs"].append(f"{tag}: {stuck or 'no exit'}; last lines {lines[-3:]}")
             elif top != want:
                 where = [s for s in lines if s.startswith("UNRAISABLE")]
                 with lock:

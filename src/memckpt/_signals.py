@@ -205,6 +205,23 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def wait_event(event: threading.Event, timeout: float | None = None) -> bool:
+    """``event.wait(timeout)``, but an interrupt reaches the caller as itself.
+
+    CPython's Condition.wait re-takes its lock in a Python-level finally: an
+    interrupt landing there leaves the lock free, and leaving the ``with``
+    around it then raises ``RuntimeError: release unlocked lock`` in place of
+    the KeyboardInterrupt (which becomes its context). The event itself is
+    unharmed (its lock is free, as it should be once the wait is over)."""
+    try:
+        return event.wait(timeout)
+    except RuntimeError as e:
+        ctx = e.__context__
+        if isinstance(ctx, (KeyboardInterrupt, SystemExit)):
+            raise ctx from None
+        raise
+
+
 def pending() -> tuple[int, ...]:
     """The signals recorded by the open section (for tests)."""
     return tuple(_pending)

@@ -172,7 +172,7 @@ class PendingEpoch:
     def result(self, timeout: float | None = None) -> EpochInfo:
         """Wait until the epoch is durable and return its :class:`EpochInfo`;
         raise its error if it failed, or TimeoutError after ``timeout`` seconds."""
-        if not self._done.wait(timeout):
+        if not _signals.wait_event(self._done, timeout):
             raise TimeoutError(f"epoch {self.epoch} is not durable after {timeout} s")
         if self._error is not None:
             self._reported = True
