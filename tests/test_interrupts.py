@@ -173,6 +173,23 @@ print("child status", out[0])
     assert "child status 0" in r.stdout, r.stdout
 
 
+def test_wait_event_raises_the_interrupt_itself():
+    """CPython's Condition.wait re-takes a plain lock in Python code: an
+    interrupt there turned PendingEpoch.result()'s KeyboardInterrupt into
+    "RuntimeError: release unlocked lock" (seen in the fuzz)."""
+    def interrupted(state: Any) -> None:
+        raise KeyboardInterrupt
+
+    ev = threading.Event()
+    ev._cond._acquire_restore = interrupted  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="release unlocked lock"):
+        ev.wait(0.001)
+    ev = threading.Event()
+    ev._cond._acquire_restore = interrupted  # type: ignore[attr-defined]
+    with pytest.raises(KeyboardInterrupt):
+        _signals.wait_event(ev, 0.001)
+
+
 # -- regression: the commit point ------------------------------------------------------
 def _rename_then(exc: type[BaseException], monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make the store's os.rename rename, then raise exc (once)."""
