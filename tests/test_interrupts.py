@@ -173,23 +173,6 @@ print("child status", out[0])
     assert "child status 0" in r.stdout, r.stdout
 
 
-def test_wait_event_raises_the_interrupt_itself():
-    """CPython's Condition.wait re-takes a plain lock in Python code: an
-    interrupt there turned PendingEpoch.result()'s KeyboardInterrupt into
-    "RuntimeError: release unlocked lock" (seen in the fuzz)."""
-    def interrupted(state: Any) -> None:
-        raise KeyboardInterrupt
-
-    ev = threading.Event()
-    ev._cond._acquire_restore = interrupted  # type: ignore[attr-defined]
-    with pytest.raises(RuntimeError, match="release unlocked lock"):
-        ev.wait(0.001)
-    ev = threading.Event()
-    ev._cond._acquire_restore = interrupted  # type: ignore[attr-defined]
-    with pytest.raises(KeyboardInterrupt):
-        _signals.wait_event(ev, 0.001)
-
-
 # -- regression: the commit point ------------------------------------------------------
 def _rename_then(exc: type[BaseException], monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make the store's os.rename rename, then raise exc (once)."""
@@ -405,6 +388,78 @@ print("ok", st.epoch_numbers())
     assert r.returncode == 0, r.stderr
     assert "interrupt reached the caller" in r.stdout
     assert "ok" in r.stdout
+
+
+_TRAP = """
+import time
+class Trapped(threading.Condition):
+    # takes its lock, then a real SIGINT arrives (once, in the main thread):
+    # where CPython's own Condition.__enter__ can be interrupted
+    armed = False
+    def __enter__(self):
+        r = super().__enter__()
+        if Trapped.armed and threading.current_thread() is threading.main_thread():
+            Trapped.armed = False
+            signal.raise_signal(signal.SIGINT)
+        return r
+ck = memckpt.Checkpointer(arena, path, mode="copy")
+x[1] = 1
+ck.checkpoint().result()
+real = ck._persist_copy
+def slow(cap):
+    time.sleep(0.3)  # result() and checkpoint() must wait for it
+    return real(cap)
+ck._persist_copy = slow
+"""
+
+
+def test_a_signal_inside_result_waits_never_blocks_the_persist_thread():
+    """Used to: a SIGINT right after PendingEpoch.result()'s Event.wait took the
+    event's lock left it held: the persist thread's set() blocked for good,
+    and close() waited forever (found by the fuzz, fork mode)."""
+    r = _run_child(_PRELUDE + _TRAP + """
+x[2] = 2
+p = ck.checkpoint()
+p._done._cond = Trapped(threading.Lock())
+Trapped.armed = True
+try:
+    p.result()
+except KeyboardInterrupt:
+    print("interrupt reached the caller")
+ck.close()  # hung here
+print("ok", memckpt.Store(path).epoch_numbers())
+""")
+    assert r.returncode == 0, r.stderr
+    assert "interrupt reached the caller" in r.stdout
+    assert "ok [1, 2]" in r.stdout, r.stdout
+
+
+def test_a_signal_inside_the_wait_for_the_previous_epoch_never_blocks_it():
+    """The same in checkpoint()'s wait for the epoch in flight (a Condition
+    over an RLock): the lock stayed held by the main thread and the persist
+    thread's bookkeeping blocked for good."""
+    r = _run_child(_PRELUDE + _TRAP + """
+ck._idle = Trapped(threading.RLock())
+x[2] = 2
+ck.checkpoint()
+Trapped.armed = True
+x[3] = 3
+try:
+    ck.checkpoint()
+except KeyboardInterrupt:
+    print("interrupt reached the caller")
+ck._persist_copy = real
+want = sha(arena)
+info = ck.checkpoint().result()  # hung here
+ck.close()
+st = memckpt.Store(path)
+st.verify()
+assert restored(st, info.epoch) == want
+print("ok", st.epoch_numbers())
+""")
+    assert r.returncode == 0, r.stderr
+    assert "interrupt reached the caller" in r.stdout
+    assert "ok [1, 2, 3]" in r.stdout, r.stdout
 
 
 def test_sync_persist_interrupted_carries_its_pages_to_the_next_epoch(tmp_path, monkeypatch):

@@ -37,9 +37,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from itertools import compress
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Callable
 
 # Faults are raised by the instruction that hit them: deferring their handler
 # would return to the same instruction. SIGKILL and SIGSTOP cannot be caught.
@@ -205,21 +206,35 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def wait_event(event: threading.Event, timeout: float | None = None) -> bool:
-    """``event.wait(timeout)``, but an interrupt reaches the caller as itself.
+_POLL_S = 0.05  # how late a signal may reach a caller blocked in wait_until()
 
-    CPython's Condition.wait re-takes its lock in a Python-level finally: an
-    interrupt landing there leaves the lock free, and leaving the ``with``
-    around it then raises ``RuntimeError: release unlocked lock`` in place of
-    the KeyboardInterrupt (which becomes its context). The event itself is
-    unharmed (its lock is free, as it should be once the wait is over)."""
-    try:
-        return event.wait(timeout)
-    except RuntimeError as e:
-        ctx = e.__context__
-        if isinstance(ctx, (KeyboardInterrupt, SystemExit)):
-            raise ctx from None
-        raise
+
+def wait_until(done: Callable[[], bool], wait_some: Callable[[float | None], Any],
+               timeout: float | None = None) -> bool:
+    """Block until ``done()`` (True) or ``timeout`` seconds (False), calling
+    ``wait_some(seconds)`` (a threading primitive's wait) meanwhile; an
+    interrupt still reaches the caller, within ``_POLL_S`` of arriving.
+
+    Why not the primitive's wait alone: ``threading.Condition`` (and the
+    Event built on it) takes and re-takes its lock in Python code. A signal
+    handler's exception landing there leaves the lock held for good (every
+    later ``Event.set()`` or ``with cond:``, on the thread that would end the
+    wait, blocks forever) or raises ``RuntimeError: release unlocked lock``
+    instead of the interrupt. So in the main thread each wait runs with
+    signals deferred, in short steps, and the signals are raised between
+    steps. Other threads wait at once: no handler runs there."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    main = _in_main()
+    while not done():
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        if not main:
+            wait_some(left)
+            continue
+        with _DEFERRED:
+            wait_some(_POLL_S if left is None else min(_POLL_S, left))
+    return True
 
 
 def pending() -> tuple[int, ...]:

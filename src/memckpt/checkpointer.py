@@ -36,6 +36,7 @@ import os
 import statistics
 import threading
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -172,7 +173,7 @@ class PendingEpoch:
     def result(self, timeout: float | None = None) -> EpochInfo:
         """Wait until the epoch is durable and return its :class:`EpochInfo`;
         raise its error if it failed, or TimeoutError after ``timeout`` seconds."""
-        if not _signals.wait_event(self._done, timeout):
+        if not _signals.wait_until(self._done.is_set, self._done.wait, timeout):
             raise TimeoutError(f"epoch {self.epoch} is not durable after {timeout} s")
         if self._error is not None:
             self._reported = True
@@ -481,6 +482,9 @@ class Checkpointer:
         cap = self._capture(label)
         cap.extra["wait_s"] = waited  # before PendingEpoch(cap), which reads it
         pending = PendingEpoch(cap)
+        # the pending holds the capture from here: a traceback through this
+        # frame (mode "sync" raises here) must not keep the writer alive
+        del cap
         # the interval runs from here, the end of the pause; "auto" moves it
         # once the epoch's cost is known
         pending._resumed = self._clock()
@@ -496,7 +500,7 @@ class Checkpointer:
                 raise pending._error
             return pending
         t = threading.Thread(target=self._run_persist, args=(pending,),
-                             name=f"memckpt-persist-e{cap.epoch}")
+                             name=f"memckpt-persist-e{pending.epoch}")
         try:
             t.start()
         except RuntimeError:
@@ -528,6 +532,12 @@ class Checkpointer:
                 info = cap.persist(cap)
         except BaseException as e:  # noqa: B902 - handed to the waiter, raised there
             error = e
+            # The error lives on in the PendingEpoch, in a reference cycle with
+            # this frame: the persist's frames must not keep the capture (its
+            # staging, its writer) alive with it. A writer freed later by the
+            # cycle collector would run its __del__ wherever the main thread
+            # is, and CPython drops a signal handler's exception raised there.
+            traceback.clear_frames(e.__traceback__)
             try:
                 # the persist aborts its writer, unless an interrupt landed in
                 # its own error handling; abort() is idempotent and keeps an
@@ -551,15 +561,21 @@ class Checkpointer:
             # still unsaved changes against the base: the next epoch or rollback needs them
             self._carry = np.union1d(self._carry, cap.dirty) if self._carry.size else cap.dirty
         pending._cap = None  # let the pages and the staging buffer go
+        cap = None
         with self._idle:
             pending._finish(info, error)
             self._inflight -= 1
             self._idle.notify_all()
 
     def _wait_inflight(self) -> None:
+        # interruptible, and an interrupt cannot leave _idle's lock held (which
+        # would block the persist thread's bookkeeping for good): see wait_until
+        _signals.wait_until(lambda: not self._inflight, self._wait_idle)
+
+    def _wait_idle(self, timeout: float | None) -> None:
         with self._idle:
-            while self._inflight:
-                self._idle.wait()
+            if self._inflight:
+                self._idle.wait(timeout)
 
     def _raise_unreported(self) -> None:
         """Raise (once) the error of the last epoch if nobody has seen it yet."""
