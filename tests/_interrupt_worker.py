@@ -24,6 +24,7 @@ waited for every non-daemon thread.
 from __future__ import annotations
 
 import faulthandler
+import gc
 import hashlib
 import json
 import os
@@ -110,7 +111,8 @@ def run_trial(req: dict[str, Any]) -> None:
 def _unraisable(u: Any) -> None:
     # an exception raised where Python cannot propagate it (a __del__, a
     # weakref callback): a signal handler's exception there is lost
-    out(f"UNRAISABLE {u.exc_type.__name__} in {u.object!r}: {u.err_msg}")
+    where = getattr(u.object, "__module__", None) or type(u.object).__module__
+    out(f"UNRAISABLE {u.exc_type.__name__} in {where}: {u.object!r}")
 
 
 def main() -> None:
@@ -134,6 +136,11 @@ def main() -> None:
                         out(f"STUCK {req['trial']} {t.name}")
             code = f" {e.code}" if isinstance(e, SystemExit) else ""
             out(f"TOP {req['trial']} {type(e).__name__}{code}")
+        # this trial's garbage (an interrupt's traceback cycles) is collected
+        # now, not during the next trial, where a finalizer of the harness's
+        # own (an interrupted import's module lock) would swallow its signal
+        del req
+        gc.collect()
 
 
 if __name__ == "__main__":
