@@ -24,6 +24,8 @@ after the section.
 - ``interruptible()`` inside a section lets signals through again for a part
   that may be stopped safely (mode "sync"'s persist, which aborts its epoch
   on any exception), and defers them again afterwards.
+- ``wait_until()`` waits on a threading primitive so that an interrupt can
+  neither leave the primitive's lock held nor turn into another exception.
 
 CPython (3.11+) runs pending handlers only at calls and backward jumps, so
 the few lines between two calls here are atomic against them. Where a signal
@@ -147,8 +149,9 @@ def deferred() -> _Deferred:
     """A context manager: Python-level signal handlers are held back inside it
     (main thread only; nests) and run, in arrival order, right after it.
 
-    Costs about a microsecond per use with only the default SIGINT handler
-    (docs/reliability.md gives the figure measured).
+    An outermost section costs about 4 us (a scan of every signal's handler,
+    two swaps), a nested one or one off the main thread about 0.5 us
+    (``python bench/probe_deferred.py``).
     """
     return _DEFERRED
 
