@@ -36,13 +36,14 @@ import os
 import statistics
 import threading
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from . import _forksafe
+from . import _forksafe, _signals
 from .arena import Arena
 from .epoch import EpochInfo
 from .errors import MemckptError, TrackerUnavailable
@@ -184,7 +185,7 @@ class PendingEpoch:
     def result(self, timeout: float | None = None) -> EpochInfo:
         """Wait until the epoch is durable and return its :class:`EpochInfo`;
         raise its error if it failed, or TimeoutError after ``timeout`` seconds."""
-        if not self._done.wait(timeout):
+        if not _signals.wait_until(self._done.is_set, self._done.wait, timeout):
             raise TimeoutError(f"epoch {self.epoch} is not durable after {timeout} s")
         if self._error is not None:
             self._reported = True
@@ -494,44 +495,88 @@ class Checkpointer:
             self._wait_inflight()
             waited = time.perf_counter() - t_wait
             self._raise_unreported()
-            cap = self._capture(label)
-            cap.extra["wait_s"] = waited  # before PendingEpoch(cap), which reads it
-            pending = PendingEpoch(cap)
-            # the interval runs from here, the end of the pause; "auto" moves it
-            # once the epoch's cost is known
-            pending._resumed = self._clock()
-            if self._interval is not None:
-                self._due = pending._resumed + self._interval
-            with self._idle:
-                self._inflight += 1
-                self._current = pending
-            if self._mode == "sync":
-                self._run_persist(pending)
-                pending._reported = True
-                if pending._error is not None:
-                    raise pending._error
-                return pending
-            t = threading.Thread(target=self._run_persist, args=(pending,),
-                                 name=f"memckpt-persist-e{cap.epoch}")
-            try:
-                t.start()
-            except BaseException:
-                self._run_persist(pending)  # no thread to be had: persist here rather than lose it
+            # From the collect to the hand-off, an exception from a signal
+            # handler (Ctrl-C, sys.exit in a SIGTERM handler) would lose the
+            # collected pages, leave the epoch's writer holding the store
+            # lock, or miscount the epochs in flight (a later wait that never
+            # ends): it lands right after the section instead. The wait above
+            # stays interruptible: nothing changes while it waits.
+            with _signals.deferred():
+                return self._take(label, waited)
+
+    def _take(self, label: str | None, waited: float) -> PendingEpoch:
+        """Capture an epoch and hand it to its persist (signals deferred)."""
+        cap = self._capture(label)
+        cap.extra["wait_s"] = waited  # before PendingEpoch(cap), which reads it
+        pending = PendingEpoch(cap)
+        # the pending holds the capture from here: a traceback through this
+        # frame (mode "sync" raises here) must not keep the writer alive
+        del cap
+        # the interval runs from here, the end of the pause; "auto" moves it
+        # once the epoch's cost is known
+        pending._resumed = self._clock()
+        if self._interval is not None:
+            self._due = pending._resumed + self._interval
+        with self._idle:
+            self._inflight += 1
+            self._current = pending
+        if self._mode == "sync":
+            self._run_persist(pending)
+            pending._reported = True
+            if pending._error is not None:
+                raise pending._error
             return pending
+        t = threading.Thread(target=self._run_persist, args=(pending,),
+                             name=f"memckpt-persist-e{pending.epoch}")
+        try:
+            t.start()
+        except RuntimeError:
+            # "can't start new thread": persist here rather than lose the epoch.
+            # Any other exception comes after the thread started, and the
+            # thread persists the epoch: persisting it here too would commit
+            # it twice and count it done twice.
+            self._run_persist(pending)
+        return pending
 
     def _run_persist(self, pending: PendingEpoch) -> None:
         """Persist one capture (on its own thread except in mode "sync"), then
-        do the checkpointer's bookkeeping and wake whoever waits."""
+        do the checkpointer's bookkeeping and wake whoever waits.
+
+        In the caller (mode "sync"), a signal handler's exception (Ctrl-C)
+        may stop the persist itself: the epoch is aborted (or, if it got past
+        its commit point, stays committed) and its pages go to the next epoch,
+        as for any failed epoch. The bookkeeping after it is never torn."""
+        with _signals.deferred():  # on the persist thread it does nothing (no handler runs there)
+            self._persist_and_account(pending)
+
+    def _persist_and_account(self, pending: PendingEpoch) -> None:
         cap = pending._cap
         assert cap is not None
         info: EpochInfo | None = None
         error: BaseException | None = None
         try:
-            info = cap.persist(cap)
+            with _signals.interruptible():
+                info = cap.persist(cap)
         except BaseException as e:  # noqa: B902 - handed to the waiter, raised there
             error = e
-        finally:
+            # The error lives on in the PendingEpoch, in a reference cycle with
+            # this frame: the persist's frames must not keep the capture (its
+            # staging, its writer) alive with it. A writer freed later by the
+            # cycle collector would run its __del__ wherever the main thread
+            # is, and CPython drops a signal handler's exception raised there.
+            traceback.clear_frames(e.__traceback__)
+            try:
+                # the persist aborts its writer, unless an interrupt landed in
+                # its own error handling; abort() is idempotent and keeps an
+                # epoch whose manifest is in place
+                cap.writer.abort()
+            except Exception:
+                pass
+        try:
             cap.release()
+        except Exception as e:  # the epoch's outcome stands; the count below must move
+            warnings.warn(f"memckpt: releasing epoch {cap.epoch}'s capture failed: {e!r}",
+                          RuntimeWarning)
         if info is not None:
             self._base = info.epoch
             self._chain_len = 1 if cap.kind == "full" else self._chain_len + 1
@@ -543,15 +588,21 @@ class Checkpointer:
             # still unsaved changes against the base: the next epoch or rollback needs them
             self._carry = np.union1d(self._carry, cap.dirty) if self._carry.size else cap.dirty
         pending._cap = None  # let the pages and the staging buffer go
+        cap = None
         with self._idle:
             pending._finish(info, error)
             self._inflight -= 1
             self._idle.notify_all()
 
     def _wait_inflight(self) -> None:
+        # interruptible, and an interrupt cannot leave _idle's lock held (which
+        # would block the persist thread's bookkeeping for good): see wait_until
+        _signals.wait_until(lambda: not self._inflight, self._wait_idle)
+
+    def _wait_idle(self, timeout: float | None) -> None:
         with self._idle:
-            while self._inflight:
-                self._idle.wait()
+            if self._inflight:
+                self._idle.wait(timeout)
 
     def _raise_unreported(self) -> None:
         """Raise (once) the error of the last epoch if nobody has seen it yet."""
@@ -877,32 +928,44 @@ class Checkpointer:
                 if target is None:
                     raise MemckptError(f"store {self._store.path} holds no epoch to roll back to")
             self._check_layout(target)
-            written = self._tracker.collect()
-            if self._carry.size:
-                written = np.union1d(written, self._carry)
-            pages: np.ndarray | None = None
-            if self._base is not None:
-                try:
-                    changed = self._store.changed_pages(target, self._base)
-                except MemckptError:
-                    changed = None  # the base is gone (compacted away, pruned)
-                if changed is not None:
-                    pages = np.union1d(written, np.asarray(changed, dtype=np.uint64))
-            try:
-                self._write_back(target, pages)
-            except BaseException:
-                # Partly written back: the arena matches no epoch now.
-                self._base = None
-                self._carry = _NO_PAGES
-                self._tracker.collect()
-                raise
-            self._tracker.collect()  # the write-backs were tracked writes; the arena is `target` now
-            self._base = target
-            self._carry = _NO_PAGES
-            self._chain_len = len(self._store.chain(target))
+            # Signals deferred from the collect on: pages collected and then
+            # dropped by an interrupt would be missing from the next epoch.
+            # The write-back itself may be interrupted (it ends with no head).
+            with _signals.deferred():
+                pages = self._roll_back_to(target)
             n = self._npages if pages is None else int(pages.size)
             return RollbackInfo(epoch=target, pages_written=n, npages=self._npages,
                                 seconds=time.perf_counter() - t0)
+
+    def _roll_back_to(self, target: int) -> np.ndarray | None:
+        """rollback()'s collect, write-back and bookkeeping; the pages written
+        (None: all)."""
+        written = self._tracker.collect()
+        if self._carry.size:
+            written = np.union1d(written, self._carry)
+        self._carry = written  # collected, not yet written back: kept if what follows fails
+        pages: np.ndarray | None = None
+        if self._base is not None:
+            try:
+                changed = self._store.changed_pages(target, self._base)
+            except MemckptError:
+                changed = None  # the base is gone (compacted away, pruned)
+            if changed is not None:
+                pages = np.union1d(written, np.asarray(changed, dtype=np.uint64))
+        try:
+            with _signals.interruptible():
+                self._write_back(target, pages)
+        except BaseException:
+            # Partly written back: the arena matches no epoch now.
+            self._base = None
+            self._carry = _NO_PAGES
+            self._tracker.collect()
+            raise
+        self._tracker.collect()  # the write-backs were tracked writes; the arena is `target` now
+        self._base = target
+        self._carry = _NO_PAGES
+        self._chain_len = len(self._store.chain(target))
+        return pages
 
     def _check_layout(self, epoch: int) -> None:
         want = self._store.layout(epoch)
@@ -956,15 +1019,16 @@ class Checkpointer:
         with self._lock:
             if self._closed:
                 return
-            self._wait_inflight()
-            self._closed = True
-            self._pages = None  # lets the arena close
-            self._spare = None
-            self._bg_buf = None
-            self._fork_scratch = None  # mode "fork": its mapping goes with the last reference
-            self._tracker.close()
-            if self._owns_store and hasattr(self._store, "close"):
-                self._store.close()
+            self._wait_inflight()  # interruptible: nothing is closed yet
+            with _signals.deferred():  # closed whole, or not at all
+                self._closed = True
+                self._pages = None  # lets the arena close
+                self._spare = None
+                self._bg_buf = None
+                self._fork_scratch = None  # mode "fork": its mapping goes with the last reference
+                self._tracker.close()
+                if self._owns_store and hasattr(self._store, "close"):
+                    self._store.close()
             self._raise_unreported()
 
     def __enter__(self) -> Checkpointer:

@@ -122,7 +122,7 @@ from typing import Any, Callable, NamedTuple
 import blake3
 import numpy as np
 
-from .. import _core, _forksafe
+from .. import _core, _forksafe, _signals
 from ..epoch import EpochInfo
 from ..errors import CorruptionError, EpochNotFound, FormatError, MemckptError, StoreLocked
 from . import format as fmt
@@ -426,6 +426,32 @@ class _Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class _HeldLock:
+    """The writer lock around a maintenance call (compact, prune), taken and
+    released whole: an exception from a signal handler (Ctrl-C) that lands
+    just after the lock is taken would otherwise leave its fd, and so the
+    flock, held for good by this process."""
+
+    def __init__(self, store_path: Path, role: str) -> None:
+        self._args = (store_path, role)
+        self._lock: _Lock | None = None
+
+    def __enter__(self) -> _HeldLock:
+        try:
+            with _signals.deferred():
+                self._lock = _Lock(*self._args, wait=_LOCK_WAIT_S)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _signals.deferred():
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                lock.release()
 
 
 def _as_pages(page_numbers: Any, what: str = "page_numbers") -> np.ndarray:
@@ -1426,7 +1452,7 @@ class Store:
                 progress: Callable[[int, int], None] | None = None) -> EpochInfo:
         """See the module docstring; progress(done, total) counts pages merged."""
         self._wait_for_writers("compact")
-        with _Lock(self.path, "compact", wait=_LOCK_WAIT_S):
+        with _HeldLock(self.path, "compact"):
             self._sweep_if_due()
             full_chain = self.chain(last)
             if first not in full_chain:
@@ -1477,6 +1503,11 @@ class Store:
                 w.abort()
                 raise
             info = w._commit_doc(doc)
+            with _signals.deferred():
+                # the writer's finalizers (its __del__, its WeakSet's callback)
+                # run Python code, where CPython drops a signal handler's
+                # exception: here it waits for the end of the section instead
+                del w
             # the merged epoch is durable: only now retire the run, newest first
             self._retire(run[:-1], old_files)
             return info
@@ -1550,6 +1581,10 @@ class Store:
         """Remove epochs newest first: each manifest's removal is durable before
         the next, so an epoch still committed never lacks an ancestor. Their data
         files go afterwards (a crash in between leaves garbage, swept on open)."""
+        # Interruptible between any two steps (Ctrl-C in a long prune): each
+        # step leaves committed epochs whole, at worst data files of removed
+        # manifests (swept by the next writer) and cached entries of removed
+        # epochs (keyed by inode, so never served for another file).
         files = list(extra_files)
         orphans = []
         for e in sorted(epochs, reverse=True):
@@ -1576,7 +1611,7 @@ class Store:
         if keep_last is None and keep_every is None:
             return []
         self._wait_for_writers("prune")
-        with _Lock(self.path, "prune", wait=_LOCK_WAIT_S):
+        with _HeldLock(self.path, "prune"):
             self._sweep_if_due()
             nums = self.epoch_numbers()
             if not nums:
@@ -2136,17 +2171,27 @@ class EpochWriter:
             fmt.check_manifest(copy.deepcopy(doc), epoch=self.epoch, page_size=self.page_size,
                                where=f"epoch {self.epoch}: new manifest")
             _write_durable(tmp, fmt.dump_document(doc))
-            os.rename(tmp, store.path / fmt.manifest_name(self.epoch))
         except BaseException:
             self.abort()
             raise
-        self._committed = True  # from here on the epoch exists, whatever fails next
-        try:
-            _fsync_dir(store.path)
-        finally:
-            self._close()
-            with store._cache_lock:
-                store._manifests.pop(self.epoch, None)
+        # The commit point and what must follow it in one piece: a signal
+        # handler's exception (Ctrl-C, sys.exit) lands after the section, once
+        # the epoch is marked committed and the lock released. An exception
+        # from the rename itself still reaches abort(), which finds the
+        # manifest in place if the rename happened.
+        with _signals.deferred():
+            try:
+                os.rename(tmp, store.path / fmt.manifest_name(self.epoch))
+            except BaseException:
+                self.abort()
+                raise
+            self._committed = True  # from here on the epoch exists, whatever fails next
+            try:
+                _fsync_dir(store.path)
+            finally:
+                self._close()
+                with store._cache_lock:
+                    store._manifests.pop(self.epoch, None)
         return _info_from(doc)
 
     def commit(self, *, pages_dirty: int, pause_s: float, label: str | None = None,
@@ -2195,15 +2240,54 @@ class EpochWriter:
                 self._store._writers_cv.notify_all()
 
     def abort(self) -> None:
-        """Drop everything written for this epoch and release the lock (idempotent)."""
+        """Drop everything written for this epoch and release the lock (idempotent).
+
+        An epoch whose manifest is in place and names this writer's files is
+        committed, whatever cut the commit short (an exception right after the
+        rename): abort() then keeps its files and only closes the writer."""
         if self._closed or self._owner_pid != os.getpid():  # a fork child: the parent's files
             return
+        with _signals.deferred():  # half an abort would leave files or the lock behind
+            try:
+                fd, self._pack_fd = self._pack_fd, None
+                if fd is not None:
+                    os.close(fd)
+                if not self._committed and self._manifest_names_mine():
+                    self._committed = True
+                    try:
+                        _fsync_dir(self._store.path)  # the rename's durability, as commit does
+                    except OSError:
+                        pass  # committed either way; the error that brought us here matters
+                    with self._store._cache_lock:
+                        self._store._manifests.pop(self.epoch, None)
+                if not self._committed:
+                    for n in (self._pack_name, self._idx_name, self._tmp_name):
+                        _unlink(self._store.path / n)
+            finally:
+                self._close()
+
+    def _manifest_names_mine(self) -> bool:
+        """Whether the epoch's manifest is in place and names this writer's pack
+        and index: then the manifest is this writer's commit (it holds the
+        lock, and the names carry the epoch and its generation). A manifest
+        that is there but cannot be read counts as this writer's too: keeping
+        files that may be committed is the safe mistake (sweep and verify
+        judge them later), deleting them is not."""
         try:
-            fd, self._pack_fd = self._pack_fd, None
-            if fd is not None:
-                os.close(fd)
-            if not self._committed:
-                for n in (self._pack_name, self._idx_name, self._tmp_name):
-                    _unlink(self._store.path / n)
+            fd = os.open(self._store.path / fmt.manifest_name(self.epoch),
+                         _O_READ | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return True
+            raw = _read_fd(fd, fmt.MAX_MANIFEST_BYTES, f"epoch {self.epoch}")
+            files = json.loads(raw)["files"]
+            return bool(files["pack"]["name"] == self._pack_name
+                        and files["idx"]["name"] == self._idx_name)
+        except (OSError, ValueError, KeyError, TypeError, MemckptError):
+            return True
         finally:
-            self._close()
+            os.close(fd)
