@@ -1881,8 +1881,11 @@ class EpochWriter:
                         fut = ex.submit(self._write_job, job)
                     assert fut is not None
                     fut.result()
-        except BaseException:
+        except OSError as exc:
             self.abort()  # the pack no longer matches the records: this epoch cannot commit
+            raise self._where(exc, self._pack_name) from None
+        except BaseException:
+            self.abort()
             raise
         self._last_page = int(pages[-1])
 
@@ -2214,10 +2217,28 @@ class EpochWriter:
             self._finish_files()
             doc = self._manifest_doc(pages_dirty=pages_dirty, pause_s=pause_s, label=label,
                                      tracker=tracker, mode=mode, extra=extra, started=started)
+        except OSError as exc:
+            self.abort()
+            raise self._where(exc, f"{self._pack_name} or {self._idx_name}") from None
         except BaseException:
             self.abort()
             raise
-        return self._commit_doc(doc)
+        try:
+            return self._commit_doc(doc)
+        except OSError as exc:
+            raise self._where(exc, fmt.manifest_name(self.epoch)) from None
+
+    def _where(self, exc: OSError, name: str) -> OSError:
+        """``exc`` saying which epoch, store and file it hit (a full disk said
+        only "No space left on device"), as the same OSError subclass; an
+        error that names its file already is left as it is."""
+        if exc.filename is not None:
+            return exc
+        what = "committed, but syncing the store directory failed" if self._committed else \
+            "not committed"
+        return type(exc)(exc.errno, f"{exc.strerror or exc} (writing epoch {self.epoch} "
+                                    f"to store {self._store.path}: {what})",
+                         str(self._store.path / name))
 
     def _close(self) -> None:
         self._closed = True
