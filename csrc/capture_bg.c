@@ -1,11 +1,14 @@
-/* capture_bg.c: background (copy-before-write) snapshots over a uffd-sync
- * tracker, without fork.
+/* capture_bg.c: background (copy-before-write) snapshots over a tracker
+ * that can hold writers (MCK_CAP_HOLD_WRITERS: uffd-sync), without fork.
+ * This file knows the tracker only through its mck_hold_ops, and the tracker
+ * knows this file only through the mck_capture_hooks it registers
+ * (internal.h).
  *
  * The checkpoint instant is mck_bg_begin's critical section in the tracker
- * (mck_uffd_sync_freeze): the dirty bitmap is drained into D and D's pages,
- * the only writable ones by the tracker's invariant, are write-protected
+ * (hold->freeze): the dirty bitmap is drained into D and D's pages, the
+ * only writable ones by the tracker's invariant, are write-protected
  * again. From then on no page of the range can be written without a round
- * trip to the handler thread, which asks mck_bg_defer first: a page of D not
+ * trip to the handler thread, which asks bg_defer first: a page of D not
  * copied yet keeps its writer asleep, and the copier, on copying that page,
  * records it as written (next epoch) and un-protects it, which wakes the
  * writer. So staging ends up holding every page of D as it was at the
@@ -60,6 +63,7 @@ enum bg_phase {
 
 struct mck_bg {
 	struct mck_tracker *t;
+	const struct mck_hold_ops *hold; /* t's */
 	size_t page_size;
 	size_t cap; /* the tracker's page count: D never holds more */
 	_Atomic uint8_t *state;
@@ -122,8 +126,10 @@ static ptrdiff_t find(const struct mck_bg *bg, uint64_t page)
 	return lo < bg->n && bg->pages[lo] == page ? (ptrdiff_t)lo : -1;
 }
 
-bool mck_bg_defer(struct mck_bg *bg, uint64_t page)
+/* The hooks' defer (internal.h): under the tracker lock, in its handler. */
+static bool bg_defer(void *ctx, uint64_t page)
 {
+	struct mck_bg *bg = ctx;
 	ptrdiff_t i;
 	uint8_t st;
 
@@ -165,7 +171,7 @@ static int copy_one(struct mck_bg *bg, size_t i)
 	       bg->page_size);
 	old = atomic_exchange(&bg->state[i], BG_DONE);
 	if (old & BG_WAITER) {
-		int rc = mck_uffd_sync_release(bg->t, bg->pages[i]);
+		int rc = bg->hold->release(bg->t, bg->pages[i]);
 
 		return rc < 0 ? rc : 1;
 	}
@@ -232,6 +238,7 @@ static void *copier_main(void *arg)
 static int protect_list(struct mck_tracker *t, const uint64_t *pages, size_t n, int64_t gap,
 			struct mck_bg_stats *st)
 {
+	const struct mck_hold_ops *hold = mck_tracker_hold(t);
 	uint64_t runs = 0, calls = 0, covered = 0;
 	int rc;
 
@@ -242,7 +249,7 @@ static int protect_list(struct mck_tracker *t, const uint64_t *pages, size_t n, 
 			runs += pages[j] != pages[j - 1] + 1;
 			j++;
 		}
-		rc = mck_uffd_sync_protect(t, pages[i], (size_t)(pages[j - 1] - pages[i] + 1), true);
+		rc = hold->protect(t, pages[i], (size_t)(pages[j - 1] - pages[i] + 1), true);
 		if (rc < 0)
 			return rc;
 		calls++;
@@ -287,8 +294,9 @@ static size_t merge3(const uint64_t *a, size_t na, const uint64_t *b, size_t nb,
  * what needs protecting does not grow. pages[] becomes D only once nothing
  * can fail: on failure, the caller puts the drained bits back from it.
  * Called under the tracker lock: the instant. */
-static int arm(struct mck_bg *bg, uint64_t *pages, size_t *np, const uint64_t *writable, size_t w)
+static int arm(void *ctx, uint64_t *pages, size_t *np, const uint64_t *writable, size_t w)
 {
+	struct mck_bg *bg = ctx;
 	struct timespec t0;
 	int64_t gap = bg->max_gap < 0 ? BG_AUTO_GAP : bg->max_gap;
 	const uint64_t *d = pages;
@@ -361,7 +369,7 @@ static void bg_free(struct mck_bg *bg)
 	free(bg);
 }
 
-static int bg_create(struct mck_tracker *t, struct mck_bg **out)
+static int bg_create(struct mck_tracker *t, const struct mck_hold_ops *hold, struct mck_bg **out)
 {
 	struct mck_bg *bg = calloc(1, sizeof(*bg));
 	sigset_t all, old;
@@ -370,6 +378,7 @@ static int bg_create(struct mck_tracker *t, struct mck_bg **out)
 	if (!bg)
 		return -ENOMEM;
 	bg->t = t;
+	bg->hold = hold;
 	bg->page_size = t->page_size;
 	bg->cap = t->npages;
 	/* calloc'd: untouched pages of these cost nothing until a D that large */
@@ -397,8 +406,11 @@ static int bg_create(struct mck_tracker *t, struct mck_bg **out)
 	return 0;
 }
 
-void mck_bg_destroy(struct mck_bg *bg)
+/* The hooks' destroy (internal.h): called by the tracker's close. */
+static void bg_destroy(void *ctx)
 {
+	struct mck_bg *bg = ctx;
+
 	pthread_mutex_lock(&bg->mu);
 	bg->stop = true;
 	pthread_cond_broadcast(&bg->cv);
@@ -407,12 +419,15 @@ void mck_bg_destroy(struct mck_bg *bg)
 	pthread_join(bg->thread, NULL);
 	/* the handler reads bg under the tracker lock: detach it there, or a
 	 * fault still queued would read it after the free */
-	mck_uffd_sync_set_bg(bg->t, NULL);
+	bg->hold->attach(bg->t, NULL, NULL);
 	bg_free(bg);
 }
 
-void mck_bg_forget(struct mck_bg *bg)
+/* The hooks' forget (internal.h): called by the tracker's forget in a fork child. */
+static void bg_forget(void *ctx)
 {
+	struct mck_bg *bg = ctx;
+
 	/* the copier and the handler live in the parent; staging is the
 	 * caller's; what remains here is memory of this process */
 	free((void *)bg->state);
@@ -420,13 +435,19 @@ void mck_bg_forget(struct mck_bg *bg)
 	free(bg);
 }
 
+static const struct mck_capture_hooks bg_hooks = {
+	.defer = bg_defer,
+	.destroy = bg_destroy,
+	.forget = bg_forget,
+};
+
 int mck_bg_supported(int backend, char *reason, size_t len)
 {
 	const char *name = mck_backend_name(backend);
 
 	if (!name)
 		return -EINVAL;
-	if (backend != MCK_BACKEND_UFFD_SYNC) {
+	if (!(mck_backend_caps(backend) & MCK_CAP_HOLD_WRITERS)) {
 		mck_reason(reason, len, "background capture needs the uffd-sync tracker, whose "
 			   "handler thread can hold a writer until its page is copied; %s cannot "
 			   "(use mode \"copy\" or \"fork\")", name);
@@ -435,32 +456,36 @@ int mck_bg_supported(int backend, char *reason, size_t len)
 	return mck_backend_status(backend, reason, len);
 }
 
-/* The tracker's background state, made (with its copier) at first use. */
-static int bg_get(struct mck_tracker *t, struct mck_bg **out)
+/* The tracker's background state, made (with its copier) at first use and
+ * attached to the tracker, which destroys it at close. */
+static int bg_get(struct mck_tracker *t, const struct mck_hold_ops *hold, struct mck_bg **out)
 {
 	int rc;
 
-	*out = mck_uffd_sync_bg(t);
+	*out = hold->attached(t, &bg_hooks);
 	if (*out)
 		return 0;
-	rc = bg_create(t, out);
+	rc = bg_create(t, hold, out);
 	if (rc < 0)
 		return rc;
-	mck_uffd_sync_set_bg(t, *out);
+	hold->attach(t, &bg_hooks, *out);
 	return 0;
 }
 
 int64_t mck_bg_prearm(struct mck_tracker *t, int64_t max_gap)
 {
+	const struct mck_hold_ops *hold;
+
 	if (!t)
 		return -EINVAL;
-	if (t->backend != MCK_BACKEND_UFFD_SYNC)
+	hold = mck_tracker_hold(t);
+	if (!hold)
 		return -EOPNOTSUPP;
 	if (mck_detached(t))
 		return -ECHILD;
 	/* safe during a copy too: it only protects pages the handler made
 	 * writable, which the copier has finished with */
-	return mck_uffd_sync_prearm(t, prearm_protect, max_gap < 0 ? BG_AUTO_GAP : max_gap);
+	return hold->prearm(t, prearm_protect, max_gap < 0 ? BG_AUTO_GAP : max_gap);
 }
 
 int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
@@ -475,6 +500,7 @@ int64_t mck_bg_begin_ex(struct mck_tracker *t, uint64_t *pages, size_t cap, void
 			size_t staging_pages, int64_t max_gap, unsigned flags,
 			const uint64_t *extra, size_t nextra, struct mck_bg_stats *stats)
 {
+	const struct mck_hold_ops *hold;
 	struct mck_bg *bg;
 	int64_t n;
 	int rc;
@@ -482,7 +508,8 @@ int64_t mck_bg_begin_ex(struct mck_tracker *t, uint64_t *pages, size_t cap, void
 	if (!t || !pages || (!staging && staging_pages) ||
 	    (flags & ~(unsigned)(MCK_BG_ALL_PAGES | MCK_BG_POPULATED)) || (!extra && nextra))
 		return -EINVAL;
-	if (t->backend != MCK_BACKEND_UFFD_SYNC)
+	hold = mck_tracker_hold(t);
+	if (!hold)
 		return -EOPNOTSUPP;
 	if (mck_detached(t))
 		return -ECHILD;
@@ -492,7 +519,7 @@ int64_t mck_bg_begin_ex(struct mck_tracker *t, uint64_t *pages, size_t cap, void
 	for (size_t i = 0; i < nextra; i++)
 		if (extra[i] >= t->npages || (i && extra[i] <= extra[i - 1]))
 			return -EINVAL;
-	rc = bg_get(t, &bg);
+	rc = bg_get(t, hold, &bg);
 	if (rc < 0)
 		return rc;
 	pthread_mutex_lock(&bg->mu);
@@ -510,7 +537,7 @@ int64_t mck_bg_begin_ex(struct mck_tracker *t, uint64_t *pages, size_t cap, void
 	bg->nextra = nextra;
 	memset(&bg->stats, 0, sizeof(bg->stats));
 	clock_gettime(CLOCK_MONOTONIC, &bg->instant);
-	n = mck_uffd_sync_freeze(t, pages, cap, arm, bg);
+	n = hold->freeze(t, pages, cap, arm, bg);
 	if (n < 0)
 		return n;
 	pthread_mutex_lock(&bg->mu);
@@ -525,17 +552,19 @@ int64_t mck_bg_begin_ex(struct mck_tracker *t, uint64_t *pages, size_t cap, void
 
 int mck_bg_wait(struct mck_tracker *t, struct mck_bg_stats *stats)
 {
+	const struct mck_hold_ops *hold;
 	struct mck_bg *bg;
 	int rc;
 
 	if (!t)
 		return -EINVAL;
-	if (t->backend != MCK_BACKEND_UFFD_SYNC)
+	hold = mck_tracker_hold(t);
+	if (!hold)
 		return -EOPNOTSUPP;
 	/* the copier that would end the wait is in the parent */
 	if (mck_detached(t))
 		return -ECHILD;
-	bg = mck_uffd_sync_bg(t);
+	bg = hold->attached(t, &bg_hooks);
 	if (!bg)
 		return -EINVAL;
 	pthread_mutex_lock(&bg->mu);

@@ -68,10 +68,21 @@ struct pm_scan_arg {
  * Adding a backend: one track_*.c file defining its ops, and one row in the
  * table in tracker.c. */
 struct mck_tracker;
+struct mck_hold_ops;
+
+/* What a backend can do beyond tracking, asked of its ops (caps) rather than
+ * of its name, so that a capture works with any backend that can. */
+enum mck_tracker_caps {
+	/* A handler thread sees every first write to a protected page and can
+	 * keep the writer asleep until a capture has copied the page: what
+	 * background capture (capture_bg.c) needs. ops->hold is then set. */
+	MCK_CAP_HOLD_WRITERS = 1u << 0,
+};
 
 struct mck_tracker_ops {
 	const char *name;
 	unsigned props; /* enum mck_backend_props */
+	unsigned caps;  /* enum mck_tracker_caps */
 	/* 1 available, 0 unavailable (reason written), -errno probe failure */
 	int (*status)(const struct mck_features *f, char *reason, size_t len);
 	/* set t->priv; start tracking [t->addr, t->addr + t->len) */
@@ -86,6 +97,8 @@ struct mck_tracker_ops {
 	 * with the parent's threads; the threads themselves, and whoever held
 	 * a mutex at the fork, do not exist here. */
 	void (*forget)(struct mck_tracker *t);
+	/* MCK_CAP_HOLD_WRITERS only, else NULL */
+	const struct mck_hold_ops *hold;
 };
 
 struct mck_tracker {
@@ -104,6 +117,10 @@ struct mck_tracker {
 /* tracker.c: true in any process but the one that opened t (a child of
  * fork()): there every entry point refuses with -ECHILD and close forgets. */
 bool mck_detached(const struct mck_tracker *t);
+/* tracker.c: the backend's caps (enum mck_tracker_caps); 0 for an unknown one. */
+unsigned mck_backend_caps(int backend);
+/* tracker.c: t's hold interface, or NULL if its backend cannot hold writers. */
+const struct mck_hold_ops *mck_tracker_hold(const struct mck_tracker *t);
 
 extern const struct mck_tracker_ops mck_uffd_async_ops;
 extern const struct mck_tracker_ops mck_uffd_sync_ops;
@@ -111,47 +128,64 @@ extern const struct mck_tracker_ops mck_soft_dirty_ops;
 extern const struct mck_tracker_ops mck_mprotect_ops;
 extern const struct mck_tracker_ops mck_compare_ops;
 
-/* ---- background capture: capture_bg.c <-> track_uffd.c (uffd-sync) -------
- * capture_bg.c owns the copy (page states, copier thread); track_uffd.c owns
- * the fd, the handler and the lock that orders faults against collects. */
-struct mck_bg;
+/* ---- a capture hooked into a tracker's fault path -------------------------
+ * Two tables, one each way, so that neither file knows the other: the
+ * tracker (track_uffd.c, uffd-sync) owns the fd, the handler and the lock
+ * that orders faults against collects, and offers them through its
+ * mck_hold_ops; the capture (capture_bg.c) owns the copy (page states,
+ * copier thread) and registers its mck_capture_hooks, which the handler and
+ * close call. Both sides see only this header. */
 
-/* track_uffd.c: with the tracker's lock held, drain the dirty bitmap into
- * out[] (D) and the writable one (the pages of D not protected: all of D
- * unless a pre-arm ran) and call arm(bg, out, &n, writable, w), which
- * protects the writable pages and arms the copy (and may widen out[] and n,
- * to every page); if arm fails, the bits drained are set again. Returns n or
- * -errno. */
-int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
-			     int (*arm)(struct mck_bg *, uint64_t *, size_t *, const uint64_t *, size_t),
-			     struct mck_bg *bg);
-/* track_uffd.c: with the lock held, drain the writable bitmap and call
- * protect(t, pages, w, gap) on it, leaving the dirty bits: the pages are still
- * reported by the next collect, but no longer need protecting in it. Returns
- * w or -errno (the bits set again). */
-int64_t mck_uffd_sync_prearm(struct mck_tracker *t,
-			     int (*protect)(struct mck_tracker *, const uint64_t *, size_t, int64_t),
-			     int64_t gap);
-/* track_uffd.c: the background copy of this tracker (NULL: none yet), and
- * setting it (the tracker frees it at close, after mck_bg_destroy). */
-struct mck_bg *mck_uffd_sync_bg(struct mck_tracker *t);
-void mck_uffd_sync_set_bg(struct mck_tracker *t, struct mck_bg *bg);
-/* track_uffd.c: (un)protect [page, page + npages) of the range, retrying EAGAIN. */
-int mck_uffd_sync_protect(struct mck_tracker *t, uint64_t page, size_t npages, bool protect);
-/* track_uffd.c: a waiting writer's page is copied: record it as written
- * (next epoch) and un-protect it, which wakes the writer. Takes the lock. */
-int mck_uffd_sync_release(struct mck_tracker *t, uint64_t page);
-/* capture_bg.c, called by the handler with the lock held, for a write fault
- * on page (index in the range): true if the page awaits its copy, so the
- * writer must sleep on (the copier releases it); false to resolve as usual. */
-bool mck_bg_defer(struct mck_bg *bg, uint64_t page);
-/* capture_bg.c, called by close before unregistering: finish the copy
- * (releasing every waiter), stop the copier thread, free. */
-void mck_bg_destroy(struct mck_bg *bg);
-/* capture_bg.c, called by forget in a fork child: free bg's memory; no
- * join (the copier is not in this process), no mutex or cond destroyed
- * (one may have been held at the fork). */
-void mck_bg_forget(struct mck_bg *bg);
+/* The capture's side, called by the tracker with ctx as attached. */
+struct mck_capture_hooks {
+	/* By the handler with the tracker's lock held, for a write fault on
+	 * page (index in the range): true if the page awaits its copy, so the
+	 * writer must sleep on (the capture releases it, hold->release);
+	 * false to resolve the fault as usual. */
+	bool (*defer)(void *ctx, uint64_t page);
+	/* By close, before unregistering: finish the copy (releasing every
+	 * waiter), stop the capture's threads, detach and free ctx. */
+	void (*destroy)(void *ctx);
+	/* By forget in a fork child: free ctx's memory; no join (the threads
+	 * are not in this process), no mutex or cond destroyed (one may have
+	 * been held at the fork). */
+	void (*forget)(void *ctx);
+};
+
+/* The capture's arm step in freeze: see mck_hold_ops.freeze. */
+typedef int (*mck_hold_arm_fn)(void *ctx, uint64_t *out, size_t *n, const uint64_t *writable,
+			       size_t w);
+/* Protect pages[0..n) (sorted) of t's range, runs closer than gap pages in one call. */
+typedef int (*mck_hold_protect_fn)(struct mck_tracker *t, const uint64_t *pages, size_t n,
+				   int64_t gap);
+
+/* The tracker's side, called by the capture. */
+struct mck_hold_ops {
+	/* With the tracker's lock held, drain the dirty bitmap into out[] (D)
+	 * and the writable one (the pages of D not protected: all of D unless
+	 * a pre-arm ran) and call arm(ctx, out, &n, writable, w), which
+	 * protects the writable pages and arms the copy (and may widen out[]
+	 * and n, to every page); if arm fails, the bits drained are set again.
+	 * Returns n or -errno. */
+	int64_t (*freeze)(struct mck_tracker *t, uint64_t *out, size_t cap, mck_hold_arm_fn arm,
+			  void *ctx);
+	/* With the lock held, drain the writable bitmap and call protect(t,
+	 * pages, w, gap) on it, leaving the dirty bits: the pages are still
+	 * reported by the next collect, but no longer need protecting in it.
+	 * Returns w or -errno (the bits set again). */
+	int64_t (*prearm)(struct mck_tracker *t, mck_hold_protect_fn protect, int64_t gap);
+	/* (Un)protect [page, page + npages) of the range, retrying EAGAIN. */
+	int (*protect)(struct mck_tracker *t, uint64_t page, size_t npages, bool protect);
+	/* A waiting writer's page is copied: record it as written (next
+	 * epoch) and un-protect it, which wakes the writer. Takes the lock. */
+	int (*release)(struct mck_tracker *t, uint64_t page);
+	/* The ctx attached to t with these hooks, or NULL (none yet, or
+	 * another capture's). */
+	void *(*attached)(struct mck_tracker *t, const struct mck_capture_hooks *hooks);
+	/* Attach a capture (under the lock; hooks NULL detaches). The tracker
+	 * calls hooks->destroy at close and hooks->forget in a fork child. */
+	void (*attach)(struct mck_tracker *t, const struct mck_capture_hooks *hooks, void *ctx);
+};
 
 /* ---- helpers shared by the backends (util.c) ----------------------------- */
 

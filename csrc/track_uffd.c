@@ -289,9 +289,11 @@ struct uffd_sync {
 	uint64_t *scratch; /* npages entries: the writable pages drained */
 	/* a failure the handler met; collect returns it from then on */
 	_Atomic int err;
-	/* background capture (capture_bg.c): set under lock, NULL until the
-	 * first mck_bg_begin; the handler asks it about every write fault */
-	struct mck_bg *bg;
+	/* a capture hooked into the fault path (capture_bg.c, through
+	 * mck_capture_hooks): set under lock, NULL until one attaches; the
+	 * handler asks it about every write fault */
+	const struct mck_capture_hooks *hooks;
+	void *hooks_ctx;
 };
 
 static int uffd_sync_status(const struct mck_features *f, char *reason, size_t len)
@@ -366,9 +368,9 @@ static void handle_fault(struct uffd_sync *s, const struct uffd_msg *m)
 		pthread_mutex_lock(&s->lock);
 		/* a page of a background snapshot not copied yet: the writer
 		 * sleeps on until the copier has copied it and un-protects it
-		 * (mck_uffd_sync_release); deciding under the lock orders this
+		 * (uffd_sync_release); deciding under the lock orders this
 		 * against the freeze that protected the page */
-		if (s->bg && mck_bg_defer(s->bg, (page - base) / s->page_size)) {
+		if (s->hooks && s->hooks->defer(s->hooks_ctx, (page - base) / s->page_size)) {
 			pthread_mutex_unlock(&s->lock);
 			return;
 		}
@@ -653,8 +655,8 @@ static void uffd_sync_close(struct mck_tracker *t)
 	/* a background copy first: it needs the handler and the registration
 	 * to release the writers waiting on it, and its staging stays a
 	 * complete snapshot */
-	if (s->bg)
-		mck_bg_destroy(s->bg);
+	if (s->hooks)
+		s->hooks->destroy(s->hooks_ctx);
 	/* unregister, and before stopping the handler: it wakes writers
 	 * still waiting on a fault, which then write through the now plain
 	 * range; and a child forked meanwhile holds the fd too, so closing
@@ -684,8 +686,8 @@ static void uffd_sync_forget(struct mck_tracker *t)
 	 * is shared: it would stop the parent's handler), no join (the handler
 	 * and the copier are the parent's threads), no mutex destroy (one may
 	 * have been held at the fork). */
-	if (s->bg)
-		mck_bg_forget(s->bg);
+	if (s->hooks)
+		s->hooks->forget(s->hooks_ctx);
 	close(s->stopfd);
 	close(s->uffd);
 	mck_bitmap_free(&s->dirty);
@@ -696,11 +698,10 @@ static void uffd_sync_forget(struct mck_tracker *t)
 	t->priv = NULL;
 }
 
-/* ---- uffd-sync: the background capture's hooks (see internal.h) ---------- */
+/* ---- uffd-sync: holding writers for a capture (mck_hold_ops, internal.h) -- */
 
-int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
-			     int (*arm)(struct mck_bg *, uint64_t *, size_t *, const uint64_t *, size_t),
-			     struct mck_bg *bg)
+static int64_t uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
+				mck_hold_arm_fn arm, void *ctx)
 {
 	struct uffd_sync *s = t->priv;
 	size_t n, drained, w;
@@ -718,7 +719,7 @@ int64_t mck_uffd_sync_freeze(struct mck_tracker *t, uint64_t *out, size_t cap,
 		goto out;
 	n = drained = mck_bitmap_drain(&s->dirty, out);
 	w = mck_bitmap_drain(&s->writable, s->scratch);
-	rc = arm(bg, out, &n, s->scratch, w);
+	rc = arm(ctx, out, &n, s->scratch, w);
 	if (rc < 0) {
 		/* arm() widens out[] only once nothing can fail any more */
 		undrain(s, out, drained, w);
@@ -730,9 +731,7 @@ out:
 	return rc;
 }
 
-int64_t mck_uffd_sync_prearm(struct mck_tracker *t,
-			     int (*protect)(struct mck_tracker *, const uint64_t *, size_t, int64_t),
-			     int64_t gap)
+static int64_t uffd_sync_prearm(struct mck_tracker *t, mck_hold_protect_fn protect, int64_t gap)
 {
 	struct uffd_sync *s = t->priv;
 	size_t w;
@@ -758,28 +757,34 @@ out:
 	return rc;
 }
 
-struct mck_bg *mck_uffd_sync_bg(struct mck_tracker *t)
+static void *uffd_sync_attached(struct mck_tracker *t, const struct mck_capture_hooks *hooks)
 {
-	return ((struct uffd_sync *)t->priv)->bg;
+	struct uffd_sync *s = t->priv;
+
+	/* set only by the caller's side (the capture's first use, close),
+	 * never by the handler: the caller reads it without the lock */
+	return s->hooks == hooks ? s->hooks_ctx : NULL;
 }
 
-void mck_uffd_sync_set_bg(struct mck_tracker *t, struct mck_bg *bg)
+static void uffd_sync_attach(struct mck_tracker *t, const struct mck_capture_hooks *hooks,
+			     void *ctx)
 {
 	struct uffd_sync *s = t->priv;
 
 	pthread_mutex_lock(&s->lock);
-	s->bg = bg;
+	s->hooks = hooks;
+	s->hooks_ctx = hooks ? ctx : NULL;
 	pthread_mutex_unlock(&s->lock);
 }
 
-int mck_uffd_sync_protect(struct mck_tracker *t, uint64_t page, size_t npages, bool protect)
+static int uffd_sync_protect(struct mck_tracker *t, uint64_t page, size_t npages, bool protect)
 {
 	struct uffd_sync *s = t->priv;
 
 	return writeprotect(s->uffd, s->addr + page * s->page_size, npages * s->page_size, protect);
 }
 
-int mck_uffd_sync_release(struct mck_tracker *t, uint64_t page)
+static int uffd_sync_release(struct mck_tracker *t, uint64_t page)
 {
 	struct uffd_sync *s = t->priv;
 	int rc, expected = 0;
@@ -801,9 +806,20 @@ int mck_uffd_sync_release(struct mck_tracker *t, uint64_t page)
 	return rc;
 }
 
+static const struct mck_hold_ops uffd_sync_hold = {
+	.freeze = uffd_sync_freeze,
+	.prearm = uffd_sync_prearm,
+	.protect = uffd_sync_protect,
+	.release = uffd_sync_release,
+	.attached = uffd_sync_attached,
+	.attach = uffd_sync_attach,
+};
+
 const struct mck_tracker_ops mck_uffd_sync_ops = {
 	.name = "uffd-sync",
 	.props = MCK_PROP_EXACT | MCK_PROP_KERNEL_WRITES | MCK_PROP_CONCURRENT,
+	.caps = MCK_CAP_HOLD_WRITERS,
+	.hold = &uffd_sync_hold,
 	.status = uffd_sync_status,
 	.open = uffd_sync_open,
 	.collect = uffd_sync_collect,

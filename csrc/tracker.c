@@ -46,6 +46,18 @@ unsigned mck_backend_props(int backend)
 	return ops ? ops->props : 0;
 }
 
+unsigned mck_backend_caps(int backend)
+{
+	const struct mck_tracker_ops *ops = backend_ops(backend);
+
+	return ops ? ops->caps : 0;
+}
+
+const struct mck_hold_ops *mck_tracker_hold(const struct mck_tracker *t)
+{
+	return t && (t->ops->caps & MCK_CAP_HOLD_WRITERS) ? t->ops->hold : NULL;
+}
+
 int mck_backend_status(int backend, char *reason, size_t len)
 {
 	const struct mck_tracker_ops *ops = backend_ops(backend);
