@@ -10,7 +10,7 @@
  *  - 1,000 cycles, and 50 trackers with a copier each, without fd or thread leaks.
  *
  * Exit 0 = pass, 1 = fail, 77 = uffd-sync unavailable (reason printed).
- * `test_bg [seed]` replays a seed. */
+ * `test_bg [seed [test]]` replays a seed. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -25,15 +25,14 @@
 
 #include "memckpt.h"
 #include "check.h"
+#include "helpers.h"
 
 #define NPAGES 16384u /* 64 MiB with 4 KiB pages: a copy long enough to race */
 #define NWRITERS 3
 #define LOG_CAP (4u << 20)
 #define CYCLES 12
 
-static uint64_t rng_state;
 static size_t ps;
-static int backend;
 
 static uint8_t *base;
 
@@ -72,8 +71,9 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-static void test_snapshot_under_writers(void)
+static void test_snapshot_under_writers(struct test_ctx *ctx)
 {
+	int backend = ctx->backend;
 	static struct writer w[NWRITERS];
 	pthread_t tid[NWRITERS];
 	_Atomic int stop = 0;
@@ -228,32 +228,12 @@ static void test_snapshot_under_writers(void)
 
 /* ---- a kernel write into a page awaiting its copy ------------------------------ */
 
-static ssize_t pipe_into(void *dst, const void *src, size_t len)
-{
-	int fds[2];
-	ssize_t got;
-	int err;
-
-	if (pipe2(fds, O_CLOEXEC) < 0)
-		return -1;
-	if (write(fds[1], src, len) != (ssize_t)len) {
-		close(fds[0]);
-		close(fds[1]);
-		return -1;
-	}
-	got = read(fds[0], dst, len);
-	err = errno;
-	close(fds[0]);
-	close(fds[1]);
-	errno = err;
-	return got;
-}
-
 /* D = every page, each filled with its number; read(2) then writes into the
  * last page, which the copier reaches last: the syscall must wait for the
  * copy, staging must hold the old bytes, the arena the new ones. */
-static void test_kernel_write(void)
+static void test_kernel_write(struct test_ctx *ctx)
 {
+	int backend = ctx->backend;
 	struct mck_region region;
 	struct mck_tracker *t = NULL;
 	uint64_t *pages = calloc(NPAGES, sizeof(*pages));
@@ -317,8 +297,9 @@ static void *closer_writer_main(void *arg)
 	return NULL;
 }
 
-static void test_close_mid_copy(void)
+static void test_close_mid_copy(struct test_ctx *ctx)
 {
+	int backend = ctx->backend;
 	struct mck_region region;
 	struct mck_tracker *t = NULL;
 	uint64_t *pages = calloc(NPAGES, sizeof(*pages));
@@ -366,8 +347,9 @@ static void test_close_mid_copy(void)
 
 /* ---- errors ---------------------------------------------------------------------- */
 
-static void test_errors(void)
+static void test_errors(struct test_ctx *ctx)
 {
+	int backend = ctx->backend;
 	struct mck_region region;
 	struct mck_tracker *t = NULL, *other = NULL;
 	uint64_t *pages = calloc(NPAGES, sizeof(*pages));
@@ -427,8 +409,9 @@ static void test_errors(void)
 
 /* ---- pre-arm: the pages written before it need no protect in the pause ------------ */
 
-static void test_prearm(void)
+static void test_prearm(struct test_ctx *ctx)
 {
+	int backend = ctx->backend;
 	struct mck_region region;
 	struct mck_tracker *t = NULL, *other = NULL;
 	uint64_t *pages = calloc(NPAGES, sizeof(*pages));
@@ -495,33 +478,9 @@ static void test_prearm(void)
 
 /* ---- leaks ------------------------------------------------------------------------ */
 
-static int count_dir(const char *path)
+static void test_leaks(struct test_ctx *ctx)
 {
-	DIR *d = opendir(path);
-	struct dirent *e;
-	int n = 0;
-
-	if (!d)
-		return -1;
-	while ((e = readdir(d)))
-		n += e->d_name[0] != '.';
-	closedir(d);
-	return n - (strcmp(path, "/proc/self/fd") == 0); /* the DIR's own fd */
-}
-
-static int settled_tasks(int at_most)
-{
-	int n = count_dir("/proc/self/task");
-
-	for (int i = 0; i < 200 && n > at_most; i++) {
-		usleep(10000);
-		n = count_dir("/proc/self/task");
-	}
-	return n;
-}
-
-static void test_leaks(void)
-{
+	int backend = ctx->backend;
 	struct mck_region region;
 	struct mck_tracker *t = NULL;
 	uint64_t *pages = calloc(NPAGES, sizeof(*pages));
@@ -575,28 +534,31 @@ static void test_leaks(void)
 	free(staging);
 }
 
+static const struct test_case tests[] = {
+	{ "errors", test_errors, { NULL } },
+	{ "prearm", test_prearm, { NULL } },
+	{ "leaks", test_leaks, { NULL } },
+	{ "kernel_write", test_kernel_write, { NULL } },
+	{ "close_mid_copy", test_close_mid_copy, { NULL } },
+	{ "snapshot_under_writers", test_snapshot_under_writers, { NULL } },
+};
+
 int main(int argc, char **argv)
 {
-	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) * 2654435761u;
+	struct test_ctx ctx = { .backend = mck_backend_lookup("uffd-sync") };
 	char reason[512] = "";
 	int rc;
 
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	rng_state = seed | 1;
+	test_start(argc, argv, "test_bg");
 	ps = (size_t)sysconf(_SC_PAGESIZE);
-	printf("# seed %llu\n", (unsigned long long)seed);
-	backend = mck_backend_lookup("uffd-sync");
-	rc = mck_bg_supported(backend, reason, sizeof(reason));
-	if (rc <= 0) {
-		printf("SKIP: background capture unavailable: %s\n", rc < 0 ? strerror(-rc) : reason);
-		return rc < 0 ? 1 : 77;
+	rc = mck_bg_supported(ctx.backend, reason, sizeof(reason));
+	if (rc < 0) {
+		printf("FAIL: background capture: %s\n", strerror(-rc));
+		return 1;
 	}
-	test_errors();
-	test_prearm();
-	test_leaks();
-	test_kernel_write();
-	test_close_mid_copy();
-	test_snapshot_under_writers();
-	printf("%s test_bg (%d failures)\n", failures ? "FAIL" : "PASS", failures);
-	return failures ? 1 : 0;
+	if (rc == 0)
+		printf("SKIP: background capture unavailable: %s\n", reason);
+	else
+		RUN_TESTS(tests, &ctx);
+	return test_finish("test_bg");
 }

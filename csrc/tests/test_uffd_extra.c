@@ -11,8 +11,9 @@
  *    run wakes them all;
  *  - no fd leaks, every fd O_CLOEXEC.
  *
+ * Each test runs once per backend available here (a table, check.h).
  * Exit 0 = pass, 1 = fail, 77 = neither backend is available here (reason
- * printed). `test_uffd_extra [seed]` replays a seed. */
+ * printed). `test_uffd_extra [seed [test]]` replays a seed. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -30,11 +31,11 @@
 
 #include "memckpt.h"
 #include "check.h"
+#include "helpers.h"
 
 #define NPAGES 4096u /* 16 MiB with 4 KiB pages */
 #define NWRITERS 4
 
-static uint64_t rng_state;
 static size_t ps;
 
 struct fixture {
@@ -125,8 +126,9 @@ static void *writer_main(void *arg)
  * each collect, while the writers keep going; after the last collect the
  * copy equals memory. Starts on never-touched pages, so the first writes
  * are missing-page faults racing each other. */
-static void test_shadow_checkpoint(struct fixture *fx)
+static void test_shadow_checkpoint(struct test_ctx *ctx)
 {
+	struct fixture *fx = ctx->fixture;
 	static struct writer w[NWRITERS];
 	pthread_t tid[NWRITERS];
 	_Atomic int stop = 0;
@@ -200,33 +202,11 @@ out:
 
 /* ---- kernel writes ---------------------------------------------------------- */
 
-static ssize_t pipe_into(void *dst, const void *src, size_t len)
-{
-	int fds[2];
-	ssize_t got;
-
-	if (pipe2(fds, O_CLOEXEC) < 0)
-		return -1;
-	if (write(fds[1], src, len) != (ssize_t)len) {
-		close(fds[0]);
-		close(fds[1]);
-		return -1;
-	}
-	got = read(fds[0], dst, len);
-	{
-		int err = errno;
-
-		close(fds[0]);
-		close(fds[1]);
-		errno = err;
-	}
-	return got;
-}
-
 /* read(2) across a page boundary, into never-touched pages (a missing-page
  * fault in kernel mode) and into written-then-protected ones. */
-static void test_kernel_writes(struct fixture *fx)
+static void test_kernel_writes(struct test_ctx *ctx)
 {
+	struct fixture *fx = ctx->fixture;
 	static uint8_t src[4 * 65536];
 	size_t len = 2 * ps + 200;
 
@@ -262,15 +242,12 @@ static void test_kernel_writes(struct fixture *fx)
  * UFFD_USER_MODE_ONLY fd: uffd-async still sees kernel writes (the kernel
  * resolves async faults itself), uffd-sync's fail with EFAULT, as its
  * status says. Runs in a child that drops root. */
-static void test_user_mode_only(struct fixture *fx)
+static void test_user_mode_only(struct test_ctx *ctx)
 {
+	struct fixture *fx = ctx->fixture;
 	pid_t pid;
 	int status;
 
-	if (geteuid() != 0) {
-		printf("# %s: user-mode-only: skipped, needs root to drop privileges\n", fx->name);
-		return;
-	}
 	pid = fork();
 	if (pid == 0) {
 		static uint8_t src[65536];
@@ -326,8 +303,9 @@ static void test_user_mode_only(struct fixture *fx)
 
 /* ---- reads, discards -------------------------------------------------------- */
 
-static void test_reads_and_discards(struct fixture *fx)
+static void test_reads_and_discards(struct test_ctx *ctx)
 {
+	struct fixture *fx = ctx->fixture;
 	volatile uint8_t *p;
 	uint64_t sum = 0;
 	int64_t n;
@@ -364,8 +342,9 @@ static void test_reads_and_discards(struct fixture *fx)
 
 /* ---- fork ------------------------------------------------------------------- */
 
-static void test_fork(struct fixture *fx)
+static void test_fork(struct test_ctx *ctx)
 {
+	struct fixture *fx = ctx->fixture;
 	struct mck_tracker *again = NULL;
 	pid_t pid, holder;
 	int status, rc;
@@ -419,35 +398,9 @@ static void test_fork(struct fixture *fx)
 
 /* ---- uffd-sync: the handler thread ------------------------------------------ */
 
-static int count_tasks(void)
+static void test_handler_sigmask(struct test_ctx *ctx)
 {
-	DIR *d = opendir("/proc/self/task");
-	struct dirent *e;
-	int n = 0;
-
-	if (!d)
-		return -1;
-	while ((e = readdir(d)))
-		n += e->d_name[0] != '.';
-	closedir(d);
-	return n;
-}
-
-/* A joined thread can linger in /proc/self/task for a moment (long under
- * emulation): wait, briefly, for the count to come down to at_most. */
-static int settled_tasks(int at_most)
-{
-	int n = count_tasks();
-
-	for (int i = 0; i < 200 && n > at_most; i++) {
-		usleep(10000);
-		n = count_tasks();
-	}
-	return n;
-}
-
-static void test_handler_sigmask(struct fixture *fx)
-{
+	struct fixture *fx = ctx->fixture;
 	DIR *d;
 	struct dirent *e;
 	int checked = 0;
@@ -485,8 +438,9 @@ static void test_handler_sigmask(struct fixture *fx)
 }
 
 /* close while writers fault: unregistering wakes them, none may hang. */
-static void test_close_under_writers(struct fixture *fx)
+static void test_close_under_writers(struct test_ctx *ctx)
 {
+	struct fixture *fx = ctx->fixture;
 	static struct writer w[NWRITERS];
 	pthread_t tid[NWRITERS];
 	_Atomic int stop = 0;
@@ -519,7 +473,7 @@ static void test_close_under_writers(struct fixture *fx)
 
 /* Counts the open fds; with seen, checks O_CLOEXEC on those not in seen
  * (the ones the tracker opened), and marks every fd in seen. */
-static int count_fds(uint8_t *seen, size_t nseen, int check_cloexec, int *no_cloexec)
+static int scan_fds(uint8_t *seen, size_t nseen, int check_cloexec, int *no_cloexec)
 {
 	DIR *d = opendir("/proc/self/fd");
 	struct dirent *e;
@@ -543,10 +497,11 @@ static int count_fds(uint8_t *seen, size_t nseen, int check_cloexec, int *no_clo
 	return n;
 }
 
-static void test_fds(struct fixture *fx)
+static void test_fds(struct test_ctx *ctx)
 {
+	struct fixture *fx = ctx->fixture;
 	static uint8_t seen[4096];
-	int before = count_fds(seen, sizeof(seen), 0, NULL), during, no_cloexec = 0;
+	int before = scan_fds(seen, sizeof(seen), 0, NULL), during, no_cloexec = 0;
 	int tasks = settled_tasks(1); /* every earlier thread was joined */
 
 	for (int i = 0; i < 50; i++) {
@@ -554,70 +509,56 @@ static void test_fds(struct fixture *fx)
 			return;
 		page_at(fx, (size_t)i)[0] = 1;
 		if (i == 0) {
-			during = count_fds(seen, sizeof(seen), 1, &no_cloexec);
+			during = scan_fds(seen, sizeof(seen), 1, &no_cloexec);
 			CHECK(no_cloexec == 0, "%s: %d fds without O_CLOEXEC", fx->name, no_cloexec);
 			CHECK(during > before, "%s: no fd while open?", fx->name);
 		}
 		teardown(fx);
 	}
-	CHECK(count_fds(NULL, 0, 0, NULL) == before, "%s: fds leaked: %d before, %d after 50 open/close",
-	      fx->name, before, count_fds(NULL, 0, 0, NULL));
+	CHECK(count_fds() == before, "%s: fds leaked: %d before, %d after 50 open/close",
+	      fx->name, before, count_fds());
 	CHECK(settled_tasks(tasks) == tasks, "%s: threads leaked: %d before, %d after", fx->name,
 	      tasks, count_tasks());
 }
 
+static const char *need_handler(const struct test_ctx *ctx)
+{
+	return ctx->backend == mck_backend_lookup("uffd-sync") ? NULL
+	       : "only uffd-sync has a handler thread";
+}
+
+static const struct test_case tests[] = {
+	{ "shadow_checkpoint", test_shadow_checkpoint, { NULL } },
+	{ "kernel_writes", test_kernel_writes, { NULL } },
+	{ "user_mode_only", test_user_mode_only, { need_root } },
+	{ "reads_and_discards", test_reads_and_discards, { NULL } },
+	{ "fork", test_fork, { NULL } },
+	{ "handler_sigmask", test_handler_sigmask, { need_handler } },
+	{ "close_under_writers", test_close_under_writers, { need_handler } },
+	/* last: it counts the threads the tests before it left */
+	{ "fds", test_fds, { NULL } },
+};
+
 int main(int argc, char **argv)
 {
 	static const char *const names[] = { "uffd-async", "uffd-sync" };
-	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) * 2654435761u;
-	int ran = 0;
 
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	rng_state = seed | 1;
+	test_start(argc, argv, "test_uffd_extra");
 	ps = (size_t)sysconf(_SC_PAGESIZE);
-	printf("# seed %llu\n", (unsigned long long)seed);
 	for (size_t b = 0; b < sizeof(names) / sizeof(names[0]); b++) {
 		struct fixture fx = { .name = names[b] };
-		char reason[512] = "";
-		int rc;
+		struct test_ctx ctx = { .fixture = &fx };
 
-		fx.backend = mck_backend_lookup(names[b]);
-		if (fx.backend < 0) {
-			CHECK(0, "unknown backend %s", names[b]);
+		if (!backend_pass(&ctx, names[b]))
 			continue;
-		}
-		rc = mck_backend_status(fx.backend, reason, sizeof(reason));
-		if (rc < 0) {
-			CHECK(0, "%s: status: %s", names[b], strerror(-rc));
-			continue;
-		}
-		if (rc == 0) {
-			printf("# SKIP %s unavailable: %s\n", names[b], reason);
-			continue;
-		}
-		printf("# %s: %s\n", names[b], reason);
+		fx.backend = ctx.backend;
 		fx.out = calloc(NPAGES, sizeof(*fx.out));
 		fx.reported = calloc(NPAGES, 1);
 		if (!fx.out || !fx.reported)
 			return 1;
-		ran++;
-		test_shadow_checkpoint(&fx);
-		test_kernel_writes(&fx);
-		test_user_mode_only(&fx);
-		test_reads_and_discards(&fx);
-		test_fork(&fx);
-		if (!strcmp(names[b], "uffd-sync")) {
-			test_handler_sigmask(&fx);
-			test_close_under_writers(&fx);
-		}
-		test_fds(&fx);
+		RUN_TESTS(tests, &ctx);
 		free(fx.out);
 		free(fx.reported);
 	}
-	if (!ran && !failures) {
-		printf("SKIP: neither userfaultfd backend is available\n");
-		return 77;
-	}
-	printf("%s test_uffd_extra (%d failures)\n", failures ? "FAIL" : "PASS", failures);
-	return failures ? 1 : 0;
+	return test_finish("test_uffd_extra");
 }

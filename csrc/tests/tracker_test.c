@@ -3,7 +3,7 @@
  * written, through the public header only.
  *
  * Exit 0 = pass, 1 = fail, 77 = skip (the backend is unavailable here; the
- * reason is printed). `test_NAME [seed]` replays a failing seed. */
+ * reason is printed). `test_NAME [seed [test]]` replays a failing seed. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -23,8 +23,7 @@
 #define NPAGES 8192u /* 32 MiB with 4 KiB pages */
 #define NTHREADS 4
 
-static uint64_t rng_state;
-
+/* one tracker for the whole table: each test starts from a collect */
 struct fixture {
 	struct mck_region region;
 	struct mck_tracker *t;
@@ -76,8 +75,10 @@ static void check_collect(struct fixture *fx, const char *what)
 	memset(fx->expect, 0, NPAGES);
 }
 
-static void test_untouched_and_rounds(struct fixture *fx)
+static void test_untouched_and_rounds(struct test_ctx *ctx)
 {
+	struct fixture *fx = ctx->fixture;
+
 	/* the first round writes pages that were never touched before the
 	 * tracker started (not even mapped in by a read) */
 	for (int round = 0; round < 40; round++) {
@@ -130,8 +131,9 @@ static void *writer_main(void *arg)
 
 /* Writers run while collect re-arms: the union of the collects must hold
  * every page any thread wrote (and, exact, nothing else). */
-static void test_threads(struct fixture *fx)
+static void test_threads(struct test_ctx *ctx)
 {
+	struct fixture *fx = ctx->fixture;
 	static struct writer w[NTHREADS];
 	static uint8_t reported[NPAGES];
 	_Atomic int stop = 0;
@@ -179,8 +181,9 @@ static void test_threads(struct fixture *fx)
 }
 
 /* The kernel writes into the range on the program's behalf (read(2)). */
-static void test_kernel_writes(struct fixture *fx)
+static void test_kernel_writes(struct test_ctx *ctx)
 {
+	struct fixture *fx = ctx->fixture;
 	uint8_t *dst = (uint8_t *)fx->region.addr + 10 * fx->ps;
 	size_t len = 3 * fx->ps;
 	static uint8_t src[3 * 65536];
@@ -211,31 +214,24 @@ static void test_kernel_writes(struct fixture *fx)
 	close(fds[1]);
 }
 
+static const struct test_case tests[] = {
+	/* the first writes go to never-touched pages: it comes first */
+	{ "untouched_and_rounds", test_untouched_and_rounds, { NULL } },
+	{ "threads", test_threads, { NULL } },
+	{ "kernel_writes", test_kernel_writes, { NULL } },
+};
+
 int main(int argc, char **argv)
 {
 	struct fixture fx = { 0 };
-	char reason[512] = "";
-	int backend = mck_backend_lookup(MCK_TEST_BACKEND), rc;
-	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) * 2654435761u;
+	struct test_ctx ctx = { .fixture = &fx };
+	int rc;
 
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	rng_state = seed | 1;
-	printf("# backend %s, seed %llu\n", MCK_TEST_BACKEND, (unsigned long long)seed);
-	if (backend < 0) {
-		printf("FAIL: unknown backend %s\n", MCK_TEST_BACKEND);
-		return 1;
-	}
-	rc = mck_backend_status(backend, reason, sizeof(reason));
-	if (rc < 0) {
-		printf("FAIL: status: %s\n", strerror(-rc));
-		return 1;
-	}
-	if (rc == 0) {
-		printf("SKIP %s unavailable: %s\n", MCK_TEST_BACKEND, reason);
-		return 77;
-	}
+	test_start(argc, argv, "test_" MCK_TEST_BACKEND);
+	if (!backend_pass(&ctx, MCK_TEST_BACKEND))
+		return test_finish(MCK_TEST_BACKEND);
 	fx.ps = (size_t)sysconf(_SC_PAGESIZE);
-	fx.props = mck_backend_props(backend);
+	fx.props = mck_backend_props(ctx.backend);
 	fx.out = calloc(NPAGES, sizeof(*fx.out));
 	fx.expect = calloc(NPAGES, 1);
 	if (!fx.out || !fx.expect)
@@ -245,19 +241,16 @@ int main(int argc, char **argv)
 		printf("FAIL: region: %s\n", strerror(-rc));
 		return 1;
 	}
-	rc = mck_tracker_open(&fx.t, backend, fx.region.addr, fx.region.len);
+	rc = mck_tracker_open(&fx.t, ctx.backend, fx.region.addr, fx.region.len);
 	if (rc < 0) {
 		printf("FAIL: open %s: %s\n", MCK_TEST_BACKEND, strerror(-rc));
 		return 1;
 	}
 	CHECK(mck_tracker_npages(fx.t) == NPAGES, "npages");
-	test_untouched_and_rounds(&fx);
-	test_threads(&fx);
-	test_kernel_writes(&fx);
+	RUN_TESTS(tests, &ctx);
 	CHECK(mck_tracker_close(fx.t) == 0, "close");
 	CHECK(mck_region_destroy(&fx.region) == 0, "region destroy");
 	free(fx.out);
 	free(fx.expect);
-	printf("%s %s (%d failures)\n", failures ? "FAIL" : "PASS", MCK_TEST_BACKEND, failures);
-	return failures ? 1 : 0;
+	return test_finish(MCK_TEST_BACKEND);
 }
