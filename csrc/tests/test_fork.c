@@ -28,6 +28,7 @@
 
 #include "memckpt.h"
 #include "check.h"
+#include "helpers.h"
 
 #define NPAGES 2048u /* 8 MiB with 4 KiB pages */
 #define HDR_LEN 32u
@@ -41,26 +42,6 @@ struct record {
 	uint32_t length, flags;
 	uint8_t digest[32];
 };
-
-static int count_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *e;
-	int n = 0;
-
-	if (!d)
-		return -1;
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n - 1; /* the directory's own fd */
-}
-
-static int no_child_left(void)
-{
-	return waitpid(-1, NULL, WNOHANG) == -1 && errno == ECHILD;
-}
 
 /* The epoch's two files, opened read-write (or as asked) and empty. */
 struct files {

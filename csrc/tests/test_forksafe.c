@@ -1,16 +1,17 @@
 /* test_forksafe.c: a tracker (and a background copy) inherited by a child of
  * fork() is detached there, and nothing the child does reaches the parent.
  *
- * For every available backend: the child finds the tracker detached, owned
+ * For every available backend (a pass of the table, check.h): the child finds the tracker detached, owned
  * by the parent; collect (and for uffd-sync, mck_bg_begin/prearm/wait)
  * return -ECHILD; close returns at once (an alarm catches a join of a thread
  * the child does not have) and makes the child's copy of the range plain
- * memory. Then the parent still sees every write, exactly. For uffd-sync the
- * child is forked while a background copy is in flight, and the parent's
+ * memory. Then the parent still sees every write, exactly. For a backend
+ * that runs background capture (uffd-sync) the child is forked while a
+ * background copy is in flight, and the parent's
  * copy must still complete and its writers still be served by the handler
  * (a child that wrote the shared stop eventfd would have stopped it).
  *
- * Exit 0 = pass, 1 = fail. */
+ * Exit 0 = pass, 1 = fail, 77 = no backend available. */
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -26,7 +27,7 @@
 #define NPAGES 64u
 
 /* In the child: 0 if every check held, else the line of the first that did not. */
-static int child_checks(struct mck_tracker *t, uint8_t *base, size_t ps, pid_t parent,
+static int child_checks(struct mck_tracker *t, bool bg, uint8_t *base, size_t ps, pid_t parent,
 			uint64_t *pages, uint8_t *staging)
 {
 	alarm(10); /* a hang in close (a join of the parent's threads) ends here */
@@ -36,7 +37,7 @@ static int child_checks(struct mck_tracker *t, uint8_t *base, size_t ps, pid_t p
 		return __LINE__;
 	if (mck_tracker_collect(t, pages, NPAGES) != -ECHILD)
 		return __LINE__;
-	if (mck_tracker_backend(t) == mck_backend_lookup("uffd-sync")) {
+	if (bg) {
 		if (mck_bg_begin(t, pages, NPAGES, staging, NPAGES, MCK_BG_GAP_AUTO, 0, NULL) != -ECHILD)
 			return __LINE__;
 		if (mck_bg_prearm(t, MCK_BG_GAP_AUTO) != -ECHILD)
@@ -52,16 +53,16 @@ static int child_checks(struct mck_tracker *t, uint8_t *base, size_t ps, pid_t p
 	return 0;
 }
 
-static void test_backend(int b)
+static void test_detached_in_child(struct test_ctx *ctx)
 {
-	const char *name = mck_backend_name(b);
+	int b = ctx->backend;
+	const char *name = ctx->backend_name;
 	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
 	struct mck_region region;
 	struct mck_tracker *t;
 	uint64_t pages[NPAGES];
 	uint8_t *staging = malloc(NPAGES * ps), *base;
-	bool bg = b == mck_backend_lookup("uffd-sync");
-	int before = failures;
+	bool bg = mck_bg_supported(b, NULL, 0) == 1;
 	int64_t n;
 	int st;
 	pid_t pid;
@@ -88,7 +89,7 @@ static void test_backend(int b)
 	fflush(stdout);
 	pid = fork();
 	if (pid == 0)
-		_exit(child_checks(t, base, ps, getppid(), pages, staging) ? 1 : 0);
+		_exit(child_checks(t, bg, base, ps, getppid(), pages, staging) ? 1 : 0);
 	CHECK(pid > 0, "%s: fork: %s", name, strerror(errno));
 	CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
 	      "%s: the child failed its checks (status 0x%x)", name, st);
@@ -113,23 +114,20 @@ static void test_backend(int b)
 		CHECK(base[p * ps] == (p % 5 ? 1 : 2), "%s: the child's writes reached page %zu", name, p);
 	mck_region_destroy(&region);
 	free(staging);
-	printf("%s: %s\n", name, failures == before ? "ok" : "FAILED");
 }
 
-int main(void)
+static const struct test_case tests[] = {
+	{ "detached_in_child", test_detached_in_child, { NULL } },
+};
+
+int main(int argc, char **argv)
 {
-	int tested = 0;
-
+	test_start(argc, argv, "test_forksafe");
 	for (int b = 0; b < MCK_BACKEND_COUNT; b++) {
-		char reason[512];
+		struct test_ctx ctx = { 0 };
 
-		if (mck_backend_status(b, reason, sizeof(reason)) != 1) {
-			printf("skip %s: %s\n", mck_backend_name(b), reason);
-			continue;
-		}
-		test_backend(b);
-		tested++;
+		if (backend_pass(&ctx, mck_backend_name(b)))
+			RUN_TESTS(tests, &ctx);
 	}
-	printf("%d backend(s), %d failure(s)\n", tested, failures);
-	return failures ? 1 : 0;
+	return test_finish("test_forksafe");
 }
