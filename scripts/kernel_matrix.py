@@ -18,10 +18,12 @@ What one run does, for a qemu kernel:
      the cache and keeps only /boot/vmlinuz-* and /boot/config-* from it
      (cache: $MEMCKPT_CACHE, else ~/.cache/memckpt/kernels; reused next time,
      and used as a fallback when apt or the network is unavailable);
-  2. compiles, with `cc -static`, one tracker_test binary per backend
-     (test_uffd_async ... test_compare), every csrc/tests/test_*.c, and
-     csrc/tests/probe_report.c (prints the probed features, each backend's
-     status and reason, and auto's pick as key=value lines);
+  2. builds, through CMake (-DMEMCKPT_C_TESTS=ON -DMEMCKPT_STATIC_TESTS=ON:
+     the project's one build definition and its warnings), one tracker_test
+     binary per backend (test_uffd_async ... test_compare; the backends are
+     the names in csrc/track_*.c's ops tables), every csrc/tests/test_*.c,
+     and csrc/tests/probe_report.c (prints the probed features, each
+     backend's status and reason, and auto's pick as key=value lines);
   3. packs them with /bin/busybox (busybox-static) and an /init script into a
      gzip'd newc initramfs.  /init mounts proc, sysfs, devtmpfs, sets THP to
      "always" (Debian's default, which the kernel turns off below 512 MiB of
@@ -50,7 +52,6 @@ Importable: run_matrix(kernel="debian-6.1") returns a list of Result records
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import fnmatch
 import gzip
@@ -71,7 +72,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
-BACKENDS = ("uffd-async", "uffd-sync", "soft-dirty", "mprotect", "compare")
 PROBE = "probe_report"
 KERNEL_ROW = "(kernel)"  # the per-kernel row: boot, timings, harness failures
 SKIP_EXIT = 77
@@ -236,6 +236,8 @@ def missing_prerequisites(kernel: str) -> list[str]:
     cc = os.environ.get("CC", "cc")
     if not shutil.which(cc):
         missing.append(f"no C compiler `{cc}`: sudo apt-get install build-essential")
+    if not shutil.which("cmake"):
+        missing.append("no cmake: pip install cmake (or sudo apt-get install cmake)")
     if kernel == HOST:
         return missing
     if not shutil.which("qemu-system-x86_64"):
@@ -448,70 +450,71 @@ def _fetch_kernel(spec: KernelSpec) -> KernelImage:
 
 # ------------------------------------------------------------- building
 
-CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-O2", "-Icsrc/include", "-Icsrc"]
+#: a backend's name in its ops table (csrc/track_*.c): the one place that
+#: names the backends. CMakeLists.txt finds them by the same rule, and
+#: tests/test_c_core.py checks that rule against the C table.
+_BACKEND_NAME = re.compile(r'^[ \t]*\.name = "([a-z0-9-]+)",', re.M)
 
 
-def _compile_jobs(outdir: Path) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
-    """(core object jobs, test binary jobs). The core is compiled once: each
-    binary is then `cc -static CFLAGS test.c core/*.o -lpthread`, the same as
-    compiling csrc/*.c into every binary, in a fraction of the time."""
-    cc = os.environ.get("CC", "cc")
-    objdir = outdir / "obj"
-    core_jobs = []
-    for src in sorted((REPO / "csrc").glob("*.c")):
-        core_jobs.append((src.name, [cc, *CFLAGS, "-c", str(src.relative_to(REPO)),
-                                     "-o", str(objdir / (src.stem + ".o"))]))
-    objs = [cmd[-1] for _, cmd in core_jobs]
-    base = [cc, "-static", *CFLAGS]
-    jobs = []
-    probe = REPO / "csrc" / "tests" / f"{PROBE}.c"
-    if probe.exists():
-        jobs.append((PROBE, base + [str(probe.relative_to(REPO))]))
-    for backend in BACKENDS:
-        name = "test_" + backend.replace("-", "_")
-        jobs.append((name, base + ["csrc/tests/tracker_test.c", f'-DMCK_TEST_BACKEND="{backend}"']))
-    taken = {name for name, _ in jobs}
-    for src in sorted((REPO / "csrc" / "tests").glob("test_*.c")):
-        if src.stem in taken:
-            raise BuildError(f"{src.relative_to(REPO)} would overwrite the backend test "
-                             f"binary {src.stem}: rename it")
-        jobs.append((src.stem, base + [str(src.relative_to(REPO))]))
-    return core_jobs, [(name, cmd + objs + ["-lpthread", "-o", str(outdir / name)])
-                       for name, cmd in jobs]
+def backend_names() -> tuple[str, ...]:
+    """The backends, read from the C sources (no build, no Python binding)."""
+    names: list[str] = []
+    for src in sorted((REPO / "csrc").glob("track_*.c")):
+        names += _BACKEND_NAME.findall(src.read_text())
+    return tuple(names)
+
+
+BACKENDS = backend_names()
 
 
 def binary_names() -> list[str]:
-    """The binaries build_tests() makes, in the order they run, without compiling."""
-    return [name for name, _ in _compile_jobs(Path("/nonexistent"))[1]]
+    """The binaries build_tests() makes, in the order they run, without compiling
+    (the order CMakeLists.txt writes to c-tests.txt)."""
+    return ([PROBE] + ["test_" + b.replace("-", "_") for b in BACKENDS]
+            + sorted(p.stem for p in (REPO / "csrc" / "tests").glob("test_*.c")))
 
 
 def build_tests(outdir: Path | str, only: Sequence[str] = ()) -> Build:
-    """Compile the test binaries statically into outdir (in parallel).
+    """Build the test binaries statically with CMake (the project's one build
+    definition, its warnings included) under outdir/cmake.
 
     only: fnmatch patterns; when given, just the binaries whose names match
     (probe_report always comes along)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    core_jobs, jobs = _compile_jobs(outdir)
-    (outdir / "obj").mkdir(exist_ok=True)
+    names = binary_names()
     if only:
-        if not any(fnmatch.fnmatch(j[0], p) for j in jobs for p in only):
+        if not any(fnmatch.fnmatch(n, p) for n in names for p in only):
             raise MatrixError(f"no test binary matches {', '.join(only)}; "
-                              f"there are: {', '.join(j[0] for j in jobs)}")
-        jobs = [j for j in jobs if j[0] == PROBE or any(fnmatch.fnmatch(j[0], p) for p in only)]
+                              f"there are: {', '.join(names)}")
+        names = [n for n in names if n == PROBE or any(fnmatch.fnmatch(n, p) for p in only)]
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise MissingPrerequisite("no cmake: pip install cmake (or sudo apt-get install cmake)")
+    build = outdir / "cmake"
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     t0 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for stage in (core_jobs, jobs):
-            errors = []
-            for (name, cmd), proc in zip(stage, pool.map(lambda j: _run(j[1], cwd=REPO), stage)):
-                if proc.stderr.strip():
-                    _debug(f"{name}: {proc.stderr.strip()}")
-                if proc.returncode:
-                    errors.append(f"{name}: `{shlex.join(cmd)}` failed:\n{proc.stderr.strip()}")
-            if errors:
-                raise BuildError("\n\n".join(errors))
-    _say(f"built {len(jobs)} static binaries in {time.monotonic() - t0:.1f} s")
-    return Build(outdir, [Binary(name, outdir / name) for name, _ in jobs])
+    # Release: no sanitizer, no debug info to carry into the initramfs
+    proc = _run([cmake, "-S", str(REPO), "-B", str(build), *gen, "-DMEMCKPT_C_TESTS=ON",
+                 "-DMEMCKPT_STATIC_TESTS=ON", "-DMEMCKPT_SANITIZE=OFF",
+                 "-DCMAKE_BUILD_TYPE=Release"])
+    if proc.returncode:
+        raise BuildError(f"cmake configure failed:\n{(proc.stdout + proc.stderr).strip()[-4000:]}")
+    built = (build / "c-tests.txt").read_text().split()
+    if sorted(built) != sorted(binary_names()):
+        raise BuildError(f"CMake makes {built}, the matrix expects {binary_names()}: "
+                         "CMakeLists.txt and binary_names() disagree")
+    proc = _run([cmake, "--build", str(build), "-j", str(os.cpu_count() or 2),
+                 "--target", *names])
+    if proc.returncode:
+        raise BuildError(f"cmake --build failed:\n{(proc.stdout + proc.stderr).strip()[-4000:]}")
+    binaries = [Binary(name, build / name) for name in names]
+    dynamic = [b.name for b in binaries if not _is_static_elf(b.path)]
+    if dynamic:
+        raise BuildError(f"not statically linked: {', '.join(dynamic)} "
+                         "(is a static libc installed? build-essential has it)")
+    _say(f"built {len(binaries)} static binaries in {time.monotonic() - t0:.1f} s")
+    return Build(outdir, binaries)
 
 
 # ------------------------------------------------------------ initramfs

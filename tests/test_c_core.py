@@ -1,5 +1,9 @@
 """The C core's own test binaries (csrc/tests), built with CMake and run here:
-one binary per backend; exit 77 means the backend is unavailable (skip)."""
+one binary per backend; exit 77 means the backend is unavailable (skip).
+
+The backends come from the C table (`_core.backend_names()`); CMake reads
+them from the same place (the ops' names in csrc/track_*.c), and
+test_cmake_builds_one_binary_per_backend holds the two together."""
 import os
 import shutil
 import subprocess
@@ -8,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from memckpt import _core
+
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ["uffd-async", "uffd-sync", "soft-dirty", "mprotect", "compare"]
+BACKENDS = list(_core.backend_names())
 EXTRA = sorted(p.stem for p in (ROOT / "csrc" / "tests").glob("test_*.c"))
 
 
@@ -49,3 +55,13 @@ def test_backend_binary(c_build, backend):
 @pytest.mark.parametrize("name", EXTRA)
 def test_extra_binary(c_build, name):
     run_binary(c_build / name)
+
+
+def test_cmake_builds_one_binary_per_backend(c_build):
+    # CMake finds the backends by their ops' names; a backend it missed
+    # would go untested without a word
+    listed = (c_build / "c-backends.txt").read_text().split()
+    assert sorted(listed) == sorted(BACKENDS), (listed, BACKENDS)
+    built = (c_build / "c-tests.txt").read_text().split()
+    assert {f"test_{b.replace('-', '_')}" for b in BACKENDS} <= set(built), built
+    assert set(EXTRA) <= set(built), built

@@ -35,8 +35,11 @@ from pathlib import Path
 
 import pytest
 
+from memckpt import _core
+
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ["uffd-async", "uffd-sync", "soft-dirty", "mprotect", "compare"]
+#: the C table's backends: CMake builds a test binary for each (test_c_core.py)
+BACKENDS = list(_core.backend_names())
 C_TESTS = ([f"test_{b.replace('-', '_')}" for b in BACKENDS]
            + sorted(p.stem for p in (ROOT / "csrc" / "tests").glob("test_*.c")))
 #: the tests that exercise the C core through the binding
