@@ -14,7 +14,7 @@
  *    pages, and every page when no pagemap can be opened (no fd left);
  *  - errors: unaligned, short output, unknown flags.
  *
- * Exit 0 = pass, 1 = fail. `test_populated [seed]` replays a seed. */
+ * Exit 0 = pass, 1 = fail. `test_populated [seed [test]]` replays a seed. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -34,7 +34,6 @@
 
 #define NPAGES 2048u
 
-static uint64_t rng_state;
 static size_t ps;
 static bool pfns_visible; /* root: pagemap shows frames, markers can be told */
 static uint64_t *out;
@@ -95,8 +94,9 @@ static void check_list(const char *what, uint8_t *base, size_t npages, const uin
 static uint8_t want[NPAGES * 512];
 
 /* Plain memory: untouched, written, read-only, written then discarded. */
-static void test_plain(void)
+static void test_plain(struct test_ctx *ctx)
 {
+	(void)ctx;
 	struct mck_region r;
 	uint8_t *base;
 	volatile uint8_t sink = 0;
@@ -149,17 +149,20 @@ static bool have_swap(void)
 	return lines > 1; /* the header, then one line per device */
 }
 
-static void test_swapped(void)
+static const char *need_swap(const struct test_ctx *ctx)
+{
+	(void)ctx;
+	return have_swap() ? NULL : "no swap device here (/proc/swaps): MADV_PAGEOUT cannot swap";
+}
+
+static void test_swapped(struct test_ctx *ctx)
 {
 	struct mck_region r;
 	uint8_t *base;
 	uint64_t e = 0;
 	FILE *pm;
 
-	if (!have_swap()) {
-		printf("# no swap here: the swapped-page case is not run\n");
-		return;
-	}
+	(void)ctx;
 	CHECK(mck_region_create(&r, 64 * ps, 0) == 0, "region");
 	base = r.addr;
 	memset(want, NOT_LISTED, 64);
@@ -180,52 +183,48 @@ static void test_swapped(void)
 	mck_region_destroy(&r);
 }
 
-/* Under every backend: what each one's protection leaves in the page tables. */
-static void test_tracked(void)
+/* Under each backend (a pass): what its protection leaves in the page tables. */
+static void test_tracked(struct test_ctx *ctx)
 {
-	for (int b = 0; b < MCK_BACKEND_COUNT; b++) {
-		char reason[512], what[64];
-		struct mck_region r;
-		struct mck_tracker *t;
-		uint8_t *base;
-		volatile uint8_t sink = 0;
+	int b = ctx->backend;
+	char what[64];
+	struct mck_region r;
+	struct mck_tracker *t;
+	uint8_t *base;
+	volatile uint8_t sink = 0;
 
-		if (mck_backend_status(b, reason, sizeof(reason)) != 1) {
-			printf("# %s unavailable: %s\n", mck_backend_name(b), reason);
-			continue;
-		}
-		CHECK(mck_region_create(&r, NPAGES * ps, 0) == 0, "region");
-		base = r.addr;
-		memset(want, NOT_LISTED, NPAGES);
-		base[3 * ps] = 1; /* before the tracker: a present page it protects */
-		want[3] = LISTED;
-		if (mck_tracker_open(&t, b, base, NPAGES * ps) < 0) {
-			CHECK(0, "%s: open", mck_backend_name(b));
-			mck_region_destroy(&r);
-			continue;
-		}
-		snprintf(what, sizeof(what), "%s, opened", mck_backend_name(b));
-		/* uffd-async's markers are told from swap only with PFNs */
-		if (!pfns_visible)
-			memset(want + 4, ANY, NPAGES - 4);
-		check_list(what, base, NPAGES, want, false);
-		for (size_t p = 10; p < NPAGES; p += 97) {
-			base[p * ps + 1] = 7;
-			want[p] = LISTED;
-		}
-		sink += base[9 * ps]; /* uffd-sync fills a real page: either is fine */
-		want[9] = ANY;
-		CHECK(mck_tracker_collect(t, out, NPAGES) >= 0, "%s: collect", mck_backend_name(b));
-		snprintf(what, sizeof(what), "%s, written", mck_backend_name(b));
-		check_list(what, base, NPAGES, want, true);
-		CHECK(mck_tracker_close(t) == 0, "%s: close", mck_backend_name(b));
+	CHECK(mck_region_create(&r, NPAGES * ps, 0) == 0, "region");
+	base = r.addr;
+	memset(want, NOT_LISTED, NPAGES);
+	base[3 * ps] = 1; /* before the tracker: a present page it protects */
+	want[3] = LISTED;
+	if (mck_tracker_open(&t, b, base, NPAGES * ps) < 0) {
+		CHECK(0, "%s: open", mck_backend_name(b));
 		mck_region_destroy(&r);
-		(void)sink;
+		return;
 	}
+	snprintf(what, sizeof(what), "%s, opened", mck_backend_name(b));
+	/* uffd-async's markers are told from swap only with PFNs */
+	if (!pfns_visible)
+		memset(want + 4, ANY, NPAGES - 4);
+	check_list(what, base, NPAGES, want, false);
+	for (size_t p = 10; p < NPAGES; p += 97) {
+		base[p * ps + 1] = 7;
+		want[p] = LISTED;
+	}
+	sink += base[9 * ps]; /* uffd-sync fills a real page: either is fine */
+	want[9] = ANY;
+	CHECK(mck_tracker_collect(t, out, NPAGES) >= 0, "%s: collect", mck_backend_name(b));
+	snprintf(what, sizeof(what), "%s, written", mck_backend_name(b));
+	check_list(what, base, NPAGES, want, true);
+	CHECK(mck_tracker_close(t) == 0, "%s: close", mck_backend_name(b));
+	mck_region_destroy(&r);
+	(void)sink;
 }
 
-static void test_huge(void)
+static void test_huge(struct test_ctx *ctx)
 {
+	(void)ctx;
 	struct mck_region r;
 	size_t n = 2 * (2u << 20) / ps;
 
@@ -242,10 +241,9 @@ static void test_huge(void)
 
 /* MCK_BG_POPULATED over uffd-sync: D is the populated pages, the dirty ones
  * and the extra ones; with no fd to open pagemap with, every page. */
-static void test_bg_populated(void)
+static void test_bg_populated(struct test_ctx *ctx)
 {
-	int b = mck_backend_lookup("uffd-sync");
-	char reason[512];
+	int b = ctx->backend;
 	struct mck_region r;
 	struct mck_tracker *t;
 	struct rlimit old, low;
@@ -255,8 +253,8 @@ static void test_bg_populated(void)
 	int64_t n;
 	int fd;
 
-	if (mck_bg_supported(b, reason, sizeof(reason)) != 1 || 64 * ps > sizeof(staging)) {
-		printf("# background capture unavailable: %s\n", reason);
+	if (64 * ps > sizeof(staging)) {
+		printf("# %zu-byte pages: the background case is not run\n", ps);
 		return;
 	}
 	CHECK(mck_region_create(&r, 64 * ps, 0) == 0, "region");
@@ -295,8 +293,9 @@ static void test_bg_populated(void)
 	mck_region_destroy(&r);
 }
 
-static void test_errors(void)
+static void test_errors(struct test_ctx *ctx)
 {
+	(void)ctx;
 	struct mck_region r;
 
 	CHECK(mck_region_create(&r, 16 * ps, 0) == 0, "region");
@@ -315,15 +314,26 @@ static void test_errors(void)
 	mck_region_destroy(&r);
 }
 
+static const struct test_case tests[] = {
+	{ "plain", test_plain, { NULL } },
+	{ "swapped", test_swapped, { need_swap } },
+	{ "huge", test_huge, { NULL } },
+	{ "bg_populated", test_bg_populated, { need_bg } },
+	{ "errors", test_errors, { NULL } },
+};
+
+/* run once per backend available here */
+static const struct test_case per_backend[] = {
+	{ "tracked", test_tracked, { NULL } },
+};
+
 int main(int argc, char **argv)
 {
-	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) * 2654435761u;
 	struct mck_region probe;
+	struct test_ctx ctx = { .backend = mck_backend_lookup("uffd-sync") };
 
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	rng_state = seed | 1;
+	test_start(argc, argv, "test_populated");
 	ps = (size_t)sysconf(_SC_PAGESIZE);
-	printf("# seed %llu\n", (unsigned long long)seed);
 	out = calloc(NPAGES * 512, sizeof(*out));
 	if (!out)
 		return 1;
@@ -341,17 +351,13 @@ int main(int argc, char **argv)
 		mck_region_destroy(&probe);
 	}
 	printf("# page frames %s\n", pfns_visible ? "visible" : "hidden (not root)");
-	test_plain();
-	test_swapped();
-	test_tracked();
-	test_huge();
-	test_bg_populated();
-	test_errors();
-	free(out);
-	if (failures) {
-		printf("%d failure(s); seed %llu\n", failures, (unsigned long long)seed);
-		return 1;
+	RUN_TESTS(tests, &ctx);
+	for (int b = 0; b < MCK_BACKEND_COUNT; b++) {
+		struct test_ctx pass = { 0 };
+
+		if (backend_pass(&pass, mck_backend_name(b)))
+			RUN_TESTS(per_backend, &pass);
 	}
-	printf("ok\n");
-	return 0;
+	free(out);
+	return test_finish("test_populated");
 }
