@@ -3,7 +3,7 @@
  * exactness of a checkpoint taken while threads write, kernel writes, the
  * tracker registry, and vm.max_map_count.
  *
- * Exit 0 = pass, 1 = fail. `test_mprotect_extra [seed]` replays a seed. */
+ * Exit 0 = pass, 1 = fail. `test_mprotect_extra [seed [test]]` replays a seed. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -88,8 +88,9 @@ static void prev_fixing(int sig)
 	mprotect(fixable_page, ps, PROT_READ | PROT_WRITE);
 }
 
-static void test_chaining(void)
+static void test_chaining(struct test_ctx *ctx)
 {
+	(void)ctx;
 	struct sigaction sa = { 0 }, orig;
 	struct tracked x;
 	volatile uint8_t *outside;
@@ -168,7 +169,7 @@ static void test_chaining(void)
 
 /* With SIG_DFL or SIG_IGN before us, a foreign fault must still kill the
  * process with SIGSEGV, as it would have without the tracker. */
-static void test_default_action(void *disposition)
+static void default_action(void *disposition)
 {
 	pid_t pid = fork();
 	int status;
@@ -227,7 +228,7 @@ static void *writer_main(void *arg)
 /* Collect and copy the reported pages while the writers run, as a
  * checkpoint would; once they stop, one more collect-and-copy must leave the
  * copy equal to memory, and every page written must have been reported. */
-static void test_concurrent_writers(uint64_t *seed)
+static void test_concurrent_writers(struct test_ctx *ctx)
 {
 	static struct writer w[NWRITERS];
 	struct tracked x;
@@ -236,7 +237,9 @@ static void test_concurrent_writers(uint64_t *seed)
 	uint8_t *image, *reported;
 	size_t missing = 0, extra = 0, rounds = 0, total = 0;
 	int rc = tracked_open(&x, WPAGES);
+	uint64_t *seed = &rng_state;
 
+	(void)ctx;
 	CHECK(rc == 0, "open: %s", strerror(-rc));
 	if (rc < 0)
 		return;
@@ -300,8 +303,9 @@ static void test_concurrent_writers(uint64_t *seed)
 
 /* ---- kernel writes, errno, registry, VMA limit ----------------------------- */
 
-static void test_kernel_write_efault(void)
+static void test_kernel_write_efault(struct test_ctx *ctx)
 {
+	(void)ctx;
 	struct tracked x;
 	int fds[2];
 	char buf[64] = "hello";
@@ -330,8 +334,9 @@ static void test_kernel_write_efault(void)
 
 #define REG_SLOTS 64
 
-static void test_registry(void)
+static void test_registry(struct test_ctx *ctx)
 {
+	(void)ctx;
 	static struct tracked x[REG_SLOTS + 1];
 	struct mck_tracker *dup;
 	void *before = current_segv_handler();
@@ -367,21 +372,32 @@ static void test_registry(void)
 
 /* Every other page written: each one its own VMA, more than vm.max_map_count
  * allows. The handler must fall back to larger blocks, never crash. */
-static void test_vma_limit(void)
+static long max_map_count(void)
 {
-	struct tracked x;
 	long max_map = 65530;
-	FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+	FILE *f = fopen("/proc/sys/vm/max_map_count", "re");
 
 	if (f) {
 		if (fscanf(f, "%ld", &max_map) != 1)
 			max_map = 65530;
 		fclose(f);
 	}
-	if (max_map > 200000) {
-		printf("# vm.max_map_count %ld: VMA limit test skipped\n", max_map);
-		return;
-	}
+	return max_map;
+}
+
+static const char *need_low_map_count(const struct test_ctx *ctx)
+{
+	(void)ctx;
+	return max_map_count() <= 200000 ? NULL
+	       : "vm.max_map_count above 200000: reaching it would take too long";
+}
+
+static void test_vma_limit(struct test_ctx *ctx)
+{
+	struct tracked x;
+	long max_map = max_map_count();
+
+	(void)ctx;
 	size_t npages = (size_t)max_map * 2 + 1024;
 	int rc = tracked_open(&x, npages);
 
@@ -410,8 +426,9 @@ static void test_vma_limit(void)
 /* A forked child inherits the handler and the protection, so its writes go
  * through; but the tracker is the parent's (memckpt.h, fork safety): collect
  * refuses, and close makes the child's copy of the range plain memory. */
-static void test_fork(void)
+static void test_fork(struct test_ctx *ctx)
 {
+	(void)ctx;
 	struct tracked x;
 	pid_t pid;
 	int status;
@@ -433,27 +450,38 @@ static void test_fork(void)
 	tracked_close(&x);
 }
 
+static void test_default_action_dfl(struct test_ctx *ctx)
+{
+	(void)ctx;
+	default_action((void *)SIG_DFL);
+}
+
+static void test_default_action_ign(struct test_ctx *ctx)
+{
+	(void)ctx;
+	default_action((void *)SIG_IGN);
+}
+
+static const struct test_case tests[] = {
+	{ "chaining", test_chaining, { NULL } },
+	{ "default_action_dfl", test_default_action_dfl, { NULL } },
+	{ "default_action_ign", test_default_action_ign, { NULL } },
+	{ "concurrent_writers", test_concurrent_writers, { NULL } },
+	{ "kernel_write_efault", test_kernel_write_efault, { NULL } },
+	{ "registry", test_registry, { NULL } },
+	{ "vma_limit", test_vma_limit, { need_low_map_count } },
+	{ "fork", test_fork, { NULL } },
+};
+
 int main(int argc, char **argv)
 {
-	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) * 2654435761u;
+	struct test_ctx ctx = { 0 };
 
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	printf("# mprotect extra, seed %llu\n", (unsigned long long)seed);
-	seed |= 1;
+	test_start(argc, argv, "test_mprotect_extra");
 	ps = (size_t)sysconf(_SC_PAGESIZE);
-	backend = mck_backend_lookup("mprotect");
-	if (backend < 0) {
-		printf("FAIL: no mprotect backend\n");
-		return 1;
-	}
-	test_chaining();
-	test_default_action((void *)SIG_DFL);
-	test_default_action((void *)SIG_IGN);
-	test_concurrent_writers(&seed);
-	test_kernel_write_efault();
-	test_registry();
-	test_vma_limit();
-	test_fork();
-	printf("%s mprotect extra (%d failures)\n", failures ? "FAIL" : "PASS", failures);
-	return failures ? 1 : 0;
+	if (!backend_pass(&ctx, "mprotect"))
+		return test_finish("test_mprotect_extra");
+	backend = ctx.backend;
+	RUN_TESTS(tests, &ctx);
+	return test_finish("test_mprotect_extra");
 }
