@@ -41,46 +41,36 @@ static size_t ps;
 struct fixture {
 	const char *name;
 	int backend;
-	struct mck_region region;
-	struct mck_tracker *t;
+	struct tracked x; /* x.t NULL: closed */
 	uint64_t *out;
 	uint8_t *reported; /* per page: in the last collect */
 };
 
 static uint8_t *page_at(struct fixture *fx, size_t p)
 {
-	return (uint8_t *)fx->region.addr + p * ps;
+	return (uint8_t *)fx->x.region.addr + p * ps;
 }
 
 /* A fresh, never-touched region and a tracker on it. */
 static int setup(struct fixture *fx)
 {
-	int rc = mck_region_create(&fx->region, NPAGES * ps, 0);
+	int rc = tracked_open(&fx->x, fx->backend, NPAGES);
 
-	if (rc < 0) {
-		CHECK(0, "%s: region: %s", fx->name, strerror(-rc));
-		return rc;
-	}
-	rc = mck_tracker_open(&fx->t, fx->backend, fx->region.addr, fx->region.len);
-	if (rc < 0) {
-		CHECK(0, "%s: open: %s", fx->name, strerror(-rc));
-		mck_region_destroy(&fx->region);
-	}
+	CHECK(rc == 0, "%s: open: %s", fx->name, strerror(-rc));
 	return rc;
 }
 
 static void teardown(struct fixture *fx)
 {
-	if (fx->t)
-		CHECK(mck_tracker_close(fx->t) == 0, "%s: close", fx->name);
-	fx->t = NULL;
-	mck_region_destroy(&fx->region);
+	int rc = tracked_close(&fx->x);
+
+	CHECK(rc == 0, "%s: close: %s", fx->name, strerror(-rc));
 }
 
 /* Collect into fx->reported; -1 on failure. */
 static int64_t collect(struct fixture *fx, const char *what)
 {
-	int64_t n = mck_tracker_collect(fx->t, fx->out, NPAGES);
+	int64_t n = mck_tracker_collect(fx->x.t, fx->out, NPAGES);
 
 	CHECK(n >= 0, "%s: %s: collect: %s", fx->name, what, strerror((int)-n));
 	memset(fx->reported, 0, NPAGES);
@@ -259,14 +249,14 @@ static void test_user_mode_only(struct test_ctx *ctx)
 			_exit(10);
 		/* setuid clears dumpable, which makes /proc/self/pagemap root's */
 		prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
-		if (mck_region_create(&fx->region, NPAGES * ps, 0) < 0)
+		if (mck_region_create(&fx->x.region, NPAGES * ps, 0) < 0)
 			_exit(11);
-		if (mck_tracker_open(&fx->t, fx->backend, fx->region.addr, fx->region.len) < 0)
+		if (mck_tracker_open(&fx->x.t, fx->backend, fx->x.region.addr, fx->x.region.len) < 0)
 			_exit(12);
 		page_at(fx, 1)[0] = 1;
 		memset(src, 7, ps);
 		got = pipe_into(page_at(fx, 3), src, ps);
-		n = mck_tracker_collect(fx->t, fx->out, NPAGES);
+		n = mck_tracker_collect(fx->x.t, fx->out, NPAGES);
 		if (n < 0)
 			_exit(13);
 		if (got == (ssize_t)ps)
@@ -326,7 +316,7 @@ static void test_reads_and_discards(struct test_ctx *ctx)
 	p[7 * ps] = 1;
 	p[8 * ps] = 1;
 	collect(fx, "before discard");
-	CHECK(mck_region_discard(&fx->region, 7 * ps, 2 * ps) == 0, "discard");
+	CHECK(mck_region_discard(&fx->x.region, 7 * ps, 2 * ps) == 0, "discard");
 	p[7 * ps] = 2;
 	collect(fx, "write after discard");
 	CHECK(fx->reported[7], "%s: a write right after a discard was lost", fx->name);
@@ -377,16 +367,16 @@ static void test_fork(struct test_ctx *ctx)
 		pause();
 		_exit(0);
 	}
-	CHECK(mck_tracker_close(fx->t) == 0, "close");
-	fx->t = NULL;
+	CHECK(mck_tracker_close(fx->x.t) == 0, "close");
+	fx->x.t = NULL;
 	alarm(10); /* a write that sleeps on a dead registration ends the test */
 	page_at(fx, 4)[0] = 1;
 	page_at(fx, 200)[0] = 1;
 	alarm(0);
-	rc = mck_tracker_open(&again, fx->backend, fx->region.addr, fx->region.len);
+	rc = mck_tracker_open(&again, fx->backend, fx->x.region.addr, fx->x.region.len);
 	CHECK(rc == 0, "%s: reopen while a forked child holds the old fd: %s", fx->name, strerror(-rc));
 	if (rc == 0) {
-		fx->t = again;
+		fx->x.t = again;
 		page_at(fx, 5)[0] = 1;
 		collect(fx, "reopened");
 		CHECK(fx->reported[5] && !fx->reported[4], "%s: reopened tracker", fx->name);
@@ -459,8 +449,8 @@ static void test_close_under_writers(struct test_ctx *ctx)
 	collect(fx, "before close");
 	usleep(3000);
 	alarm(10);
-	CHECK(mck_tracker_close(fx->t) == 0, "close");
-	fx->t = NULL;
+	CHECK(mck_tracker_close(fx->x.t) == 0, "close");
+	fx->x.t = NULL;
 	usleep(3000);
 	atomic_store(&stop, 1);
 	for (int i = 0; i < NWRITERS; i++)
