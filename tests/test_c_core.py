@@ -5,6 +5,7 @@ The backends come from the C table (`_core.backend_names()`); CMake reads
 them from the same place (the ops' names in csrc/track_*.c), and
 test_cmake_builds_one_binary_per_backend holds the two together."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,3 +66,33 @@ def test_cmake_builds_one_binary_per_backend(c_build):
     built = (c_build / "c-tests.txt").read_text().split()
     assert {f"test_{b.replace('-', '_')}" for b in BACKENDS} <= set(built), built
     assert set(EXTRA) <= set(built), built
+
+
+def _exported(path: Path) -> set[str]:
+    """The non-static mck_* functions a C file defines."""
+    pat = re.compile(r"^(?!static\b)[A-Za-z_][\w \*]*?\b(mck_\w+)\(", re.M)
+    return set(pat.findall(path.read_text()))
+
+
+def _calls(path: Path, names: set[str]) -> set[str]:
+    """The names of names the code of path uses (its comments left out)."""
+    text = re.sub(r"/\*.*?\*/|//[^\n]*", "", path.read_text(), flags=re.S)
+    return {n for n in names if re.search(rf"\b{n}\b", text)}
+
+
+def test_captures_and_trackers_meet_only_in_internal_h():
+    # capture_bg.c called track_uffd.c's functions and track_uffd.c called
+    # capture_bg.c's: a cycle. They meet in internal.h's two tables now
+    # (mck_hold_ops, mck_capture_hooks), and a capture asks the ops' caps,
+    # not the backend's number, whether a tracker can serve it.
+    csrc = ROOT / "csrc"
+    trackers = sorted(csrc.glob("track_*.c"))
+    captures = sorted(csrc.glob("capture_*.c"))
+    tracker_fns = set().union(*map(_exported, trackers))
+    capture_fns = set().union(*map(_exported, captures))
+    for c in captures:
+        assert not _calls(c, tracker_fns), f"{c.name} calls a tracker's own function"
+        assert not re.search(r"MCK_BACKEND_(?!COUNT)[A-Z_]+", c.read_text()), \
+            f"{c.name} names a backend instead of asking its caps"
+    for t in trackers:
+        assert not _calls(t, capture_fns), f"{t.name} calls a capture's own function"
