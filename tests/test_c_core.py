@@ -96,3 +96,27 @@ def test_captures_and_trackers_meet_only_in_internal_h():
             f"{c.name} names a backend instead of asking its caps"
     for t in trackers:
         assert not _calls(t, capture_fns), f"{t.name} calls a capture's own function"
+
+
+def test_a_binary_runs_one_test_by_name(c_build):
+    # `binary seed test` replays one row of a binary's table (check.h);
+    # a name in no row is a failure, not a silent pass
+    p = subprocess.run([str(c_build / "test_mprotect_extra"), "7", "registry"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ran = [line for line in p.stdout.splitlines() if line.startswith("# ok ")]
+    assert ran == ["# ok registry on mprotect"], p.stdout
+    p = subprocess.run([str(c_build / "test_mprotect_extra"), "7", "no_such_test"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "no test named no_such_test" in p.stdout, p.stdout
+
+
+def test_a_test_whose_needs_are_unmet_says_why(c_build):
+    # uffd-async has no handler thread: those rows of test_uffd_extra's
+    # table skip with a reason instead of silently not running
+    p = subprocess.run([str(c_build / "test_uffd_extra"), "7", "handler_sigmask"],
+                       capture_output=True, text=True, timeout=300)
+    out = p.stdout
+    if "SKIP uffd-async unavailable" in out:
+        pytest.skip("uffd-async is unavailable here: " + out)
+    assert "SKIP handler_sigmask on uffd-async: only uffd-sync has a handler thread" in out, out
