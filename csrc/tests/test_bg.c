@@ -77,8 +77,8 @@ static void test_snapshot_under_writers(struct test_ctx *ctx)
 	static struct writer w[NWRITERS];
 	pthread_t tid[NWRITERS];
 	_Atomic int stop = 0;
-	struct mck_region region;
-	struct mck_tracker *t = NULL;
+	struct tracked x;
+	struct mck_tracker *t;
 	uint64_t *pages = calloc(NPAGES, sizeof(*pages)), *next = calloc(NPAGES, sizeof(*next));
 	uint8_t *staging = malloc((size_t)NPAGES * ps), *expect = calloc(1, ps);
 	uint64_t *cut_prev = calloc(NWRITERS, sizeof(uint64_t));
@@ -91,12 +91,12 @@ static void test_snapshot_under_writers(struct test_ctx *ctx)
 		CHECK(0, "out of memory");
 		return;
 	}
-	if (mck_region_create(&region, (size_t)NPAGES * ps, 0) < 0 ||
-	    mck_tracker_open(&t, backend, region.addr, region.len) < 0) {
+	if (tracked_open(&x, backend, NPAGES) < 0) {
 		CHECK(0, "setup");
 		return;
 	}
-	base = region.addr;
+	t = x.t;
+	base = x.region.addr;
 	for (int i = 0; i < NWRITERS; i++) {
 		w[i].id = i;
 		w[i].seed = rnd(&rng_state) | 1;
@@ -212,8 +212,7 @@ static void test_snapshot_under_writers(struct test_ctx *ctx)
 				    atomic_load(&w[2].count)),
 	       (unsigned long long)waited, (unsigned long long)early, maxcopy / 1e6);
 	alarm(0);
-	mck_tracker_close(t);
-	mck_region_destroy(&region);
+	tracked_close(&x);
 	for (int i = 0; i < NWRITERS; i++)
 		free(w[i].log);
 	free(pages);
@@ -234,20 +233,20 @@ static void test_snapshot_under_writers(struct test_ctx *ctx)
 static void test_kernel_write(struct test_ctx *ctx)
 {
 	int backend = ctx->backend;
-	struct mck_region region;
-	struct mck_tracker *t = NULL;
+	struct tracked x;
+	struct mck_tracker *t;
 	uint64_t *pages = calloc(NPAGES, sizeof(*pages));
 	uint8_t *staging = malloc((size_t)NPAGES * ps), *src = malloc(ps);
 	struct mck_bg_stats st;
 	size_t last = NPAGES - 1, differ = 0;
 	int64_t n;
 
-	if (!pages || !staging || !src || mck_region_create(&region, (size_t)NPAGES * ps, 0) < 0 ||
-	    mck_tracker_open(&t, backend, region.addr, region.len) < 0) {
+	if (!pages || !staging || !src || tracked_open(&x, backend, NPAGES) < 0) {
 		CHECK(0, "setup");
 		return;
 	}
-	base = region.addr;
+	t = x.t;
+	base = x.region.addr;
 	for (size_t p = 0; p < NPAGES; p++)
 		memset(page_at(p), (int)(p % 251) + 1, ps);
 	memset(src, 0xEE, ps);
@@ -272,8 +271,7 @@ static void test_kernel_write(struct test_ctx *ctx)
 	      st.copy_ns / 1e6);
 	printf("# kernel write: waited for its copy (%llu fault(s) waited, copy %.1f ms)\n",
 	       (unsigned long long)st.faults_waited, st.copy_ns / 1e6);
-	mck_tracker_close(t);
-	mck_region_destroy(&region);
+	tracked_close(&x);
 	free(pages);
 	free(staging);
 	free(src);
