@@ -46,7 +46,7 @@ def test_no_command_prints_help_and_fails(capsys):
 
 # -- the command table (issue 11) ----------------------------------------------------------
 CLI_DIR = Path(memckpt.__file__).parent / "cli"
-SHARED = {"__init__", "main", "commands", "base", "output", "stores"}
+SHARED = {"__init__", "app", "commands", "base", "output", "stores"}
 
 
 def test_the_parser_is_the_command_table(capsys):
@@ -54,7 +54,7 @@ def test_the_parser_is_the_command_table(capsys):
     listed ones: a command added to a module but not to the table, or a
     hidden one that leaks into the listing, fails here."""
     from memckpt.cli.commands import COMMANDS
-    from memckpt.cli.main import parser
+    from memckpt.cli.app import parser
     sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert list(sub.choices) == [c.name for c in COMMANDS]
     listed = [a.dest for a in sub._choices_actions]
@@ -64,9 +64,9 @@ def test_the_parser_is_the_command_table(capsys):
         assert (c.format is None) == (c.name in ("demo", "_demo-worker")), c.name
 
 
-def test_command_modules_never_import_the_table_or_main():
+def test_command_modules_never_import_the_table_or_app():
     """The table imports the commands; a command importing the table (or
-    main, which imports it) would be a cycle. Commands share only base,
+    app, which imports it) would be a cycle. Commands share only base,
     output and stores, and each module stays under ~400 lines."""
     for f in sorted(CLI_DIR.glob("*.py")):
         text = f.read_text()
@@ -76,7 +76,7 @@ def test_command_modules_never_import_the_table_or_main():
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 names = [node.module] if node.module else [a.name for a in node.names]
-                assert not {"commands", "main"} & set(names), f"{f.name} imports {names}"
+                assert not {"commands", "app"} & set(names), f"{f.name} imports {names}"
 
 
 def test_console_script_entry_point_is_the_package_main():

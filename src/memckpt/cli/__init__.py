@@ -3,7 +3,7 @@
 Each command module holds its arguments (a function adding them to its
 argparse subparser), its run (returning the JSON-ready dict that ``--json``
 prints, or an exit status) and its formatting, and ends in one ``COMMAND``
-row. :mod:`.main` builds the parser from the table, dispatches, and turns
+row. :mod:`.app` builds the parser from the table, dispatches, and turns
 every error into one line on stderr and an exit status. What the commands
 share: :mod:`.base` (the row type, CliError, common arguments),
 :mod:`.output` (tables, sizes, durations, JSON, the progress line) and
@@ -11,6 +11,6 @@ share: :mod:`.base` (the row type, CliError, common arguments),
 """
 from __future__ import annotations
 
-from .main import main
+from .app import main
 
 __all__ = ["main"]
