@@ -83,7 +83,7 @@ def reader(path: str, stop_file: str, seed: int) -> dict[str, Any]:
     the newest epoch checked word for word against state(its round), until
     the writer is done. Damage reported on this healthy store, or a restore
     that is not exact, is counted; so is every other kind of failure."""
-    from memckpt import cli
+    from memckpt.cli.ls import ls
     from memckpt.errors import CorruptionError, EpochNotFound, FormatError, MemckptError
     from memckpt.store import Store
     rng = np.random.default_rng(seed)
@@ -113,7 +113,7 @@ def reader(path: str, stop_file: str, seed: int) -> dict[str, Any]:
         s = Store(path)  # a fresh open each time, as the CLI does
         op = int(rng.integers(0, 4))
         if op == 0:
-            rep = once("ls", lambda: cli.ls(s))
+            rep = once("ls", lambda: ls(s))
             if rep is not None:
                 counts["ls"] += 1
                 for d in rep["damaged"]:

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import memckpt
-from memckpt import benchcmd
+from memckpt.cli import bench_measure, bench_run
 from memckpt.__main__ import main
 from memckpt.checkpointer import MODES
 
@@ -30,7 +30,7 @@ def test_json_has_a_row_per_backend_and_mode_and_ratio(rep):
     assert rep["config"]["backends"] == AVAILABLE
     assert rep["config"]["ratios_pct"] == [1.0, 10.0]
     pairs = [tuple(p) for p in rep["config"]["pairs"]]
-    assert pairs == benchcmd.combos(AVAILABLE, None, False)
+    assert pairs == bench_run.combos(AVAILABLE, None, False)
     # every backend in mode copy; auto's backend (the first) in every other mode
     assert [b for b, m in pairs if m == "copy"] == AVAILABLE
     assert {m for b, m in pairs} == set(MODES) - ({"background"} if "uffd-sync" not in AVAILABLE
@@ -50,7 +50,7 @@ def test_json_has_a_row_per_backend_and_mode_and_ratio(rep):
         if not t.available:
             assert skipped[t.name] == t.reason
     for p in rep["peers"]:
-        assert set(p["peers_s"]) == set(benchcmd.PEERS)
+        assert set(p["peers_s"]) == set(bench_measure.PEERS)
         assert all(v > 0 for v in p["peers_s"].values())
 
 
@@ -60,7 +60,7 @@ def test_uffd_async_at_1pct_has_ratios_to_the_floor_and_every_peer(rep):
               if r["backend"] == "uffd-async" and r["mode"] == "copy" and r["ratio_pct"] == 1.0]
     assert row["total_over_floor"] == pytest.approx(row["total_s"] / row["floor_s"])
     peers = next(p for p in rep["peers"] if p["ratio_pct"] == 1.0)["peers_s"]
-    for name in benchcmd.PEERS:
+    for name in bench_measure.PEERS:
         assert row["peer_over_total"][name] == pytest.approx(peers[name] / row["total_s"])
         assert row["peer_over_pause"][name] == pytest.approx(peers[name] / row["pause_s"])
 
@@ -69,15 +69,15 @@ def test_slowdown_rows_per_backend_and_interval(rep):
     s = rep["slowdown"]
     assert s["untracked_s"] > 0
     assert sorted((r["backend"], r["mode"], r["every"]) for r in s["rows"]) == \
-        sorted((b, "copy", e) for b in AVAILABLE for e in benchcmd.SLOWDOWN_EVERY)
+        sorted((b, "copy", e) for b in AVAILABLE for e in bench_measure.SLOWDOWN_EVERY)
     for r in s["rows"]:
         assert r["slowdown"] > 0 and r["slowdown_with_pauses"] >= r["slowdown"]
 
 
 def test_modes_measure_every_chosen_backend_in_each(tmp_path):
-    assert benchcmd.combos(["a", "b"], ["copy", "sync"], False) == \
+    assert bench_run.combos(["a", "b"], ["copy", "sync"], False) == \
         [("a", "copy"), ("b", "copy"), ("a", "sync"), ("b", "sync")]
-    assert benchcmd.combos(["a"], None, True) == [("a", m) for m in MODES]
+    assert bench_run.combos(["a"], None, True) == [("a", m) for m in MODES]
 
 
 def test_table_via_main(capsys, tmp_path):

@@ -83,7 +83,7 @@ def test_reading_a_store_writes_nothing_and_takes_no_lock(copy):
     opened for writing, created, removed or locked (the audit hook sees
     every os.open and fcntl.flock), no lock file appears, and the listing,
     sizes and mtimes are unchanged; garbage is left for the writer to sweep."""
-    from memckpt import cli
+    from memckpt.cli.ls import ls
     path, expected = copy
     (path / fmt.LOCK_NAME).unlink(missing_ok=True)
     (path / "junk.tmp").write_bytes(b"x")
@@ -102,7 +102,7 @@ def test_reading_a_store_writes_nothing_and_takes_no_lock(copy):
             s.verify(e)
         s.verify()
         s.changed_pages(1, max(expected))
-        assert not cli.ls(s)["damaged"]
+        assert not ls(s)["damaged"]
         s.close()
     finally:
         _seen["on"] = False
@@ -128,7 +128,7 @@ _FS_SCRIPT = textwrap.dedent(r"""
     import numpy as np
     sys.path.insert(0, sys.argv[3])
     from _store_util import PS, build_chain, read
-    from memckpt import cli
+    from memckpt.cli.ls import ls
     from memckpt.store import Store
     where, how = sys.argv[1], sys.argv[2]
     res = {}
@@ -171,7 +171,7 @@ _FS_SCRIPT = textwrap.dedent(r"""
         res["epochs"] = [i.epoch for i in s.epochs()]
         res["exact"] = all(np.array_equal(read(s, int(k)), expected[k]) for k in expected.files)
         s.verify()
-        res["damaged"] = cli.ls(s)["damaged"]
+        res["damaged"] = ls(s)["damaged"]
         res["lock"] = os.path.exists(where + "/st/lock")
     except Exception as exc:
         res["error"] = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,51 @@
+"""``memckpt prune``: remove old epochs, keeping the newest N (and every Kth)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .base import Command, json_arg, positive, store_arg
+from .output import fmt_bytes, fmt_epochs
+from .stores import opened, read_infos
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    store_arg(p)
+    p.add_argument("--keep-last", type=positive, required=True, metavar="N",
+                   help="keep the newest N epochs")
+    p.add_argument("--keep-every", type=positive, default=None, metavar="K",
+                   help="also keep every epoch whose number is a multiple of K")
+    json_arg(p)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with opened(args.store) as store:
+        return prune(store, args.keep_last, args.keep_every)
+
+
+def prune(store: Any, keep_last: int, keep_every: int | None) -> dict[str, Any]:
+    before = read_infos(store)[0]
+    removed = sorted(int(x) for x in store.prune(keep_last=keep_last, keep_every=keep_every))
+    kept = store.epoch_numbers()
+    freed = sum(e.bytes_on_disk for e in before if e.epoch in set(removed))
+    return {"store": str(store.path), "keep_last": keep_last, "keep_every": keep_every,
+            "removed": removed, "kept": kept, "bytes_freed": freed}
+
+
+def format_prune(rep: dict[str, Any]) -> str:
+    rule = f"the last {rep['keep_last']}"
+    if rep["keep_every"]:
+        rule += f" and every {rep['keep_every']}th"
+    if not rep["removed"]:
+        return f"nothing to prune: keeping {rule} (and their ancestors) keeps all of {fmt_epochs(rep['kept'])}"
+    return (f"removed epochs {fmt_epochs(rep['removed'])} ({fmt_bytes(rep['bytes_freed'])}); "
+            f"kept {fmt_epochs(rep['kept'])} ({rule}, and the ancestors they need)")
+
+
+COMMAND = Command(
+    "prune", arguments, run, format_prune,
+    help="remove old epochs, keeping the last N (and every Kth)",
+    description="Remove epochs, keeping the newest N, every Kth epoch if asked, and every "
+                "ancestor a kept epoch needs to be restored.",
+    examples="  memckpt prune memckpt-demo --keep-last 3\n"
+             "  memckpt prune memckpt-demo --keep-last 2 --keep-every 10 --json")
