@@ -23,7 +23,7 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -153,3 +153,12 @@ class Store(_Maintenance):
         except BaseException:
             lock.release()
             raise
+
+
+if TYPE_CHECKING:
+    from .contract import EpochWriterContract, StoreContract
+
+    def _conforms(store: Store, writer: EpochWriter) -> tuple[StoreContract, EpochWriterContract]:
+        """Never called: mypy (tests/test_stubs.py) checks here that Store and
+        EpochWriter keep the contract."""
+        return store, writer

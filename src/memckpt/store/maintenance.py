@@ -40,11 +40,10 @@ class _Sweeper(_Verifier):
         """Wait (up to _WRITER_WAIT_S) until no epoch writer of this Store is
         open. A writer the calling thread began and still holds cannot end
         while it waits: that is refused at once."""
-        me = threading.get_ident()
         deadline = time.monotonic() + _WRITER_WAIT_S
         with self._writers_cv:
             while self._open_writers:
-                mine = [w for w in self._open_writers if w._owner == me and not w.handed_off]
+                mine = [w for w in self._open_writers if w.held_here()]
                 if mine:
                     raise StoreLocked(f"store {self.path}: cannot {what} while this thread holds "
                                       f"the open writer of epoch {mine[0].epoch}: commit or abort "

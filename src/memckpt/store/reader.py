@@ -20,6 +20,28 @@ from .io import _IOV_MAX, _as_pages, _fmt_epochs, _preadv_exact
 _SNAPSHOT_TRIES = 5            # reads a concurrent prune/compaction may spoil before a reader gives up
 
 
+def _check_digests(holder: int, pack_name: str, recs: np.ndarray, out: np.ndarray,
+                   rows: np.ndarray, reading: int | None) -> None:
+    """CorruptionError naming the first page of out[rows] whose digest is not
+    its record's: every page hashed in one call into the core (GIL released)."""
+    n = len(rows)
+    if not n:
+        return
+    r0 = int(rows[0])
+    if int(rows[-1]) - r0 == n - 1 and (n < 2 or bool((np.diff(rows) == 1).all())):
+        got = _core.hash_pages(out[r0:r0 + n])
+    else:
+        got = _core.hash_pages_at(out, rows)
+    bad = (got != recs["digest"]).any(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        lead = f"reading epoch {reading}: " if reading is not None and reading != holder else ""
+        raise CorruptionError(
+            f"{lead}epoch {holder}: page {int(recs['page'][i])} in {pack_name} (offset "
+            f"{int(recs['offset'][i])}) does not match its BLAKE3 digest"
+            + (f" ({int(bad.sum())} pages bad)" if bad.sum() > 1 else ""))
+
+
 class _Reader(_Catalog):
     """The third layer of Store: read_into and changed_pages."""
 
@@ -64,7 +86,7 @@ class _Reader(_Catalog):
         if comp.any():
             crecs, crows = recs[comp], rows[comp]
             self._fetch_compressed(fd, crecs, out, crows, where, holder)
-            self._check_digests(holder, pack_name, crecs, out, crows, reading)
+            _check_digests(holder, pack_name, crecs, out, crows, reading)
             if tick is not None:
                 tick(len(crecs))
             recs, rows = recs[~comp], rows[~comp]
@@ -74,7 +96,7 @@ class _Reader(_Catalog):
         step = max(1, _io._CHUNK_BYTES // self.page_size)
         if n <= step:
             self._fetch_raw(fd, recs, out, rows, where)
-            self._check_digests(holder, pack_name, recs, out, rows, reading)
+            _check_digests(holder, pack_name, recs, out, rows, reading)
             if tick is not None:
                 tick(n)
             return
@@ -88,29 +110,9 @@ class _Reader(_Catalog):
                 fut.result()
                 if i + 1 < len(bounds):
                     fut = ex.submit(read, bounds[i + 1])
-                self._check_digests(holder, pack_name, recs[lo:hi], out, rows[lo:hi], reading)
+                _check_digests(holder, pack_name, recs[lo:hi], out, rows[lo:hi], reading)
                 if tick is not None:
                     tick(hi - lo)
-
-    def _check_digests(self, holder: int, pack_name: str, recs: np.ndarray, out: np.ndarray,
-                       rows: np.ndarray, reading: int | None) -> None:
-        # every page's digest in one call into the core (GIL released)
-        n = len(rows)
-        if not n:
-            return
-        r0 = int(rows[0])
-        if int(rows[-1]) - r0 == n - 1 and (n < 2 or bool((np.diff(rows) == 1).all())):
-            got = _core.hash_pages(out[r0:r0 + n])
-        else:
-            got = _core.hash_pages_at(out, rows)
-        bad = (got != recs["digest"]).any(axis=1)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            lead = f"reading epoch {reading}: " if reading is not None and reading != holder else ""
-            raise CorruptionError(
-                f"{lead}epoch {holder}: page {int(recs['page'][i])} in {pack_name} (offset "
-                f"{int(recs['offset'][i])}) does not match its BLAKE3 digest"
-                + (f" ({int(bad.sum())} pages bad)" if bad.sum() > 1 else ""))
 
     def _fetch_raw(self, fd: int, recs: np.ndarray, out: np.ndarray, rows: np.ndarray,
                    where: str) -> None:

@@ -129,6 +129,11 @@ class EpochWriter(_Commit):
         state = "committed" if self._committed else "aborted" if self._closed else "open"
         return f"<memckpt.store.EpochWriter epoch {self.epoch} {self.kind}, {state}>"
 
+    def held_here(self) -> bool:
+        """Whether the calling thread began this writer and will finish it
+        itself (not handed_off): a wait for the writer there would never end."""
+        return self._owner == threading.get_ident() and not self.handed_off
+
     @property
     def pack_name(self) -> str:
         """The name of the pack file this writer writes (its generation's)."""
