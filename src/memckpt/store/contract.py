@@ -1,7 +1,8 @@
 """The store contract: what the checkpointer, restore and the CLI code against.
 
-API CONTRACT (the checkpointer and the CLI code against it; docs/format.md
-describes the files):
+Store (store/local.py) and EpochWriter (store/writer.py) implement it;
+docs/format.md describes the files. As prose, then as Protocols (which mypy
+holds Store and EpochWriter to: see the end of local.py):
 
     store = Store(path, create=True)       # opens (creating if asked): reads the header only;
                                            # writes nothing and takes no lock (see READERS below);
@@ -100,6 +101,9 @@ is still in place, i.e. never for a healthy store.
 Every store file (and the lock) is opened O_NOFOLLOW | O_NONBLOCK and
 fstat-checked to be a regular file before any read or write: a symbolic
 link, FIFO, device, socket or directory in its place is a FormatError naming
+the file ("... is a FIFO, not a regular file"), never a hang.
+
+    open_store(store, create=...) -> (store, opened_here)  # below: a path or a Store
 """
 from __future__ import annotations
 
