@@ -12,8 +12,9 @@ last of a line of layers, one concern each (see docs/architecture.md):
     local.py        Store         construction, close, begin
 
 and EpochWriter (writer.py) is external.py's _External (files written by a
-fork child), packing.py's _Packing (add_pages) and its own commit and abort.
-The small I/O helpers are in io.py, the writer lock in locking.py.
+fork child), packing.py's _Packing (add_pages), commit.py's _Commit (commit,
+and commit_merged for a compaction) and its own life and abort. The small
+I/O helpers are in io.py, the writer lock in locking.py.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ __all__ = ["EpochWriter", "Store", "_MissingFile"]
 
 
 class Store(_Maintenance):
-    """A directory of immutable checkpoint epochs; see the module docstring."""
+    """A directory of immutable checkpoint epochs; see memckpt.store.contract."""
 
     def __init__(self, path: str | os.PathLike[str], create: bool = False, *,
                  page_size: int | None = None) -> None:

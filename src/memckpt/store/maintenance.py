@@ -142,7 +142,7 @@ class _Maintenance(_Sweeper):
     # -- compaction and retention ---------------------------------------------------------
     def compact(self, first: int, last: int, *,
                 progress: Callable[[int, int], None] | None = None) -> EpochInfo:
-        """See the module docstring; progress(done, total) counts pages merged."""
+        """See memckpt.store.contract; progress(done, total) counts pages merged."""
         self._wait_for_writers("compact")
         with _HeldLock(self.path, "compact"):
             self._sweep_if_due()

@@ -189,7 +189,7 @@ class _Reader(_Catalog):
     def read_into(self, epoch: int, out: np.ndarray, pages: Any = None, *,
                   progress: Callable[[int, int], None] | None = None,
                   out_is_zero: bool = False) -> None:
-        """See the module docstring; progress(done, total) is called as pages are filled.
+        """See memckpt.store.contract; progress(done, total) is called as pages are filled.
 
         ``out_is_zero=True`` promises that ``out`` reads as zeros already (a
         fresh arena): pages the epoch holds as zero are then left untouched,

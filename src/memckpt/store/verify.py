@@ -23,7 +23,7 @@ class _Verifier(_Reader):
     # -- verification -------------------------------------------------------------------
     def verify(self, epoch: int | None = None, *,
                progress: Callable[[int, int], None] | None = None) -> None:
-        """See the module docstring; progress(done, total) counts bytes of
+        """See memckpt.store.contract; progress(done, total) counts bytes of
         index and pack files checked."""
         self._read_header()
         if epoch is None:

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 
 class EpochWriter(_Commit):
-    """Writes one epoch: see Store.begin. Not thread-safe; one writer per store.
+    """Writes one epoch: see Store.begin in memckpt.store.contract. Not thread-safe;
+    one writer per store.
 
     ``parent_digest``: the parent's manifest identity (format.manifest_identity),
     recorded in the manifest; begin() and compact() know it."""
