@@ -48,7 +48,7 @@ import numpy as np
 
 import memckpt
 from memckpt.errors import ForkDetached
-from memckpt.store import local
+from memckpt.store import writer as store_writer
 
 PAGES = 64
 HANG_S = 60.0  # a child or a persist this late is hung (generous: the machine is shared)
@@ -75,7 +75,7 @@ class Gate:
 
 
 GATE = Gate()
-_commit = local.EpochWriter.commit
+_commit = store_writer.EpochWriter.commit
 
 
 def _gated_commit(self: Any, **kw: Any) -> Any:
@@ -85,7 +85,7 @@ def _gated_commit(self: Any, **kw: Any) -> Any:
     return _commit(self, **kw)
 
 
-local.EpochWriter.commit = _gated_commit  # type: ignore[method-assign]
+store_writer.EpochWriter.commit = _gated_commit  # type: ignore[method-assign]
 PARENT = os.getpid()
 
 

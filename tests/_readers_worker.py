@@ -44,8 +44,8 @@ def writer(path: str, seconds: float, stop_file: str, prune_every: int = 3,
     never make a write fail or wait: the lock wait is 0 here, so a reader
     holding the lock even for a moment would fail the write at once."""
     import memckpt
-    from memckpt.store import local
-    local._LOCK_WAIT_S = 0.0
+    from memckpt.store import locking
+    locking._LOCK_WAIT_S = 0.0
     counts: dict[str, Any] = {"rounds": 0, "failures": [], "pruned": 0, "compacted": 0}
     arena = memckpt.Arena(NPAGES * PS)
     data = arena.array("data", (NPAGES, WORDS), np.uint64)

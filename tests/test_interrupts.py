@@ -36,7 +36,7 @@ import pytest
 
 import memckpt
 from memckpt import _signals
-from memckpt.store import local as store_local
+from memckpt.store import writer as store_writer
 
 PS = memckpt.features().page_size
 NPAGES = 64
@@ -185,7 +185,7 @@ def _rename_then(exc: type[BaseException], monkeypatch: pytest.MonkeyPatch) -> l
             done.append(str(dst))
             raise exc()
 
-    monkeypatch.setattr(store_local.os, "rename", rename)
+    monkeypatch.setattr(store_writer.os, "rename", rename)
     return done
 
 
@@ -319,7 +319,7 @@ def test_a_signal_between_capture_and_handoff_lands_after_it(mode):
     require_mode(mode)
     r = _run_child(_PRELUDE + f"""
 import time
-from memckpt.store import local as store_local
+from memckpt.store import maintenance as store_maintenance
 ck = memckpt.Checkpointer(arena, path, mode={mode!r}, tracker={tracker_for(mode)!r})
 x[1] = 1
 ck.checkpoint().result()
@@ -337,7 +337,7 @@ try:
 except KeyboardInterrupt:
     print("interrupt reached the caller")
 ck._clock = time.monotonic
-store_local._WRITER_WAIT_S = 20.0  # the old code's wait, shortened
+store_maintenance._WRITER_WAIT_S = 20.0  # the old code's wait, shortened
 x[3] = 3
 info = ck.checkpoint().result()
 want3 = sha(arena)
@@ -471,13 +471,13 @@ def test_sync_persist_interrupted_carries_its_pages_to_the_next_epoch(tmp_path, 
         with memckpt.Checkpointer(arena, tmp_path / "s", mode="sync") as ck:
             x[1] = 1
             ck.checkpoint()
-            real = store_local.EpochWriter.add_pages
+            real = store_writer.EpochWriter.add_pages
 
             def add_pages(self: Any, pages: Any, data: Any) -> None:
                 signal.raise_signal(signal.SIGINT)
                 real(self, pages, data)
 
-            monkeypatch.setattr(store_local.EpochWriter, "add_pages", add_pages)
+            monkeypatch.setattr(store_writer.EpochWriter, "add_pages", add_pages)
             x[2] = 2
             with pytest.raises(KeyboardInterrupt):
                 ck.checkpoint()

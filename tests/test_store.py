@@ -17,7 +17,8 @@ from memckpt.epoch import EpochInfo
 from memckpt.errors import EpochNotFound, StoreLocked
 from memckpt.store import Store
 from memckpt.store import format as fmt
-from memckpt.store import local
+from memckpt.store import catalog
+from memckpt.store import io as store_io
 
 from _store_util import PS, build_chain, random_pages, read, write_epoch
 
@@ -63,7 +64,7 @@ def test_read_only_some_pages(store, compress):
 def test_many_add_pages_calls_and_chunks(tmp_path, monkeypatch):
     """Batches split into chunks (the pipelined write path), across calls,
     with dedup across chunks and calls."""
-    monkeypatch.setattr(local, "_CHUNK_BYTES", 5 * PS)
+    monkeypatch.setattr(store_io, "_CHUNK_BYTES", 5 * PS)
     for compress in COMPRESS:
         s = Store(tmp_path / f"st-{compress}", create=True, page_size=PS)
         rng = np.random.default_rng(1)
@@ -645,7 +646,7 @@ def test_read_only_store_opens_and_reads(store, monkeypatch):
 def test_manifest_cache_is_bounded_and_reads_stay_right(store, monkeypatch):
     """A Store keeps the most recently used manifests only: reading a chain
     longer than the cache still gives every epoch right."""
-    monkeypatch.setattr(local, "_MANIFEST_CACHE", 8)
+    monkeypatch.setattr(catalog, "_MANIFEST_CACHE", 8)
     rng = np.random.default_rng(5)
     state = rng.integers(0, 256, size=(16, PS), dtype=np.uint8)
     e = write_epoch(store, state, None, kind="full")

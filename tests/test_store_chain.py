@@ -15,7 +15,7 @@ import pytest
 
 import memckpt
 from memckpt import CorruptionError, FormatError, MemckptError
-from memckpt.store import Store, local
+from memckpt.store import Store, catalog
 from memckpt.store import format as fmt
 
 from _store_util import PS, build_chain, load_json, read, write_epoch, write_signed
@@ -245,13 +245,13 @@ def tiny_chain(path: Path, depth: int) -> Store:
 def manifest_reads(monkeypatch):
     """Counts manifest files read (every manifest read goes through _read_fd)."""
     n = [0]
-    real = local._read_fd
+    real = catalog._read_fd
 
     def counting(fd, limit, where):
         if where.startswith("epoch ") and where.endswith(".json"):
             n[0] += 1
         return real(fd, limit, where)
-    monkeypatch.setattr(local, "_read_fd", counting)
+    monkeypatch.setattr(catalog, "_read_fd", counting)
     return n
 
 
@@ -259,7 +259,7 @@ def test_deep_chain_walks_read_no_manifest(tmp_path, monkeypatch, manifest_reads
     """Before: once the chain outgrew the manifest cache, every chain() and
     every begin() re-read and re-parsed every manifest (62 ms -> 406 ms a
     checkpoint past 4,096 epochs)."""
-    monkeypatch.setattr(local, "_MANIFEST_CACHE", 8)
+    monkeypatch.setattr(catalog, "_MANIFEST_CACHE", 8)
     depth = 40
     tiny_chain(tmp_path / "s", depth)
     s = Store(tmp_path / "s")
@@ -274,7 +274,7 @@ def test_deep_chain_walks_read_no_manifest(tmp_path, monkeypatch, manifest_reads
 
 
 def test_kept_links_follow_another_writers_compaction_and_prune(tmp_path, monkeypatch):
-    monkeypatch.setattr(local, "_MANIFEST_CACHE", 4)
+    monkeypatch.setattr(catalog, "_MANIFEST_CACHE", 4)
     path = tmp_path / "s"
     tiny_chain(path, 12)
     reader = Store(path)
@@ -293,7 +293,7 @@ def test_verify_walks_the_chain_once(tmp_path, monkeypatch, manifest_reads):
     """Before: verify(epoch) walked the whole chain again for every epoch of
     it (5.7 s at 1,000 epochs, 51 s at 3,000): quadratic in manifest reads
     once the chain outgrew the cache."""
-    monkeypatch.setattr(local, "_MANIFEST_CACHE", 8)
+    monkeypatch.setattr(catalog, "_MANIFEST_CACHE", 8)
     depth = 40
     tiny_chain(tmp_path / "s", depth)
     s = Store(tmp_path / "s")
@@ -313,7 +313,7 @@ def test_index_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
     npages = 64
     one = fmt.IDX_HEADER_SIZE + npages * fmt.RECORD_SIZE  # an index of a full epoch, about
     bound = 3 * one
-    monkeypatch.setattr(local, "_INDEX_CACHE_BYTES", bound, raising=False)
+    monkeypatch.setattr(catalog, "_INDEX_CACHE_BYTES", bound)
     path = tmp_path / "s"
     s = Store(path, create=True, page_size=PS)
     rng = np.random.default_rng(0)
@@ -327,7 +327,7 @@ def test_index_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
         held = sum(x.nbytes for x in r._indexes.values())
         assert 0 < held <= bound
     # an index over the bound is read, not kept
-    monkeypatch.setattr(local, "_INDEX_CACHE_BYTES", one // 2, raising=False)
+    monkeypatch.setattr(catalog, "_INDEX_CACHE_BYTES", one // 2)
     r = Store(path)
     np.testing.assert_array_equal(read(r, 3), expected[3])
     assert sum(x.nbytes for x in r._indexes.values()) == 0
@@ -336,7 +336,7 @@ def test_index_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
 def test_links_of_retired_epochs_are_forgotten(tmp_path, monkeypatch):
     """Links are kept apart from the bounded manifest cache: those of epochs
     pruned away must not pile up in a process that checkpoints for days."""
-    monkeypatch.setattr(local, "_LINK_SLACK", 4)
+    monkeypatch.setattr(catalog, "_LINK_SLACK", 4)
     path = tmp_path / "s"
     s = tiny_chain(path, 3)
     state = np.ones((16, PS), np.uint8)

@@ -24,7 +24,9 @@ import pytest
 from memckpt import CorruptionError, EpochNotFound, FormatError, MemckptError, StoreLocked
 from memckpt.store import Store
 from memckpt.store import format as fmt
-from memckpt.store import local
+from memckpt.store import io as store_io
+from memckpt.store import locking
+from memckpt.store import writer as store_writer
 
 from _store_util import PS, build_chain, read, write_epoch
 
@@ -219,7 +221,7 @@ def test_a_looping_reader_never_makes_a_write_fail_or_wait(tmp_path, monkeypatch
     """Readers opening, listing and verifying as fast as they can, while this
     thread writes with a lock wait of 0: a reader that held the writer's lock
     for an instant (the old sweep on open) would fail a write at once."""
-    monkeypatch.setattr(local, "_LOCK_WAIT_S", 0.0)
+    monkeypatch.setattr(locking, "_LOCK_WAIT_S", 0.0)
     s = Store(tmp_path / "st", create=True, page_size=PS)
     rng = np.random.default_rng(3)
     state = rng.integers(0, 256, (8, PS), dtype=np.uint8)
@@ -438,7 +440,7 @@ def test_a_read_spoiled_at_every_try_gives_up_naming_the_race(copy, monkeypatch)
         tmp = path / "m.tmp"
         tmp.write_bytes(m.read_bytes())
         os.rename(tmp, m)  # the same manifest, a new file: what a compaction's rename looks like
-        raise local._MissingFile(f"epoch {epoch}: {doc['files']['pack']['name']}: the file is missing")
+        raise store_io._MissingFile(f"epoch {epoch}: {doc['files']['pack']['name']}: the file is missing")
     monkeypatch.setattr(Store, "_open_pack", spoiled)
     with pytest.raises(MemckptError, match=r"gave up trying to read epoch 3 after 5 tries: a prune "
                                            r"or compaction .* kept retiring .*the file is missing") as ei:
@@ -480,7 +482,7 @@ def test_the_writer_sweeps_at_its_first_write_and_after_a_failed_epoch(copy, mon
     w = s.begin("incremental", parent=4, npages=expected[3].shape[0])
     w.add_pages(np.array([1], np.uint64), expected[3][1:2])
     left = w._pack_name
-    monkeypatch.setattr(local, "_unlink", lambda p: False)
+    monkeypatch.setattr(store_writer, "_unlink", lambda p: False)
     w.abort()
     monkeypatch.undo()
     assert (path / left).exists()

@@ -1,29 +1,18 @@
 """Restore an epoch into a new arena, in this process or any other."""
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
-from typing import Any, Iterator, Union
+from typing import Any, Iterator
 
 import numpy as np
 
 from .arena import Arena, layout_dtype
 from .errors import FormatError, MemckptError
 from .kernel import features
+# one open_store for the checkpointer, restore and the CLI (re-exported here for them)
+from .store.contract import StoreLike, open_store
 
-StoreLike = Union["os.PathLike[str]", str, Any]  # a path, or a memckpt.Store
-
-
-def open_store(store: StoreLike, *, create: bool) -> tuple[Any, bool]:
-    """A Store for ``store`` (a path or a Store), and whether the caller opened it."""
-    if isinstance(store, (str, os.PathLike)):
-        from .store import Store
-        return Store(store, create=create), True
-    # anything with the Store's methods will do (tests wrap a Store to inject faults)
-    for attr in ("begin", "read_into", "layout", "latest"):
-        if not hasattr(store, attr):
-            raise TypeError(f"store must be a path or a memckpt.Store, not {type(store).__name__}")
-    return store, False
+__all__ = ["StoreLike", "arena_from_layout", "open_store", "restore"]
 
 
 @contextmanager

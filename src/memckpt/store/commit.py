@@ -1,0 +1,182 @@
+"""Committing an epoch: pack and index made durable, the manifest written,
+fsynced and renamed into place (the commit point) in a signal-deferred
+section, the directory fsynced. Also the merged epoch of a compaction."""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import blake3
+import numpy as np
+
+from .. import _signals
+from ..epoch import EpochInfo
+from . import format as fmt
+from .catalog import _info_from
+from .io import _O_CREATE, _fsync_dir, _index_arg, _jsonable, _open_file, _write_all, _write_durable
+from .packing import _Packing
+
+
+class _Commit(_Packing):
+    """The third layer of EpochWriter: commit."""
+
+    _t0: float
+    parent: int | None
+    layout: dict[str, Any]
+    _tmp_name: str
+
+    if TYPE_CHECKING:  # EpochWriter's own
+        def _close(self) -> None: ...
+
+    # -- commit ---------------------------------------------------------------------------
+    def _finish_files(self) -> None:
+        """Make pack and index durable (the epoch is still uncommitted)."""
+        if self._idx_fd is not None:  # fork mode: see external_target()
+            if self._adopted is None:
+                raise ValueError(f"epoch {self.epoch}'s files were handed out but never adopted")
+            return self._finish_adopted()
+        fd, self._pack_fd = self._pack_fd, None
+        assert fd is not None
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        recs = np.concatenate(self._recs) if self._recs else np.zeros(0, dtype=fmt.RECORD_DTYPE)
+        idx = fmt.idx_header(self.epoch, self.page_size, len(recs)) + recs.tobytes()
+        ifd = _open_file(self._store.path / self._idx_name, _O_CREATE,
+                         f"epoch {self.epoch}: {self._idx_name}")
+        try:
+            _write_all(ifd, idx, 0)
+            os.fdatasync(ifd)
+        finally:
+            os.close(ifd)
+        self._durable_at = time.perf_counter()
+        self._files = {
+            "idx": {"name": self._idx_name, "size": len(idx), "blake3": blake3.blake3(idx).hexdigest()},
+            "pack": {"name": self._pack_name, "size": self._off, "blake3": self._pack_hash.hexdigest()},
+        }
+
+    def _manifest_doc(self, *, pages_dirty: int, pause_s: float, label: str | None,
+                      tracker: str | None, mode: str | None, extra: dict[str, Any] | None,
+                      started: float | None) -> dict[str, Any]:
+        # the last moment before the commit's rename that can still refuse
+        self._store._check_same_store()
+        t0 = self._t0 if started is None else started
+        doc = {
+            "format": fmt.EPOCH_FORMAT, "version": fmt.VERSION,
+            "epoch": self.epoch, "parent": self.parent, "kind": self.kind,
+            "created": time.time(), "label": label, "layout": self.layout,
+            "page_size": self.page_size, "npages": self.npages,
+            "tracker": tracker, "mode": mode, "compress": self.compress,
+            "counts": {"pages_dirty": pages_dirty, "pages_stored": self._stored,
+                       "pages_zero": self._zero, "pages_dedup": self._dedup,
+                       "records": self._records},
+            "bytes_on_disk": self._files["idx"]["size"] + self._files["pack"]["size"],
+            "timings": {"pause_s": pause_s, "total_s": max(0.0, self._durable_at - t0)},
+            "files": self._files,
+            "extra": {} if extra is None else extra,
+        }
+        if self._parent_digest is not None:
+            doc["parent_digest"] = self._parent_digest
+        return doc
+
+    def _commit_doc(self, doc: dict[str, Any]) -> EpochInfo:
+        store = self._store
+        doc = fmt.sign(doc)
+        tmp = store.path / self._tmp_name
+        try:
+            fmt.check_manifest(copy.deepcopy(doc), epoch=self.epoch, page_size=self.page_size,
+                               where=f"epoch {self.epoch}: new manifest")
+            _write_durable(tmp, fmt.dump_document(doc))
+        except BaseException:
+            self.abort()
+            raise
+        # The commit point and what must follow it in one piece: a signal
+        # handler's exception (Ctrl-C, sys.exit) lands after the section, once
+        # the epoch is marked committed and the lock released. An exception
+        # from the rename itself still reaches abort(), which finds the
+        # manifest in place if the rename happened.
+        with _signals.deferred():
+            try:
+                os.rename(tmp, store.path / fmt.manifest_name(self.epoch))
+            except BaseException:
+                self.abort()
+                raise
+            self._committed = True  # from here on the epoch exists, whatever fails next
+            try:
+                _fsync_dir(store.path)
+            finally:
+                self._close()
+                with store._cache_lock:
+                    store._manifests.pop(self.epoch, None)
+        return _info_from(doc)
+
+    def commit(self, *, pages_dirty: int, pause_s: float, label: str | None = None,
+               tracker: str | None = None, mode: str | None = None,
+               extra: dict[str, Any] | None = None, started: float | None = None) -> EpochInfo:
+        self._check_open()
+        pages_dirty = _index_arg(pages_dirty, "pages_dirty")
+        if pages_dirty < 0:
+            raise ValueError(f"pages_dirty must not be negative ({pages_dirty})")
+        pause_s = float(pause_s)
+        if not (pause_s >= 0 and pause_s != float("inf")):
+            raise ValueError(f"pause_s must be a finite non-negative number, not {pause_s!r}")
+        for name, v in (("label", label), ("tracker", tracker), ("mode", mode)):
+            if v is not None and not isinstance(v, str):
+                raise TypeError(f"{name} must be a str or None, not {type(v).__name__}")
+        extra = _jsonable({} if extra is None else extra, "extra")
+        if not isinstance(extra, dict):
+            raise TypeError("extra must be a dict")
+        try:
+            self._finish_files()
+            doc = self._manifest_doc(pages_dirty=pages_dirty, pause_s=pause_s, label=label,
+                                     tracker=tracker, mode=mode, extra=extra, started=started)
+        except OSError as exc:
+            self.abort()
+            raise self._where(exc, f"{self._pack_name} or {self._idx_name}") from None
+        except BaseException:
+            self.abort()
+            raise
+        try:
+            return self._commit_doc(doc)
+        except OSError as exc:
+            raise self._where(exc, fmt.manifest_name(self.epoch)) from None
+
+    def commit_merged(self, *, like: dict[str, Any], merged_from: list[int],
+                      started: float) -> EpochInfo:
+        """Commit a compaction's merged epoch: a manifest as ``like`` (the
+        manifest of the run's last epoch, whose number this writer has) says
+        for everything but the content (label, tracker, mode, extra, pause,
+        creation time and total time), plus a "compacted" record of
+        ``merged_from`` and of ``like``'s identity: its children's
+        parent_digest names it, and the merged epoch holds the same content.
+        ``started``: a time.perf_counter() reading when the compaction began."""
+        try:
+            self._finish_files()
+            doc = self._manifest_doc(pages_dirty=self._records, pause_s=like["timings"]["pause_s"],
+                                     label=like.get("label"), tracker=like.get("tracker"),
+                                     mode=like.get("mode"), extra=like.get("extra", {}),
+                                     started=None)
+            doc["created"] = like["created"]
+            doc["timings"]["total_s"] = like["timings"]["total_s"]
+            doc["compacted"] = {"from": merged_from, "at": time.time(),
+                                "seconds": time.perf_counter() - started,
+                                "identity": fmt.manifest_identity(like)}
+        except BaseException:
+            self.abort()
+            raise
+        return self._commit_doc(doc)
+
+    def _where(self, exc: OSError, name: str) -> OSError:
+        """``exc`` saying which epoch, store and file it hit (a full disk said
+        only "No space left on device"), as the same OSError subclass; an
+        error that names its file already is left as it is."""
+        if exc.filename is not None:
+            return exc
+        what = "committed, but syncing the store directory failed" if self._committed else \
+            "not committed"
+        return type(exc)(exc.errno, f"{exc.strerror or exc} (writing epoch {self.epoch} "
+                                    f"to store {self._store.path}: {what})",
+                         str(self._store.path / name))
