@@ -10,7 +10,10 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-COMPRESSORS = ["zstd", "lz4"]
+from ..store.binary import COMPRESSORS as _CODECS
+
+# --compress's choices: the store format's codecs, the one list of them
+COMPRESSORS = list(_CODECS)
 
 
 class CliError(Exception):

@@ -13,13 +13,9 @@ from .output import fmt_epochs
 
 def open_store(path: str) -> Any:
     """An existing store, or a CliError that says what is at ``path`` instead."""
-    p = Path(path)
-    if not p.exists():
-        raise CliError(f"no store at {path}: no such file or directory")
-    if not p.is_dir():
-        raise CliError(f"{path} is not a store: a store is a directory, and this is a file")
-    from ..store import Store  # imported late: `doctor` must work without the store's dependencies
-    return Store(p, create=False)
+    # imported late: `doctor` must work without the store's dependencies
+    from ..store.contract import open_store as open_any
+    return open_any(path, create=False, missing=CliError)[0]
 
 
 @contextmanager

@@ -1,0 +1,157 @@
+"""The package's layers, read from its imports (issue 11): no import cycle
+between modules, and the data path points one way: the CLI on top, then the
+checkpointer, then store/ (the contract, then its parts, then the facade). A
+store part never imports the facade (store/local.py) or anything above the
+store; nothing below the CLI imports the CLI. (checkpoint/ and capture/, the
+checkpointer's split, are not on main yet: when they land, add their rules
+here: capture/ never imports checkpoint/.)"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import memckpt
+
+ROOT = Path(memckpt.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in ROOT.rglob("*.py"):
+        parts = list(p.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+MODULES = _modules()
+# compiled modules (memckpt._core): leaves of the graph, imported by name
+EXTENSIONS = {".".join(p.relative_to(ROOT.parent).with_suffix("").parts)
+              for p in ROOT.rglob("*.pyx")}
+
+
+def _resolve(mod: str, is_pkg: bool, level: int, name: str | None) -> str:
+    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+    if level > 1:
+        base = base[:len(base) - (level - 1)]
+    return ".".join(base + ([name] if name else []))
+
+
+def _imports(mod: str, *, top_level_only: bool) -> set[str]:
+    """The package's modules ``mod`` imports: ``from pkg import sub`` counts as
+    an import of pkg.sub alone when sub is a module (pkg is then already being
+    imported), else of pkg."""
+    path = MODULES[mod]
+    is_pkg = path.name == "__init__.py"
+    tree = ast.parse(path.read_text(), str(path))
+    # `if TYPE_CHECKING:` imports are for annotations only: they never run
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    out: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name in MODULES)
+        elif isinstance(node, ast.ImportFrom):
+            target = (_resolve(mod, is_pkg, node.level, node.module) if node.level
+                      else node.module or "")
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                if sub in EXTENSIONS:
+                    continue
+                if sub in MODULES:
+                    out.add(sub)
+                elif target in MODULES:
+                    out.add(target)
+    out.discard(mod)
+    return out
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return stack[stack.index(n):] + [n]
+            if n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = {m: _imports(m, top_level_only=True) for m in MODULES}
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+
+
+def test_the_cycle_finder_finds_one():
+    # the check above must be able to fail
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _all_imports(prefix: str) -> dict[str, set[str]]:
+    return {m: _imports(m, top_level_only=False) for m in MODULES
+            if m == prefix or m.startswith(prefix + ".")}
+
+
+def _violations(prefix: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [f"{m} imports {i}" for m, imps in sorted(_all_imports(prefix).items())
+            for i in sorted(imps) if any(i == f or i.startswith(f + ".") for f in forbidden)]
+
+
+@pytest.mark.parametrize("layer, forbidden", [
+    ("memckpt.store", ("memckpt.checkpointer", "memckpt.cli")),
+    ("memckpt.checkpointer", ("memckpt.cli",)),
+])
+def test_layers_import_only_downwards(layer, forbidden):
+    assert layer in MODULES, f"{layer} is not a package of memckpt any more: update the layers"
+    assert _violations(layer, forbidden) == []
+
+
+def test_store_parts_never_import_the_facade():
+    """The parts (catalog, reader, writer, maintenance, ...) sit below the
+    facade (store/local.py); the contract's open_store() and the package's
+    __init__ are its entry points, above it."""
+    facade = "memckpt.store.local"
+    assert facade in MODULES
+    entries = {facade, "memckpt.store", "memckpt.store.contract"}
+    parts = [m for m in MODULES if m.startswith("memckpt.store.") and m not in entries]
+    bad = [f"{m} imports {facade}" for m in parts if facade in _imports(m, top_level_only=False)]
+    assert parts and bad == []
+
+
+def test_modules_and_classes_stay_small():
+    """One reason to change per file: no module over ~400 lines, no class
+    over ~300 (a class that grows past it holds two concerns)."""
+    big = []
+    # the checkpointer (one 1,100-line module) waits for its split into
+    # checkpoint/ and capture/; every other module is held to the rule
+    for m, p in sorted(MODULES.items()):
+        if m == "memckpt.checkpointer":
+            continue
+        text = p.read_text()
+        if text.count("\n") > 420:
+            big.append(f"{m}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 320:
+                big.append(f"{m}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert big == []
