@@ -646,6 +646,19 @@ out:
 	return rc;
 }
 
+/* What close and forget both free: this process's own fds and memory. */
+static void uffd_sync_free(struct mck_tracker *t, struct uffd_sync *s)
+{
+	close(s->stopfd);
+	close(s->uffd);
+	mck_bitmap_free(&s->dirty);
+	mck_bitmap_free(&s->writable);
+	free(s->scratch);
+	munmap((void *)s->zero, t->page_size);
+	free(s);
+	t->priv = NULL;
+}
+
 static void uffd_sync_close(struct mck_tracker *t)
 {
 	struct uffd_sync *s = t->priv;
@@ -664,15 +677,8 @@ static void uffd_sync_close(struct mck_tracker *t)
 	 * later write would sleep until the child exits */
 	uffd_unregister(s->uffd, t->addr, t->len);
 	stop_handler(s);
-	close(s->stopfd);
-	close(s->uffd);
 	pthread_mutex_destroy(&s->lock);
-	mck_bitmap_free(&s->dirty);
-	mck_bitmap_free(&s->writable);
-	free(s->scratch);
-	munmap((void *)s->zero, t->page_size);
-	free(s);
-	t->priv = NULL;
+	uffd_sync_free(t, s);
 }
 
 static void uffd_sync_forget(struct mck_tracker *t)
@@ -688,14 +694,7 @@ static void uffd_sync_forget(struct mck_tracker *t)
 	 * have been held at the fork). */
 	if (s->hooks)
 		s->hooks->forget(s->hooks_ctx);
-	close(s->stopfd);
-	close(s->uffd);
-	mck_bitmap_free(&s->dirty);
-	mck_bitmap_free(&s->writable);
-	free(s->scratch);
-	munmap((void *)s->zero, t->page_size);
-	free(s);
-	t->priv = NULL;
+	uffd_sync_free(t, s);
 }
 
 /* ---- uffd-sync: holding writers for a capture (mck_hold_ops, internal.h) -- */
