@@ -44,7 +44,7 @@ import pytest
 
 import memckpt
 from conftest import bench_workdir, fill_random
-from memckpt.checkpointer import MODES
+from memckpt.capture import MODES
 
 RATIOS = [0.01, 0.1, 0.5]
 ROUNDS = {0.01: 21, 0.1: 11, 0.5: 5}

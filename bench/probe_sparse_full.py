@@ -15,7 +15,7 @@ the next one's RSS) and reports:
   zero page, as MiB (PAGEMAP_SCAN).
 
 Each mode runs twice: ``new`` (full epochs take only the pages that may hold
-data) and ``old`` (``memckpt.checkpointer._SKIP_UNPOPULATED = False``: every
+data) and ``old`` (``memckpt.capture.base.SKIP_UNPOPULATED = False``: every
 page of the arena, as before issue 10) - the same build, in the same run. The
 ``floor`` row writes only the written pages as a full epoch with the store's
 own writer (no capture at all). From a checkout:
@@ -47,11 +47,11 @@ def status_kib(key: str) -> int:
 
 def one(mode: str, variant: str) -> dict:
     import memckpt
-    import memckpt.checkpointer as ckmod
+    import memckpt.capture.base as ckmod
     from memckpt import _core
 
     if variant == "old":
-        ckmod._SKIP_UNPOPULATED = False  # type: ignore[attr-defined]
+        ckmod.SKIP_UNPOPULATED = False  # type: ignore[attr-defined]
     arena = memckpt.Arena(MIB << 20)
     pages = np.frombuffer(arena.buffer(), np.uint8).reshape(arena.npages, arena.page_size)
     rng = np.random.default_rng(1)

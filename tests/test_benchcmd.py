@@ -8,7 +8,7 @@ import pytest
 import memckpt
 from memckpt.cli import bench_measure, bench_run
 from memckpt.__main__ import main
-from memckpt.checkpointer import MODES
+from memckpt.capture import MODES
 
 TINY = ["bench", "--size-mib", "8", "--rounds", "1"]
 AVAILABLE = [t.name for t in memckpt.trackers() if t.available]

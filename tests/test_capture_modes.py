@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import memckpt
-from memckpt.checkpointer import MODES
+from memckpt.capture import MODES
 
 PS = memckpt.features().page_size
 NPAGES = 2048  # 8 MiB

@@ -410,7 +410,7 @@ def test_a_failed_capture_or_full_epoch_keeps_the_written_pages(arena, tmp_path,
         s1 = snapshot(arena)
         write(pages, [20], rng)
         with monkeypatch.context() as m:   # the copy fails (out of memory, say)
-            m.setattr(ck, "_staging", lambda n: (_ for _ in ()).throw(MemoryError("injected")))
+            m.setattr(ck._capturer, "_staging", lambda n: (_ for _ in ()).throw(MemoryError("injected")))
             with pytest.raises(MemoryError):
                 ck.checkpoint().result()
         e2 = ck.checkpoint().result()

@@ -1,5 +1,5 @@
 """Fork snapshots at the binding + store level (csrc/capture_fork.c,
-memckpt.forksnap, EpochWriter.external_target/adopt): a forked child writes
+memckpt.capture.forksnap, EpochWriter.external_target/adopt): a forked child writes
 the epoch's pack and index from its copy-on-write image.
 
 - the epochs read back bit for bit (Store.read_into) and pass Store.verify,
@@ -29,7 +29,7 @@ import pytest
 import memckpt
 from memckpt import _core
 from memckpt.errors import CorruptionError, ForkChildError
-from memckpt.forksnap import ForkScratch, ForkSnapshot
+from memckpt.capture.forksnap import ForkScratch, ForkSnapshot
 from memckpt.store import Store
 
 from conftest import pages_view, touch

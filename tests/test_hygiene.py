@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BACKENDS, require_backend
-from memckpt.checkpointer import MODES
+from memckpt.capture import MODES
 
 HERE = Path(__file__).resolve().parent
 CYCLES = 1000

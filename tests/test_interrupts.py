@@ -293,7 +293,7 @@ try:
 except KeyboardInterrupt:
     print("interrupt reached the caller")
 threading.Thread.start = real
-assert ck._inflight in (0, 1), ck._inflight
+assert ck._inflight.count in (0, 1), ck._inflight.count
 x[3] = 3
 info = ck.checkpoint().result()  # hung here
 want3 = sha(arena)
@@ -329,14 +329,14 @@ def clock():
         armed[0] = False
         signal.raise_signal(signal.SIGINT)
     return time.monotonic()
-ck._clock = clock
+ck._schedule.clock = clock
 x[2] = 2
 want2 = sha(arena)
 try:
     ck.checkpoint()
 except KeyboardInterrupt:
     print("interrupt reached the caller")
-ck._clock = time.monotonic
+ck._schedule.clock = time.monotonic
 store_maintenance._WRITER_WAIT_S = 20.0  # the old code's wait, shortened
 x[3] = 3
 info = ck.checkpoint().result()
@@ -363,14 +363,14 @@ def test_a_signal_in_sync_modes_bookkeeping_never_hangs_the_next_checkpoint():
 ck = memckpt.Checkpointer(arena, path, mode="sync")
 x[1] = 1
 ck.checkpoint()
-real = ck._recycle
+real = ck._capturer._recycle
 armed = [True]
 def recycle(buf, kind):
     if armed[0]:
         armed[0] = False
         signal.raise_signal(signal.SIGINT)
     real(buf, kind)
-ck._recycle = recycle
+ck._capturer._recycle = recycle
 x[2] = 2
 try:
     ck.checkpoint()
@@ -405,11 +405,11 @@ class Trapped(threading.Condition):
 ck = memckpt.Checkpointer(arena, path, mode="copy")
 x[1] = 1
 ck.checkpoint().result()
-real = ck._persist_copy
+real = ck._capturer.persist
 def slow(cap):
     time.sleep(0.3)  # result() and checkpoint() must wait for it
     return real(cap)
-ck._persist_copy = slow
+ck._capturer.persist = slow
 """
 
 
@@ -439,7 +439,7 @@ def test_a_signal_inside_the_wait_for_the_previous_epoch_never_blocks_it():
     over an RLock): the lock stayed held by the main thread and the persist
     thread's bookkeeping blocked for good."""
     r = _run_child(_PRELUDE + _TRAP + """
-ck._idle = Trapped(threading.RLock())
+ck._inflight.idle = Trapped(threading.RLock())
 x[2] = 2
 ck.checkpoint()
 Trapped.armed = True
@@ -448,7 +448,7 @@ try:
     ck.checkpoint()
 except KeyboardInterrupt:
     print("interrupt reached the caller")
-ck._persist_copy = real
+ck._capturer.persist = real
 want = sha(arena)
 info = ck.checkpoint().result()  # hung here
 ck.close()

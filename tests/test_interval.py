@@ -1,6 +1,6 @@
 """Checkpointer(interval=...) and maybe_checkpoint(): fixed and tuned intervals.
 
-Deterministic: a fake clock stands in for time.monotonic (ck._clock), and
+Deterministic: a fake clock stands in for time.monotonic (ck._schedule.clock), and
 the measured checkpoint cost (total_s) is replaced after the real persist.
 """
 import dataclasses
@@ -29,10 +29,15 @@ class CostCheckpointer(memckpt.Checkpointer):
 
     costs: list[float] = []
 
-    def _persist_copy(self, cap):
-        info = super()._persist_copy(cap)
-        cost = self.costs.pop(0) if len(self.costs) > 1 else self.costs[0]
-        return dataclasses.replace(info, total_s=cost)
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        real = self._capturer.persist
+
+        def persist(cap):
+            info = real(cap)
+            cost = self.costs.pop(0) if len(self.costs) > 1 else self.costs[0]
+            return dataclasses.replace(info, total_s=cost)
+        self._capturer.persist = persist
 
 
 @pytest.fixture
@@ -49,7 +54,7 @@ def make(arena, tmp_path, costs=(1.0,), **kw):
     kw.setdefault("mode", "sync")
     ck = CostCheckpointer(arena, tmp_path / "s", **kw)
     ck.costs = list(costs)
-    ck._clock = clock = Clock()
+    ck._schedule.clock = clock = Clock()
     return ck, clock
 
 
@@ -171,7 +176,7 @@ def test_auto_slower_store_longer_interval(arena, tmp_path):
         path = tmp_path / str(cost)
         ck = CostCheckpointer(arena, path, interval="auto", mtbf="1h", mode="sync")
         ck.costs = [cost]
-        ck._clock = Clock()
+        ck._schedule.clock = Clock()
         with ck:
             ck.checkpoint().result()
             ck.checkpoint().result()
@@ -223,9 +228,9 @@ def test_resume_continues_the_interval(arena, tmp_path):
         r.arena.close()
     r = memckpt.Checkpointer.resume(tmp_path / "s", interval=30)
     try:
-        r._clock = Clock(r._due - 30)
+        r._schedule.clock = Clock(r._schedule.due - 30)
         assert r.maybe_checkpoint() is None
-        r._clock.t += 30
+        r._schedule.clock.t += 30
         assert r.maybe_checkpoint().kind == "incremental"
     finally:
         r.close()

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 import memckpt
-import memckpt.checkpointer as ckmod
+import memckpt.capture.base as ckmod
 from memckpt import _core
-from memckpt.checkpointer import MODES
+from memckpt.capture import MODES
 
 from conftest import require_backend
 
@@ -141,10 +141,10 @@ def test_full_epoch_same_bytes_and_next_increment_exact(mode, backend, tmp_path,
     with memckpt.Arena(npages * PS) as old_arena, memckpt.Arena(npages * PS) as arena:
         _fill(old_arena, 7)
         kinds = _fill(arena, 7)
-        monkeypatch.setattr(ckmod, "_SKIP_UNPOPULATED", False)
+        monkeypatch.setattr(ckmod, "SKIP_UNPOPULATED", False)
         with memckpt.Checkpointer(old_arena, tmp_path / "old", mode=mode, tracker=backend) as ck:
             old = ck.checkpoint().result()
-        monkeypatch.setattr(ckmod, "_SKIP_UNPOPULATED", True)
+        monkeypatch.setattr(ckmod, "SKIP_UNPOPULATED", True)
         pages = _pages(arena)
         with memckpt.Checkpointer(arena, tmp_path / "new", mode=mode, tracker=backend) as ck:
             full = ck.checkpoint().result()

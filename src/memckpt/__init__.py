@@ -7,7 +7,7 @@ those pages to a :class:`Store` as chained epochs; :func:`restore` brings any
 epoch back into a new arena, and :meth:`Checkpointer.rollback` into the same one.
 """
 from .arena import Arena
-from .checkpointer import Checkpointer, PendingEpoch, RollbackInfo
+from .checkpoint import Checkpointer, PendingEpoch, RollbackInfo
 from .epoch import EpochInfo
 from .errors import (ArenaFull, CorruptionError, EpochNotFound, FormatError, MemckptError,
                      StoreLocked, TrackerBusy, TrackerUnavailable)

@@ -38,7 +38,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 __all__ = [
     "Recommendation", "cost_from_store", "daly_interval", "expected_lost_work",
@@ -256,9 +256,10 @@ def fmt_duration(s: float | None) -> str:
     return f"{num(s / 86400)} d"
 
 
-def cost_from_store(store: Any) -> float:
-    """The checkpoint cost ``C`` measured by a store: the median ``total_s`` of
-    its incremental epochs.
+def checkpoint_cost(epochs: Iterable[Any], *, full_if_none: bool = False) -> float | None:
+    """The checkpoint cost ``C``: the median ``total_s`` of the incremental
+    epochs among ``epochs`` (:class:`memckpt.EpochInfo`); with none, of the
+    full ones if ``full_if_none``; None when there is nothing to measure.
 
     ``total_s`` rather than ``pause_s``: the program is stopped only for the
     pause, but a checkpoint protects nothing until it is durable, and in the
@@ -267,14 +268,24 @@ def cost_from_store(store: Any) -> float:
     modes the two are nearly equal; for a background write ``total_s`` makes
     ``C`` conservative: a longer interval.) Full epochs are left out: they are
     the rare, larger cost of starting a chain, not the steady-state one.
-    Accepts a Store or a path. Raises ValueError when there are no incremental
-    epochs.
+    This is the one definition: ``memckpt tune --store`` and a Checkpointer's
+    ``interval="auto"`` (over its last few epochs) both use it.
     """
+    epochs = list(epochs)
+    chosen = [e for e in epochs if e.kind == "incremental"]
+    if not chosen and full_if_none:
+        chosen = [e for e in epochs if e.kind == "full"]
+    return float(statistics.median(e.total_s for e in chosen)) if chosen else None
+
+
+def cost_from_store(store: Any) -> float:
+    """:func:`checkpoint_cost` of a store's epochs (a Store or a path).
+    Raises ValueError when there are no incremental epochs."""
     if not hasattr(store, "epochs"):
         from .store import Store
         store = Store(store)
-    infos = [e for e in store.epochs() if e.kind == "incremental"]
-    if not infos:
+    cost = checkpoint_cost(store.epochs())
+    if cost is None:
         raise ValueError(f"the store {store.path} has no incremental epochs to measure the "
                          f"checkpoint cost from; checkpoint at least twice, or give the cost")
-    return float(statistics.median(e.total_s for e in infos))
+    return cost

@@ -170,7 +170,7 @@ def chain(arena: Arena, state: np.ndarray, backend: str, mode: str, ratios: list
     then at each ratio a warm-up round and ``rounds`` timed ones, each
     durable before the next round writes. The reason, when the combination
     is impossible here."""
-    from ..checkpointer import Checkpointer
+    from ..checkpoint import Checkpointer
     from ..errors import MemckptError
     store = tmp / f"store-{backend}-{mode}"
     out: dict[float, dict[str, Any]] = {}
@@ -207,7 +207,7 @@ def chain(arena: Arena, state: np.ndarray, backend: str, mode: str, ratios: list
 
 def slowdown(size_mib: int, pairs: list[tuple[str, str]], rounds: int, stencil: Callable[..., Any],
               tmp: Path, step: Callable[[str], None]) -> dict[str, Any]:
-    from ..checkpointer import Checkpointer
+    from ..checkpoint import Checkpointer
     cols = 2048
     rows = (size_mib << 20) // (cols * 8)
     win = max(1, int(rows * SLOWDOWN_WINDOW))

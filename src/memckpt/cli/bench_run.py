@@ -39,7 +39,7 @@ def combos(backends: list[str], modes: list[str] | None, full: bool) -> list[tup
     mode copy, and the first backend (auto's choice) in every other mode,
     except "background", which runs on the uffd-sync tracker it needs.
     --full (or --modes): every backend in every mode."""
-    from ..checkpointer import MODES
+    from ..capture import MODES
     if modes is not None or full:
         return [(b, m) for m in (modes or list(MODES)) for b in backends]
     out = [(b, "copy") for b in backends]
@@ -59,7 +59,7 @@ def run(*, sizes_mib: list[int] | None = None, ratios: list[float] | None = None
         progress: bool = False) -> dict[str, Any]:
     """Measure the matrix and return the report (JSON-ready); its "plot" is
     None, for the command to fill once it has drawn one."""
-    from ..checkpointer import MODES
+    from ..capture import MODES
     sizes = sorted(set(sizes_mib or (FULL_SIZES_MIB if full else DEFAULT_SIZES_MIB)))
     pcts = sorted(set(ratios or (FULL_RATIOS if full else DEFAULT_RATIOS)))
     for p in pcts:

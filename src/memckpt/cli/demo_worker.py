@@ -48,7 +48,7 @@ def emit(event: str, **fields: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """``python -m memckpt _demo-worker``: one of the demo's processes."""
     from ..arena import Arena
-    from ..checkpointer import Checkpointer
+    from ..checkpoint import Checkpointer
     from ..kernel import features
 
     t_start = time.perf_counter()

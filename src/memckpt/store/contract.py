@@ -126,6 +126,10 @@ class EpochWriterContract(Protocol):
     """One epoch being written (Store.begin): see the module docstring."""
 
     epoch: int
+    # set by a writer's maker when another thread will finish it (the
+    # checkpointer's persist thread): a prune or compaction on the maker's
+    # thread then waits for the epoch instead of refusing
+    handed_off: bool
 
     def add_pages(self, page_numbers: Any, data: Any) -> None: ...
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from .errors import ForkChildError
+from .. import _core
+from ..errors import ForkChildError
 
 _ADOPT_KEYS = ("records", "stored", "dedup", "zero", "pack_size", "idx_size",
                "pack_digest", "idx_digest")

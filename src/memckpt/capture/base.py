@@ -1,0 +1,180 @@
+"""What every capture mode shares: the hand-off from capture to persist
+(:class:`Capture`), what the checkpointer hands a mode (:class:`Context`,
+:class:`Collector`, :class:`Request`), and the protocol a mode implements.
+
+A mode takes the snapshot in the pause (``capture``) and says how the epoch
+is persisted afterwards (``Capture.persist``, on the persist thread). It
+sees the arena's pages, the tracker and the collector, never the
+checkpointer: the epoch lifecycle (kind, parent, one epoch in flight,
+rollback) is ``memckpt.checkpoint``'s.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from ..arena import Arena
+from ..epoch import EpochInfo
+from ..store.contract import EpochWriterContract
+from ..tracker import DirtyTracker
+
+NO_PAGES = np.empty(0, dtype=np.uint64)
+
+# Pages handed to the store per add_pages call: bounds the store's working set
+# (digests, compression) without making the call overhead visible.
+ADD_CHUNK_PAGES = 8192
+
+# A full epoch's candidates are the pages that may hold data (Region.populated,
+# after the collect): every other page reads as zero, and a full epoch records
+# no zero page, so the epoch is the same without reading, staging or (under
+# uffd-sync, whose MISSING fills give every page read a real one) populating
+# them. False: every page, as before (bench/probe_sparse_full.py compares).
+SKIP_UNPOPULATED = True
+
+
+class Collector:
+    """The pages written since the arena last matched an epoch: what the
+    tracker reports, plus ``carry``, the pages of an epoch that failed (or
+    of a rollback cut short), which still differ from the head and belong to
+    the next epoch or rollback. Owned by the checkpointer, used by the modes
+    and by rollback."""
+
+    def __init__(self, tracker: DirtyTracker) -> None:
+        self.tracker = tracker
+        self.carry = NO_PAGES
+
+    def collect(self) -> tuple[np.ndarray, int]:
+        """The pages written since the last collect, plus the carried ones
+        (the caller's from here: :meth:`give_back` them if it fails); and how
+        many the tracker itself reported."""
+        dirty = self.tracker.collect()
+        reported = int(dirty.size)
+        if self.carry.size:
+            dirty = np.union1d(dirty, self.carry)
+        self.carry = NO_PAGES
+        return dirty, reported
+
+    def give_back(self, pages: np.ndarray) -> None:
+        """Pages collected and not saved: still unsaved changes."""
+        self.carry = np.union1d(self.carry, pages) if self.carry.size else pages
+
+
+@dataclass
+class Context:
+    """What a mode works on: the arena, its pages as a (npages, page_size)
+    uint8 view (None once the checkpointer lets go of the arena), its tracker
+    and collector, and the staging bound in pages."""
+
+    arena: Arena
+    pages: np.ndarray | None
+    tracker: DirtyTracker
+    collector: Collector
+    staging_pages: int
+
+    @property
+    def npages(self) -> int:
+        return self.arena.npages
+
+    @property
+    def page_size(self) -> int:
+        return self.arena.page_size
+
+    def full_pages(self) -> np.ndarray:
+        """A full epoch's pages: those that may hold data now (called after
+        the collect, in the pause). The rest read as zero, which a full epoch
+        does not record; they stay tracked like any page, so a write to one
+        is in the next increment."""
+        if SKIP_UNPOPULATED:
+            try:
+                return self.arena._region.populated()
+            except OSError:
+                pass  # no pagemap to read (a sandbox without /proc): every page, as before
+        return np.arange(self.npages, dtype=np.uint64)
+
+    def candidates(self, kind: str, pages: np.ndarray) -> int:
+        """pages_dirty: a full epoch's candidates are still every page (the
+        ones not read are known to be zero)."""
+        return self.npages if kind == "full" else int(pages.size)
+
+    def unpopulated(self, kind: str, pages: np.ndarray) -> dict[str, Any]:
+        if kind != "full":
+            return {}
+        return {"pages_unpopulated": self.npages - int(pages.size)}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One epoch to capture: its kind and parent (the checkpointer's call),
+    its label, and its writer (begun before the pause)."""
+
+    kind: str
+    parent: int | None
+    label: str | None
+    writer: EpochWriterContract
+
+
+@dataclass
+class Capture:
+    """The handoff from capture to persist: everything persist needs, owned by it.
+
+    ``pages`` and ``data`` are the page numbers (sorted uint64) and their
+    content as the mode snapshot them (in mode "copy", the staged ones).
+    ``dirty`` is what the tracker reported (all of the pages in an
+    increment): if the epoch fails, those pages are still unsaved changes.
+    ``persist`` writes and commits the capture (on the persist thread);
+    ``release`` gives back what the capture holds (staging, a child process),
+    whatever happened.
+    """
+
+    kind: str
+    parent: int | None
+    epoch: int
+    writer: EpochWriterContract
+    pages: np.ndarray
+    dirty: np.ndarray
+    data: Any
+    pages_dirty: int
+    pause_s: float
+    started: float  # perf_counter() at the start of capture
+    label: str | None
+    mode: str
+    persist: Callable[[Capture], EpochInfo]
+    release: Callable[[], None] = lambda: None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class CaptureMode(Protocol):
+    """One capture mode (see memckpt.capture's table)."""
+
+    name: str
+
+    def capture(self, req: Request) -> Capture:
+        """Take the snapshot (the pause). On failure the collected pages are
+        given back to the collector and the writer is left to the caller."""
+        ...
+
+    def prepare(self) -> int:
+        """Work that shortens the next pause, done while the program runs."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the mode keeps between epochs (staging, scratch)."""
+        ...
+
+
+def commit(cap: Capture, backend: str) -> EpochInfo:
+    """Commit a capture whose pages are in its writer; total_s runs from the pause."""
+    return cap.writer.commit(pages_dirty=cap.pages_dirty, pause_s=cap.pause_s, label=cap.label,
+                             tracker=backend, mode=cap.mode, extra=cap.extra,
+                             started=cap.started)
+
+
+def abort_quietly(writer: EpochWriterContract) -> None:
+    """Abort after an error: the first error is the one to see (abort() is
+    idempotent and keeps an epoch whose manifest is in place)."""
+    try:
+        writer.abort()
+    except Exception:
+        pass

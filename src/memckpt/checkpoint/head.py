@@ -1,0 +1,48 @@
+"""The head: the epoch the arena held at its last checkpoint or rollback,
+and what that says about the next epoch's kind and parent."""
+from __future__ import annotations
+
+from ..errors import MemckptError
+from ..store.contract import StoreContract
+
+
+class Head:
+    """``epoch``: the epoch the arena held at the tracker's last collect, or
+    None when unknown (then the next epoch must be full and a rollback
+    writes every page). ``chain_len``: epochs in its chain, for ``full_every``."""
+
+    def __init__(self, store: StoreContract, full_every: int | None) -> None:
+        self._store = store
+        self._full_every = full_every
+        self.epoch: int | None = None
+        self.chain_len = 0
+
+    def next_kind(self) -> tuple[str, int | None]:
+        """The next epoch's kind and parent. A full epoch's parent is only its
+        lineage (the chain walk stops at it): the epoch the arena held before."""
+        parent = self.epoch
+        if parent is not None and not self._has(parent):
+            parent = None  # retired by compaction or pruned: its content is gone
+        if parent is None or (self._full_every is not None and self.chain_len >= self._full_every):
+            return "full", parent
+        return "incremental", parent
+
+    def _has(self, epoch: int) -> bool:
+        try:
+            self._store.info(epoch)
+        except (MemckptError, KeyError, FileNotFoundError):
+            return False
+        return True
+
+    def committed(self, epoch: int, kind: str) -> None:
+        self.epoch = epoch
+        self.chain_len = 1 if kind == "full" else self.chain_len + 1
+
+    def moved_to(self, epoch: int) -> None:
+        """The arena holds ``epoch`` now (a resume or a rollback)."""
+        self.epoch = epoch
+        self.chain_len = len(self._store.chain(epoch))
+
+    def lost(self) -> None:
+        """The arena matches no epoch (a write-back cut short)."""
+        self.epoch = None
