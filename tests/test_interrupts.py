@@ -365,11 +365,11 @@ x[1] = 1
 ck.checkpoint()
 real = ck._capturer._recycle
 armed = [True]
-def recycle(buf, kind):
+def recycle(*args):
     if armed[0]:
         armed[0] = False
         signal.raise_signal(signal.SIGINT)
-    real(buf, kind)
+    real(*args)
 ck._capturer._recycle = recycle
 x[2] = 2
 try:

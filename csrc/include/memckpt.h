@@ -137,6 +137,41 @@ int mck_tracker_backend(const struct mck_tracker *t);
  * (below) it only frees the child's copy: the parent's tracking goes on. */
 int mck_tracker_close(struct mck_tracker *t);
 
+/* ------------------------------------------------------------ pauses */
+
+/* What a pause snapshots besides the tracker's pages. */
+struct mck_pause_job {
+	void *base;            /* the tracker's range (for a full epoch's populated pages) */
+	size_t page_size;
+	const uint64_t *carry; /* sorted page numbers of a failed epoch, or NULL */
+	size_t ncarry;
+	int full;              /* a full epoch: 0 no, else one of: */
+};
+enum {
+	MCK_PAUSE_POPULATED = 1, /* the pages that may hold data (every page if unreadable) */
+	MCK_PAUSE_EVERY_PAGE = 2,
+};
+
+/* Where a pause's pages go: dirty[] gets what the tracker reported plus the
+ * carry (ndirty of them; reported: the tracker's own count), full[] a full
+ * epoch's populated pages; tmp[] is scratch for the merge. Each holds cap >=
+ * the tracker's page count (full and tmp may be NULL when unused). */
+struct mck_pause_out {
+	uint64_t *dirty, *full, *tmp;
+	size_t cap, ndirty, reported;
+};
+
+/* The pages of one pause, in one call (pause.c): collect (the instant),
+ * merge in job->carry, and for a full epoch list the populated pages.
+ * Returns the count of pages to snapshot (ndirty, or the populated count of
+ * a full epoch), or -errno: nothing was collected, unless ndirty says so. */
+int64_t mck_pause_pages(struct mck_tracker *t, const struct mck_pause_job *job,
+			struct mck_pause_out *o);
+/* out's i-th page = base's page pages[i] (runs of consecutive pages as one
+ * memcpy); the caller checks the bounds. */
+int mck_copy_pages(const void *base, size_t page_size, const uint64_t *pages, size_t n,
+		   void *out);
+
 /* Fork safety. A tracker belongs to the process that opened it. Its kernel
  * objects are shared with any child of fork(): a userfaultfd acts on the mm
  * that created it, whoever holds the fd, so a child's unregister or

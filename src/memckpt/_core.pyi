@@ -90,3 +90,22 @@ def hash_pages_at(base: npt.NDArray[np.uint8], idx: npt.ArrayLike,
                   out: npt.NDArray[np.uint8] | None = ...) -> npt.NDArray[np.uint8]: ...
 def blake3_impl() -> str: ...
 def blake3_set_impl(name: str | None = ...) -> None: ...
+
+# ---- the snapshot of a pause (csrc/pause.c)
+PAUSE_POPULATED: int
+PAUSE_EVERY_PAGE: int
+
+@disjoint_base
+class PauseBuffers:
+    def __new__(cls, npages: int) -> Self: ...
+
+def pause_copy(tracker: Tracker, region: Region, page_size: int,
+               carry: npt.NDArray[np.uint64] | None, full: int, bufs: PauseBuffers,
+               staging: npt.NDArray[np.uint8], room: int,
+               ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int]: ...
+def pause_fork(tracker: Tracker, region: Region, page_size: int,
+               carry: npt.NDArray[np.uint64] | None, full: int, bufs: PauseBuffers,
+               incremental: bool, pack_fd: int, pack_offset: int, pack_header: bytes,
+               idx_fd: int, idx_header: bytes, scratch: Any,
+               ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, ForkChild | None,
+                          float, float, OSError | None]: ...

@@ -710,3 +710,4 @@ def blake3_set_impl(name=None):
                          "choose one of 'avx512', 'avx2', 'sse2', 'portable'")
     if rc < 0:
         raise ValueError(f"BLAKE3 implementation {name!r} is not available on this CPU")
+include "_core_pause.pxi"

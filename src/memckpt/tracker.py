@@ -104,6 +104,25 @@ class DirtyTracker:
         with self._lock:
             return self._t.collect()
 
+    # -- the pause of modes copy, sync and fork (one call: docs/checkpointing.md) ----
+    def pause_copy(self, carry: np.ndarray | None, full: int, bufs: Any, staging: np.ndarray,
+                   room: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Collect and copy in one instant of every Python thread (``_core.pause_copy``)."""
+        self._refuse_in_child("collect")
+        with self._lock:
+            return _core.pause_copy(self._t, self._arena._region, self._arena.page_size, carry,
+                                    full, bufs, staging, room)
+
+    def pause_fork(self, carry: np.ndarray | None, full: int, bufs: Any, incremental: bool,
+                   target: tuple[int, int, bytes, int, bytes], scratch: Any) -> tuple[Any, ...]:
+        """Collect and fork in one instant of every Python thread (``_core.pause_fork``)."""
+        self._refuse_in_child("collect")
+        pack_fd, off, phdr, idx_fd, ihdr = target
+        with self._lock:
+            return _core.pause_fork(self._t, self._arena._region, self._arena.page_size, carry,
+                                    full, bufs, incremental, pack_fd, off, phdr, idx_fd, ihdr,
+                                    scratch)
+
     # -- background capture (copy-before-write; uffd-sync only) ------------------
     def bg_begin(self, staging: np.ndarray, max_gap: int = _core.BG_GAP_AUTO,
                  all_pages: bool = False, populated: bool = False,

@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from .. import _core
 from ..arena import Arena
 from ..epoch import EpochInfo
 from ..store.contract import EpochWriterContract
@@ -35,26 +36,21 @@ SKIP_UNPOPULATED = True
 
 
 class Collector:
-    """The pages written since the arena last matched an epoch: what the
-    tracker reports, plus ``carry``, the pages of an epoch that failed (or
+    """The pages written since the arena last matched an epoch besides what
+    the tracker will report: ``carry``, the pages of an epoch that failed (or
     of a rollback cut short), which still differ from the head and belong to
     the next epoch or rollback. Owned by the checkpointer, used by the modes
-    and by rollback."""
+    (each pause takes it) and by rollback."""
 
     def __init__(self, tracker: DirtyTracker) -> None:
         self.tracker = tracker
         self.carry = NO_PAGES
 
-    def collect(self) -> tuple[np.ndarray, int]:
-        """The pages written since the last collect, plus the carried ones
-        (the caller's from here: :meth:`give_back` them if it fails); and how
-        many the tracker itself reported."""
-        dirty = self.tracker.collect()
-        reported = int(dirty.size)
-        if self.carry.size:
-            dirty = np.union1d(dirty, self.carry)
-        self.carry = NO_PAGES
-        return dirty, reported
+    def take_carry(self) -> np.ndarray | None:
+        """The carried pages, handed to a pause (None if none); the pause's
+        caller gives back what it collected if the epoch fails."""
+        carry, self.carry = self.carry, NO_PAGES
+        return carry if carry.size else None
 
     def give_back(self, pages: np.ndarray) -> None:
         """Pages collected and not saved: still unsaved changes."""
@@ -81,17 +77,22 @@ class Context:
     def page_size(self) -> int:
         return self.arena.page_size
 
-    def full_pages(self) -> np.ndarray:
-        """A full epoch's pages: those that may hold data now (called after
-        the collect, in the pause). The rest read as zero, which a full epoch
-        does not record; they stay tracked like any page, so a write to one
-        is in the next increment."""
-        if SKIP_UNPOPULATED:
-            try:
-                return self.arena._region.populated()
-            except OSError:
-                pass  # no pagemap to read (a sandbox without /proc): every page, as before
-        return np.arange(self.npages, dtype=np.uint64)
+    _bufs: Any = None
+
+    def pause_buffers(self) -> Any:
+        """Where a pause writes its page lists (allocated once, before any pause)."""
+        if self._bufs is None:
+            self._bufs = _core.PauseBuffers(self.npages)
+        return self._bufs
+
+    def full_flag(self, kind: str) -> int:
+        """How a pause lists a full epoch's pages: those that may hold data
+        at the instant (the rest read as zero, which a full epoch does not
+        record; they stay tracked like any page, so a write to one is in the
+        next increment), or every page (SKIP_UNPOPULATED off)."""
+        if kind != "full":
+            return 0
+        return _core.PAUSE_POPULATED if SKIP_UNPOPULATED else _core.PAUSE_EVERY_PAGE
 
     def candidates(self, kind: str, pages: np.ndarray) -> int:
         """pages_dirty: a full epoch's candidates are still every page (the

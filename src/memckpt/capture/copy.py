@@ -3,14 +3,22 @@
 "copy": staging of at most ``staging`` bytes; persist runs on its own thread.
 Pages that do not fit are written in the pause instead (the pause grows,
 memory does not). "sync": the same copy, persisted in the caller, which
-waits until the epoch is durable anyway: it stages at most one chunk and
-writes the rest straight from the arena, so a dense full epoch needs no
-arena-sized buffer.
+waits until the epoch is durable.
+
+The collect and the copy are one call with the GIL held
+(``_core.pause_copy``): no other Python thread runs between them, so an epoch
+is one instant of every Python writer. The pages beyond ``staging`` are
+written from the arena after that call, with the GIL released: they are of
+the instant only if the program's other threads are stopped (a native thread
+that writes with the GIL released is never stopped: use mode fork or
+background, or quiesce it; docs/checkpointing.md).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -22,8 +30,22 @@ from .base import ADD_CHUNK_PAGES, Capture, Context, Request, abort_quietly, com
 _RUN_PAGES = 64
 
 
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """No cyclic collection inside a pause: a collection runs finalizers,
+    i.e. Python code, at an allocation, and Python code may hand the
+    interpreter to another thread in the middle of the instant."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def copy_pages(src: np.ndarray, pages: np.ndarray, out: np.ndarray) -> None:
-    """out[i] = src[pages[i]] for sorted, duplicate-free ``pages``."""
+    """out[i] = src[pages[i]] for sorted, duplicate-free ``pages`` (outside a pause)."""
     n = pages.size
     if not n:
         return
@@ -52,18 +74,29 @@ class CopyMode:
         return self.ctx.staging_pages
 
     def capture(self, req: Request) -> Capture:
-        """Collect and copy into staging: the part of a checkpoint the program
+        """Collect and copy into staging, in one instant of every Python thread
+        (tracker.pause_copy, GIL held): the part of a checkpoint the program
         waits for. Pages beyond the staging bound are written to the epoch
-        here, in the pause, straight from the arena."""
-        ctx, w = self.ctx, req.writer
-        src = ctx.pages
-        assert src is not None
+        here, in the pause, straight from the arena (see the module docstring)."""
+        ctx, w, kind = self.ctx, req.writer, req.kind
+        room = self._room()
+        buf = self._staging(room)  # before the pause: virtual until the copy touches it
+        bufs = ctx.pause_buffers()
+        carry = ctx.collector.take_carry()
         t0 = time.perf_counter()
-        dirty, reported = ctx.collector.collect()
+        with no_gc():
+            try:
+                pages, dirty, reported, nstaged = ctx.tracker.pause_copy(
+                    carry, ctx.full_flag(kind), bufs, buf, room)
+            except BaseException:
+                if carry is not None:  # nothing was collected: the carry is still unsaved
+                    ctx.collector.give_back(carry)
+                raise
         try:
-            pages = ctx.full_pages() if req.kind == "full" else dirty
-            overflow = max(0, int(pages.size) - self._room())
+            overflow = int(pages.size) - nstaged
             if overflow:
+                src = ctx.pages
+                assert src is not None
                 # the lowest pages go first: the writer takes pages in increasing order
                 scratch = np.empty((min(overflow, ADD_CHUNK_PAGES), ctx.page_size), np.uint8)
                 for s in range(0, overflow, ADD_CHUNK_PAGES):
@@ -71,47 +104,41 @@ class CopyMode:
                     copy_pages(src, part, scratch[:part.size])
                     w.add_pages(part, scratch[:part.size])
                 del scratch
-            staged = pages[overflow:]
-            buf = self._staging(staged.size)
-            data = buf[:staged.size]
-            copy_pages(src, staged, data)
         except BaseException:
             ctx.collector.give_back(dirty)  # collected, not saved: the next epoch needs them
             raise
         pause = time.perf_counter() - t0
+        data = buf[:nstaged]
         extra: dict[str, Any] = {"tracker_reported": reported, "staging_bytes": int(data.nbytes),
                                  "pages_in_pause": overflow}
-        extra.update(ctx.unpopulated(req.kind, pages))
-        kind = req.kind
-        return Capture(kind=kind, parent=req.parent, epoch=w.epoch, writer=w, pages=staged,
-                       dirty=dirty, data=data, pages_dirty=ctx.candidates(kind, pages),
-                       pause_s=pause, started=t0, label=req.label, mode=self.name, extra=extra,
-                       persist=self.persist, release=lambda: self._recycle(buf, kind))
+        extra.update(ctx.unpopulated(kind, pages))
+        return Capture(kind=kind, parent=req.parent, epoch=w.epoch, writer=w,
+                       pages=pages[overflow:], dirty=dirty, data=data,
+                       pages_dirty=ctx.candidates(kind, pages), pause_s=pause, started=t0,
+                       label=req.label, mode=self.name, extra=extra, persist=self.persist,
+                       release=lambda: self._recycle(buf, kind, nstaged))
 
     def persist(self, cap: Capture) -> EpochInfo:
         """Write a staged capture to its epoch and commit it (on the persist thread)."""
         return persist_staged(cap, self.ctx.tracker.backend)
 
-    def _staging(self, npages: int) -> np.ndarray:
+    def _staging(self, rows: int) -> np.ndarray:
         spare, self._spare = self._spare, None
-        if spare is not None and spare.shape[0] >= npages:
+        if spare is not None and spare.shape[0] >= rows:
             return spare
-        # A quarter more than asked (within the staging bound): a program whose
-        # dirty set wobbles around one size reuses one buffer instead of paying
-        # the page faults of a fresh one at every slightly larger epoch.
-        rows = min(max(npages, self.ctx.staging_pages), npages + npages // 4 + 256)
+        # virtual until written: only the pages an epoch stages take memory,
+        # and they stay resident for the next epoch that reuses the buffer
         return np.empty((rows, self.ctx.page_size), dtype=np.uint8)
 
-    def _recycle(self, buf: np.ndarray, kind: str) -> None:
-        # Keep the staging buffer of an incremental epoch for the next one: its
-        # pages are resident, and a fresh buffer costs a page fault per page in
-        # the pause (50% of 1 GiB dirty: 436 ms against 75 ms reused). A full
-        # epoch's is let go unless small: the arena's size, held for good
+    def _recycle(self, buf: np.ndarray, kind: str, nstaged: int) -> None:
+        # Keep the staging buffer for the next epoch: its pages are resident,
+        # and a fresh buffer costs a page fault per page in the pause (50% of
+        # 1 GiB dirty: 436 ms against 75 ms reused). A buffer a full epoch
+        # filled is let go unless small: the arena's size, held for good
         # after the first epoch, is what staging= is there to bound.
-        if kind == "full" and buf.nbytes > max(64 << 20, self.ctx.arena.nbytes // 8):
+        if kind == "full" and nstaged * self.ctx.page_size > max(64 << 20, self.ctx.arena.nbytes // 8):
             return
-        if self._spare is None or self._spare.shape[0] < buf.shape[0]:
-            self._spare = buf
+        self._spare = buf
 
     def prepare(self) -> int:
         return 0
@@ -124,9 +151,6 @@ class SyncMode(CopyMode):
     """Mode "sync": the caller persists (see the module docstring)."""
 
     name = "sync"
-
-    def _room(self) -> int:
-        return min(self.ctx.staging_pages, ADD_CHUNK_PAGES)
 
 
 def persist_staged(cap: Capture, backend: str) -> EpochInfo:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..epoch import EpochInfo
 from .base import Capture, Context, Request, abort_quietly, commit
+from .copy import no_gc
 from .forksnap import ForkScratch, ForkSnapshot
 
 
@@ -30,22 +31,26 @@ class ForkMode:
         # touched once) and the epoch's index file
         scratch = self._scratch.get(ctx.npages)
         target = w.external_target()
+        bufs = ctx.pause_buffers()
+        carry = ctx.collector.take_carry()
         t0 = time.perf_counter()
-        dirty, reported = ctx.collector.collect()
-        try:
-            # the child hashes only these: a page absent now reads as zero in
-            # its image too, unless written between here and the fork, which
-            # the tracker reports to the next epoch (as for any page written
-            # after the collect)
-            pages = ctx.full_pages() if req.kind == "full" else dirty
-            t1 = time.perf_counter()
-            snap = ForkSnapshot(w, ctx.arena._region, ctx.page_size, pages, scratch=scratch,
-                                target=target)
-        except BaseException:
-            ctx.collector.give_back(dirty)
-            raise
+        # the collect and the fork in one call with the GIL held: the child's
+        # image is one instant of every Python thread
+        with no_gc():
+            try:
+                pages, dirty, reported, child, collect_s, fork_s, err = ctx.tracker.pause_fork(
+                    carry, ctx.full_flag(req.kind), bufs, req.kind == "incremental", target,
+                    scratch)
+            except BaseException:
+                if carry is not None:  # nothing was collected
+                    ctx.collector.give_back(carry)
+                raise
+        if err is not None:
+            ctx.collector.give_back(dirty)  # collected, not saved: the next epoch needs them
+            raise err
+        snap = ForkSnapshot.of_child(w, child, fork_s)
         pause = time.perf_counter() - t0
-        extra: dict[str, Any] = {"tracker_reported": reported, "collect_s": t1 - t0,
+        extra: dict[str, Any] = {"tracker_reported": reported, "collect_s": collect_s,
                                  "fork_s": snap.fork_s, "child_pid": snap.pid}
         extra.update(ctx.unpopulated(req.kind, pages))
         return Capture(kind=req.kind, parent=req.parent, epoch=w.epoch, writer=w, pages=pages,

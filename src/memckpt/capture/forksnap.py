@@ -116,6 +116,14 @@ class ForkSnapshot:
             raise
         self.pid: int = self.child.pid
 
+    @classmethod
+    def of_child(cls, writer: Any, child: Any, fork_s: float) -> ForkSnapshot:
+        """The snapshot of a child forked already (``_core.pause_fork``)."""
+        snap = cls.__new__(cls)
+        snap.writer, snap.epoch, snap.result = writer, writer.epoch, None
+        snap.child, snap.fork_s, snap.pid = child, fork_s, child.pid
+        return snap
+
     def finish(self) -> dict[str, Any]:
         """Wait for the child (GIL released) and adopt its files into the
         writer, ready for commit. On failure the writer is aborted (the store

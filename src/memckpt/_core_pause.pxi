@@ -1,0 +1,147 @@
+# ---- the snapshot of a pause (csrc/pause.c) ------------------------------------------
+# Included by _core.pyx. Each call below is the whole instant of a pause, made
+# with the GIL held and no Python code run between its steps: no other Python
+# thread runs from the collect to the end of the copy (or the fork), so the
+# epoch is one instant of every Python writer. (A native thread that writes
+# with the GIL released is not stopped: docs/checkpointing.md.)
+
+cdef class PauseBuffers:
+    """What a pause writes its page lists into, allocated before the pause
+    (an allocation in it could run a finalizer, i.e. Python code)."""
+    cdef uint64_t[::1] dirty
+    cdef uint64_t[::1] full
+    cdef uint64_t[::1] tmp
+    cdef object _dirty, _full, _tmp
+
+    def __cinit__(self, size_t npages):
+        self._dirty = np.empty(max(npages, 1), dtype=np.uint64)
+        self._full = np.empty(max(npages, 1), dtype=np.uint64)
+        self._tmp = np.empty(max(npages, 1), dtype=np.uint64)
+        self.dirty, self.full, self.tmp = self._dirty, self._full, self._tmp
+
+
+PAUSE_POPULATED = c.MCK_PAUSE_POPULATED
+PAUSE_EVERY_PAGE = c.MCK_PAUSE_EVERY_PAGE
+
+
+cdef int64_t _pause_pages(Tracker tracker, Region region, size_t page_size, carry, int full,
+                          PauseBuffers b, c.mck_pause_out *o) except -2:
+    cdef const uint64_t[::1] cv
+    cdef c.mck_pause_job job
+    cdef int64_t n
+    tracker._check_usable()
+    region._check_open()
+    if <size_t>b.dirty.shape[0] < c.mck_tracker_npages(tracker.t):
+        raise ValueError("the pause buffers are smaller than the tracker's pages")
+    job.base = region.r.addr
+    job.page_size = page_size
+    job.full = full
+    job.carry = NULL
+    job.ncarry = 0
+    if carry is not None and len(carry):
+        cv = carry
+        job.carry = &cv[0]
+        job.ncarry = cv.shape[0]
+    o.dirty = &b.dirty[0]
+    o.full = &b.full[0]
+    o.tmp = &b.tmp[0]
+    o.cap = b.dirty.shape[0]
+    n = c.mck_pause_pages(tracker.t, &job, o)   # the GIL held: the instant
+    if n == -EINVAL:
+        raise ValueError("pause: the carried pages must be sorted, unique and within the arena")
+    check(n, f"collecting dirty pages ({tracker.backend})")  # nothing collected (see pause.c)
+    return n
+
+
+cdef tuple _pause_lists(PauseBuffers b, int64_t n, int full, c.mck_pause_out *o):
+    dirty = b._dirty[:o.ndirty].copy()
+    pages = b._full[:n].copy() if full else dirty
+    return pages, dirty, o.reported
+
+
+def pause_copy(Tracker tracker not None, Region region not None, size_t page_size, carry,
+               int full, PauseBuffers bufs not None, unsigned char[:, ::1] staging not None,
+               size_t room):
+    """The pause of modes copy and sync: collect (plus ``carry``, the sorted
+    pages of a failed epoch; ``full``: 0, or for a full epoch PAUSE_POPULATED
+    (the pages that may hold data) or PAUSE_EVERY_PAGE), then
+    copy the last ``min(n, room)`` of the epoch's pages into ``staging`` rows
+    0.., all with the GIL held. Returns (pages, dirty, reported, nstaged):
+    the epoch's pages (sorted), what was collected with the carry, the
+    tracker's own count, and how many of the pages' tail are staged (the
+    rest, pages[:len(pages) - nstaged], the caller writes from the arena)."""
+    cdef c.mck_pause_out o
+    cdef int64_t n
+    cdef size_t nstaged
+    cdef const uint64_t *src_pages
+    if staging.shape[1] != page_size or <size_t>staging.shape[0] < room:
+        raise ValueError(f"staging must hold {room} pages of {page_size} bytes, "
+                         f"not {staging.shape[0]} of {staging.shape[1]}")
+    n = _pause_pages(tracker, region, page_size, carry, full, bufs, &o)
+    nstaged = min(<size_t>n, room)
+    src_pages = (&bufs.full[0] if full else &bufs.dirty[0]) + (<size_t>n - nstaged)
+    if nstaged:
+        c.mck_copy_pages(region.r.addr, page_size, src_pages, nstaged, &staging[0, 0])
+    # the instant is over: from here Python may run
+    pages, dirty, reported = _pause_lists(bufs, n, full, &o)
+    return pages, dirty, reported, nstaged
+
+
+def pause_fork(Tracker tracker not None, Region region not None, size_t page_size, carry,
+               int full, PauseBuffers bufs not None, bint incremental, int pack_fd,
+               uint64_t pack_offset, bytes pack_header not None, int idx_fd,
+               bytes idx_header not None, scratch not None):
+    """The pause of mode fork: collect as pause_copy() does, then fork the
+    child that writes the epoch's pages (see fork_snapshot), with the GIL
+    held from the collect to the fork. Returns (pages, dirty, reported,
+    child, collect_s, fork_s, error): a fork that failed is ``error`` (an
+    OSError; child None), not raised, since its pages were collected."""
+    cdef c.mck_pause_out o
+    cdef c.mck_fork_job job
+    cdef unsigned char[::1] sc = scratch
+    cdef ForkChild child = ForkChild.__new__(ForkChild)
+    cdef int64_t n
+    cdef int rc
+    cdef double t0, t1, t2
+    if len(idx_header) != c.MCK_FORK_IDX_HEADER_SIZE:
+        raise ValueError(f"idx_header must be {c.MCK_FORK_IDX_HEADER_SIZE} bytes, not {len(idx_header)}")
+    if len(pack_header) != pack_offset:
+        raise ValueError(f"pack_offset {pack_offset} must be the pack header's length ({len(pack_header)})")
+    if page_size == 0 or region.r.len % page_size:
+        raise ValueError(f"page_size {page_size} does not divide the region's {region.r.len} bytes")
+    if <size_t>sc.shape[0] < c.mck_fork_scratch_size(c.mck_tracker_npages(tracker.t)):
+        raise ValueError("scratch is smaller than a full epoch of the region needs")
+    t0 = _monotonic()
+    n = _pause_pages(tracker, region, page_size, carry, full, bufs, &o)
+    t1 = _monotonic()
+    job.base = region.r.addr
+    job.page_size = page_size
+    job.npages = region.r.len // page_size
+    job.pages = (&bufs.full[0] if full else &bufs.dirty[0]) if n else NULL
+    job.n = <size_t>n
+    job.incremental = incremental
+    job.pack_fd = pack_fd
+    job.pack_off = pack_offset
+    job.pack_header = <const uint8_t *><const char *>pack_header
+    job.pack_header_len = len(pack_header)
+    job.idx_fd = idx_fd
+    memcpy(job.idx_header, <const char *>idx_header, c.MCK_FORK_IDX_HEADER_SIZE)
+    job.scratch = &sc[0]
+    job.scratch_len = sc.shape[0]
+    rc = c.mck_fork_start(&job, &child.ch)      # the GIL still held: the child's image is the instant
+    t2 = _monotonic()
+    pages, dirty, reported = _pause_lists(bufs, n, full, &o)
+    if rc < 0:
+        return pages, dirty, reported, None, t1 - t0, t2 - t1, OSError(
+            -rc, f"forking the snapshot child: {strerror(-rc).decode()}")
+    child.pid = child.ch.pid
+    child.scratch = scratch
+    return pages, dirty, reported, child, t1 - t0, t2 - t1, None
+
+
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+cdef double _monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
