@@ -8,6 +8,7 @@ the CLI."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,44 @@ def test_modules_and_classes_stay_small():
             if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 320:
                 big.append(f"{m}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert big == []
+
+
+# The binding's sources: _core.pyx, the .pxi it includes, the .pxd it cimports
+# (read from the source tree, where they live; the wheel needs none of them).
+CYTHON_SRC = Path(__file__).resolve().parents[1] / "src" / "memckpt"
+CYTHON_SUFFIXES = (".pyx", ".pxi", ".pxd")
+
+
+def _cython_too_big(paths) -> list[str]:
+    """The same limits for Cython: ~400 lines a file, ~300 a ``cdef class``
+    (from its line to the next line at the left margin)."""
+    big = []
+    for p in paths:
+        lines = p.read_text().splitlines()
+        if len(lines) > 420:
+            big.append(f"{p.name}: {len(lines)} lines")
+        starts = [i for i, line in enumerate(lines) if re.match(r"cdef class \w+", line)]
+        for i in starts:
+            end = next((j for j in range(i + 1, len(lines))
+                        if lines[j] and not lines[j][0].isspace()), len(lines))
+            while end > i + 1 and not lines[end - 1].strip():
+                end -= 1
+            if end - i > 320:
+                big.append(f"{p.name}: {lines[i].split('(')[0].rstrip(':')}: {end - i} lines")
+    return big
+
+
+def test_cython_sources_stay_small():
+    paths = sorted(p for p in CYTHON_SRC.iterdir() if p.suffix in CYTHON_SUFFIXES)
+    assert CYTHON_SRC / "_core.pyx" in paths, f"no _core.pyx in {CYTHON_SRC}"
+    assert _cython_too_big(paths) == []
+
+
+def test_the_cython_size_check_can_fail(tmp_path):
+    big = tmp_path / "_big.pxi"
+    body = "\n".join(f"    x{i} = {i}" for i in range(330))
+    big.write_text(f"cdef class Big:\n{body}\n\n\ndef f():\n    pass\n" + "#\n" * 100)
+    assert _cython_too_big([big]) == ["_big.pxi: 435 lines", "_big.pxi: cdef class Big: 331 lines"]
+    small = tmp_path / "_small.pxi"
+    small.write_text("cdef class Small:\n    pass\n")
+    assert _cython_too_big([small]) == []

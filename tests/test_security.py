@@ -400,7 +400,8 @@ def test_source_never_unpickles_or_evaluates():
                     f.name == af and what in line for af, what in ALLOWED):
                 hits.append(f"{f.relative_to(ROOT)}:{lineno}: {line.strip()}")
     # Cython and C: no interpreter entry points that evaluate text
-    for f in sorted((ROOT / "src").rglob("*.pyx")) + sorted((ROOT / "csrc").rglob("*.[ch]")):
+    cython = [f for f in sorted((ROOT / "src").rglob("*")) if f.suffix in (".pyx", ".pxi", ".pxd")]
+    for f in cython + sorted((ROOT / "csrc").rglob("*.[ch]")):
         for lineno, line in enumerate(f.read_text().splitlines(), 1):
             if re.search(r"\b(PyRun_\w+|Py_CompileString|PyEval_\w+|eval|exec|pickle)\s*\(", line):
                 hits.append(f"{f.relative_to(ROOT)}:{lineno}: {line.strip()}")

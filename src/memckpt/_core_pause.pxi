@@ -1,9 +1,12 @@
 # ---- the snapshot of a pause (csrc/pause.c) ------------------------------------------
-# Included by _core.pyx. Each call below is the whole instant of a pause, made
+# Included by _core.pyx after _core_fork.pxi. Each call below is the whole instant of a pause, made
 # with the GIL held and no Python code run between its steps: no other Python
 # thread runs from the collect to the end of the copy (or the fork), so the
 # epoch is one instant of every Python writer. (A native thread that writes
 # with the GIL released is not stopped: docs/checkpointing.md.)
+
+from libc.string cimport memcpy, strerror
+
 
 cdef class PauseBuffers:
     """What a pause writes its page lists into, allocated before the pause
