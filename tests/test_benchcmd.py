@@ -44,6 +44,7 @@ def test_json_has_a_row_per_backend_and_mode_and_ratio(rep):
                   "pause_over_floor"):
             assert r[k] > 0, (r["backend"], r["mode"], k)
         assert r["total_s"] >= r["pause_s"] and r["bytes_on_disk"] > 0
+        assert r["call_s"] >= r["pause_s"] > 0  # the call holds the pause
         assert r["extra_bytes"] > 0
     skipped = {s["backend"]: s["reason"] for s in rep["config"]["skipped"]}
     for t in memckpt.trackers():

@@ -88,7 +88,7 @@ def test_ls_json_matches_the_api(capsys, store):
     assert [e["epoch"] for e in rep["epochs"]] == [e.epoch for e in api] == [1, 2, 3, 4, 5]
     for got, want in zip(rep["epochs"], api):
         for key in ("kind", "parent", "pages_dirty", "pages_stored", "bytes_on_disk", "label",
-                    "tracker", "mode", "pause_s", "total_s"):
+                    "tracker", "mode", "pause_s", "call_s", "total_s"):
             assert got[key] == getattr(want, key), key
     assert rep["latest"] == 5
     assert rep["chains"] == [1, 4]

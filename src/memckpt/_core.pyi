@@ -102,7 +102,7 @@ class PauseBuffers:
 def pause_copy(tracker: Tracker, region: Region, page_size: int,
                carry: npt.NDArray[np.uint64] | None, full: int, bufs: PauseBuffers,
                staging: npt.NDArray[np.uint8], room: int,
-               ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int]: ...
+               ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int, float]: ...
 def pause_fork(tracker: Tracker, region: Region, page_size: int,
                carry: npt.NDArray[np.uint64] | None, full: int, bufs: PauseBuffers,
                incremental: bool, pack_fd: int, pack_offset: int, pack_header: bytes,

@@ -69,25 +69,30 @@ def pause_copy(Tracker tracker not None, Region region not None, size_t page_siz
     pages of a failed epoch; ``full``: 0, or for a full epoch PAUSE_POPULATED
     (the pages that may hold data) or PAUSE_EVERY_PAGE), then
     copy the last ``min(n, room)`` of the epoch's pages into ``staging`` rows
-    0.., all with the GIL held. Returns (pages, dirty, reported, nstaged):
-    the epoch's pages (sorted), what was collected with the carry, the
-    tracker's own count, and how many of the pages' tail are staged (the
-    rest, pages[:len(pages) - nstaged], the caller writes from the arena)."""
+    0.., all with the GIL held. Returns (pages, dirty, reported, nstaged,
+    held_s): the epoch's pages (sorted), what was collected with the carry,
+    the tracker's own count, how many of the pages' tail are staged (the
+    rest, pages[:len(pages) - nstaged], the caller writes from the arena),
+    and how long the GIL was held from the collect to the end of the copy
+    (no other Python thread ran: the program's pause)."""
     cdef c.mck_pause_out o
     cdef int64_t n
     cdef size_t nstaged
     cdef const uint64_t *src_pages
+    cdef double t0, t1
     if staging.shape[1] != page_size or <size_t>staging.shape[0] < room:
         raise ValueError(f"staging must hold {room} pages of {page_size} bytes, "
                          f"not {staging.shape[0]} of {staging.shape[1]}")
+    t0 = _monotonic()
     n = _pause_pages(tracker, region, page_size, carry, full, bufs, &o)
     nstaged = min(<size_t>n, room)
     src_pages = (&bufs.full[0] if full else &bufs.dirty[0]) + (<size_t>n - nstaged)
     if nstaged:
         c.mck_copy_pages(region.r.addr, page_size, src_pages, nstaged, &staging[0, 0])
+    t1 = _monotonic()
     # the instant is over: from here Python may run
     pages, dirty, reported = _pause_lists(bufs, n, full, &o)
-    return pages, dirty, reported, nstaged
+    return pages, dirty, reported, nstaged, t1 - t0
 
 
 def pause_fork(Tracker tracker not None, Region region not None, size_t page_size, carry,

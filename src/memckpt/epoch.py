@@ -13,7 +13,10 @@ class EpochInfo:
     (holds the pages written since ``parent``). ``pages_dirty`` is what the
     tracker reported; ``pages_stored`` what the pack holds after zero pages
     were elided and identical pages stored once. ``pause_s`` is how long the
-    program was stopped; ``total_s`` runs until the epoch was durable.
+    program was stopped; ``total_s`` runs from the start of the pause until
+    the epoch was durable; ``call_s`` is how long ``checkpoint()`` blocked its
+    caller (None in epochs written before it was recorded, and in epochs not
+    taken by a Checkpointer).
     ``created`` is a Unix timestamp (seconds).
     """
 
@@ -29,4 +32,5 @@ class EpochInfo:
     label: str | None = None
     tracker: str | None = None
     mode: str | None = None
+    call_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

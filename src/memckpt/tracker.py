@@ -106,7 +106,7 @@ class DirtyTracker:
 
     # -- the pause of modes copy, sync and fork (one call: docs/checkpointing.md) ----
     def pause_copy(self, carry: np.ndarray | None, full: int, bufs: Any, staging: np.ndarray,
-                   room: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+                   room: int) -> tuple[np.ndarray, np.ndarray, int, int, float]:
         """Collect and copy in one instant of every Python thread (``_core.pause_copy``)."""
         self._refuse_in_child("collect")
         with self._lock:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .background import BackgroundMode, background_tracker
-from .base import Capture, CaptureMode, Collector, Context, Request
+from .base import CallClock, Capture, CaptureMode, Collector, Context, Request
 from .copy import CopyMode, SyncMode, copy_pages
 from .fork import ForkMode
 
@@ -45,5 +45,5 @@ def tracker_for(mode: str, tracker: str) -> str:
     return background_tracker(tracker) if mode == "background" else tracker
 
 
-__all__ = ["MODES", "Capture", "CaptureMode", "Collector", "Context", "Request", "check_mode",
+__all__ = ["MODES", "CallClock", "Capture", "CaptureMode", "Collector", "Context", "Request", "check_mode",
            "copy_pages", "tracker_for"]

@@ -78,7 +78,7 @@ class BackgroundMode:
         return Capture(kind=kind, parent=req.parent, epoch=w.epoch, writer=w, pages=pages,
                        dirty=pages, data=self._buf, pages_dirty=ctx.candidates(kind, pages),
                        pause_s=pause, started=t0, label=req.label, mode=self.name, extra=extra,
-                       persist=self.persist, release=lambda: self._recycle(kind, n))
+                       persist=self.persist, call=req.call, release=lambda: self._recycle(kind, n))
 
     def _recycle(self, kind: str, npages: int) -> None:
         # As mode "copy" does: the staging a full epoch touched is let go

@@ -10,6 +10,8 @@ rollback) is ``memckpt.checkpoint``'s.
 """
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -33,6 +35,10 @@ ADD_CHUNK_PAGES = 8192
 # uffd-sync, whose MISSING fills give every page read a real one) populating
 # them. False: every page, as before (bench/probe_sparse_full.py compares).
 SKIP_UNPOPULATED = True
+
+# How long a persist waits for checkpoint() to return before it commits
+# without call_s (the return comes microseconds after the hand-off).
+_CALL_WAIT_S = 10.0
 
 
 class Collector:
@@ -68,6 +74,15 @@ class Context:
     tracker: DirtyTracker
     collector: Collector
     staging_pages: int
+
+    @classmethod
+    def over(cls, arena: Arena, tracker: DirtyTracker, staging: int | None) -> Context:
+        """The context of a checkpointer of ``arena``: ``staging`` bytes (None:
+        the arena's size) bound what a mode stages; the rest of an epoch is
+        written in the pause."""
+        pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(arena.npages, arena.page_size)
+        room = arena.npages if staging is None else staging // arena.page_size
+        return cls(arena, pages, tracker, Collector(tracker), room)
 
     @property
     def npages(self) -> int:
@@ -105,15 +120,39 @@ class Context:
         return {"pages_unpopulated": self.npages - int(pages.size)}
 
 
+class CallClock:
+    """How long ``checkpoint()`` blocks its caller: started at its entry,
+    stopped at its return. An asynchronous mode's persist waits for the stop
+    before it commits (it comes right after the hand-off), so that the
+    manifest records ``call_s``; a caller that waits for the persist (mode
+    "sync") is blocked until durable, which the commit measures itself."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.s: float | None = None
+        self._done = threading.Event()
+
+    def stop(self) -> float:
+        self.s = time.perf_counter() - self.started
+        self._done.set()
+        return self.s
+
+    def wait(self, timeout: float) -> float | None:
+        self._done.wait(timeout)
+        return self.s
+
+
 @dataclass(frozen=True)
 class Request:
     """One epoch to capture: its kind and parent (the checkpointer's call),
-    its label, and its writer (begun before the pause)."""
+    its label, its writer (begun before the pause) and the clock of the
+    checkpoint() call taking it."""
 
     kind: str
     parent: int | None
     label: str | None
     writer: EpochWriterContract
+    call: CallClock
 
 
 @dataclass
@@ -142,6 +181,7 @@ class Capture:
     label: str | None
     mode: str
     persist: Callable[[Capture], EpochInfo]
+    call: CallClock
     release: Callable[[], None] = lambda: None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -165,11 +205,18 @@ class CaptureMode(Protocol):
         ...
 
 
-def commit(cap: Capture, backend: str) -> EpochInfo:
-    """Commit a capture whose pages are in its writer; total_s runs from the pause."""
+def commit(cap: Capture, backend: str, *, caller_waits: bool = False) -> EpochInfo:
+    """Commit a capture whose pages are in its writer; total_s runs from the
+    pause. ``caller_waits`` (mode "sync"): the program is stopped, and
+    checkpoint() blocked, until the epoch is durable."""
+    if caller_waits:
+        return cap.writer.commit(pages_dirty=cap.pages_dirty, pause_s=None, label=cap.label,
+                                 tracker=backend, mode=cap.mode, extra=cap.extra,
+                                 started=cap.started, call_started=cap.call.started)
+    call_s = cap.call.wait(_CALL_WAIT_S)
     return cap.writer.commit(pages_dirty=cap.pages_dirty, pause_s=cap.pause_s, label=cap.label,
                              tracker=backend, mode=cap.mode, extra=cap.extra,
-                             started=cap.started)
+                             started=cap.started, call_s=call_s)
 
 
 def abort_quietly(writer: EpochWriterContract) -> None:

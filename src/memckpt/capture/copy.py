@@ -86,12 +86,13 @@ class CopyMode:
         t0 = time.perf_counter()
         with no_gc():
             try:
-                pages, dirty, reported, nstaged = ctx.tracker.pause_copy(
+                pages, dirty, reported, nstaged, held_s = ctx.tracker.pause_copy(
                     carry, ctx.full_flag(kind), bufs, buf, room)
             except BaseException:
                 if carry is not None:  # nothing was collected: the carry is still unsaved
                     ctx.collector.give_back(carry)
                 raise
+        t1 = time.perf_counter()
         try:
             overflow = int(pages.size) - nstaged
             if overflow:
@@ -107,7 +108,9 @@ class CopyMode:
         except BaseException:
             ctx.collector.give_back(dirty)  # collected, not saved: the next epoch needs them
             raise
-        pause = time.perf_counter() - t0
+        # the program was stopped while the GIL was held, and the caller
+        # while it wrote the pages beyond staging (other threads ran then)
+        pause = held_s + (time.perf_counter() - t1 if overflow else 0.0)
         data = buf[:nstaged]
         extra: dict[str, Any] = {"tracker_reported": reported, "staging_bytes": int(data.nbytes),
                                  "pages_in_pause": overflow}
@@ -115,12 +118,12 @@ class CopyMode:
         return Capture(kind=kind, parent=req.parent, epoch=w.epoch, writer=w,
                        pages=pages[overflow:], dirty=dirty, data=data,
                        pages_dirty=ctx.candidates(kind, pages), pause_s=pause, started=t0,
-                       label=req.label, mode=self.name, extra=extra, persist=self.persist,
+                       label=req.label, mode=self.name, extra=extra, persist=self.persist, call=req.call,
                        release=lambda: self._recycle(buf, kind, nstaged))
 
     def persist(self, cap: Capture) -> EpochInfo:
         """Write a staged capture to its epoch and commit it (on the persist thread)."""
-        return persist_staged(cap, self.ctx.tracker.backend)
+        return persist_staged(cap, self.ctx.tracker.backend, caller_waits=self.name == "sync")
 
     def _staging(self, rows: int) -> np.ndarray:
         spare, self._spare = self._spare, None
@@ -153,14 +156,14 @@ class SyncMode(CopyMode):
     name = "sync"
 
 
-def persist_staged(cap: Capture, backend: str) -> EpochInfo:
+def persist_staged(cap: Capture, backend: str, *, caller_waits: bool = False) -> EpochInfo:
     """Hand a capture's staged pages to its writer and commit (modes copy,
     sync and background)."""
     w = cap.writer
     try:
         for s in range(0, cap.pages.size, ADD_CHUNK_PAGES):
             w.add_pages(cap.pages[s:s + ADD_CHUNK_PAGES], cap.data[s:s + ADD_CHUNK_PAGES])
-        return commit(cap, backend)
+        return commit(cap, backend, caller_waits=caller_waits)
     except BaseException:
         abort_quietly(w)  # the store sweeps leftovers on open
         raise

@@ -49,14 +49,14 @@ class ForkMode:
             ctx.collector.give_back(dirty)  # collected, not saved: the next epoch needs them
             raise err
         snap = ForkSnapshot.of_child(w, child, fork_s)
-        pause = time.perf_counter() - t0
+        pause = collect_s + fork_s  # the GIL held throughout: the program was stopped
         extra: dict[str, Any] = {"tracker_reported": reported, "collect_s": collect_s,
                                  "fork_s": snap.fork_s, "child_pid": snap.pid}
         extra.update(ctx.unpopulated(req.kind, pages))
         return Capture(kind=req.kind, parent=req.parent, epoch=w.epoch, writer=w, pages=pages,
                        dirty=dirty, data=snap, pages_dirty=ctx.candidates(req.kind, pages),
                        pause_s=pause, started=t0, label=req.label, mode=self.name, extra=extra,
-                       persist=self.persist, release=snap.release)
+                       persist=self.persist, call=req.call, release=snap.release)
 
     def persist(self, cap: Capture) -> EpochInfo:
         """Wait for the child (GIL released), adopt its files, commit. A child

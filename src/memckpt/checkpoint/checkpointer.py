@@ -25,11 +25,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-import numpy as np
 
 from .. import _forksafe, _signals
 from ..arena import Arena
-from ..capture import MODES, Capture, CaptureMode, Collector, Context, Request, tracker_for
+from ..capture import MODES, CallClock, Capture, CaptureMode, Context, Request, tracker_for
 from ..epoch import EpochInfo
 from ..restore import StoreLike, open_store
 from ..store.contract import StoreContract
@@ -103,15 +102,10 @@ class Checkpointer:
         self._mode = mode
         self._tracker = DirtyTracker(arena, tracker)
         try:
-            pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(arena.npages,
-                                                                          arena.page_size)
+            self._ctx = Context.over(arena, self._tracker, staging)
         except BaseException:
             self._tracker.close()
             raise
-        # pages mode "copy" may stage; the rest of an epoch is written in the pause
-        staging_pages = arena.npages if staging is None else staging // arena.page_size
-        self._ctx = Context(arena, pages, self._tracker, Collector(self._tracker), staging_pages)
-        del pages
         self._capturer: CaptureMode = MODES[mode](self._ctx)
         self._head = Head(self._store, full_every)
         self._inflight = InFlight()
@@ -233,24 +227,27 @@ class Checkpointer:
         is raised here (once) and no new epoch is taken: its pages belong to
         the next checkpoint, which a new call takes.
         """
+        clock = CallClock(time.perf_counter())
         if label is not None and not isinstance(label, str):
             raise TypeError(f"label must be a str or None, not {type(label).__name__}")
         with self._lock:
             self._check_open()
-            t_wait = time.perf_counter()
             self._inflight.wait()
-            waited = time.perf_counter() - t_wait
+            waited = time.perf_counter() - clock.started
             self._inflight.raise_unreported()
             # A signal handler's exception (Ctrl-C) from the collect to the hand-off
             # would lose the collected pages, leave the writer holding the store lock
             # or miscount the epochs in flight: it lands right after. (The wait above
             # stays interruptible: nothing changes while it waits.)
-            with _signals.deferred():
-                return self._take(label, waited)
+            try:
+                with _signals.deferred():
+                    return self._take(label, waited, clock)
+            finally:
+                clock.stop()  # the persist commits once it has call_s
 
-    def _take(self, label: str | None, waited: float) -> PendingEpoch:
+    def _take(self, label: str | None, waited: float, clock: CallClock) -> PendingEpoch:
         """Capture an epoch and hand it to its persist (signals deferred)."""
-        cap = self._capture(label)
+        cap = self._capture(label, clock)
         cap.extra["wait_s"] = waited  # before PendingEpoch(cap), which reads it
         pending = PendingEpoch(cap)
         # the pending holds the capture from here: a traceback through this frame
@@ -263,7 +260,7 @@ class Checkpointer:
                               here=self._mode == "sync")
         return pending
 
-    def _capture(self, label: str | None) -> Capture:
+    def _capture(self, label: str | None, clock: CallClock) -> Capture:
         """Begin the epoch (before the pause) and take the snapshot the mode takes."""
         kind, parent = self._head.next_kind()  # store metadata: before the pause, not part of it
         w = self._store.begin(kind=kind, parent=parent, layout=self._arena.layout(),
@@ -271,7 +268,7 @@ class Checkpointer:
                               compress=self._compress)
         w.handed_off = True  # the persist thread finishes it (a prune here waits for it)
         try:
-            return self._capturer.capture(Request(kind, parent, label, w))
+            return self._capturer.capture(Request(kind, parent, label, w, clock))
         except BaseException:
             w.abort()
             raise

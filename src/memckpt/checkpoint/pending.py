@@ -18,9 +18,11 @@ class PendingEpoch:
     what :meth:`Checkpointer.checkpoint` returns.
 
     ``epoch``, ``kind``, ``parent``, ``mode``, ``label``, ``pages_dirty``,
-    ``pause_s`` (how long the snapshot stopped the program) and ``wait_s``
-    (how long :meth:`Checkpointer.checkpoint` first waited for the epoch
-    before it to be durable) are known at once.
+    ``pause_s`` (how long the snapshot stopped the program; in mode "sync",
+    until the epoch was durable), ``call_s`` (how long
+    :meth:`Checkpointer.checkpoint` blocked its caller, all included) and
+    ``wait_s`` (how much of it went to waiting for the epoch before to be
+    durable) are known at once.
     :meth:`result` waits until the epoch is durable and returns its
     :class:`EpochInfo`, or raises why it could not be committed (the store is
     then left at its last committed epoch, and the epoch's pages go into the
@@ -37,11 +39,17 @@ class PendingEpoch:
         self.pages_dirty: int = cap.pages_dirty
         self.pause_s: float = cap.pause_s
         self.wait_s: float = float(cap.extra.get("wait_s", 0.0))
+        self._call = cap.call
         self._done = threading.Event()
         self._info: EpochInfo | None = None
         self._error: BaseException | None = None
         self._reported = False
         self._resumed = 0.0  # the checkpointer's clock when checkpoint() returned
+
+    @property
+    def call_s(self) -> float | None:
+        """How long checkpoint() blocked its caller (None until it returned)."""
+        return self._call.s
 
     def _finish(self, info: EpochInfo | None, error: BaseException | None) -> None:
         self._info, self._error = info, error
@@ -113,6 +121,8 @@ class InFlight:
             pending._reported = True
             if pending._error is not None:
                 raise pending._error
+            assert pending._info is not None
+            pending.pause_s = pending._info.pause_s  # the caller was stopped until durable
             return
         t = threading.Thread(target=self.persist, args=(pending, committed, failed),
                              name=f"memckpt-persist-e{pending.epoch}")

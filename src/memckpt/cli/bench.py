@@ -111,13 +111,14 @@ def format_bench(rep: dict[str, Any]) -> str:
         out.append(f"note: {c['note']}")
     short = {"np.save+fsync": "np.save", "np.savez+fsync": "savez", "pickle+fsync": "pickle",
              "blake3-pages+fsync": "blake3", "arr.copy": "copy"}
-    headers = ["backend", "mode", "arena", "dirty", "pages", "collect", "pause", "total", "floor",
+    headers = ["backend", "mode", "arena", "dirty", "pages", "collect", "pause", "call", "total", "floor",
                "pause/floor", "total/floor", "extra mem"] + [f"{short[p]}/total (/pause)" for p in PEERS]
     body = []
     for r in rep["rows"]:
         body.append([r["backend"], r["mode"], f"{r['size_mib']} MiB", f"{r['ratio_pct']:g}%",
                      f"{r['dirty_pages']:,}", fmt_seconds(r["collect_s"]),
-                     fmt_seconds(r["pause_s"]), fmt_seconds(r["total_s"]),
+                     fmt_seconds(r["pause_s"]), fmt_seconds(r.get("call_s")),
+                     fmt_seconds(r["total_s"]),
                      fmt_seconds(r["floor_s"]), _x(r["pause_over_floor"]),
                      _x(r["total_over_floor"]), _mib(r["extra_bytes"])]
                     + [f"{_x(r['peer_over_total'][p])} ({_x(r['peer_over_pause'][p])})"

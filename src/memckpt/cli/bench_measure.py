@@ -182,7 +182,7 @@ def chain(arena: Arena, state: np.ndarray, backend: str, mode: str, ratios: list
     try:
         ck.checkpoint().result()  # the full epoch: not timed
         for k, (pct, npages) in enumerate(ratios):
-            cols: dict[str, list[float]] = {"pause_s": [], "total_s": [], "persist_s": [],
+            cols: dict[str, list[float]] = {"pause_s": [], "call_s": [], "total_s": [], "persist_s": [],
                                             "bytes_on_disk": [], "extra_bytes": [], "wait_s": []}
             for r in range(rounds + 1):
                 rp(state, npages, seed + 100 * k + r)
@@ -190,6 +190,7 @@ def chain(arena: Arena, state: np.ndarray, backend: str, mode: str, ratios: list
                 info = p.result()
                 if r:
                     cols["pause_s"].append(info.pause_s)
+                    cols["call_s"].append(p.call_s if p.call_s is not None else float("nan"))
                     cols["total_s"].append(info.total_s)
                     cols["persist_s"].append(info.total_s - info.pause_s)
                     cols["bytes_on_disk"].append(info.bytes_on_disk)

@@ -246,17 +246,20 @@ def _run(args: argparse.Namespace, store: Path, say: Any, progress: bool, t_all:
         rows.append([e.epoch, e.kind, "-" if e.parent is None else e.parent,
                      (e.label or "").replace("step ", ""), who, f"{e.pages_dirty:,}",
                      f"{100 * e.pages_dirty / s['npages']:.1f}%", f"{e.pages_stored:,}",
-                     fmt_bytes(e.bytes_on_disk), f"{e.pause_s * 1e3:.1f}", f"{e.total_s * 1e3:.0f}"])
+                     fmt_bytes(e.bytes_on_disk), f"{e.pause_s * 1e3:.1f}",
+                     "-" if e.call_s is None else f"{e.call_s * 1e3:.1f}", f"{e.total_s * 1e3:.0f}"])
     say(f"the store's last epoch restored here in {restore_s:.2f} s (memckpt.restore)")
     say()
     say(table(["epoch", "kind", "parent", "step", "worker", "dirty pages", "of arena",
-               "stored pages", "bytes", "pause ms", "total ms"], rows))
+               "stored pages", "bytes", "pause ms", "call ms", "total ms"], rows))
     incr = [e for e in infos if e.kind == "incremental"]
     if incr:
         pauses = sorted(e.pause_s for e in incr)
+        calls = sorted(e.call_s for e in incr if e.call_s is not None)
+        call = f", checkpoint() call median {calls[len(calls) // 2] * 1e3:.1f} ms" if calls else ""
         on_disk = sum(e.bytes_on_disk for e in infos)
         say(f"{len(incr)} incremental epochs: pause median {pauses[len(pauses) // 2] * 1e3:.1f} ms "
-            f"(max {pauses[-1] * 1e3:.1f} ms), {fmt_bytes(sum(e.bytes_on_disk for e in incr) / len(incr))}"
+            f"(max {pauses[-1] * 1e3:.1f} ms){call}, {fmt_bytes(sum(e.bytes_on_disk for e in incr) / len(incr))}"
             f" each on average; the store holds {fmt_bytes(on_disk)} for {len(infos)} epochs, "
             f"where {len(infos)} full copies of the arena would be "
             f"{fmt_bytes(len(infos) * s['arena_bytes'])}")

@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         emit("checkpointing", step=step)
         info = ck.checkpoint(f"step {step}" + (" (end)" if step == steps else "")).result()
         emit("epoch", step=step, epoch=info.epoch, kind=info.kind, pages_dirty=info.pages_dirty,
-             pause_s=info.pause_s, total_s=info.total_s, bytes=info.bytes_on_disk)
+             pause_s=info.pause_s, call_s=info.call_s, total_s=info.total_s,
+             bytes=info.bytes_on_disk)
 
     if args.role == "first":
         checkpoint(0)

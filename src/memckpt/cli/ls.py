@@ -50,18 +50,21 @@ def format_ls(rep: dict[str, Any]) -> str:
         return head + "\n(no committed epochs)"
     rows = [[e["epoch"], e["kind"], "-" if e["parent"] is None else e["parent"],
              f"{e['pages_dirty']:,}", f"{e['pages_stored']:,}", fmt_bytes(e["bytes_on_disk"]),
-             fmt_seconds(e["pause_s"]), fmt_seconds(e["total_s"]), e["tracker"] or "-",
+             fmt_seconds(e["pause_s"]), fmt_seconds(e.get("call_s")), fmt_seconds(e["total_s"]),
+             e["tracker"] or "-",
              fmt_when(e["created"]), e["label"] or ""] for e in eps]
     for d in rep["damaged"]:
-        rows.append([d["epoch"], "DAMAGED", "", "", "", "", "", "", "", "", d["error"]])
+        rows.append([d["epoch"], "DAMAGED", "", "", "", "", "", "", "", "", "", d["error"]])
     rows.sort(key=lambda r: int(r[0]))
     return "\n".join([head, table(["epoch", "kind", "parent", "dirty pages", "stored pages", "bytes",
-                                   "pause", "total", "tracker", "created", "label"], rows)])
+                                   "pause", "call", "total", "tracker", "created", "label"], rows)])
 
 
 COMMAND = Command(
     "ls", arguments, run, format_ls, after=after,
     help="list a store's epochs",
     description="List the committed epochs of a store: kind, parent, pages dirty and stored, "
-                "bytes on disk, pause and total time, tracker, when, and label.",
+                "bytes on disk, the pause (the program stopped), the call (checkpoint() blocked "
+                "its caller; '-' in epochs written before it was recorded) and the total time "
+                "(until durable), tracker, when, and label.",
     examples="  memckpt ls memckpt-demo\n  memckpt ls memckpt-demo --json | jq '.epochs[-1]'")

@@ -67,6 +67,8 @@ def format_show(rep: dict[str, Any]) -> str:
                          f"stored once)"],
         ["bytes on disk", f"{fmt_bytes(e['bytes_on_disk'])} ({e['bytes_on_disk']:,} B)"],
         ["pause", f"{fmt_seconds(e['pause_s'])} (the program was stopped this long)"],
+        ["call", f"{fmt_seconds(e.get('call_s'))} (checkpoint() blocked its caller this long)"
+         if e.get("call_s") is not None else "- (not recorded: an epoch of an older writer)"],
         ["total", f"{fmt_seconds(e['total_s'])} (until the epoch was durable)"],
         ["page size", f"{page_size} B"],
         ["arena", f"{fmt_bytes(lay.get('nbytes'))}, {npages:,} pages"

@@ -67,6 +67,7 @@ def _info_from(doc: dict[str, Any]) -> EpochInfo:
         bytes_on_disk=doc["bytes_on_disk"], pause_s=float(timings["pause_s"]),
         total_s=float(timings["total_s"]), created=float(doc["created"]),
         label=doc.get("label"), tracker=doc.get("tracker"), mode=doc.get("mode"),
+        call_s=None if timings.get("call_s") is None else float(timings["call_s"]),
         extra=copy.deepcopy(doc.get("extra", {})),
     )
 

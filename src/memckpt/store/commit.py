@@ -58,12 +58,20 @@ class _Commit(_Packing):
             "pack": {"name": self._pack_name, "size": self._off, "blake3": self._pack_hash.hexdigest()},
         }
 
-    def _manifest_doc(self, *, pages_dirty: int, pause_s: float, label: str | None,
+    def _manifest_doc(self, *, pages_dirty: int, pause_s: float | None, label: str | None,
                       tracker: str | None, mode: str | None, extra: dict[str, Any] | None,
-                      started: float | None) -> dict[str, Any]:
+                      started: float | None, call_s: float | None = None,
+                      call_started: float | None = None) -> dict[str, Any]:
         # the last moment before the commit's rename that can still refuse
         self._store._check_same_store()
         t0 = self._t0 if started is None else started
+        total_s = max(0.0, self._durable_at - t0)
+        if call_s is None and call_started is not None:
+            call_s = max(0.0, self._durable_at - call_started)  # the caller waits until durable
+        timings: dict[str, float] = {"pause_s": total_s if pause_s is None else pause_s,
+                                     "total_s": total_s}
+        if call_s is not None:
+            timings["call_s"] = call_s
         doc = {
             "format": fmt.EPOCH_FORMAT, "version": fmt.VERSION,
             "epoch": self.epoch, "parent": self.parent, "kind": self.kind,
@@ -74,7 +82,7 @@ class _Commit(_Packing):
                        "pages_zero": self._zero, "pages_dedup": self._dedup,
                        "records": self._records},
             "bytes_on_disk": self._files["idx"]["size"] + self._files["pack"]["size"],
-            "timings": {"pause_s": pause_s, "total_s": max(0.0, self._durable_at - t0)},
+            "timings": timings,
             "files": self._files,
             "extra": {} if extra is None else extra,
         }
@@ -113,16 +121,26 @@ class _Commit(_Packing):
                     store._manifests.pop(self.epoch, None)
         return _info_from(doc)
 
-    def commit(self, *, pages_dirty: int, pause_s: float, label: str | None = None,
+    def commit(self, *, pages_dirty: int, pause_s: float | None, label: str | None = None,
                tracker: str | None = None, mode: str | None = None,
-               extra: dict[str, Any] | None = None, started: float | None = None) -> EpochInfo:
+               extra: dict[str, Any] | None = None, started: float | None = None,
+               call_s: float | None = None, call_started: float | None = None) -> EpochInfo:
+        """Make the epoch durable and commit it. ``pause_s``: how long the
+        program was stopped (None: until durable, as in a caller that waits
+        for the write); ``started``: a time.perf_counter() reading at the
+        start of the pause (total_s runs from it; default: begin());
+        ``call_s``: how long checkpoint() blocked its caller, or, with
+        ``call_started`` (a perf_counter() reading when that call began),
+        until durable."""
         self._check_open()
         pages_dirty = _index_arg(pages_dirty, "pages_dirty")
         if pages_dirty < 0:
             raise ValueError(f"pages_dirty must not be negative ({pages_dirty})")
-        pause_s = float(pause_s)
-        if not (pause_s >= 0 and pause_s != float("inf")):
-            raise ValueError(f"pause_s must be a finite non-negative number, not {pause_s!r}")
+        for name, t in (("pause_s", pause_s), ("call_s", call_s)):
+            if t is not None and not (float(t) >= 0 and float(t) != float("inf")):
+                raise ValueError(f"{name} must be a finite non-negative number, not {t!r}")
+        pause_s = None if pause_s is None else float(pause_s)
+        call_s = None if call_s is None else float(call_s)
         for name, v in (("label", label), ("tracker", tracker), ("mode", mode)):
             if v is not None and not isinstance(v, str):
                 raise TypeError(f"{name} must be a str or None, not {type(v).__name__}")
@@ -132,7 +150,8 @@ class _Commit(_Packing):
         try:
             self._finish_files()
             doc = self._manifest_doc(pages_dirty=pages_dirty, pause_s=pause_s, label=label,
-                                     tracker=tracker, mode=mode, extra=extra, started=started)
+                                     tracker=tracker, mode=mode, extra=extra, started=started,
+                                     call_s=call_s, call_started=call_started)
         except OSError as exc:
             self.abort()
             raise self._where(exc, f"{self._pack_name} or {self._idx_name}") from None
@@ -158,7 +177,7 @@ class _Commit(_Packing):
             doc = self._manifest_doc(pages_dirty=self._records, pause_s=like["timings"]["pause_s"],
                                      label=like.get("label"), tracker=like.get("tracker"),
                                      mode=like.get("mode"), extra=like.get("extra", {}),
-                                     started=None)
+                                     started=None, call_s=like["timings"].get("call_s"))
             doc["created"] = like["created"]
             doc["timings"]["total_s"] = like["timings"]["total_s"]
             doc["compacted"] = {"from": merged_from, "at": time.time(),

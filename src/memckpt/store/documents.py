@@ -254,6 +254,7 @@ def check_manifest(doc: dict[str, Any], *, epoch: int, page_size: int, where: st
     timings = f.sub("timings")
     timings.number("pause_s")
     timings.number("total_s")
+    timings.number("call_s", optional=True)  # optional: older writers omit it, older readers ignore it
     files = f.sub("files")
     gens = set()
     for ext in ("idx", "pack"):
