@@ -209,10 +209,25 @@ def test_compact_refuses_a_run_outside_the_chain(scratch):
     assert "epoch 2 is not in the chain of epoch 5" in err
 
 
-def test_prune(capsys, scratch):
-    rep = cli_json(capsys, "prune", scratch, "--keep-last", "1")
-    assert rep["removed"] == [1, 2, 3] and rep["kept"] == [4, 5]
+def test_prune_keeps_whole_chains_with_no_rebase(capsys, scratch):
+    rep = cli_json(capsys, "prune", scratch, "--keep-last", "1", "--no-rebase")
+    assert rep["removed"] == [1, 2, 3] and rep["kept"] == [4, 5] and not rep["rebased"]
     assert [e.epoch for e in memckpt.Store(scratch).epochs()] == [4, 5]
+    assert main(["prune", str(scratch), "--keep-last", "1", "--no-rebase"]) == 0
+    assert "nothing to prune" in capsys.readouterr().out
+
+
+def test_prune_rebases_the_oldest_kept_epoch(capsys, built, scratch):
+    """--keep-last alone keeps only the last N even inside one chain: epoch 5
+    (an increment on 4) becomes a full epoch of the same content first."""
+    rep = cli_json(capsys, "prune", scratch, "--keep-last", "1")
+    assert rep["rebased"] and rep["removed"] == [1, 2, 3, 4] and rep["kept"] == [5]
+    s = memckpt.Store(scratch)
+    assert [(e.epoch, e.kind) for e in s.epochs()] == [(5, "full")]
+    s.verify()
+    with memckpt.restore(s, 5) as got:
+        for name, want in built[1][5].items():
+            np.testing.assert_array_equal(got.arrays()[name], want)
     assert main(["prune", str(scratch), "--keep-last", "1"]) == 0
     assert "nothing to prune" in capsys.readouterr().out
 

@@ -36,6 +36,7 @@ from ..tracker import DirtyTracker
 from ..tuning import Recommendation
 from .head import Head
 from .options import check_args
+from .retention import Retention
 from .pending import InFlight, PendingEpoch
 from .resume import resume
 from .rollback import RollbackInfo, rollback
@@ -50,7 +51,9 @@ class Checkpointer:
     store does not keep all-zero pages). Each later epoch is ``incremental``
     and holds the pages written since its parent, the epoch before it, unless
     ``full_every=N`` asks for a new full epoch once a chain holds N epochs.
-    ``compress`` is ``None``, ``"zstd"`` or ``"lz4"``, per page.
+    ``compress`` is ``None``, ``"zstd"`` or ``"lz4"``, per page. ``keep_last=N``
+    keeps only the last N epochs after each commit, rebasing a long chain
+    (:class:`memckpt.checkpoint.retention.Retention`): disk stays bounded.
 
     Over a store that already holds epochs, numbering continues, but the
     first epoch is full: nothing says the arena holds what the latest epoch
@@ -63,13 +66,11 @@ class Checkpointer:
     i.e. at most one copy of the arena); the dirty pages beyond it are
     written during the pause instead.
 
-    One checkpointer per arena; :meth:`checkpoint` and :meth:`rollback`
-    expect the arena's writers to be paused while they run (the snapshot and
-    the write-back are not atomic against concurrent writes); the writers may
-    go on as soon as :meth:`checkpoint` returns, while the epoch persists.
-    :meth:`wait` returns once every epoch is durable. :meth:`close` (or
-    leaving a ``with`` block) waits for that too and closes the tracker; the
-    arena stays open.
+    One checkpointer per arena. Each epoch is one instant of every Python
+    writer (docs/checkpointing.md: native threads); :meth:`rollback` expects
+    the writers paused. :meth:`wait` returns once every epoch is durable;
+    :meth:`close` (or a ``with`` block's end) waits too, then closes the
+    tracker; the arena stays open.
 
     ``interval`` is for :meth:`maybe_checkpoint`, called every step of a loop:
     ``None`` (the default: only explicit :meth:`checkpoint` calls), seconds of
@@ -85,12 +86,13 @@ class Checkpointer:
                  compress: str | None = None, full_every: int | None = None,
                  interval: float | str | None = None, mtbf: float | str | None = None,
                  rpo: float | str | None = None, restart: float | str = 0,
-                 mode: str = "copy", staging: int | None = None) -> None:
+                 mode: str = "copy", staging: int | None = None,
+                 keep_last: int | None = None) -> None:
         # the interval's arguments first: a mistake there costs no tracker or store
         self._schedule = Schedule(interval, mtbf, rpo, restart)
         if not isinstance(arena, Arena):
             raise TypeError(f"arena must be a memckpt.Arena, not {type(arena).__name__}")
-        check_args(mode, compress, full_every, staging)
+        check_args(mode, compress, full_every, staging, keep_last)
         tracker = tracker_for(mode, tracker)
         if arena.closed:
             raise ValueError("the arena is closed")
@@ -108,6 +110,7 @@ class Checkpointer:
             raise
         self._capturer: CaptureMode = MODES[mode](self._ctx)
         self._head = Head(self._store, full_every)
+        self._retention = Retention(self._store, keep_last)
         self._inflight = InFlight()
         self._lock = threading.RLock()
         self._closed = False
@@ -131,7 +134,8 @@ class Checkpointer:
                compress: str | None = None, full_every: int | None = None,
                interval: float | str | None = None, mtbf: float | str | None = None,
                rpo: float | str | None = None, restart: float | str = 0,
-               mode: str = "copy", staging: int | None = None) -> Checkpointer:
+               mode: str = "copy", staging: int | None = None,
+               keep_last: int | None = None) -> Checkpointer:
         """Restore ``epoch`` (default: the latest) of ``store`` into a new arena
         and continue checkpointing it: the next epoch is an increment whose
         parent is ``epoch``. The arena is :attr:`arena` (its arrays:
@@ -151,7 +155,7 @@ class Checkpointer:
         """
         return resume(cls, store, epoch, tracker=tracker, compress=compress,
                       full_every=full_every, interval=interval, mtbf=mtbf, rpo=rpo,
-                      restart=restart, mode=mode, staging=staging)
+                      restart=restart, mode=mode, staging=staging, keep_last=keep_last)
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -275,6 +279,7 @@ class Checkpointer:
 
     def _committed(self, info: EpochInfo, cap: Capture, resumed: float) -> None:
         self._head.committed(info.epoch, cap.kind)
+        self._retention.after_commit()
         self._schedule.measured(info, resumed)
 
     def _failed(self, cap: Capture) -> None:  # its pages are unsaved: the next epoch's

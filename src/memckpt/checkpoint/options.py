@@ -7,7 +7,7 @@ COMPRESSORS = (None, "zstd", "lz4")
 
 
 def check_args(mode: str, compress: str | None, full_every: int | None,
-                staging: int | None) -> None:
+                staging: int | None, keep_last: int | None = None) -> None:
     check_mode(mode, compress)
     if staging is not None and (isinstance(staging, bool) or not isinstance(staging, int)
                                 or staging < 0):
@@ -17,3 +17,6 @@ def check_args(mode: str, compress: str | None, full_every: int | None,
     if full_every is not None and (isinstance(full_every, bool) or not isinstance(full_every, int)
                                    or full_every < 1):
         raise ValueError(f"full_every must be a positive int or None, not {full_every!r}")
+    if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int)
+                                  or keep_last < 1):
+        raise ValueError(f"keep_last must be a positive int or None, not {keep_last!r}")

@@ -68,12 +68,15 @@ holds Store and EpochWriter to: see the end of local.py):
                                            # incremental) has its parent inside first..last-1 (a
                                            # branch would break). Run again after a crash past its
                                            # commit point, it finishes retiring the old epochs.
-    store.prune(keep_last=None, keep_every=None) -> list[int]  # removed epochs (ascending);
+    store.prune(keep_last=None, keep_every=None, *, rebase=False) -> list[int]  # removed (ascending);
                                            # keeps the newest keep_last, every multiple of
                                            # keep_every, always the newest epoch, and every
                                            # ancestor a kept epoch needs (its chain: a full
                                            # epoch's lineage parent may go); removes newest first;
-                                           # both None: removes nothing
+                                           # both None: removes nothing. rebase=True (keep_last
+                                           # alone): first compacts the oldest kept epoch's chain
+                                           # into it (a full epoch), so that a single chain keeps
+                                           # only the last keep_last; the retired are returned too
     store.close()                          # drops caches (a Store holds no fd between calls)
     store.sweep() -> list[str]             # a writer's operation (takes the lock): removes what no
                                            # committed manifest references (*.tmp, data files);
@@ -180,7 +183,8 @@ class StoreContract(Protocol):
                progress: Callable[[int, int], None] | None = None) -> None: ...
     def compact(self, first: int, last: int, *,
                 progress: Callable[[int, int], None] | None = None) -> EpochInfo: ...
-    def prune(self, keep_last: int | None = None, keep_every: int | None = None) -> list[int]: ...
+    def prune(self, keep_last: int | None = None, keep_every: int | None = None, *,
+              rebase: bool = False) -> list[int]: ...
     def sweep(self) -> list[str]: ...
     def close(self) -> None: ...
 

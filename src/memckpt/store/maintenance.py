@@ -283,12 +283,17 @@ class _Maintenance(_Sweeper):
         _fsync_dir(self.path)
         self._drop_caches()
 
-    def prune(self, keep_last: int | None = None, keep_every: int | None = None) -> list[int]:
+    def prune(self, keep_last: int | None = None, keep_every: int | None = None, *,
+              rebase: bool = False) -> list[int]:
         for name, v in (("keep_last", keep_last), ("keep_every", keep_every)):
             if v is not None and (not fmt._is_int(v) or v < 1):
                 raise ValueError(f"{name} must be a positive int or None, not {v!r}")
+        if rebase and (keep_last is None or keep_every is not None):
+            raise ValueError("rebase=True applies to keep_last alone (a rebase would retire "
+                             "the epochs keep_every keeps)")
         if keep_last is None and keep_every is None:
             return []
+        rebased = self._rebase(keep_last) if rebase else []
         self._wait_for_writers("prune")
         with _HeldLock(self.path, "prune"):
             self._sweep_if_due()
@@ -306,4 +311,24 @@ class _Maintenance(_Sweeper):
             remove = [e for e in nums if e not in need]
             if remove:
                 self._retire(remove, [])
-            return remove
+            return sorted(rebased + remove)
+
+    def _rebase(self, keep_last: int) -> list[int]:
+        """Make the oldest of the last ``keep_last`` epochs restorable alone:
+        compact its chain into it (a full epoch of the same number, written
+        and committed as compaction does, crash-safe), so that the epochs
+        before it are needed by none of the kept ones. The epochs retired."""
+        nums = self.epoch_numbers()
+        if len(nums) <= keep_last:
+            return []
+        oldest = nums[-keep_last]
+        chain = self.chain(oldest)
+        if len(chain) == 1:
+            return []
+        try:
+            self.compact(chain[0], oldest)
+        except MemckptError:
+            # a branch hangs off the run (a rollback's history): the chain
+            # stays whole, and prune keeps what the kept epochs need
+            return []
+        return [e for e in chain[:-1] if e not in set(self.epoch_numbers())]
