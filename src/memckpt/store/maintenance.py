@@ -293,7 +293,7 @@ class _Maintenance(_Sweeper):
                              "the epochs keep_every keeps)")
         if keep_last is None and keep_every is None:
             return []
-        rebased = self._rebase(keep_last) if rebase else []
+        rebased = self._rebase(keep_last) if rebase and keep_last is not None else []
         self._wait_for_writers("prune")
         with _HeldLock(self.path, "prune"):
             self._sweep_if_due()
