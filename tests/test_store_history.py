@@ -190,10 +190,10 @@ def test_the_syncs_of_an_epoch_are_the_four_the_format_lists(tmp_path, monkeypat
     with counts():
         small_epochs(s, e, 1, state)
     d = str(tmp_path / "st")
-    # pack and index in either order (the pack's runs beside the index's), then the rest
-    assert sorted(counts.synced[:2]) == [("fdatasync", f"{d}/e00000005-0.idx"),
-                                         ("fdatasync", f"{d}/e00000005-0.pack")]
-    assert counts.synced[2:] == [("fsync", f"{d}/e00000005.json.tmp"), ("fsync", d)]
+    assert counts.synced == [("fdatasync", f"{d}/e00000005-0.pack"),
+                             ("fdatasync", f"{d}/e00000005-0.idx"),
+                             ("fsync", f"{d}/e00000005.json.tmp"),
+                             ("fsync", d)]
 
 
 # -- what another writer does between two epochs is seen ------------------------------

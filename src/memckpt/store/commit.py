@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -40,45 +39,10 @@ class _Commit(_Packing):
             return self._finish_adopted()
         fd, self._pack_fd = self._pack_fd, None
         assert fd is not None
-        # The pack's fdatasync runs in a helper while the index is built,
-        # written and fdatasynced here: the two have no order between them
-        # (both must only be durable before the manifest), and a file system
-        # that journals them commits both in one go when they come together
-        # (ext4 on a busy disk: a quarter of the commit saved, docs/format.md).
-        failed: list[BaseException] = []
-
-        def sync_pack() -> None:
-            try:
-                os.fdatasync(fd)
-            except BaseException as exc:  # raised below, in the committing thread
-                failed.append(exc)
-        # the helper uses fd until it returns: an interrupt must not close it
-        # under the helper (a blocking sync cannot be interrupted anyway)
-        with _signals.deferred():
-            helper: threading.Thread | None = threading.Thread(
-                target=sync_pack, name=f"memckpt-sync-e{self.epoch}")
-            try:
-                helper.start()  # type: ignore[union-attr]
-            except RuntimeError:  # no thread to be had: in turn, as it used to be
-                helper = None
-                sync_pack()
-            try:
-                idx = self._write_index()
-            finally:
-                if helper is not None:
-                    helper.join()
-                os.close(fd)
-        if failed:
-            raise failed[0]
-        self._durable_at = time.perf_counter()
-        self._files = {
-            "idx": {"name": self._idx_name, "size": len(idx), "blake3": blake3.blake3(idx).hexdigest()},
-            "pack": {"name": self._pack_name, "size": self._off, "blake3": self._pack_hash.hexdigest()},
-        }
-
-    def _write_index(self) -> bytes:
-        """Write the index file (header + the records add_pages kept) and
-        fdatasync it; returns its bytes."""
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
         recs = np.concatenate(self._recs) if self._recs else np.zeros(0, dtype=fmt.RECORD_DTYPE)
         idx = fmt.idx_header(self.epoch, self.page_size, len(recs)) + recs.tobytes()
         ifd = _open_file(self._store.path / self._idx_name, _O_CREATE,
@@ -88,7 +52,11 @@ class _Commit(_Packing):
             os.fdatasync(ifd)
         finally:
             os.close(ifd)
-        return idx
+        self._durable_at = time.perf_counter()
+        self._files = {
+            "idx": {"name": self._idx_name, "size": len(idx), "blake3": blake3.blake3(idx).hexdigest()},
+            "pack": {"name": self._pack_name, "size": self._off, "blake3": self._pack_hash.hexdigest()},
+        }
 
     def _manifest_doc(self, *, pages_dirty: int, pause_s: float, label: str | None,
                       tracker: str | None, mode: str | None, extra: dict[str, Any] | None,
