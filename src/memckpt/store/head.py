@@ -32,7 +32,7 @@ _TIPS = 64  # epochs whose whole chain a head remembers (a checkpointer continue
 
 def _token() -> bytes:
     """A line to leave in the lock file: no other holder writes the same."""
-    return f"- {locking._FREE} {os.urandom(16).hex()}\n".encode()
+    return locking._line(f"- {locking._FREE} {os.urandom(16).hex()}")
 
 
 class _Head:
