@@ -133,13 +133,17 @@ class _Catalog(_Header):
             os.close(fd)
         doc = fmt.load_document(raw, where=where, fmt=fmt.EPOCH_FORMAT)
         fmt.check_manifest(doc, epoch=epoch, page_size=self.page_size, where=where)
+        self._cache_doc(epoch, key, doc, _link_of(doc, key))
+        return doc
+
+    def _cache_doc(self, epoch: int, key: tuple[int, int, int], doc: dict[str, Any],
+                   link: _Link) -> None:
         with self._cache_lock:
-            self._links[epoch] = _link_of(doc, key)
+            self._links[epoch] = link
             self._manifests[epoch] = (key, doc)
             self._manifests.move_to_end(epoch)
             while len(self._manifests) > _MANIFEST_CACHE:
                 self._manifests.popitem(last=False)
-        return doc
 
     def epochs(self) -> list[EpochInfo]:
         out = []

@@ -95,9 +95,12 @@ class _Commit(_Packing):
         doc = fmt.sign(doc)
         tmp = store.path / self._tmp_name
         try:
-            fmt.check_manifest(copy.deepcopy(doc), epoch=self.epoch, page_size=self.page_size,
-                               where=f"epoch {self.epoch}: new manifest")
-            _write_durable(tmp, fmt.dump_document(doc))
+            # validated as a reader would validate it, and kept: the Store
+            # caches it as read from the file (its next reads need no read)
+            checked = fmt.check_manifest(copy.deepcopy(doc), epoch=self.epoch,
+                                         page_size=self.page_size,
+                                         where=f"epoch {self.epoch}: new manifest")
+            st = _write_durable(tmp, fmt.dump_document(doc))
         except BaseException:
             self.abort()
             raise
@@ -116,9 +119,13 @@ class _Commit(_Packing):
             try:
                 _fsync_dir(store.path)
             finally:
-                self._close()
-                with store._cache_lock:
-                    store._manifests.pop(self.epoch, None)
+                try:
+                    # before the lock goes: the head is this Store's while it holds it
+                    store._committed(checked, (st.st_ino, st.st_size, st.st_mtime_ns))
+                    if store._unsettled == (self.epoch, self._pack_name):
+                        store._unsettled = None  # settled: the next write need not look
+                finally:
+                    self._close()
         return _info_from(doc)
 
     def commit(self, *, pages_dirty: int, pause_s: float | None, label: str | None = None,

@@ -32,7 +32,10 @@ holds Store and EpochWriter to: see the end of local.py):
         # (lineage: the chain walk stops at a full epoch). The new manifest
         # records the parent's identity (parent_digest). MemckptError naming
         # the path if the directory at store.path is no longer the store this
-        # Store opened (deleted, re-created), here and again before the commit
+        # Store opened (deleted, re-created), here and again before the commit.
+        # Its cost does not grow with the store's history: the Store that
+        # writes keeps its head (newest epoch, chains seen whole; store/head.py)
+        # while no other writer takes the lock, and lists and walks once when one did
     w.epoch                                # the number this epoch will commit as
     w.add_pages(page_numbers: np.ndarray[uint64], data: np.ndarray[uint8, (n, page_size)])
         # may be called many times, page numbers strictly increasing across calls;

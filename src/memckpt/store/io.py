@@ -96,13 +96,15 @@ def _open_file(path: Path, flags: int, where: str, mode: int = _FILE_MODE) -> in
     return fd
 
 
-def _write_durable(path: Path, data: bytes) -> None:
+def _write_durable(path: Path, data: bytes) -> os.stat_result:
     """Create ``path`` (owner-only, never through a symlink) holding ``data``,
-    fsynced: the step before a rename or link publishes it."""
+    fsynced: the step before a rename or link publishes it. Returns its
+    fstat once written (a rename keeps inode, size and mtime)."""
     fd = _open_file(path, _O_CREATE, str(path))
     try:
         _write_all(fd, data, 0)
         os.fsync(fd)
+        return os.fstat(fd)
     finally:
         os.close(fd)
 

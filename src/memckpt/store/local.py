@@ -8,6 +8,7 @@ last of a line of layers, one concern each (see docs/architecture.md):
     catalog.py      _Catalog      epochs, manifests, chain links, indexes (cached)
     reader.py       _Reader       read_into, changed_pages; retries beside a prune/compaction
     verify.py       _Verifier     verify
+    head.py         _Heads        the writer's head: the newest epoch, the chains seen whole
     maintenance.py  _Sweeper, _Maintenance   the sweep; compact, prune
     local.py        Store         construction, close, begin
 
@@ -31,7 +32,6 @@ import numpy as np
 from .. import _forksafe
 from ..errors import FormatError
 from . import format as fmt
-from . import locking
 from .catalog import _Link
 from .io import _MissingFile, _index_arg, _jsonable
 from .maintenance import _Maintenance
@@ -74,6 +74,10 @@ class Store(_Maintenance):
         # reads the header and nothing else, so readers write nothing.
         self._swept = False
         self._unsettled: tuple[int, str] | None = None  # (epoch, pack name) being written
+        # the writer's head (store/head.py): kept by this Store's writes, as
+        # long as the lock file holds the line this Store's last lock left
+        self._head = None
+        self._left = None
         if create:
             self._create(page_size if page_size is not None else mmap.PAGESIZE)
         self.page_size: int = self._read_header()
@@ -86,6 +90,9 @@ class Store(_Maintenance):
         the fork. Its open writers are the parent's and detach themselves."""
         self._cache_lock = threading.Lock()
         self._writers_cv = threading.Condition()
+        # the child's writes are another writer's: what the parent commits
+        # next is not in this copy of the head
+        self._head = self._left = None
 
     def __repr__(self) -> str:
         return f"<memckpt.Store {str(self.path)!r}>"
@@ -132,16 +139,18 @@ class Store(_Maintenance):
             raise ValueError("an incremental epoch needs a parent")
         self._wait_for_writers("begin an epoch")
         self._check_same_store()  # before the lock file is made in a stranger's directory
-        lock = locking._Lock(self.path, "write", wait=locking._LOCK_WAIT_S)
+        lock = self._writer_lock("write")
         try:
             self._sweep_if_due()
-            nums = self.epoch_numbers()
-            epoch = nums[-1] + 1 if nums else 1
+            # no listing, no chain walk: the head this Store keeps (store/head.py)
+            head = self._head_now()
+            epoch = head.top + 1
             parent_digest = None
             if parent is not None:
-                if kind == "incremental":
+                if kind == "incremental" and not head.whole(parent):
                     self.chain(parent)  # whole, and tied together: what the new epoch builds on
-                plink = self._link(parent)
+                    head.add(parent)
+                plink = self._link(parent)  # one lstat: still there, still the same file
                 if kind == "incremental" and plink.npages != npages:
                     raise ValueError(f"an incremental epoch of {npages} pages cannot follow "
                                      f"epoch {parent} of {plink.npages} pages")

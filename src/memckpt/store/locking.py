@@ -1,6 +1,15 @@
 """The writer lock: an exclusive flock on STORE/lock, held by one writer
 (an epoch writer from begin() to commit()/abort(), a compaction, a prune, a
-sweep, a creator) at a time. Readers never take it."""
+sweep, a creator) at a time. Readers never take it.
+
+While held, the file says "<pid> <role>" of its holder. A holder may leave
+a line of its own when it lets go (``leave``, "- free <token>"), and the
+next holder reads what was there (``found``) before writing its own: a Store
+that finds the token it left knows no other writer held the lock since, so
+the store is as it left it (store/head.py). Lines are padded to one width
+and written over each other: the file keeps its size and its block, so taking
+and letting go of the lock changes no allocation (a truncate and a rewrite
+did, at every epoch)."""
 from __future__ import annotations
 
 import fcntl
@@ -14,6 +23,13 @@ from . import format as fmt
 from .io import _open_file
 
 _LOCK_WAIT_S = 5.0            # how long a write waits out a creator or a sweep (never a writer)
+_FREE = "free"                # the role word of a line a holder leaves when it lets go
+_LINE = 64                    # bytes a line takes, padded (older versions wrote "pid role\n" only)
+
+
+def _line(text: str) -> bytes:
+    """``text`` as a line of the lock file: padded with spaces to _LINE bytes."""
+    return (text[:_LINE - 1].ljust(_LINE - 1) + "\n").encode("ascii")
 
 
 def _close_copies_of(path: Path) -> None:
@@ -45,8 +61,12 @@ class _Lock:
     (:meth:`_detach_in_child`), and never unlocks or truncates: that would
     be the parent's lock and the parent's pid."""
 
-    def __init__(self, store_path: Path, role: str, *, wait: float) -> None:
+    def __init__(self, store_path: Path, role: str, *, wait: float, leave: bytes = b"") -> None:
         self.fd: int | None = None
+        # what the file held when this lock was taken (the line the last
+        # holder left), and what release() leaves in it
+        self.found = b""
+        self.leave = leave
         self._owner_pid = os.getpid()
         self._path = store_path / fmt.LOCK_NAME
         # True while an fd of ours may exist that self.fd does not show (here,
@@ -69,7 +89,9 @@ class _Lock:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    holder = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+                    holder = os.pread(fd, _LINE, 0).decode("ascii", "replace").split()
+                    if len(holder) > 1 and holder[1] == _FREE:
+                        holder = []  # the last holder's line: the new one is starting
                     pid = holder[0] if holder else "?"
                     what = holder[1] if len(holder) > 1 else ""
                     # a process creating the store, or sweeping it, holds
@@ -83,8 +105,10 @@ class _Lock:
                     raise StoreLocked(f"store {store_path} is locked by {who}"
                                       f"{' (' + what + ')' if what else ''}: one writer at a time") from None
             try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()} {role}\n".encode(), 0)
+                self.found = os.pread(fd, _LINE + 1, 0)
+                if len(self.found) > _LINE:  # not a line of ours: make it one
+                    os.ftruncate(fd, 0)
+                os.pwrite(fd, _line(f"{os.getpid()} {role}"), 0)
             except OSError as exc:  # a full disk: say where
                 raise type(exc)(exc.errno, f"{exc.strerror} (writing the holder's pid into the "
                                 f"lock of store {store_path})", str(self._path)) from None
@@ -112,7 +136,10 @@ class _Lock:
         try:
             if fd is not None:
                 try:
-                    os.ftruncate(fd, 0)
+                    if self.leave:
+                        os.pwrite(fd, self.leave, 0)  # over the holder's line, as wide
+                    else:
+                        os.ftruncate(fd, 0)
                 finally:
                     os.close(fd)  # closing the last fd of the description drops the flock
         finally:
@@ -131,14 +158,17 @@ class _HeldLock:
     just after the lock is taken would otherwise leave its fd, and so the
     flock, held for good by this process."""
 
-    def __init__(self, store_path: Path, role: str) -> None:
+    def __init__(self, store_path: Path, role: str, leave: bytes = b"") -> None:
         self._args = (store_path, role)
+        self._leave = leave
         self._lock: _Lock | None = None
+        self.found = b""
 
     def __enter__(self) -> _HeldLock:
         try:
             with _signals.deferred():
-                self._lock = _Lock(*self._args, wait=_LOCK_WAIT_S)
+                self._lock = _Lock(*self._args, wait=_LOCK_WAIT_S, leave=self._leave)
+                self.found = self._lock.found
         except BaseException:
             self.__exit__()
             raise

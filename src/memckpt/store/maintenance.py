@@ -16,10 +16,8 @@ from ..epoch import EpochInfo
 from ..errors import CorruptionError, EpochNotFound, FormatError, MemckptError, StoreLocked
 from . import format as fmt
 from . import io as _io
-from . import locking
+from .head import _Head, _Heads
 from .io import _fsync_dir, _unlink
-from .locking import _HeldLock
-from .verify import _Verifier
 from .writer import EpochWriter
 
 if TYPE_CHECKING:
@@ -28,8 +26,8 @@ if TYPE_CHECKING:
 _WRITER_WAIT_S = 600.0        # how long a write waits for this Store's open epoch writer
 
 
-class _Sweeper(_Verifier):
-    """The fifth layer of Store: the writers it has open, and the sweep."""
+class _Sweeper(_Heads):
+    """The sixth layer of Store: the writers it has open, and the sweep."""
 
     _writers_cv: threading.Condition
     _open_writers: weakref.WeakSet[EpochWriter]
@@ -62,7 +60,7 @@ class _Sweeper(_Verifier):
         self._wait_for_writers("sweep")
         self._check_same_store()
         # role "sweep": a writer arriving meanwhile waits the moment out
-        with locking._Lock(self.path, "sweep", wait=locking._LOCK_WAIT_S):
+        with self._writer_lock("sweep"):
             removed = self._sweep()
             self._swept, self._unsettled = True, None
             return removed
@@ -102,6 +100,7 @@ class _Sweeper(_Verifier):
         first write of a Store costs a listing, not a read of every manifest."""
         names = os.listdir(self.path)
         committed = {e for e in map(fmt.parse_manifest_name, names) if e is not None}
+        self._head = _Head(max(committed, default=0))  # listed anyway: the writer's head
         gens: dict[int, set[int]] = {}
         for n in names:
             p = fmt.parse_data_name(n)
@@ -137,14 +136,16 @@ class _Sweeper(_Verifier):
 
 
 class _Maintenance(_Sweeper):
-    """The sixth layer of Store: compact and prune."""
+    """The seventh layer of Store: compact and prune."""
 
     # -- compaction and retention ---------------------------------------------------------
     def compact(self, first: int, last: int, *,
                 progress: Callable[[int, int], None] | None = None) -> EpochInfo:
         """See memckpt.store.contract; progress(done, total) counts pages merged."""
         self._wait_for_writers("compact")
-        with _HeldLock(self.path, "compact"):
+        held, leave = self._held_lock("compact")
+        with held:
+            self._took_lock(held.found, leave)
             self._sweep_if_due()
             full_chain = self.chain(last)
             if first not in full_chain:
@@ -272,6 +273,7 @@ class _Maintenance(_Sweeper):
                 files += [d["files"]["idx"]["name"], d["files"]["pack"]["name"]]
             except (CorruptionError, FormatError):
                 orphans.append(e)
+            self._forget(e)  # first: a head that still names a retired epoch would build on it
             _unlink(self.path / fmt.manifest_name(e))
             _fsync_dir(self.path)
         for n in os.listdir(self.path):
@@ -295,7 +297,9 @@ class _Maintenance(_Sweeper):
             return []
         rebased = self._rebase(keep_last) if rebase and keep_last is not None else []
         self._wait_for_writers("prune")
-        with _HeldLock(self.path, "prune"):
+        held, leave = self._held_lock("prune")
+        with held:
+            self._took_lock(held.found, leave)
             self._sweep_if_due()
             nums = self.epoch_numbers()
             if not nums:

@@ -181,17 +181,19 @@ class EpochWriter(_Commit):
                 fd, self._pack_fd = self._pack_fd, None
                 if fd is not None:
                     os.close(fd)
+                store = self._store
                 if not self._committed and self._manifest_names_mine():
                     self._committed = True
                     try:
-                        _fsync_dir(self._store.path)  # the rename's durability, as commit does
+                        _fsync_dir(store.path)  # the rename's durability, as commit does
                     except OSError:
                         pass  # committed either way; the error that brought us here matters
-                    with self._store._cache_lock:
-                        self._store._manifests.pop(self.epoch, None)
+                    with store._cache_lock:
+                        store._manifests.pop(self.epoch, None)
+                    store._head = None  # committed, but the head never saw it: look again
                 if not self._committed:
                     for n in (self._pack_name, self._idx_name, self._tmp_name):
-                        _unlink(self._store.path / n)
+                        _unlink(store.path / n)
             finally:
                 self._close()
 
