@@ -76,8 +76,8 @@ cdef class ReadPlan:
     cdef object keep
     cdef bint busy
 
-    def __cinit__(self, sources, out, want=None, *, bint verify=True, bint out_is_zero=False,
-                  bint defer_coded=False):
+    def __init__(self, sources, out, want=None, *, bint verify=True, bint out_is_zero=False,
+                 bint defer_coded=False):
         cdef uint8_t[:, ::1] o = out
         cdef const uint8_t[::1] rv
         cdef const uint64_t[::1] wv
@@ -90,6 +90,8 @@ cdef class ReadPlan:
         cdef void *dest = &o[0, 0] if o.shape[0] else NULL
         cdef size_t ps = <size_t>o.shape[1]
         cdef uint64_t npages = <uint64_t>o.shape[0]
+        if self.plan != NULL or self.sources != NULL:
+            raise RuntimeError("a ReadPlan is planned once")
         self.keep = [out]
         self.sources = <c.mck_read_source *>calloc(n if n else 1, sizeof(c.mck_read_source))
         if self.sources == NULL:
@@ -123,6 +125,11 @@ cdef class ReadPlan:
                                        wp, nwant, flags, &fault)
         _check(rc, &fault, "planning the read")
 
+    cdef int _planned(self) except -1:
+        if self.plan == NULL:
+            raise RuntimeError("this ReadPlan was not planned (its __init__ failed)")
+        return 0
+
     def __dealloc__(self):
         c.mck_read_plan_free(self.plan)
         free(self.sources)
@@ -130,15 +137,18 @@ cdef class ReadPlan:
     @property
     def units(self):
         """Units of work in the plan."""
+        self._planned()
         return c.mck_read_plan_units(self.plan)
 
     def pages(self, end=None):
         """Pages units [0, end) fill (default: all units)."""
+        self._planned()
         cdef uint64_t e = c.mck_read_plan_units(self.plan) if end is None else end
         return c.mck_read_plan_pages(self.plan, e)
 
     def page_counts(self):
         """uint64 array of units + 1: [i] is the pages units [0, i) fill."""
+        self._planned()
         cdef uint64_t n = c.mck_read_plan_units(self.plan), i
         out = np.empty(n + 1, dtype=np.uint64)
         cdef uint64_t[::1] ov = out
@@ -149,6 +159,7 @@ cdef class ReadPlan:
     def deferred(self):
         """The compressed pages left to the caller: (sources, records), arrays
         of the chain position (uint32) and the record index (uint64)."""
+        self._planned()
         cdef uint64_t n = c.mck_read_plan_deferred(self.plan, NULL, NULL, 0)
         src = np.empty(n, dtype=np.uint32)
         rec = np.empty(n, dtype=np.uint64)
@@ -161,6 +172,7 @@ cdef class ReadPlan:
     def run(self, first=0, last=None, unsigned threads=0):
         """Read units [first, last) (default: to the end) on `threads` threads
         (0: the CPUs this process may use), GIL released throughout."""
+        self._planned()
         cdef uint64_t f = first
         cdef uint64_t l = c.mck_read_plan_units(self.plan) if last is None else last
         cdef c.mck_read_fault fault
