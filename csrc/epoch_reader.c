@@ -28,6 +28,10 @@
 #endif
 
 #define MAX_THREADS 64
+/* A thread more only for this much work or more each: starting and joining
+ * one costs tens of microseconds, and on a busy machine its first slice may
+ * come milliseconds later, while one thread reads this much in about that. */
+#define THREAD_MIN_BYTES (4u << 20)
 /* Fresh pages are faulted in with one madvise per run of at least this
  * many: the kernel populates a run far faster than a read faulting it in
  * page by page through copy-to-user (measured on this project's VMs:
@@ -323,8 +327,13 @@ int mck_read_plan_run(struct mck_read_plan *p, uint64_t first, uint64_t last,
 		return -EINVAL;
 	if (first == last)
 		return 0;
-	if (!nthreads)
+	if (!nthreads) {
+		uint64_t work = (p->done[last] - p->done[first]) * p->page_size / THREAD_MIN_BYTES;
+
 		nthreads = cpus_here();
+		if (nthreads > work)
+			nthreads = work ? (unsigned)work : 1;
+	}
 	if (nthreads > MAX_THREADS)
 		nthreads = MAX_THREADS;
 	if (nthreads > last - first)

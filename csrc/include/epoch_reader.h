@@ -87,9 +87,10 @@ uint64_t mck_read_plan_pages(const struct mck_read_plan *plan, uint64_t end);
 uint64_t mck_read_plan_deferred(const struct mck_read_plan *plan, uint32_t *source,
 				uint64_t *record, uint64_t cap);
 
-/* Run units [first, last) on nthreads threads (0: the CPUs this thread may
- * run on), the calling thread among them; every thread is joined before
- * return. 0; -EBADMSG with *fault filled (then dest holds part of the
+/* Run units [first, last) on nthreads threads, the calling thread among
+ * them (0: the CPUs this thread may run on, but one thread per 4 MiB of
+ * work at most: a small read is done before a thread would start); every
+ * thread is joined before return. 0; -EBADMSG with *fault filled (then dest holds part of the
  * epoch); or another -errno (thread or memory trouble, *fault IO for a
  * failed read). */
 int mck_read_plan_run(struct mck_read_plan *plan, uint64_t first, uint64_t last,

@@ -171,7 +171,8 @@ cdef class ReadPlan:
 
     def run(self, first=0, last=None, unsigned threads=0):
         """Read units [first, last) (default: to the end) on `threads` threads
-        (0: the CPUs this process may use), GIL released throughout."""
+        (0: the CPUs this process may use, fewer for a small read), GIL
+        released throughout."""
         self._planned()
         cdef uint64_t f = first
         cdef uint64_t l = c.mck_read_plan_units(self.plan) if last is None else last

@@ -29,14 +29,6 @@ DEFER_CODED = False
 Fetch = Callable[[int, np.ndarray, np.ndarray, Callable[[int], None]], None]
 
 
-def default_threads() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover (not Linux)
-        return os.cpu_count() or 1
-
-
 class EpochRead:
     """One read of ``chain`` (oldest first) into ``out``. ``names[i]``:
     (pack name, idx name) of chain[i], for the errors."""
@@ -67,8 +59,9 @@ class EpochRead:
 
         if progress is not None and done[0]:
             progress(done[0], total)
-        nthreads = default_threads() if threads is None else int(threads)
-        if nthreads < 1:
+        # 0: the C picks (the CPUs this process may use, fewer for a small read)
+        nthreads = 0 if threads is None else int(threads)
+        if threads is not None and nthreads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
         for lo, hi in self._batches(plan, out.shape[1], progress is not None):
             try:

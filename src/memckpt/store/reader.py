@@ -278,7 +278,7 @@ class _Reader(_Catalog):
             raise ValueError(f"out has shape {out.shape}, epoch {epoch} needs ({npages}, {self.page_size})")
         if req is not None and len(req) and int(req[-1]) >= npages:
             raise ValueError(f"page {int(req[-1])} is beyond epoch {epoch}'s {npages} pages")
-        indexes = [self._index(e) for e in chain]
+        indexes = [self._index(e, doc=d) for e, d in zip(chain, docs)]
         files = [d["files"] for d in docs]
         names = [(f["pack"]["name"], f["idx"]["name"]) for f in files]
         fds: list[int] = []
