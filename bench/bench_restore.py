@@ -5,13 +5,18 @@ stored) is written twice: with np.save, and as a full epoch of a store (an
 arena holding the same array, Checkpointer mode "sync"). With the page cache
 warm for both, each round times, in turn:
 
-- np.load of the .npy file (what a user would pick);
-- the floor: a sequential read (os.readv) of the epoch's pack file, the same
-  bytes, into fresh memory of 4 KiB pages (what an arena is; a restore cannot
-  read into less), and into a buffer already faulted in (the page cache's copy
-  alone);
+- np.load of the .npy file (what a user would pick), as numpy does it (its
+  large arrays are madvised for transparent huge pages), and into 4 KiB pages
+  (numpy's huge-page advice off: the memory an arena is made of);
+- the floor: a sequential read (os.preadv, one thread) of the epoch's pack
+  file, the same bytes, into fresh memory of 4 KiB pages (a restore cannot
+  read into less), and into a buffer already faulted in (the copy from the
+  page cache alone);
 - memckpt.restore(path) with verify=True (the default) and verify=False,
-  a new Store each time (as a new process would).
+  a new Store each time (as a new process would);
+- Store.read_into of the same epoch into an arena's pages that are already
+  there (rollback's case, and `memckpt restore --out`'s), verify=True and
+  verify=False.
 
 Rounds interleave the methods so that a noisy neighbour hits all of them;
 the table gives medians and ratios of medians. Every restore of the first
@@ -84,12 +89,40 @@ def _read_all(fd: int, mv: memoryview) -> None:
         off += n
 
 
-def _np_load(path: Path) -> Callable[[], float]:
+def _np_load(path: Path, hugepages: bool) -> Callable[[], float]:
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+
+    def run() -> float:
+        multiarray._set_madvise_hugepage(hugepages)
+        try:
+            t = time.perf_counter()
+            a = np.load(path)
+            dt = time.perf_counter() - t
+        finally:
+            multiarray._set_madvise_hugepage(True)
+        del a
+        return dt
+    return run
+
+
+def _read_into_warm(store: Path, want: np.ndarray, verify: bool,
+                    check: list[bool]) -> Callable[[], float]:
+    st = Store(store)
+    epoch = st.latest()
+    arena = memckpt.Arena(want.nbytes)
+    pages = np.frombuffer(arena.buffer(), np.uint8).reshape(arena.npages, arena.page_size)
+    pages[:] = 0x5A  # faulted in, and not the epoch's content
+
     def run() -> float:
         t = time.perf_counter()
-        a = np.load(path)
+        st.read_into(epoch, pages, verify=verify)
         dt = time.perf_counter() - t
-        del a
+        if check[0] and not np.array_equal(pages.reshape(-1)[:want.nbytes], want.view(np.uint8)):
+            sys.exit(f"read_into of {store} (verify={verify}) differs from the array")
+        pages[:1] = 0x5A
         return dt
     return run
 
@@ -160,11 +193,14 @@ def main(argv: list[str] | None = None) -> int:
             npy, store, pack, x = _make(work, mib)
             check = [True]
             methods = {
-                "np.load": _np_load(npy),
+                "np.load": _np_load(npy, True),
+                "np.load, 4 KiB pages": _np_load(npy, False),
                 "read, fresh memory": _fresh_read(pack, mib << 20),
                 "read, warm buffer": _warm_read(pack, os.path.getsize(pack)),
                 "restore verify=True": _restore(store, x, True, check),
                 "restore verify=False": _restore(store, x, False, check),
+                "read_into warm, verify=True": _read_into_warm(store, x, True, check),
+                "read_into warm, verify=False": _read_into_warm(store, x, False, check),
             }
             times: dict[str, list[float]] = {k: [] for k in methods}
             for r in range(args.runs):
@@ -177,17 +213,30 @@ def main(argv: list[str] | None = None) -> int:
         fixed = _fixed_cost(work, args.runs)
     print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
           f"{args.runs} rounds, medians; memckpt.restore of a path (a new Store each time)")
-    head = ["size", "np.load", "read, fresh memory", "read, warm buffer", "restore verify=True",
-            "restore verify=False", "verify=True ÷ np.load", "verify=False ÷ np.load",
-            "verify=True ÷ read, fresh", "GB/s (verify=True)"]
+    print()
+    print("Into fresh memory (memckpt.restore):")
+    head = ["size", "np.load", "np.load, 4 KiB pages", "read, fresh memory (floor)",
+            "restore verify=True", "restore verify=False", "verify=True ÷ np.load",
+            "verify=True ÷ np.load 4 KiB", "verify=True ÷ floor", "verify=False ÷ floor"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for mib, m, _ in rows:
-        v, nv, nl, fr = (m["restore verify=True"], m["restore verify=False"], m["np.load"],
-                         m["read, fresh memory"])
-        print(f"| {mib} MiB | {_ms(nl)} | {_ms(fr)} | {_ms(m['read, warm buffer'])} | {_ms(v)} "
-              f"| {_ms(nv)} | {v / nl:.2f}x | {nv / nl:.2f}x | {v / fr:.2f}x "
-              f"| {(mib << 20) / v / 1e9:.2f} |")
+        v, nv, fr = m["restore verify=True"], m["restore verify=False"], m["read, fresh memory"]
+        print(f"| {mib} MiB | {_ms(m['np.load'])} | {_ms(m['np.load, 4 KiB pages'])} | {_ms(fr)} "
+              f"| {_ms(v)} | {_ms(nv)} | {v / m['np.load']:.2f}x "
+              f"| {v / m['np.load, 4 KiB pages']:.2f}x | {v / fr:.2f}x | {nv / fr:.2f}x |")
+    print()
+    print("Into memory already there (Store.read_into: rollback, memckpt restore --out):")
+    head = ["size", "read, warm buffer (floor)", "read_into verify=True", "read_into verify=False",
+            "verify=True ÷ floor", "verify=False ÷ floor", "verify=True ÷ np.load",
+            "GB/s (verify=True)"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for mib, m, _ in rows:
+        fl, v, nv = (m["read, warm buffer"], m["read_into warm, verify=True"],
+                     m["read_into warm, verify=False"])
+        print(f"| {mib} MiB | {_ms(fl)} | {_ms(v)} | {_ms(nv)} | {v / fl:.2f}x | {nv / fl:.2f}x "
+              f"| {v / m['np.load']:.2f}x | {(mib << 20) / v / 1e9:.2f} |")
     print()
     print("spread (min - max):")
     for mib, _, spread in rows:
