@@ -47,7 +47,7 @@ SANITIZED_TESTS = ["tests/test_tracker.py", "tests/test_arena.py", "tests/test_s
                    "tests/test_checkpointer.py", "tests/test_interval.py",
                    "tests/test_capture_modes.py", "tests/test_fork_mode.py",
                    "tests/test_bg_mode.py", "tests/test_hash.py",
-                   "tests/test_sparse_arena.py"]
+                   "tests/test_sparse_arena.py", "tests/test_restore_eager.py"]
 
 # what a sanitizer prints when it finds something
 REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|"
@@ -140,6 +140,7 @@ def san_package(tmp_path_factory) -> Path:
         z.extractall(site)
     core = list((site / "memckpt").glob("_core*.so"))
     assert core, "the wheel has no memckpt/_core*.so"
+    assert list((site / "memckpt").glob("_reader*.so")), "the wheel has no memckpt/_reader*.so"
     # the extension really is instrumented (else the run below proves nothing)
     syms = subprocess.run(["nm", "-D", str(core[0])], capture_output=True, text=True).stdout
     assert "__asan_init" in syms and "__ubsan_handle" in syms, \

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memckpt import FormatError, MemckptError
+from memckpt import FormatError, MemckptError, _reader
 from memckpt.epoch import EpochInfo
 from memckpt.errors import EpochNotFound, StoreLocked
 from memckpt.store import Store
 from memckpt.store import format as fmt
-from memckpt.store import catalog
+from memckpt.store import catalog, eager
 from memckpt.store import io as store_io
 
 from _store_util import PS, build_chain, random_pages, read, write_epoch
@@ -209,14 +209,31 @@ def test_missing_codec_names_the_extra(store, monkeypatch):
 
 
 def test_reading_compressed_pages_without_codec(tmp_path, monkeypatch):
+    """Pages the C reader leaves to Python (a build without liblz4, here
+    forced) need the lz4 package, and the error names the extra."""
     s = Store(tmp_path / "st", create=True, page_size=PS)
     state = np.zeros((4, PS), dtype=np.uint8)
     state[1] = 3
     e = write_epoch(s, state, None, kind="full", compress="lz4")
     monkeypatch.setitem(sys.modules, "lz4", None)
     monkeypatch.setitem(sys.modules, "lz4.block", None)
+    monkeypatch.setattr(eager, "DEFER_CODED", True)
     with pytest.raises(MemckptError, match=r"memckpt\[lz4\]"):
         read(Store(tmp_path / "st"), e)
+
+
+@pytest.mark.parametrize("compress", ["zstd", "lz4"])
+def test_c_reader_decodes_without_the_python_codec(tmp_path, monkeypatch, compress):
+    if compress not in _reader.codecs():
+        pytest.skip(f"this build found no {compress} library and header: Python decodes its pages")
+    s = Store(tmp_path / "st", create=True, page_size=PS)
+    state = np.zeros((4, PS), dtype=np.uint8)
+    state[1] = 3
+    e = write_epoch(s, state, None, kind="full", compress=compress)
+    assert s.manifest(e)["counts"]["pages_stored"] == 1
+    for mod in ("lz4", "lz4.block", "zstandard"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    assert np.array_equal(read(Store(tmp_path / "st"), e), state)
 
 
 # -- chains and changed_pages ----------------------------------------------------------------

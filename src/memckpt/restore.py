@@ -50,11 +50,20 @@ def arena_from_layout(layout: dict[str, Any]) -> Arena:
     return arena
 
 
-def restore(store: StoreLike, epoch: int | None = None) -> Arena:
+def restore(store: StoreLike, epoch: int | None = None, *, verify: bool = True,
+            threads: int | None = None) -> Arena:
     """A new arena holding ``epoch`` (default: the latest) of ``store`` (a
     path or a :class:`memckpt.Store`): the same arrays (names, dtypes,
     shapes, offsets) and, bit for bit, the same content. Its arrays are
     ``arena.arrays()``.
+
+    Every page read is checked against its BLAKE3 digest, and a damaged page
+    is a :class:`memckpt.CorruptionError` naming the epoch, the pack file and
+    the page. ``verify=False`` skips that check: only for a store verified
+    already (``memckpt verify`` or :meth:`memckpt.Store.verify`) and not
+    written to since, since a damaged page is then restored silently. The
+    pages are read and checked on ``threads`` threads (default: the CPUs this
+    process may use).
 
     To keep checkpointing what was restored, use
     :meth:`memckpt.Checkpointer.resume` instead: it continues the chain
@@ -69,6 +78,7 @@ def restore(store: StoreLike, epoch: int | None = None) -> Arena:
     arena = arena_from_layout(st.layout(epoch))
     with _closed_on_error(arena):
         pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(arena.npages, arena.page_size)
-        st.read_into(epoch, pages, out_is_zero=True)  # a fresh arena: sparse stays sparse
+        # a fresh arena: sparse stays sparse
+        st.read_into(epoch, pages, out_is_zero=True, verify=verify, threads=threads)
         del pages
     return arena

@@ -20,6 +20,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     store_arg(p)
     p.add_argument("--epoch", metavar="N", help="the epoch (default: the latest)")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="the file to write")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not check the pages' BLAKE3 digests: only for a store `memckpt "
+                        "verify` checked already (a damaged page is then written as it is)")
     json_arg(p)
     progress_arg(p)
 
@@ -28,15 +31,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with opened(args.store) as store:
         progress = progress_wanted(args.progress)
         epoch = resolve_epoch(store, args.epoch)
-        return restore_npz(store, epoch, args.out, progress=progress)
+        return restore_npz(store, epoch, args.out, progress=progress, verify=not args.no_verify)
 
 
 # np.savez takes the arrays as keyword arguments besides its own parameters
 _SAVEZ_OWN = {"file", "allow_pickle", "args", "kwds"}
 
 
-def read_epoch(store: Any, epoch: int, *, progress: bool = False,
-               label: str = "restore") -> tuple[dict[str, Any], np.ndarray]:
+def read_epoch(store: Any, epoch: int, *, progress: bool = False, label: str = "restore",
+               verify: bool = True) -> tuple[dict[str, Any], np.ndarray]:
     """The epoch's layout and its pages, (npages, page_size) uint8, with a progress bar."""
     lay = store.layout(epoch)
     man = store.manifest(epoch)
@@ -44,7 +47,7 @@ def read_epoch(store: Any, epoch: int, *, progress: bool = False,
     npages = int(man.get("npages") or lay["nbytes"] // page_size)
     out = np.zeros((npages, page_size), np.uint8)
     with Progress(label, npages, unit="pages", enabled=progress) as bar:
-        store.read_into(epoch, out, progress=bar.callback(), out_is_zero=True)
+        store.read_into(epoch, out, progress=bar.callback(), out_is_zero=True, verify=verify)
     return lay, out
 
 
@@ -84,11 +87,12 @@ def _check_out(dest: Path, out: str) -> None:
         raise CliError(f"cannot write {out}: No such file or directory ({dest.parent} does not exist)")
 
 
-def restore_npz(store: Any, epoch: int, out: str, *, progress: bool = False) -> dict[str, Any]:
+def restore_npz(store: Any, epoch: int, out: str, *, progress: bool = False,
+                verify: bool = True) -> dict[str, Any]:
     dest = Path(out)
     _check_out(dest, out)
     t0 = time.monotonic()
-    lay, pages = read_epoch(store, epoch, progress=progress)
+    lay, pages = read_epoch(store, epoch, progress=progress, verify=verify)
     arrays = arrays_of(lay, pages)
     clash = sorted(_SAVEZ_OWN & set(arrays))
     if clash:
@@ -141,4 +145,5 @@ COMMAND = Command(
                 "use memckpt.Checkpointer.resume in Python.",
     examples="  memckpt restore memckpt-demo --out state.npz\n"
              "  memckpt restore memckpt-demo --epoch 3 --out epoch3.npz\n"
+             "  memckpt verify memckpt-demo && memckpt restore memckpt-demo --no-verify --out s.npz\n"
              "  python -c \"import numpy; print(numpy.load('state.npz')['temperature'].max())\"")

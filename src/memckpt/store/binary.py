@@ -164,7 +164,7 @@ def parse_pack_header(buf: bytes, *, epoch: int, page_size: int, minor: int, whe
     return int(hsize)
 
 
-def parse_index(buf: bytes, *, epoch: int, page_size: int, npages: int, pack_size: int,
+def parse_index(buf: bytes | bytearray, *, epoch: int, page_size: int, npages: int, pack_size: int,
                 where: str) -> np.ndarray:
     """Parse and validate an index file's bytes into a read-only record array
     (RECORD_DTYPE fields; extra trailing bytes of a newer minor's records are dropped)."""

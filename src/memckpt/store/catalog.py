@@ -253,8 +253,12 @@ class _Catalog(_Header):
             raise
         return fd
 
-    def _index(self, epoch: int, *, fresh: bool = False) -> np.ndarray:
-        doc = self._doc(epoch, fresh=fresh)
+    def _index(self, epoch: int, *, fresh: bool = False,
+               doc: dict[str, Any] | None = None) -> np.ndarray:
+        """The epoch's parsed, checked index (cached); ``doc``: its manifest,
+        if the caller has just had it from _doc."""
+        if doc is None or fresh:
+            doc = self._doc(epoch, fresh=fresh)
         f = doc["files"]["idx"]
         fd = self._open_data(epoch, doc, "idx")
         try:
@@ -275,7 +279,9 @@ class _Catalog(_Header):
         where = f"epoch {epoch}: {f['name']}"
         if blake3.blake3(buf).hexdigest() != f["blake3"]:
             raise CorruptionError(f"{where}: BLAKE3 digest mismatch (the file is damaged)")
-        recs = fmt.parse_index(bytes(buf), epoch=epoch, page_size=self.page_size,
+        # parsed in place: a copy of a large index costs more in fresh
+        # pages than the parse itself
+        recs = fmt.parse_index(buf, epoch=epoch, page_size=self.page_size,
                                npages=doc["npages"], pack_size=doc["files"]["pack"]["size"],
                                where=where)
         if len(recs) != doc["counts"]["records"]:

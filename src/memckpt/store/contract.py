@@ -56,7 +56,10 @@ holds Store and EpochWriter to: see the end of local.py):
         # fills out (all pages, or only `pages`) with the epoch's content; pages no
         # epoch of the chain holds are zero. Checks every page's digest:
         # CorruptionError naming epoch, page and file on mismatch (out's content
-        # is then unspecified).
+        # is then unspecified). verify=False skips the digests (for a store
+        # checked already with verify()); threads=N reads on N threads
+        # (default: the CPUs the process may use); out_is_zero=True: out reads
+        # as zero already (a fresh mapping), zero pages are left untouched.
     store.changed_pages(a, b) -> np.ndarray[uint64] | None
         # pages whose content differs between epochs a and b, from the indexes
         # alone (no data read; pages both chains rewrote to the same content, by
@@ -179,7 +182,8 @@ class StoreContract(Protocol):
 
     def read_into(self, epoch: int, out: np.ndarray, pages: Any = None, *,
                   progress: Callable[[int, int], None] | None = None,
-                  out_is_zero: bool = False) -> None: ...
+                  out_is_zero: bool = False, verify: bool = True,
+                  threads: int | None = None) -> None: ...
     def changed_pages(self, a: int, b: int) -> np.ndarray | None: ...
 
     def verify(self, epoch: int | None = None, *,

@@ -1,7 +1,10 @@
-"""Reading epochs: resolve which epoch of a chain holds each page, read the
-pages from the packs straight into the caller's array (preadv, or
-decompressing), check every page's BLAKE3 digest; retry with fresh manifests
-when a prune or compaction in another process retired what a read used."""
+"""Reading epochs: read_into hands the chain's packs and indexes to the C
+reader (eager.py), which resolves which epoch holds each page, reads the
+pages from the packs straight into the caller's array and checks every
+page's BLAKE3 digest; retry with fresh manifests when a prune or compaction
+in another process retired what a read used. _fetch, the Python read of
+stored records, serves verify, compaction and compressed pages the C build
+cannot decode."""
 from __future__ import annotations
 
 import os
@@ -12,9 +15,11 @@ import numpy as np
 
 from .. import _core
 from ..errors import CorruptionError, EpochNotFound, FormatError, MemckptError
+from . import eager as _eager
 from . import format as fmt
 from . import io as _io
 from .catalog import _Catalog
+from .eager import EpochRead
 from .io import _IOV_MAX, _as_pages, _fmt_epochs, _preadv_exact
 
 _SNAPSHOT_TRIES = 5            # reads a concurrent prune/compaction may spoil before a reader gives up
@@ -75,8 +80,11 @@ class _Reader(_Catalog):
 
     def _fetch(self, holder: int, fd: int, pack_name: str, recs: np.ndarray, out: np.ndarray,
                rows: np.ndarray, reading: int | None,
-               tick: Callable[[int], None] | None = None) -> None:
-        """Fill out[rows] from stored records (none ZERO) of epoch `holder`; check digests."""
+               tick: Callable[[int], None] | None = None, *, verify: bool = True) -> None:
+        """Fill out[rows] from stored records (none ZERO) of epoch `holder`; check
+        digests unless not `verify`. (Verify and compaction read through here;
+        read_into through the C reader, and here only for compressed pages the
+        C build cannot decode.)"""
         if not len(recs):
             return
         order = np.argsort(recs["offset"], kind="stable")
@@ -86,7 +94,8 @@ class _Reader(_Catalog):
         if comp.any():
             crecs, crows = recs[comp], rows[comp]
             self._fetch_compressed(fd, crecs, out, crows, where, holder)
-            _check_digests(holder, pack_name, crecs, out, crows, reading)
+            if verify:
+                _check_digests(holder, pack_name, crecs, out, crows, reading)
             if tick is not None:
                 tick(len(crecs))
             recs, rows = recs[~comp], rows[~comp]
@@ -96,7 +105,8 @@ class _Reader(_Catalog):
         step = max(1, _io._CHUNK_BYTES // self.page_size)
         if n <= step:
             self._fetch_raw(fd, recs, out, rows, where)
-            _check_digests(holder, pack_name, recs, out, rows, reading)
+            if verify:
+                _check_digests(holder, pack_name, recs, out, rows, reading)
             if tick is not None:
                 tick(n)
             return
@@ -110,7 +120,8 @@ class _Reader(_Catalog):
                 fut.result()
                 if i + 1 < len(bounds):
                     fut = ex.submit(read, bounds[i + 1])
-                _check_digests(holder, pack_name, recs[lo:hi], out, rows[lo:hi], reading)
+                if verify:
+                    _check_digests(holder, pack_name, recs[lo:hi], out, rows[lo:hi], reading)
                 if tick is not None:
                     tick(hi - lo)
 
@@ -188,13 +199,18 @@ class _Reader(_Catalog):
 
     def read_into(self, epoch: int, out: np.ndarray, pages: Any = None, *,
                   progress: Callable[[int, int], None] | None = None,
-                  out_is_zero: bool = False) -> None:
+                  out_is_zero: bool = False, verify: bool = True,
+                  threads: int | None = None) -> None:
         """See memckpt.store.contract; progress(done, total) is called as pages are filled.
 
         ``out_is_zero=True`` promises that ``out`` reads as zeros already (a
         fresh arena): pages the epoch holds as zero are then left untouched,
         so restoring a sparse arena does not make all of it resident. Page data
-        is read from the pack files straight into ``out`` (``preadv``)."""
+        is read from the pack files straight into ``out`` by the C reader
+        (csrc/epoch_reader.c) on ``threads`` threads (default: the CPUs this
+        process may use), each page checked against its BLAKE3 digest unless
+        ``verify=False`` (for stores checked already with ``memckpt verify``:
+        a damaged page is then not detected)."""
         if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 2:
             raise TypeError("out must be a 2-D uint8 numpy array of (npages, page_size)")
         if not out.flags.c_contiguous or not out.flags.writeable:
@@ -206,7 +222,7 @@ class _Reader(_Catalog):
             before = set(self.epoch_numbers())
             used: dict[int, Any] = {}
             try:
-                self._read_into(epoch, out, req, progress, out_is_zero, used)
+                self._read_into(epoch, out, req, progress, out_is_zero, used, verify, threads)
                 return
             except (CorruptionError, FormatError, EpochNotFound) as exc:
                 # a prune or compaction in another process may have retired
@@ -253,7 +269,7 @@ class _Reader(_Catalog):
         return after
     def _read_into(self, epoch: int, out: np.ndarray, req: np.ndarray | None,
                    progress: Callable[[int, int], None] | None, out_is_zero: bool,
-                   used: dict[int, Any]) -> None:
+                   used: dict[int, Any], verify: bool, threads: int | None) -> None:
         chain = self.chain(epoch)
         used.update((e, self._manifest_key(e)) for e in chain)
         docs = [self._doc(e) for e in chain]
@@ -262,41 +278,23 @@ class _Reader(_Catalog):
             raise ValueError(f"out has shape {out.shape}, epoch {epoch} needs ({npages}, {self.page_size})")
         if req is not None and len(req) and int(req[-1]) >= npages:
             raise ValueError(f"page {int(req[-1])} is beyond epoch {epoch}'s {npages} pages")
-        indexes = [self._index(e) for e in chain]
+        indexes = [self._index(e, doc=d) for e, d in zip(chain, docs)]
+        files = [d["files"] for d in docs]
+        names = [(f["pack"]["name"], f["idx"]["name"]) for f in files]
         fds: list[int] = []
         try:
             for e, d in zip(chain, docs):
                 fds.append(self._open_pack(e, d))
-            dest, owner, ridx = self._resolve(indexes, npages, req)
-            total = len(dest)
-            done = [0]
 
-            def tick(n: int) -> None:
-                done[0] += n
-                if progress is not None:
-                    progress(done[0], total)
+            def fetch(pos: int, recs: np.ndarray, rows: np.ndarray,
+                      tick: Callable[[int], None]) -> None:
+                self._fetch(chain[pos], fds[pos], names[pos][0], recs, out, rows, epoch, tick,
+                            verify=verify)
 
-            none = owner < 0
-            if none.any():
-                if not out_is_zero:
-                    out[dest[none]] = 0
-                tick(int(none.sum()))
-            for pos, e in enumerate(chain):
-                sel = np.flatnonzero(owner == pos)
-                if not sel.size:
-                    continue
-                recs = indexes[pos][ridx[sel]]
-                rows = dest[sel]
-                zero = (recs["flags"] & fmt.FLAG_ZERO) != 0
-                if zero.any():
-                    if not out_is_zero:
-                        out[rows[zero]] = 0
-                    tick(int(zero.sum()))
-                    recs, rows = recs[~zero], rows[~zero]
-                self._fetch(e, fds[pos], docs[pos]["files"]["pack"]["name"], recs, out, rows, epoch,
-                            tick)
-            if progress is not None and done[0] != total:
-                progress(total, total)
+            EpochRead(chain, names, epoch).run(
+                fds, indexes, [f["pack"]["size"] for f in files], out, req, verify=verify,
+                out_is_zero=out_is_zero, threads=threads, progress=progress, fetch=fetch,
+                defer_coded=_eager.DEFER_CODED)
         finally:
             for fd in fds:
                 os.close(fd)

@@ -1,0 +1,249 @@
+"""Eager restore against np.load and the floor, in one run.
+
+For each size, one array of random float64 (incompressible: every page is
+stored) is written twice: with np.save, and as a full epoch of a store (an
+arena holding the same array, Checkpointer mode "sync"). With the page cache
+warm for both, each round times, in turn:
+
+- np.load of the .npy file (what a user would pick), as numpy does it (its
+  large arrays are madvised for transparent huge pages), and into 4 KiB pages
+  (numpy's huge-page advice off: the memory an arena is made of);
+- the floor: a sequential read (os.preadv, one thread) of the epoch's pack
+  file, the same bytes, into fresh memory of 4 KiB pages (a restore cannot
+  read into less), and into a buffer already faulted in (the copy from the
+  page cache alone);
+- memckpt.restore(path) with verify=True (the default) and verify=False,
+  a new Store each time (as a new process would);
+- Store.read_into of the same epoch into an arena's pages that are already
+  there (rollback's case, and `memckpt restore --out`'s), verify=True and
+  verify=False.
+
+Rounds interleave the methods so that a noisy neighbour hits all of them;
+the table gives medians and ratios of medians. Every restore of the first
+round is checked bit for bit against the array. A last line gives a restore's
+fixed cost: the median restore of a one-page arena.
+
+    .venv/bin/python bench/bench_restore.py                   # 64, 512, 1024 MiB
+    .venv/bin/python bench/bench_restore.py --size 64 --runs 11
+"""
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import memckpt
+from memckpt.store import Store
+
+
+def _fresh_read(path: Path, nbytes: int) -> Callable[[], float]:
+    """Time a read of the whole file into a new anonymous mapping of nbytes."""
+    def run() -> float:
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            # 4 KiB pages, as an arena (the kernel would not give huge pages
+            # to a mapping without MADV_HUGEPAGE in THP's madvise mode anyway)
+            buf.madvise(mmap.MADV_NOHUGEPAGE)
+        except (AttributeError, OSError):
+            pass
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            t = time.perf_counter()
+            _read_all(fd, memoryview(buf))
+            dt = time.perf_counter() - t
+        finally:
+            os.close(fd)
+            buf.close()
+        return dt
+    return run
+
+
+def _warm_read(path: Path, nbytes: int) -> Callable[[], float]:
+    buf = bytearray(nbytes)  # faulted in once, here
+
+    def run() -> float:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            t = time.perf_counter()
+            _read_all(fd, memoryview(buf))
+            return time.perf_counter() - t
+        finally:
+            os.close(fd)
+    return run
+
+
+def _read_all(fd: int, mv: memoryview) -> None:
+    off = 0
+    while off < len(mv):
+        n = os.preadv(fd, [mv[off:]], off)
+        if n == 0:
+            break
+        off += n
+
+
+def _np_load(path: Path, hugepages: bool) -> Callable[[], float]:
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+
+    def run() -> float:
+        multiarray._set_madvise_hugepage(hugepages)
+        try:
+            t = time.perf_counter()
+            a = np.load(path)
+            dt = time.perf_counter() - t
+        finally:
+            multiarray._set_madvise_hugepage(True)
+        del a
+        return dt
+    return run
+
+
+def _read_into_warm(store: Path, want: np.ndarray, verify: bool,
+                    check: list[bool]) -> Callable[[], float]:
+    st = Store(store)
+    epoch = st.latest()
+    arena = memckpt.Arena(want.nbytes)
+    pages = np.frombuffer(arena.buffer(), np.uint8).reshape(arena.npages, arena.page_size)
+    pages[:] = 0x5A  # faulted in, and not the epoch's content
+
+    def run() -> float:
+        t = time.perf_counter()
+        st.read_into(epoch, pages, verify=verify)
+        dt = time.perf_counter() - t
+        if check[0] and not np.array_equal(pages.reshape(-1)[:want.nbytes], want.view(np.uint8)):
+            sys.exit(f"read_into of {store} (verify={verify}) differs from the array")
+        pages[:1] = 0x5A
+        return dt
+    return run
+
+
+def _restore(store: Path, want: np.ndarray, verify: bool, check: list[bool]) -> Callable[[], float]:
+    def run() -> float:
+        t = time.perf_counter()
+        arena = memckpt.restore(store, verify=verify)
+        dt = time.perf_counter() - t
+        if check[0]:
+            got = arena.arrays()["x"]
+            if not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
+                sys.exit(f"restore of {store} (verify={verify}) differs from the array")
+            del got
+        arena.close()
+        return dt
+    return run
+
+
+def _make(work: Path, mib: int) -> tuple[Path, Path, Path, np.ndarray]:
+    n = (mib << 20) // 8
+    x = np.random.default_rng(mib).standard_normal(n)
+    npy = work / f"x{mib}.npy"
+    np.save(npy, x)
+    store = work / f"st{mib}"
+    with memckpt.Arena(mib << 20) as arena:
+        arena.array("x", (n,), np.float64)[:] = x
+        with memckpt.Checkpointer(arena, store, mode="sync") as ck:
+            ck.checkpoint()
+    st = Store(store)
+    pack = store / st.manifest(st.latest())["files"]["pack"]["name"]
+    st.close()
+    for p in (npy, pack):  # the page cache warm for both
+        p.read_bytes()
+    return npy, store, pack, x
+
+
+def _fixed_cost(work: Path, runs: int) -> float:
+    store = work / "one-page"
+    with memckpt.Arena(4096) as arena:
+        arena.array("x", (512,), np.float64)[:] = 1.0
+        with memckpt.Checkpointer(arena, store, mode="sync") as ck:
+            ck.checkpoint()
+    ts = []
+    for _ in range(max(runs, 21)):
+        t = time.perf_counter()
+        a = memckpt.restore(store)
+        ts.append(time.perf_counter() - t)
+        a.close()
+    return statistics.median(ts)
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.1f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, nargs="+", default=[64, 512, 1024], metavar="MIB",
+                    help="array sizes in MiB (default: 64 512 1024)")
+    ap.add_argument("--runs", type=int, default=9, help="rounds per size (default 9)")
+    ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-restore-") as tmp:
+        work = Path(tmp)
+        rows = []
+        for mib in args.size:
+            npy, store, pack, x = _make(work, mib)
+            check = [True]
+            methods = {
+                "np.load": _np_load(npy, True),
+                "np.load, 4 KiB pages": _np_load(npy, False),
+                "read, fresh memory": _fresh_read(pack, mib << 20),
+                "read, warm buffer": _warm_read(pack, os.path.getsize(pack)),
+                "restore verify=True": _restore(store, x, True, check),
+                "restore verify=False": _restore(store, x, False, check),
+                "read_into warm, verify=True": _read_into_warm(store, x, True, check),
+                "read_into warm, verify=False": _read_into_warm(store, x, False, check),
+            }
+            times: dict[str, list[float]] = {k: [] for k in methods}
+            for r in range(args.runs):
+                for name, fn in methods.items():
+                    times[name].append(fn())
+                check[0] = False
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append((mib, med, {k: (min(v), max(v)) for k, v in times.items()}))
+            del x, methods
+        fixed = _fixed_cost(work, args.runs)
+    print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
+          f"{args.runs} rounds, medians; memckpt.restore of a path (a new Store each time)")
+    print()
+    print("Into fresh memory (memckpt.restore):")
+    head = ["size", "np.load", "np.load, 4 KiB pages", "read, fresh memory (floor)",
+            "restore verify=True", "restore verify=False", "verify=True ÷ np.load",
+            "verify=True ÷ np.load 4 KiB", "verify=True ÷ floor", "verify=False ÷ floor"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for mib, m, _ in rows:
+        v, nv, fr = m["restore verify=True"], m["restore verify=False"], m["read, fresh memory"]
+        print(f"| {mib} MiB | {_ms(m['np.load'])} | {_ms(m['np.load, 4 KiB pages'])} | {_ms(fr)} "
+              f"| {_ms(v)} | {_ms(nv)} | {v / m['np.load']:.2f}x "
+              f"| {v / m['np.load, 4 KiB pages']:.2f}x | {v / fr:.2f}x | {nv / fr:.2f}x |")
+    print()
+    print("Into memory already there (Store.read_into: rollback, memckpt restore --out):")
+    head = ["size", "read, warm buffer (floor)", "read_into verify=True", "read_into verify=False",
+            "verify=True ÷ floor", "verify=False ÷ floor", "verify=True ÷ np.load",
+            "GB/s (verify=True)"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for mib, m, _ in rows:
+        fl, v, nv = (m["read, warm buffer"], m["read_into warm, verify=True"],
+                     m["read_into warm, verify=False"])
+        print(f"| {mib} MiB | {_ms(fl)} | {_ms(v)} | {_ms(nv)} | {v / fl:.2f}x | {nv / fl:.2f}x "
+              f"| {v / m['np.load']:.2f}x | {(mib << 20) / v / 1e9:.2f} |")
+    print()
+    print("spread (min - max):")
+    for mib, _, spread in rows:
+        print(f"  {mib} MiB: " + "; ".join(f"{k} {_ms(a)} - {_ms(b)}" for k, (a, b) in spread.items()))
+    print(f"fixed cost: restore of a one-page arena, median {fixed * 1e3:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

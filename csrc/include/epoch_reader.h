@@ -1,0 +1,107 @@
+/* epoch_reader.h: reading an epoch of a store into memory, in C.
+ *
+ * The caller (the store's Python layer, or a C program) has walked the
+ * chain [full, ..., epoch], opened each epoch's pack and checked each
+ * index (docs/format.md); it hands over one source per epoch, oldest first.
+ * A plan resolves once which source holds each page (the newest that has a
+ * record for it) and cuts the work into units: runs of records stored back
+ * to back in one pack (read with one preadv straight into the pages, or
+ * into a scratch buffer when compressed), and runs of pages to zero. Running
+ * the plan hands the units to threads, each of which reads a unit and then
+ * hashes it while it is still in cache, so reads and BLAKE3 overlap.
+ *
+ * Same conventions as memckpt.h: 0 or a count, else -errno. A damaged
+ * store is not an errno: the call returns -EBADMSG and fills a
+ * struct mck_read_fault saying what and where. */
+#ifndef MEMCKPT_EPOCH_READER_H
+#define MEMCKPT_EPOCH_READER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One epoch of the chain. */
+struct mck_read_source {
+	int fd;                 /* its pack, open for reading */
+	const void *records;    /* its index records (struct mck_idx_record), page order */
+	uint64_t nrecords;
+	uint64_t pack_size;     /* no record may point past it */
+};
+
+enum mck_read_fault_kind {
+	MCK_READ_FAULT_NONE = 0,
+	MCK_READ_FAULT_DIGEST,  /* a page does not match its record's BLAKE3 digest */
+	MCK_READ_FAULT_SHORT,   /* the pack ends before a record's bytes (at `offset`) */
+	MCK_READ_FAULT_DECODE,  /* a compressed image does not decode to one page (`why`) */
+	MCK_READ_FAULT_RECORD,  /* a record the reader cannot follow (`why`) */
+	MCK_READ_FAULT_IO,      /* a read failed: `err` is its -errno */
+};
+
+/* What went wrong, where: the first faulty unit of the plan's order, so
+ * the answer does not depend on the number of threads. */
+struct mck_read_fault {
+	int kind;               /* enum mck_read_fault_kind */
+	int err;                /* IO: the -errno */
+	uint32_t source;        /* index into the sources */
+	uint64_t record;        /* index into that source's records */
+	uint64_t page;          /* the page the record is for */
+	uint64_t offset;        /* the byte offset in the pack */
+	uint64_t nbad;          /* DIGEST: pages of that unit that do not match */
+	char why[112];
+};
+
+/* Flags of mck_read_plan_build. */
+#define MCK_READ_VERIFY (1u << 0)       /* check every page read against its digest */
+#define MCK_READ_OUT_ZERO (1u << 1)     /* dest reads as zero already (a fresh mapping):
+					 * zero pages are left untouched, and the pages
+					 * to read are populated before the read */
+#define MCK_READ_DEFER_CODED (1u << 2)  /* leave compressed pages to the caller even
+					 * when this build decodes them */
+
+struct mck_read_plan;
+
+/* Plan the read of pages into dest (npages pages of page_size bytes, page
+ * p at dest + p * page_size) from sources[0..nsources) (oldest first).
+ * want: NULL for every page, else nwant page numbers, strictly increasing,
+ * < npages; pages not wanted are not touched. Pages no source holds, and
+ * pages whose newest record is ZERO, read as zero. Compressed pages this
+ * build cannot decode (or all of them, with MCK_READ_DEFER_CODED) are
+ * listed by mck_read_plan_deferred for the caller to read. The plan keeps
+ * the pointers it is given: they must outlive it. -EINVAL on bad
+ * arguments; -EBADMSG and *fault (RECORD) on a record that points outside
+ * the arena or the pack. */
+int mck_read_plan_build(struct mck_read_plan **out, const struct mck_read_source *sources,
+			uint32_t nsources, void *dest, size_t page_size, uint64_t npages,
+			const uint64_t *want, uint64_t nwant, unsigned flags,
+			struct mck_read_fault *fault);
+
+/* Units in the plan, and the pages units [0, end) fill (for progress). */
+uint64_t mck_read_plan_units(const struct mck_read_plan *plan);
+uint64_t mck_read_plan_pages(const struct mck_read_plan *plan, uint64_t end);
+
+/* The deferred pages (source, record): copies up to cap of them; returns
+ * how many there are. */
+uint64_t mck_read_plan_deferred(const struct mck_read_plan *plan, uint32_t *source,
+				uint64_t *record, uint64_t cap);
+
+/* Run units [first, last) on nthreads threads, the calling thread among
+ * them (0: the CPUs this thread may run on, but one thread per 4 MiB of
+ * work at most: a small read is done before a thread would start); every
+ * thread is joined before return. 0; -EBADMSG with *fault filled (then dest holds part of the
+ * epoch); or another -errno (thread or memory trouble, *fault IO for a
+ * failed read). */
+int mck_read_plan_run(struct mck_read_plan *plan, uint64_t first, uint64_t last,
+		      unsigned nthreads, struct mck_read_fault *fault);
+
+void mck_read_plan_free(struct mck_read_plan *plan);
+
+/* The MCK_PAGE_* compression flags this build decodes itself. */
+unsigned mck_read_codecs(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MEMCKPT_EPOCH_READER_H */
