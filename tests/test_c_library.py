@@ -273,3 +273,32 @@ def test_cmake_install_installs_a_usable_library(tmp_path):
         assert [os.path.normpath(f) for f in out] == [f"-I{moved / 'include'}"], out
     binary = cmake_consumer(tmp_path / "consumer-moved", str(moved))
     check_runs(binary)
+
+
+def _doc_programs() -> list[str]:
+    """The complete programs (those with a main) among docs/c-api.md's C blocks."""
+    text = (ROOT / "docs" / "c-api.md").read_text()
+    return [b for b in re.findall(r"^```c\n(.*?)^```$", text, re.M | re.S) if "int main(" in b]
+
+
+DOC_PROGRAMS = _doc_programs()
+
+
+def test_the_doc_has_its_examples():
+    assert len(DOC_PROGRAMS) == 2, "docs/c-api.md's examples went missing"
+
+
+@pytest.mark.parametrize("i", range(len(DOC_PROGRAMS)))
+def test_doc_example_builds_and_runs(tmp_path, i):
+    # docs/c-api.md's examples, as a reader would build them
+    cc = need("cc", "a C compiler: apt-get install gcc")
+    src = tmp_path / f"example{i}.c"
+    src.write_text(DOC_PROGRAMS[i])
+    binary = tmp_path / f"example{i}"
+    run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", str(src),
+         *memckpt_config("--cflags", "--libs").split(), "-o", str(binary)])
+    p = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
+    if p.returncode == 77:
+        pytest.skip(p.stdout.strip())
+    assert p.returncode == 0, f"docs/c-api.md example {i} exited {p.returncode}:\n{p.stdout}{p.stderr}"
+    sys.stdout.write(p.stdout)
