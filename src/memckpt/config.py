@@ -13,13 +13,15 @@ holds both, so the directories are looked for along it.
 """
 from __future__ import annotations
 
-import argparse
-import importlib.metadata
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import LibraryNotInstalled
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["get_include", "get_library_dir", "get_cmake_dir", "get_pkgconfig_dir", "main"]
 
@@ -64,6 +66,7 @@ def get_pkgconfig_dir() -> str:
 
 
 def _version() -> str:
+    import importlib.metadata  # here, not at `import memckpt`: only the command needs it
     return importlib.metadata.version("memckpt")
 
 
@@ -106,6 +109,7 @@ get_pkgconfig_dir(). The C API: docs/c-api.md in memckpt's source."""
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
     p = argparse.ArgumentParser(
         prog="memckpt-config",
         formatter_class=argparse.RawDescriptionHelpFormatter,
