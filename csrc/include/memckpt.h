@@ -6,7 +6,9 @@
  *  - every fd the core opens is O_CLOEXEC;
  *  - nothing here includes or needs Python.h: a C simulator can link the core
  *    on its own (see csrc/tests/ for examples).
- */
+ * The installed library is libmemckpt.so (the wheel ships it inside the
+ * package: `memckpt-config --cflags --libs`, or find_package(memckpt CONFIG)
+ * in CMake); docs/c-api.md documents the API. */
 #ifndef MEMCKPT_H
 #define MEMCKPT_H
 
@@ -17,8 +19,30 @@
 extern "C" {
 #endif
 
+/* The library's version: the Python package's too (a test holds them equal);
+ * CMake reads it from here. Until 1.0 every minor version may change the ABI,
+ * so the shared library's SONAME is libmemckpt.so.MAJOR.MINOR. */
 #define MCK_VERSION_MAJOR 0
 #define MCK_VERSION_MINOR 1
+#define MCK_VERSION_PATCH 0
+
+/* What libmemckpt.so exports: the functions declared here and nothing else
+ * (the core is compiled with -fvisibility=hidden; the shared library's build
+ * defines MCK_BUILD_SHARED). The static core linked into the Python module
+ * exports nothing. */
+#if defined(MCK_BUILD_SHARED) && defined(__GNUC__)
+#define MCK_API __attribute__((visibility("default")))
+#else
+#define MCK_API
+#endif
+
+/* --------------------------------------------------------------- errors */
+
+/* A sentence for a return code of this API: rc < 0 is -errno (the system's
+ * description of that errno; "unknown error" for one it does not know), rc >=
+ * 0 is "success". Never NULL; the string is constant, so any thread may call
+ * this at any time (a fork child too: no lock, no allocation). */
+MCK_API const char *mck_strerror(int64_t rc);
 
 /* ---------------------------------------------------------------- probe */
 
@@ -55,7 +79,7 @@ struct mck_features {
 };
 
 /* Probe the kernel once; later calls return the cached result. Thread-safe. */
-int mck_probe(struct mck_features *out);
+MCK_API int mck_probe(struct mck_features *out);
 
 /* ------------------------------------------------------------- regions */
 
@@ -73,10 +97,10 @@ struct mck_region {
 
 /* Map len bytes (rounded up to whole pages) of zero-filled anonymous private
  * memory between two PROT_NONE guard pages. */
-int mck_region_create(struct mck_region *r, size_t len, unsigned flags);
-int mck_region_destroy(struct mck_region *r);
+MCK_API int mck_region_create(struct mck_region *r, size_t len, unsigned flags);
+MCK_API int mck_region_destroy(struct mck_region *r);
 /* Give the pages of [off, off+len) back to the kernel; they read as zero after. */
-int mck_region_discard(struct mck_region *r, size_t off, size_t len);
+MCK_API int mck_region_discard(struct mck_region *r, size_t off, size_t len);
 
 enum mck_populated_flags {
 	/* read /proc/self/pagemap even where PAGEMAP_SCAN works (tests) */
@@ -92,7 +116,8 @@ enum mck_populated_flags {
  * A page written after the call returns may be missing: the caller orders
  * the call after its snapshot's instant. Returns the count; -ENOBUFS if
  * more than cap. PAGEMAP_SCAN (Linux >= 6.7), else /proc/self/pagemap. */
-int64_t mck_pages_populated(void *addr, size_t len, uint64_t *out, size_t cap, unsigned flags);
+MCK_API int64_t mck_pages_populated(void *addr, size_t len, uint64_t *out, size_t cap,
+				    unsigned flags);
 
 /* ------------------------------------------------------------ trackers */
 
@@ -111,31 +136,31 @@ enum mck_backend_props {
 	MCK_PROP_CONCURRENT = 1u << 2,    /* collect may run while other threads write */
 };
 
-const char *mck_backend_name(int backend);
+MCK_API const char *mck_backend_name(int backend);
 /* The backend numbered by name, or -EINVAL. */
-int mck_backend_lookup(const char *name);
-unsigned mck_backend_props(int backend);
+MCK_API int mck_backend_lookup(const char *name);
+MCK_API unsigned mck_backend_props(int backend);
 /* 1 if the backend works here, 0 if not, with the reason written to
  * reason[len] in both cases; -errno if the question could not be answered. */
-int mck_backend_status(int backend, char *reason, size_t len);
+MCK_API int mck_backend_status(int backend, char *reason, size_t len);
 /* The best available backend in order of preference, why in reason[len]. */
-int mck_backend_auto(char *reason, size_t len);
+MCK_API int mck_backend_auto(char *reason, size_t len);
 
 struct mck_tracker;
 
 /* Start tracking writes to [addr, addr+len) (page-aligned). Only one tracker
  * may watch a given page at a time. */
-int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t len);
+MCK_API int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t len);
 /* Write to out[] the sorted indices (from addr's page) of the pages written
  * since the last collect (or the open) and re-arm in the same step, so that no
  * write is lost between the two. cap must be at least the range's page count.
  * Returns the number of indices. */
-int64_t mck_tracker_collect(struct mck_tracker *t, uint64_t *out, size_t cap);
-size_t mck_tracker_npages(const struct mck_tracker *t);
-int mck_tracker_backend(const struct mck_tracker *t);
+MCK_API int64_t mck_tracker_collect(struct mck_tracker *t, uint64_t *out, size_t cap);
+MCK_API size_t mck_tracker_npages(const struct mck_tracker *t);
+MCK_API int mck_tracker_backend(const struct mck_tracker *t);
 /* Close the tracker: the range is plain memory again. In a child of fork()
  * (below) it only frees the child's copy: the parent's tracking goes on. */
-int mck_tracker_close(struct mck_tracker *t);
+MCK_API int mck_tracker_close(struct mck_tracker *t);
 
 /* ------------------------------------------------------------ pauses */
 
@@ -165,12 +190,12 @@ struct mck_pause_out {
  * merge in job->carry, and for a full epoch list the populated pages.
  * Returns the count of pages to snapshot (ndirty, or the populated count of
  * a full epoch), or -errno: nothing was collected, unless ndirty says so. */
-int64_t mck_pause_pages(struct mck_tracker *t, const struct mck_pause_job *job,
-			struct mck_pause_out *o);
+MCK_API int64_t mck_pause_pages(struct mck_tracker *t, const struct mck_pause_job *job,
+				struct mck_pause_out *o);
 /* out's i-th page = base's page pages[i] (runs of consecutive pages as one
  * memcpy); the caller checks the bounds. */
-int mck_copy_pages(const void *base, size_t page_size, const uint64_t *pages, size_t n,
-		   void *out);
+MCK_API int mck_copy_pages(const void *base, size_t page_size, const uint64_t *pages, size_t n,
+			   void *out);
 
 /* Fork safety. A tracker belongs to the process that opened it. Its kernel
  * objects are shared with any child of fork(): a userfaultfd acts on the mm
@@ -185,9 +210,9 @@ int mck_copy_pages(const void *base, size_t page_size, const uint64_t *pages, si
  * opens a tracker of its own. Fork snapshots (mck_fork_*) follow the same
  * rule. */
 /* 1 if the calling process is not the one that opened t, else 0. */
-int mck_tracker_detached(const struct mck_tracker *t);
+MCK_API int mck_tracker_detached(const struct mck_tracker *t);
 /* The pid of the process that opened t. */
-int mck_tracker_owner(const struct mck_tracker *t);
+MCK_API int mck_tracker_owner(const struct mck_tracker *t);
 
 /* -------------------------------------------------------- fork snapshots
  *
@@ -273,16 +298,16 @@ struct mck_fork_result {
 };
 
 /* Bytes of scratch a job of n pages needs. */
-size_t mck_fork_scratch_size(size_t n);
+MCK_API size_t mck_fork_scratch_size(size_t n);
 /* Check the job, then fork the child; returns 0 with out filled, or -errno
  * (-EINVAL for a bad job) with no child made and no fd left open. */
-int mck_fork_start(const struct mck_fork_job *job, struct mck_fork_child *out);
+MCK_API int mck_fork_start(const struct mck_fork_job *job, struct mck_fork_child *out);
 /* Read the child's result, then reap it (both retried on EINTR). Returns 0 if
  * the child wrote and synced both files; -error (res->stage says where) if
  * the child reported a failure; -ECHILD if it died without a whole result
  * (res->term_signal / res->exit_code say how). c is closed on return, also
  * on failure: a second call returns -ESRCH. */
-int mck_fork_wait(struct mck_fork_child *c, struct mck_fork_result *res);
+MCK_API int mck_fork_wait(struct mck_fork_child *c, struct mck_fork_result *res);
 /* The first half of mck_fork_wait: read the result (same return values) and
  * close the pipe, but leave a child that reported to exit on its own: its
  * exit tears down a copy of the parent's address space (~50 ms for 1 GiB
@@ -290,10 +315,10 @@ int mck_fork_wait(struct mck_fork_child *c, struct mck_fork_result *res);
  * once it reports. A child that reported nothing is reaped at once (c->pid
  * is then -1). Otherwise mck_fork_wait(c, res), with the same res, reaps it
  * and returns the same value (or mck_fork_kill does). */
-int mck_fork_read(struct mck_fork_child *c, struct mck_fork_result *res);
+MCK_API int mck_fork_read(struct mck_fork_child *c, struct mck_fork_result *res);
 /* SIGKILL the child (if still unreaped), reap it and close the pipe.
  * Idempotent; 0 or -errno. */
-int mck_fork_kill(struct mck_fork_child *c);
+MCK_API int mck_fork_kill(struct mck_fork_child *c);
 
 /* ------------------------------------------------- background capture
  * Copy-before-write snapshots without fork, over a uffd-sync tracker
@@ -338,7 +363,7 @@ struct mck_bg_stats {
 
 /* 1 if the tracker's backend can do background capture, 0 if not (reason
  * written in both cases). */
-int mck_bg_supported(int backend, char *reason, size_t len);
+MCK_API int mck_bg_supported(int backend, char *reason, size_t len);
 /* Collect into pages[] (cap >= the tracker's page count) as
  * mck_tracker_collect does (every page with MCK_BG_ALL_PAGES in flags),
  * write-protect those pages, and start copying page
@@ -346,28 +371,28 @@ int mck_bg_supported(int backend, char *reason, size_t len);
  * fewer than collected, nothing changes and -ENOBUFS is returned. pages[] and
  * staging must stay untouched until mck_bg_wait returns. Returns the count;
  * -EOPNOTSUPP if the backend is not uffd-sync, -EBUSY if a copy is pending. */
-int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
-		     size_t staging_pages, int64_t max_gap, unsigned flags,
-		     struct mck_bg_stats *stats);
+MCK_API int64_t mck_bg_begin(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
+			     size_t staging_pages, int64_t max_gap, unsigned flags,
+			     struct mck_bg_stats *stats);
 /* mck_bg_begin whose D also holds extra[0..nextra) (sorted, duplicate-free,
  * each < the tracker's page count): pages a failed epoch collected, which are
  * protected already but must be in this snapshot. D is the sorted union of
  * the pages collected, extra and (with MCK_BG_POPULATED) the populated ones. */
-int64_t mck_bg_begin_ex(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
-			size_t staging_pages, int64_t max_gap, unsigned flags,
-			const uint64_t *extra, size_t nextra, struct mck_bg_stats *stats);
+MCK_API int64_t mck_bg_begin_ex(struct mck_tracker *t, uint64_t *pages, size_t cap, void *staging,
+				size_t staging_pages, int64_t max_gap, unsigned flags,
+				const uint64_t *extra, size_t nextra, struct mck_bg_stats *stats);
 /* Shorten the next mck_bg_begin's pause: write-protect now, while the
  * program runs, the pages written so far (they stay dirty: the next collect
  * or mck_bg_begin still reports them), so that the pause protects only those
  * written after this call. Each page written again after it costs one more
  * fault. Returns the pages protected; -EOPNOTSUPP if not uffd-sync. */
-int64_t mck_bg_prearm(struct mck_tracker *t, int64_t max_gap);
+MCK_API int64_t mck_bg_prearm(struct mck_tracker *t, int64_t max_gap);
 /* Block until every page of the copy mck_bg_begin started is in staging;
  * stats (may be NULL) gets the whole record. 0, or -errno if the copy failed
  * (then staging is not a snapshot); -EINVAL if no copy was started.
  * mck_tracker_close during a copy finishes it first (waiters are released),
  * but must not race mck_bg_wait on the same tracker. */
-int mck_bg_wait(struct mck_tracker *t, struct mck_bg_stats *stats);
+MCK_API int mck_bg_wait(struct mck_tracker *t, struct mck_bg_stats *stats);
 
 /* ------------------------------------------------------ measurement aids */
 
@@ -376,7 +401,7 @@ int mck_bg_wait(struct mck_tracker *t, struct mck_bg_stats *stats);
  * collect asks: the floor that collect is measured against. Note that
  * PAGE_IS_WRITTEN means "not write-protected", so outside a uffd range it
  * counts every page with a page-table entry. -EOPNOTSUPP without PAGEMAP_SCAN. */
-int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask);
+MCK_API int64_t mck_pagemap_scan_count(void *addr, size_t len, uint64_t mask);
 
 /* -------------------------------------------------------------- hashing */
 
@@ -401,24 +426,24 @@ struct mck_blake3 {
 	uint8_t stack[MCK_BLAKE3_STACK][MCK_BLAKE3_LEN]; /* complete left subtrees */
 };
 
-void mck_blake3_init(struct mck_blake3 *h);
-void mck_blake3_update(struct mck_blake3 *h, const void *data, size_t len);
+MCK_API void mck_blake3_init(struct mck_blake3 *h);
+MCK_API void mck_blake3_update(struct mck_blake3 *h, const void *data, size_t len);
 /* The digest of everything absorbed so far; h may keep absorbing after. */
-void mck_blake3_final(const struct mck_blake3 *h, uint8_t out[MCK_BLAKE3_LEN]);
+MCK_API void mck_blake3_final(const struct mck_blake3 *h, uint8_t out[MCK_BLAKE3_LEN]);
 /* out[i*32..] = BLAKE3 of the page at base + i*page_size, for i < n (pages
  * contiguous). Fast for page sizes that are powers of two >= 512; any other
  * size is hashed correctly, one page at a time. */
-void mck_blake3_pages(const void *base, size_t page_size, size_t n, uint8_t *out);
+MCK_API void mck_blake3_pages(const void *base, size_t page_size, size_t n, uint8_t *out);
 /* The same for the pages base + idx[i]*page_size (idx: page numbers, any order). */
-void mck_blake3_pages_at(const void *base, size_t page_size, const uint64_t *idx,
-			 size_t n, uint8_t *out);
+MCK_API void mck_blake3_pages_at(const void *base, size_t page_size, const uint64_t *idx,
+				 size_t n, uint8_t *out);
 /* Which implementation the functions above use: "avx512", "avx2", "sse2" or
  * "portable". */
-const char *mck_blake3_impl(void);
+MCK_API const char *mck_blake3_impl(void);
 /* Force one by name (for tests and benchmarks; not thread-safe against
  * concurrent hashing). -EINVAL for an unknown name, -ENOTSUP if this CPU or
  * build lacks it. NULL restores the automatic choice. */
-int mck_blake3_set_impl(const char *name);
+MCK_API int mck_blake3_set_impl(const char *name);
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,8 @@ from .store import Store
 from .tracker import DirtyTracker
 from .errors import ForkChildError  # fork mode
 from .errors import ForkDetached  # fork safety: docs/fork.md
+from .config import get_cmake_dir, get_include, get_library_dir, get_pkgconfig_dir  # the C library
+from .errors import LibraryNotInstalled
 
 __version__ = "0.1.0"
 
@@ -26,4 +28,5 @@ __all__ = [
     "Checkpointer", "EpochInfo", "EpochNotFound", "PendingEpoch", "RollbackInfo", "Store",
     "StoreLocked", "restore",
     "ForkChildError", "ForkDetached",
+    "get_include", "get_library_dir", "get_cmake_dir", "get_pkgconfig_dir", "LibraryNotInstalled",
 ]

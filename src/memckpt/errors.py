@@ -66,3 +66,9 @@ class ForkDetached(MemckptError):
     def __init__(self, message: str, *, owner: int) -> None:
         super().__init__(message)
         self.owner = owner
+
+
+class LibraryNotInstalled(MemckptError, FileNotFoundError):
+    """memckpt's C library (header, libmemckpt.so, pkg-config and CMake files)
+    is not installed beside the package: memckpt.config's functions say where
+    they looked."""
