@@ -159,7 +159,7 @@ void mck_ew_close(struct mck_ew *w)
 	free(w);
 }
 
-void mck_ew_stats(const struct mck_ew *w, struct mck_ew_stats *st)
+void mck_ew_read_stats(const struct mck_ew *w, struct mck_ew_stats *st)
 {
 	st->records = w->nrec;
 	st->stored = w->stored;
@@ -279,12 +279,13 @@ static void run_write(struct ew_call *c, const struct ew_task *t)
 		uint64_t at = off;
 
 		while (off < t->hi && cnt < (int)MCK_ARRAY_SIZE(iov)) {
-			size_t left = cur.iov[cur.i].iov_len - cur.at;
+			const uint8_t *p;
+			size_t left = mck_cursor_piece(&cur, &p);
 			size_t part = t->hi - off < left ? (size_t)(t->hi - off) : left;
 
-			iov[cnt].iov_base = (uint8_t *)cur.iov[cur.i].iov_base + cur.at;
+			iov[cnt].iov_base = (void *)p;
 			iov[cnt++].iov_len = part;
-			mck_cursor_skip(&cur, part);
+			cur.at += part;
 			off += part;
 		}
 		rc = mck_write_all_iov(c->w->pack_fd, iov, cnt, at);

@@ -54,7 +54,7 @@ int mck_ew_open(const struct mck_ew_config *cfg, struct mck_ew **out);
  * added); after a failed write every later call fails the same way. */
 int mck_ew_add(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
 	       const uint64_t *rows, size_t n);
-void mck_ew_stats(const struct mck_ew *w, struct mck_ew_stats *st);
+void mck_ew_read_stats(const struct mck_ew *w, struct mck_ew_stats *st);
 /* The records so far (valid until the next add or close). */
 const struct mck_pack_record *mck_ew_records(const struct mck_ew *w, uint64_t *n);
 /* BLAKE3 of the pack as written so far. */

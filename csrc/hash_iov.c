@@ -10,43 +10,57 @@
 
 #include "internal.h"
 
+/* A cursor that consumed an iovec to its end stays there (at == iov_len)
+ * rather than stepping to the next: a writer may still grow that iovec (the
+ * epoch writer extends its last run of pages). Readers step over first. */
+static void cursor_norm(struct mck_iov_cursor *c)
+{
+	while (c->i < c->cnt && c->at == c->iov[c->i].iov_len) {
+		c->i++;
+		c->at = 0;
+	}
+}
+
 void mck_cursor_skip(struct mck_iov_cursor *c, uint64_t n)
 {
 	while (n) {
-		size_t left = c->iov[c->i].iov_len - c->at;
+		size_t left;
 
-		if (n < left) {
+		cursor_norm(c);
+		left = c->iov[c->i].iov_len - c->at;
+		if (n <= left) {
 			c->at += n;
 			return;
 		}
+		c->at += left;
 		n -= left;
-		c->i++;
-		c->at = 0;
 	}
-	/* at the end of an iovec: stand at the start of the next one */
-	if (c->i < c->cnt && c->at == c->iov[c->i].iov_len) {
-		c->i++;
-		c->at = 0;
-	}
+}
+
+size_t mck_cursor_piece(struct mck_iov_cursor *c, const uint8_t **p)
+{
+	cursor_norm(c);
+	*p = (const uint8_t *)c->iov[c->i].iov_base + c->at;
+	return c->iov[c->i].iov_len - c->at;
 }
 
 /* The next len bytes at the cursor: in place if one iovec holds them, else
  * copied into buf. The cursor moves past them. */
 static const uint8_t *cursor_take(struct mck_iov_cursor *c, size_t len, uint8_t *buf)
 {
-	const uint8_t *p = (const uint8_t *)c->iov[c->i].iov_base + c->at;
+	const uint8_t *p;
 	size_t got = 0;
 
-	if (c->iov[c->i].iov_len - c->at >= len) {
-		mck_cursor_skip(c, len);
+	if (mck_cursor_piece(c, &p) >= len) {
+		c->at += len;
 		return p;
 	}
 	while (got < len) {
-		size_t left = c->iov[c->i].iov_len - c->at, part = len - got < left ? len - got : left;
+		size_t left = mck_cursor_piece(c, &p), part = len - got < left ? len - got : left;
 
-		memcpy(buf + got, (const uint8_t *)c->iov[c->i].iov_base + c->at, part);
+		memcpy(buf + got, p, part);
 		got += part;
-		mck_cursor_skip(c, part);
+		c->at += part;
 	}
 	return buf;
 }
@@ -65,10 +79,11 @@ void mck_hash_subtree_at(struct mck_iov_cursor *c, uint64_t g, uint8_t *gather,
 static void stream_bytes(struct mck_blake3 *h, struct mck_iov_cursor *c, uint64_t n)
 {
 	while (n) {
-		size_t left = c->iov[c->i].iov_len - c->at, part = n < left ? (size_t)n : left;
+		const uint8_t *p;
+		size_t left = mck_cursor_piece(c, &p), part = n < left ? (size_t)n : left;
 
-		mck_blake3_update(h, (const uint8_t *)c->iov[c->i].iov_base + c->at, part);
-		mck_cursor_skip(c, part);
+		mck_blake3_update(h, p, part);
+		c->at += part;
 		n -= part;
 	}
 }

@@ -255,6 +255,9 @@ struct mck_iov_cursor {
 
 /* Move the cursor n bytes on (n must not pass the end). */
 void mck_cursor_skip(struct mck_iov_cursor *c, uint64_t n);
+/* *p = the cursor's position; returns how many bytes from there one iovec
+ * holds (the cursor must not be at the end). */
+size_t mck_cursor_piece(struct mck_iov_cursor *c, const uint8_t **p);
 /* The chaining value of the subtree of 64 KiB at the cursor (advanced past
  * it), which is subtree number g of its input; a chunk that straddles two
  * iovecs is gathered into gather (64 KiB). */
