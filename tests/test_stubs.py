@@ -12,11 +12,13 @@ def test_package_ships_stub_and_py_typed():
     pkg = Path(memckpt.__file__).parent
     assert (pkg / "py.typed").exists()
     assert (pkg / "_core.pyi").exists()
+    assert (pkg / "_writer.pyi").exists()
 
 
-def test_stubtest_core():
+@pytest.mark.parametrize("module", ["memckpt._core", "memckpt._writer"])
+def test_stubtest_core(module):
     pytest.importorskip("mypy")
-    p = subprocess.run([sys.executable, "-m", "mypy.stubtest", "memckpt._core",
+    p = subprocess.run([sys.executable, "-m", "mypy.stubtest", module,
                         "--allowlist", str(Path(__file__).with_name("stubtest-allowlist.txt"))], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
 

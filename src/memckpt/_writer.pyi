@@ -1,7 +1,7 @@
 """Type stubs of the compiled binding memckpt._writer (see _writer.pyx)."""
 from typing import Any
 
-from typing_extensions import disjoint_base
+from typing_extensions import Self, disjoint_base
 
 RECORD_SIZE: int
 NO_EARLY_FLUSH: int
@@ -11,8 +11,8 @@ def cpus_available() -> int: ...
 @disjoint_base
 class PackWriter:
     page_size: int
-    def __init__(self, pack_fd: int, page_size: int, npages: int, incremental: bool,
-                 pack_header: bytes, threads: int = 0, flags: int = 0) -> None: ...
+    def __new__(cls, pack_fd: int, page_size: int, npages: int, incremental: bool,
+                pack_header: bytes, threads: int = ..., flags: int = ...) -> Self: ...
     def close(self) -> None: ...
     def add(self, base: Any, pages: Any, rows: Any = None) -> None: ...
     def stats(self) -> dict[str, int]: ...
