@@ -72,18 +72,13 @@ def np_save_fsync(a: np.ndarray, d: Path) -> float:
     return dt
 
 
-def _write_all(fd: int, mv: memoryview) -> None:
-    while mv.nbytes:
-        mv = mv[os.write(fd, mv):]
-
-
-def write_fdatasync(a: np.ndarray, d: Path) -> float:
+def _timed_new_file(d: Path, write: Callable[[int], None]) -> float:
+    """Seconds to create a file, write(fd) into it and fdatasync it."""
     p = d / "a.bin"
-    mv = memoryview(a).cast("B")
     t = time.perf_counter()
     fd = _new_file(p)
     try:
-        _write_all(fd, mv)
+        write(fd)
         os.fdatasync(fd)
     finally:
         os.close(fd)
@@ -92,13 +87,18 @@ def write_fdatasync(a: np.ndarray, d: Path) -> float:
     return dt
 
 
+def write_fdatasync(a: np.ndarray, d: Path) -> float:
+    def write(fd: int) -> None:
+        mv = memoryview(a).cast("B")
+        while mv.nbytes:
+            mv = mv[os.write(fd, mv):]
+    return _timed_new_file(d, write)
+
+
 def write_early_writeback(a: np.ndarray, d: Path) -> float:
-    p = d / "a.bin"
-    mv = memoryview(a).cast("B")
-    piece = 8 << 20
-    t = time.perf_counter()
-    fd = _new_file(p)
-    try:
+    def write(fd: int) -> None:
+        mv = memoryview(a).cast("B")
+        piece = 8 << 20
         for off in range(0, mv.nbytes, piece):
             part = mv[off:off + piece]
             n = 0
@@ -106,12 +106,7 @@ def write_early_writeback(a: np.ndarray, d: Path) -> float:
                 n += os.pwrite(fd, part[n:], off + n)
             _libc.sync_file_range(fd, ctypes.c_int64(off), ctypes.c_int64(part.nbytes),
                                   _SYNC_FILE_RANGE_WRITE)
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    dt = time.perf_counter() - t
-    p.unlink()
-    return dt
+    return _timed_new_file(d, write)
 
 
 def epoch(a: np.ndarray, d: Path, threads: int, staging: np.ndarray | None,

@@ -100,25 +100,6 @@ static void ref_add(struct ref *r, const uint8_t *base, size_t ps, const uint64_
 
 /* ---- files ------------------------------------------------------------------------ */
 
-static uint8_t *read_all(int fd, size_t *len)
-{
-	struct stat st;
-	uint8_t *buf;
-
-	*len = 0;
-	if (fstat(fd, &st) < 0)
-		return NULL;
-	buf = malloc((size_t)st.st_size + 1);
-	while (buf && *len < (size_t)st.st_size) {
-		ssize_t r = pread(fd, buf + *len, (size_t)st.st_size - *len, (off_t)*len);
-
-		if (r <= 0)
-			break;
-		*len += (size_t)r;
-	}
-	return buf;
-}
-
 static int open_tmp(const char *name)
 {
 	char path[256];
@@ -176,8 +157,8 @@ static void write_epoch(struct written *o, const uint8_t *base, uint64_t nrows, 
 		o->rc = mck_ew_finish(w, ifd, idx_hdr, o->idx_digest, &idx_size);
 	}
 	if (o->rc == 0) {
-		o->pack = read_all(pfd, &o->pack_len);
-		o->idx = read_all(ifd, &o->idx_len);
+		o->pack = read_whole_fd(pfd, &o->pack_len);
+		o->idx = read_whole_fd(ifd, &o->idx_len);
 		CHECK(o->idx_len == idx_size, "index size %zu, finish said %llu", o->idx_len,
 		      (unsigned long long)idx_size);
 	}
@@ -462,8 +443,8 @@ static void test_fork_child_writes_the_same(struct test_ctx *ctx)
 		if (rc == 0)
 			rc = mck_fork_wait(&child, &res);
 		CHECK(rc == 0, "fork child: %s", strerror(-rc));
-		f.pack = read_all(pfd, &f.pack_len);
-		f.idx = read_all(ifd, &f.idx_len);
+		f.pack = read_whole_fd(pfd, &f.pack_len);
+		f.idx = read_whole_fd(ifd, &f.idx_len);
 		CHECK(o.rc == 0 && f.pack_len == o.pack_len && f.idx_len == o.idx_len &&
 		      !memcmp(f.pack, o.pack, o.pack_len) && !memcmp(f.idx, o.idx, o.idx_len),
 		      "%s: the fork child's files differ from the writer's",

@@ -7,20 +7,15 @@ threads; the GIL is released for every call that does work. The store's
 EpochWriter (store/packing.py, store/commit.py) drives it.
 """
 from libc.stdint cimport uint8_t, uint64_t
-from libc.string cimport memcpy, strerror
+from libc.string cimport memcpy
 
 cimport memckpt._epoch_writer as c
+from memckpt._check cimport check
 
 import numpy as np
 
 RECORD_SIZE = c.MCK_RECORD_SIZE
 NO_EARLY_FLUSH = c.MCK_EW_NO_EARLY_FLUSH
-
-
-cdef int check(int rc, str what) except -1:
-    if rc < 0:
-        raise OSError(-rc, f"{what}: {strerror(-rc).decode()}")
-    return 0
 
 
 def cpus_available():

@@ -7,7 +7,9 @@ chunk by chunk (pipelined: one chunk hashed while the last is written): the
 C core is built without zstd or lz4."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -60,7 +62,7 @@ class _Packing(_External):
         if self._cw is not None:
             return self._add_c(data, pages, None)
         step = max(1, _io._CHUNK_BYTES // ps)
-        try:
+        with self._writing():
             if n <= step:
                 self._write_job(self._add_chunk(pages, data))
             else:
@@ -76,12 +78,6 @@ class _Packing(_External):
                         fut = ex.submit(self._write_job, job)
                     assert fut is not None
                     fut.result()
-        except OSError as exc:
-            self.abort()  # the pack no longer matches the records: this epoch cannot commit
-            raise self._where(exc, self._pack_name) from None
-        except BaseException:
-            self.abort()
-            raise
         self._last_page = int(pages[-1])
 
     def add_pages_from(self, base: Any, page_numbers: Any) -> None:
@@ -106,15 +102,22 @@ class _Packing(_External):
         for lo in range(0, len(pages), step):
             self.add_pages(pages[lo:lo + step], base[pages[lo:lo + step]])
 
-    def _add_c(self, base: np.ndarray, pages: np.ndarray, rows: np.ndarray | None) -> None:
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Pages going into the pack: any failure aborts the epoch (the pack
+        may no longer match the records, so it cannot commit)."""
         try:
-            self._cw.add(base, pages, rows)
+            yield
         except OSError as exc:
-            self.abort()  # the pack no longer matches the records: this epoch cannot commit
+            self.abort()
             raise self._where(exc, self._pack_name) from None
         except BaseException:
             self.abort()
             raise
+
+    def _add_c(self, base: np.ndarray, pages: np.ndarray, rows: np.ndarray | None) -> None:
+        with self._writing():
+            self._cw.add(base, pages, rows)
         st = self._cw.stats()
         self._records, self._stored, self._dedup, self._zero = (
             st["records"], st["stored"], st["dedup"], st["zero"])
