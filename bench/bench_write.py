@@ -21,8 +21,9 @@ machine's noise falls on every method alike:
 The epochs run with 1, 2 and all the CPUs available (threads=). Every epoch is
 checked outside the timing: its counts say every page was stored, and a
 verify() of the store (every page digest, every file digest) passes once per
-size and method. Times are medians over the rounds; ratios are against the
-medians of the same run.
+size and method. Times are medians (and minimums) over the rounds; ratios
+are between medians of the same run. Each round runs every method once,
+starting one method later than the round before.
 
     .venv/bin/python bench/bench_write.py --size 512 --size 1024 --rounds 5
     .venv/bin/python bench/bench_write.py --size 64 --rounds 3      # quick
@@ -136,7 +137,7 @@ def epoch(a: np.ndarray, d: Path, threads: int, staging: np.ndarray | None,
     return dt
 
 
-def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float]]:
+def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float, float]]:
     a = np.random.default_rng(mib).random((mib << 20) // 8)
     a[a == 0] = 0.5  # no zero word: no page can be all zero
     staging = np.empty(((mib << 20) // PS, PS), np.uint8)
@@ -159,23 +160,26 @@ def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float]]:
     times: dict[str, list[float]] = {name: [] for name, _ in methods}
     for name, fn in methods:  # a warm-up round each, checked, untimed
         fn(True)
-    for _ in range(rounds):
-        for name, fn in methods:
+    for r in range(rounds):
+        # each round starts one method later: none always follows the same
+        # one (the writeback and unlink of the file before it land on it)
+        for name, fn in methods[r % len(methods):] + methods[:r % len(methods)]:
             times[name].append(fn(False))
-    return [(name, statistics.median(v)) for name, v in times.items()]
+    return [(name, statistics.median(v), min(v)) for name, v in times.items()]
 
 
-def table(mib: int, rows: list[tuple[str, float]], rounds: int) -> str:
-    med = dict(rows)
+def table(mib: int, rows: list[tuple[str, float, float]], rounds: int, load0: float) -> str:
+    med = {name: t for name, t, _ in rows}
     npsave = med["np.save + fsync"]
     floor = med["write + fdatasync (floor)"]
-    out = [f"\n{mib} MiB of float64 ({(mib << 20) // PS} pages), median of {rounds} rounds, "
-           f"load average {os.getloadavg()[0]:.2f}",
-           "| method | median | GB/s | × np.save + fsync | × write + fdatasync |",
-           "|---|---|---|---|---|"]
-    for name, t in rows:
+    out = [f"\n{mib} MiB of float64 ({(mib << 20) // PS} pages), {rounds} rounds, "
+           f"load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
+           "| method | median | min | GB/s (median) | × np.save + fsync | × write + fdatasync |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for name, t, lo in rows:
         gbs = (mib << 20) / t / 1e9
-        out.append(f"| {name} | {t * 1e3:.0f} ms | {gbs:.2f} | {t / npsave:.2f}× | {t / floor:.2f}× |")
+        out.append(f"| {name} | {t * 1e3:.0f} ms | {lo * 1e3:.0f} ms | {gbs:.2f} | "
+                   f"{t / npsave:.2f}× | {t / floor:.2f}× |")
     return "\n".join(out)
 
 
@@ -190,7 +194,8 @@ def main() -> None:
     try:
         print(f"# {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} available; files in {d}")
         for mib in sizes:
-            print(table(mib, run_size(mib, args.rounds, d), args.rounds), flush=True)
+            load0 = os.getloadavg()[0]
+            print(table(mib, run_size(mib, args.rounds, d), args.rounds, load0), flush=True)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

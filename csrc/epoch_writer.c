@@ -180,18 +180,46 @@ void mck_ew_pack_digest(const struct mck_ew *w, uint8_t out[32])
 	mck_blake3_final(&w->h, out);
 }
 
+struct ew_sync {
+	int fd;
+	int rc;
+};
+
+static void *sync_main(void *arg)
+{
+	struct ew_sync *s = arg;
+
+	s->rc = mck_sync_fd(s->fd);
+	return NULL;
+}
+
 int mck_ew_finish(struct mck_ew *w, int idx_fd, const uint8_t idx_header[MCK_IDX_HEADER_SIZE],
 		  uint8_t idx_digest[32], uint64_t *idx_size)
 {
+	struct ew_sync pack = {w->pack_fd, 0};
+	pthread_t t;
+	sigset_t all, old;
+	bool apart;
 	int rc;
 
 	if (w->failed)
 		return w->failed;
-	rc = mck_sync_fd(w->pack_fd);
-	if (rc == 0)
-		rc = mck_write_index(idx_fd, idx_header, w->recs, w->nrec, idx_digest, w->gather);
-	if (rc == 0)
-		rc = mck_sync_fd(idx_fd);
+	rc = mck_write_index(idx_fd, idx_header, w->recs, w->nrec, idx_digest, w->gather);
+	if (rc < 0)
+		return rc;
+	/* the two fdatasyncs at once: the file system commits its journal
+	 * once for both (a few ms here), and neither file waits for the other */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	apart = pthread_create(&t, NULL, sync_main, &pack) == 0;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (!apart)
+		sync_main(&pack);
+	rc = mck_sync_fd(idx_fd);
+	if (apart)
+		pthread_join(t, NULL);
+	if (pack.rc < 0)
+		return pack.rc;
 	if (rc < 0)
 		return rc;
 	*idx_size = MCK_IDX_HEADER_SIZE + w->nrec * sizeof(struct mck_pack_record);

@@ -59,9 +59,10 @@ void mck_ew_read_stats(const struct mck_ew *w, struct mck_ew_stats *st);
 const struct mck_pack_record *mck_ew_records(const struct mck_ew *w, uint64_t *n);
 /* BLAKE3 of the pack as written so far. */
 void mck_ew_pack_digest(const struct mck_ew *w, uint8_t out[32]);
-/* Make the files durable: fdatasync the pack, write the index (the header
- * given, its count set) to idx_fd from offset 0, fdatasync it. idx_digest
- * and idx_size describe the index file. 0 or -errno. */
+/* Make the files durable: write the index (the header given, its count
+ * set) to idx_fd from offset 0, then fdatasync it and the pack (at once, on
+ * two threads). idx_digest and idx_size describe the index file. 0 or
+ * -errno. */
 int mck_ew_finish(struct mck_ew *w, int idx_fd, const uint8_t idx_header[MCK_IDX_HEADER_SIZE],
 		  uint8_t idx_digest[32], uint64_t *idx_size);
 void mck_ew_close(struct mck_ew *w);

@@ -61,7 +61,7 @@ class _Commit(_Packing):
         }
 
     def _finish_c(self) -> None:
-        """_finish_files for the C writer: it syncs the pack, writes and syncs the index."""
+        """_finish_files for the C writer: it writes the index, then syncs it and the pack."""
         ifd = _open_file(self._store.path / self._idx_name, _O_CREATE,
                          f"epoch {self.epoch}: {self._idx_name}")
         try:
