@@ -296,22 +296,30 @@ static void b3_push(struct mck_blake3 *h, const uint8_t cv[32], uint64_t done)
 	}
 }
 
+/* Close the chunk being absorbed if it is complete: update keeps a complete
+ * chunk open until more input comes, since the last chunk of all is the one
+ * final() compresses (as the root, when it is the only one). */
+static void b3_close_full_chunk(struct mck_blake3 *h)
+{
+	uint32_t w[8];
+	uint8_t cv[32];
+
+	if (h->blocks * B3_BLOCK + h->buf_len != B3_CHUNK)
+		return;
+	b3_compress(h->cv, h->buf, h->chunk, B3_BLOCK, B3_CHUNK_END, w);
+	b3_words_to_bytes(w, cv);
+	b3_push(h, cv, ++h->chunk);
+	memcpy(h->cv, B3_IV, sizeof(h->cv));
+	h->blocks = 0;
+	h->buf_len = 0;
+}
+
 void mck_blake3_update(struct mck_blake3 *h, const void *data, size_t len)
 {
 	const uint8_t *p = data;
 
 	while (len) {
-		if (h->blocks * B3_BLOCK + h->buf_len == B3_CHUNK) {
-			uint32_t w[8];
-			uint8_t cv[32];
-
-			b3_compress(h->cv, h->buf, h->chunk, B3_BLOCK, B3_CHUNK_END, w);
-			b3_words_to_bytes(w, cv);
-			b3_push(h, cv, ++h->chunk);
-			memcpy(h->cv, B3_IV, sizeof(h->cv));
-			h->blocks = 0;
-			h->buf_len = 0;
-		}
+		b3_close_full_chunk(h);
 		if (!h->blocks && !h->buf_len && len > B3_CHUNK) {
 			/* whole chunks with more input after them: hash them
 			 * side by side and push their CVs */
@@ -376,6 +384,39 @@ void mck_blake3_final(const struct mck_blake3 *h, uint8_t out[MCK_BLAKE3_LEN])
 		b3_parent(h->stack[sp], cv, sp ? 0 : B3_ROOT, cv);
 	}
 	memcpy(out, cv, MCK_BLAKE3_LEN);
+}
+
+/* ---- subtrees of one input, hashed apart -------------------------------------
+ * A long input (a pack file) can be hashed by several threads: its aligned
+ * subtrees of MCK_BLAKE3_SUBTREE_CHUNKS chunks are independent, and a
+ * streaming hasher standing at a subtree boundary takes their CVs in order
+ * as if it had absorbed their bytes. */
+
+void mck_blake3_subtree(const uint8_t *const chunks[MCK_BLAKE3_SUBTREE_CHUNKS], uint64_t first_chunk,
+			uint8_t cv[MCK_BLAKE3_LEN])
+{
+	uint64_t ctr[B3_BATCH];
+	uint8_t cvs[B3_BATCH * 32];
+
+	_Static_assert(MCK_BLAKE3_SUBTREE_CHUNKS == B3_BATCH, "one batch of lanes per subtree");
+	for (size_t i = 0; i < B3_BATCH; i++)
+		ctr[i] = first_chunk + i;
+	b3_many(chunks, ctr, B3_BATCH, B3_CHUNK / B3_BLOCK, 0, B3_CHUNK_START, B3_CHUNK_END, cvs);
+	for (size_t c = B3_BATCH / 2; c >= 1; c /= 2)
+		b3_parents(cvs, c, 0, cvs);
+	memcpy(cv, cvs, 32);
+}
+
+int mck_blake3_push_subtrees(struct mck_blake3 *h, const uint8_t *cvs, size_t n)
+{
+	b3_close_full_chunk(h);
+	if (h->blocks || h->buf_len || h->chunk % B3_BATCH)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		h->chunk += B3_BATCH;
+		b3_push(h, cvs + 32 * i, h->chunk / B3_BATCH);
+	}
+	return 0;
 }
 
 /* ---- pages ---------------------------------------------------------------- */

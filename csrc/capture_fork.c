@@ -21,10 +21,7 @@
 #include <unistd.h>
 
 #include "internal.h"
-
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "the index records are written as the host lays them out: little-endian hosts only"
-#endif
+#include "pack_format.h"
 
 #ifndef __NR_close_range
 #define __NR_close_range 436
@@ -42,22 +39,6 @@ static pid_t mck_raw_fork(void)
 }
 #endif
 
-/* Linux's IOV_MAX; a larger vector is EINVAL. */
-#define FORK_IOV_MAX 1024
-/* One iovec never grows past this: a single pwritev moves at most
- * MAX_RW_COUNT (2 GiB - 4 KiB) anyway. */
-#define FORK_IOV_CAP ((size_t)1 << 30)
-
-/* The store's index record (store/format.py RECORD_DTYPE). */
-struct fork_record {
-	uint64_t page;
-	uint64_t offset;
-	uint32_t length;
-	uint32_t flags;
-	uint8_t digest[32];
-};
-_Static_assert(sizeof(struct fork_record) == MCK_FORK_RECORD_SIZE, "record layout");
-
 /* The part of mck_fork_result the child sends. */
 _Static_assert(sizeof(struct mck_fork_result) <= PIPE_BUF, "one atomic pipe write");
 
@@ -66,25 +47,18 @@ _Static_assert(sizeof(struct mck_fork_result) <= PIPE_BUF, "one atomic pipe writ
 struct fork_scratch {
 	uint8_t *digests;           /* 32 bytes per nonzero page */
 	uint64_t *nonzero;          /* their page numbers */
-	struct fork_record *recs;   /* n records at most */
+	struct mck_pack_record *recs;   /* n records at most */
 	uint64_t *table;            /* dedup: record index + 1, 0 = empty */
 	size_t table_cap;           /* a power of two >= 2n */
-	struct iovec *iov;          /* FORK_IOV_MAX */
+	struct iovec *iov;          /* MCK_IOV_MAX */
+	uint8_t *gather;            /* MCK_BLAKE3_SUBTREE_BYTES, for hashing the pack */
 };
-
-static size_t table_cap(size_t n)
-{
-	size_t cap = 16;
-
-	while (cap < 2 * n)
-		cap *= 2;
-	return cap;
-}
 
 size_t mck_fork_scratch_size(size_t n)
 {
-	return n * 32 + n * sizeof(uint64_t) + n * sizeof(struct fork_record) +
-	       table_cap(n) * sizeof(uint64_t) + FORK_IOV_MAX * sizeof(struct iovec);
+	return n * 32 + n * sizeof(uint64_t) + n * sizeof(struct mck_pack_record) +
+	       mck_dedup_cap(n) * sizeof(uint64_t) + MCK_IOV_MAX * sizeof(struct iovec) +
+	       MCK_BLAKE3_SUBTREE_BYTES;
 }
 
 static void scratch_layout(const struct mck_fork_job *job, struct fork_scratch *s)
@@ -96,12 +70,14 @@ static void scratch_layout(const struct mck_fork_job *job, struct fork_scratch *
 	p += n * 32;
 	s->nonzero = (uint64_t *)p;
 	p += n * sizeof(uint64_t);
-	s->recs = (struct fork_record *)p;
-	p += n * sizeof(struct fork_record);
-	s->table_cap = table_cap(n);
+	s->recs = (struct mck_pack_record *)p;
+	p += n * sizeof(struct mck_pack_record);
+	s->table_cap = mck_dedup_cap(n);
 	s->table = (uint64_t *)p;
 	p += s->table_cap * sizeof(uint64_t);
 	s->iov = (struct iovec *)p;
+	p += MCK_IOV_MAX * sizeof(struct iovec);
+	s->gather = p;
 }
 
 /* ---- the child ----------------------------------------------------------- */
@@ -112,44 +88,6 @@ static double elapsed_since(const struct timespec *t0)
 
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) * 1e-9;
-}
-
-static int page_is_zero(const uint8_t *p, size_t len)
-{
-	const uint64_t *w = (const uint64_t *)p;
-
-	for (size_t i = 0; i < len / 8; i++)
-		if (w[i])
-			return 0;
-	return 1;
-}
-
-/* pwritev the whole vector from off, finishing short writes; -errno. The
- * vector is consumed (advanced in place). */
-static int write_all_iov(int fd, struct iovec *iov, int cnt, uint64_t off)
-{
-	while (cnt > 0) {
-		ssize_t w = pwritev(fd, iov, cnt, (off_t)off);
-
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (w == 0)
-			return -EIO;
-		off += (uint64_t)w;
-		while (cnt > 0 && (size_t)w >= iov->iov_len) {
-			w -= (ssize_t)iov->iov_len;
-			iov++;
-			cnt--;
-		}
-		if (cnt > 0) {
-			iov->iov_base = (uint8_t *)iov->iov_base + w;
-			iov->iov_len -= (size_t)w;
-		}
-	}
-	return 0;
 }
 
 /* Close every fd but the three the child needs: a child holding the parent's
@@ -217,75 +155,43 @@ static uint64_t private_bytes(void)
 	return total;
 }
 
-static void put_le64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-/* Hash, elide, dedup and place the pages: records and counts, no I/O. The
- * same rules as EpochWriter.add_pages (store/local.py): zero pages are not
- * stored (a ZERO record in an incremental epoch, none in a full one);
- * nonzero pages with a digest seen before in this epoch point at the first
- * copy; new pages go to the pack in page order. */
+/* Hash, elide, dedup and place the pages: records and counts, no I/O, by
+ * the rules of pack_format.h (the epoch writer's, step for step). */
 static void place_pages(const struct mck_fork_job *job, struct fork_scratch *s,
 			struct mck_fork_result *res, uint64_t *pack_end)
 {
 	const uint8_t *base = job->base;
 	size_t ps = job->page_size, k = 0, r = 0, j = 0;
-	uint64_t off = job->pack_off, first_zero = UINT64_MAX;
+	uint64_t off = job->pack_off;
+	struct mck_dedup table = {s->table, s->table_cap};
 	uint8_t zero_digest[32];
+	bool any_zero = false;
 
 	for (size_t i = 0; i < job->n; i++) {
 		uint64_t p = job->pages[i];
 
-		if (!page_is_zero(base + p * ps, ps))
+		if (!mck_page_is_zero(base + p * ps, ps))
 			s->nonzero[k++] = p;
-		else if (first_zero == UINT64_MAX)
-			first_zero = p;
+		else
+			any_zero = true;
 	}
 	mck_blake3_pages_at(base, ps, s->nonzero, k, s->digests);
-	if (job->incremental && first_zero != UINT64_MAX)
-		/* the zero page's digest, from a zero page of the arena itself */
-		mck_blake3_pages_at(base, ps, &first_zero, 1, zero_digest);
+	if (job->incremental && any_zero)
+		mck_zero_digest(ps, zero_digest);
 	memset(s->table, 0, s->table_cap * sizeof(uint64_t));
 
 	for (size_t i = 0; i < job->n; i++) {
 		uint64_t p = job->pages[i];
-		struct fork_record *rec = &s->recs[r];
 
 		if (j < k && s->nonzero[j] == p) {
-			const uint8_t *d = s->digests + 32 * j++;
-			uint64_t h, mask = s->table_cap - 1;
-
-			memcpy(&h, d, sizeof(h)); /* a digest's bytes are already uniform */
-			for (h &= mask; s->table[h]; h = (h + 1) & mask)
-				if (!memcmp(s->recs[s->table[h] - 1].digest, d, 32))
-					break;
-			rec->page = p;
-			rec->length = (uint32_t)ps;
-			rec->flags = 0;
-			memcpy(rec->digest, d, 32);
-			if (s->table[h]) {
-				rec->offset = s->recs[s->table[h] - 1].offset;
-				res->dedup++;
-			} else {
-				s->table[h] = r + 1;
-				rec->offset = off;
-				off += ps;
+			if (mck_place_page(&table, s->recs, r++, p, s->digests + 32 * j++, ps, &off))
 				res->stored++;
-			}
-			r++;
+			else
+				res->dedup++;
 		} else {
 			res->zero++;
-			if (!job->incremental)
-				continue;
-			rec->page = p;
-			rec->offset = 0;
-			rec->length = 0;
-			rec->flags = MCK_FORK_FLAG_ZERO;
-			memcpy(rec->digest, zero_digest, 32);
-			r++;
+			if (job->incremental)
+				mck_zero_record(&s->recs[r++], p, zero_digest);
 		}
 	}
 	res->records = r;
@@ -306,24 +212,26 @@ static int write_pack(const struct mck_fork_job *job, struct fork_scratch *s,
 	int cnt = 0, rc;
 
 	for (uint64_t i = 0; i <= records; i++) {
-		const struct fork_record *rec = i < records ? &s->recs[i] : NULL;
-		int is_new = rec && !(rec->flags & MCK_FORK_FLAG_ZERO) && rec->offset == next;
+		const struct mck_pack_record *rec = i < records ? &s->recs[i] : NULL;
+		int is_new = rec && !(rec->flags & MCK_PAGE_ZERO) && rec->offset == next;
 		uint8_t *addr = is_new ? (uint8_t *)base + rec->page * ps : NULL;
 
 		if (is_new && cnt > 0) {
 			struct iovec *last = &s->iov[cnt - 1];
 
 			if ((uint8_t *)last->iov_base + last->iov_len == addr &&
-			    last->iov_len + ps <= FORK_IOV_CAP) {
+			    last->iov_len + ps <= MCK_IOV_CAP) {
 				last->iov_len += ps;
 				next += ps;
 				continue;
 			}
 		}
-		if (cnt > 0 && (!rec || (is_new && cnt == FORK_IOV_MAX))) {
-			for (int v = 0; v < cnt; v++)
-				mck_blake3_update(h, s->iov[v].iov_base, s->iov[v].iov_len);
-			rc = write_all_iov(job->pack_fd, s->iov, cnt, batch_off);
+		if (cnt > 0 && (!rec || (is_new && cnt == MCK_IOV_MAX))) {
+			struct mck_iov_cursor cur = {s->iov, (size_t)cnt, 0, 0};
+			uint64_t pos = batch_off;
+
+			mck_hash_stream(h, &pos, &cur, next - batch_off, s->gather);
+			rc = mck_write_all_iov(job->pack_fd, s->iov, cnt, batch_off);
 			if (rc < 0)
 				return rc;
 			batch_off = next;
@@ -338,45 +246,6 @@ static int write_pack(const struct mck_fork_job *job, struct fork_scratch *s,
 		if (!rec)
 			break;
 	}
-	return 0;
-}
-
-static int write_index(const struct mck_fork_job *job, struct fork_scratch *s,
-		       const struct mck_fork_result *res, uint8_t digest[32])
-{
-	uint8_t hdr[MCK_FORK_IDX_HEADER_SIZE];
-	struct mck_blake3 h;
-	struct iovec iov[1 + 8];
-	size_t left = res->records * sizeof(struct fork_record);
-	uint8_t *p = (uint8_t *)s->recs;
-	int cnt = 0;
-
-	memcpy(hdr, job->idx_header, sizeof(hdr));
-	put_le64(hdr + 32, res->records); /* the header's count field */
-	mck_blake3_init(&h);
-	mck_blake3_update(&h, hdr, sizeof(hdr));
-	mck_blake3_update(&h, p, left);
-	mck_blake3_final(&h, digest);
-	iov[cnt].iov_base = hdr;
-	iov[cnt++].iov_len = sizeof(hdr);
-	while (left && cnt < (int)MCK_ARRAY_SIZE(iov)) {
-		size_t part = left < FORK_IOV_CAP ? left : FORK_IOV_CAP;
-
-		iov[cnt].iov_base = p;
-		iov[cnt++].iov_len = part;
-		p += part;
-		left -= part;
-	}
-	if (left) /* more than 8 GiB of records: n is bounded far below that */
-		return -EFBIG;
-	return write_all_iov(job->idx_fd, iov, cnt, 0);
-}
-
-static int sync_fd(int fd)
-{
-	while (fdatasync(fd) < 0)
-		if (errno != EINTR)
-			return -errno;
 	return 0;
 }
 
@@ -432,15 +301,16 @@ static _Noreturn void child_main(const struct mck_fork_job *job, int result_fd,
 	res.pack_size = pack_end;
 
 	stage = MCK_FORK_STAGE_INDEX;
-	rc = write_index(job, &s, &res, res.idx_digest);
+	rc = mck_write_index(job->idx_fd, job->idx_header, s.recs, res.records, res.idx_digest,
+			     s.gather);
 	if (rc < 0)
 		goto fail;
-	res.idx_size = MCK_FORK_IDX_HEADER_SIZE + res.records * sizeof(struct fork_record);
+	res.idx_size = MCK_FORK_IDX_HEADER_SIZE + res.records * sizeof(struct mck_pack_record);
 
 	stage = MCK_FORK_STAGE_SYNC;
-	rc = sync_fd(job->pack_fd);
+	rc = mck_sync_fd(job->pack_fd);
 	if (rc == 0)
-		rc = sync_fd(job->idx_fd);
+		rc = mck_sync_fd(job->idx_fd);
 	if (rc < 0)
 		goto fail;
 

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/ioctl.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <linux/types.h>
 #include <linux/userfaultfd.h>
 
@@ -224,6 +225,50 @@ int64_t mck_pagemap_scan_indices(int pagemap_fd, uint64_t flags, uint64_t mask,
 
 void mck_reason(char *reason, size_t len, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/* ---- one input's BLAKE3 over several threads (blake3.c) -------------------
+ * The aligned subtrees of 64 chunks (64 KiB) of an input are independent:
+ * threads hash them apart, and one streaming hasher takes their CVs in order.
+ * Pure computation, like the rest of blake3.c (async-signal-safe). */
+#define MCK_BLAKE3_SUBTREE_CHUNKS 64
+#define MCK_BLAKE3_SUBTREE_BYTES (MCK_BLAKE3_SUBTREE_CHUNKS * 1024)
+
+/* The chaining value of the subtree of 64 chunks whose first is chunk number
+ * first_chunk (a multiple of 64) of the input; chunks[i] points at the 1024
+ * bytes of its chunk i. Never the root: the input must be longer. */
+void mck_blake3_subtree(const uint8_t *const chunks[MCK_BLAKE3_SUBTREE_CHUNKS], uint64_t first_chunk,
+			uint8_t cv[MCK_BLAKE3_LEN]);
+/* Absorb n consecutive subtrees by their CVs (from mck_blake3_subtree) into
+ * h, which must have absorbed a whole number of subtrees; -EINVAL (h
+ * unchanged) if not. More input must follow before mck_blake3_final. */
+int mck_blake3_push_subtrees(struct mck_blake3 *h, const uint8_t *cvs, size_t n);
+
+/* ---- one input laid out as iovecs, hashed (hash_iov.c) --------------------- */
+
+/* A position in a byte stream laid out as iov[0..cnt). */
+struct mck_iov_cursor {
+	const struct iovec *iov;
+	size_t cnt;
+	size_t i;  /* the iovec the position is in */
+	size_t at; /* bytes of it before the position */
+};
+
+/* Move the cursor n bytes on (n must not pass the end). */
+void mck_cursor_skip(struct mck_iov_cursor *c, uint64_t n);
+/* *p = the cursor's position; returns how many bytes from there one iovec
+ * holds (the cursor must not be at the end). */
+size_t mck_cursor_piece(struct mck_iov_cursor *c, const uint8_t **p);
+/* The chaining value of the subtree of 64 KiB at the cursor (advanced past
+ * it), which is subtree number g of its input; a chunk that straddles two
+ * iovecs is gathered into gather (64 KiB). */
+void mck_hash_subtree_at(struct mck_iov_cursor *c, uint64_t g, uint8_t *gather,
+			 uint8_t cv[MCK_BLAKE3_LEN]);
+/* Absorb the next n bytes at the cursor into h, which has absorbed *pos
+ * bytes (*pos grows by n): the aligned subtrees in SIMD lanes, the rest
+ * streamed (a stream's bytes past its 64 KiB boundaries stay byte-at-a-time
+ * otherwise, which is several times slower). gather: 64 KiB of scratch. */
+void mck_hash_stream(struct mck_blake3 *h, uint64_t *pos, struct mck_iov_cursor *c, uint64_t n,
+		     uint8_t *gather);
 
 #define MCK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -13,12 +13,13 @@ def test_package_ships_stub_and_py_typed():
     assert (pkg / "py.typed").exists()
     assert (pkg / "_core.pyi").exists()
     assert (pkg / "_reader.pyi").exists()
+    assert (pkg / "_writer.pyi").exists()
 
 
-def test_stubtest_core():
-    """Both compiled modules in one run: the allowlist has entries for each."""
+@pytest.mark.parametrize("module", ["memckpt._core", "memckpt._reader", "memckpt._writer"])
+def test_stubtest_core(module):
     pytest.importorskip("mypy")
-    p = subprocess.run([sys.executable, "-m", "mypy.stubtest", "memckpt._core", "memckpt._reader",
+    p = subprocess.run([sys.executable, "-m", "mypy.stubtest", module,
                         "--allowlist", str(Path(__file__).with_name("stubtest-allowlist.txt"))], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
 

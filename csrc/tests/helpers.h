@@ -10,6 +10,8 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -112,6 +114,27 @@ static inline int tracked_close(struct tracked *x)
 	x->t = NULL;
 	rc2 = mck_region_destroy(&x->region);
 	return rc < 0 ? rc : rc2;
+}
+
+/* The whole file open on fd (read with pread from 0; malloc'd, the caller
+ * frees it), its length in *len; NULL if fstat or malloc failed. */
+static inline uint8_t *read_whole_fd(int fd, size_t *len)
+{
+	struct stat st;
+	uint8_t *buf;
+
+	*len = 0;
+	if (fstat(fd, &st) < 0)
+		return NULL;
+	buf = malloc((size_t)st.st_size + 1);
+	while (buf && *len < (size_t)st.st_size) {
+		ssize_t r = pread(fd, buf + *len, (size_t)st.st_size - *len, (off_t)*len);
+
+		if (r <= 0)
+			break;
+		*len += (size_t)r;
+	}
+	return buf;
 }
 
 #endif /* MCK_TEST_HELPERS_H */

@@ -79,20 +79,13 @@ static void files_close(struct files *f)
 
 static uint8_t *read_file(const char *path, size_t *len)
 {
-	struct stat st;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	uint8_t *buf;
 
-	if (fd < 0 || fstat(fd, &st) < 0)
-		return NULL;
-	buf = malloc((size_t)st.st_size + 1);
 	*len = 0;
-	while (buf && *len < (size_t)st.st_size) {
-		ssize_t r = pread(fd, buf + *len, (size_t)st.st_size - *len, (off_t)*len);
-		if (r <= 0)
-			break;
-		*len += (size_t)r;
-	}
+	if (fd < 0)
+		return NULL;
+	buf = read_whole_fd(fd, len);
 	close(fd);
 	return buf;
 }

@@ -37,6 +37,8 @@ class _Commit(_Packing):
             if self._adopted is None:
                 raise ValueError(f"epoch {self.epoch}'s files were handed out but never adopted")
             return self._finish_adopted()
+        if self._cw is not None:
+            return self._finish_c()
         fd, self._pack_fd = self._pack_fd, None
         assert fd is not None
         try:
@@ -56,6 +58,24 @@ class _Commit(_Packing):
         self._files = {
             "idx": {"name": self._idx_name, "size": len(idx), "blake3": blake3.blake3(idx).hexdigest()},
             "pack": {"name": self._pack_name, "size": self._off, "blake3": self._pack_hash.hexdigest()},
+        }
+
+    def _finish_c(self) -> None:
+        """_finish_files for the C writer: it writes the index, then syncs it and the pack."""
+        ifd = _open_file(self._store.path / self._idx_name, _O_CREATE,
+                         f"epoch {self.epoch}: {self._idx_name}")
+        try:
+            size, digest = self._cw.finish(ifd, fmt.idx_header(self.epoch, self.page_size, 0))
+        finally:
+            os.close(ifd)
+        fd, self._pack_fd = self._pack_fd, None
+        if fd is not None:
+            os.close(fd)
+        self._durable_at = time.perf_counter()
+        self._files = {
+            "idx": {"name": self._idx_name, "size": size, "blake3": digest.hex()},
+            "pack": {"name": self._pack_name, "size": self._off,
+                     "blake3": self._cw.pack_digest().hex()},
         }
 
     def _manifest_doc(self, *, pages_dirty: int, pause_s: float | None, label: str | None,

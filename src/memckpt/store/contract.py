@@ -26,7 +26,8 @@ holds Store and EpochWriter to: see the end of local.py):
     # the writer from begin() until commit()/abort(); a second writer gets
     # StoreLocked (a MemckptError) "store ... is locked by pid N")
     w = store.begin(kind="full"|"incremental", parent=int|None, layout=dict,
-                    page_size=int, npages=int, compress=None|"zstd"|"lz4")
+                    page_size=int, npages=int, compress=None|"zstd"|"lz4",
+                    threads=None|int)  # threads writing the pages: None = the CPUs available
         # an incremental epoch needs a committed parent with the same page_size
         # and npages; a full epoch's parent is optional and only informational
         # (lineage: the chain walk stops at a full epoch). The new manifest
@@ -43,6 +44,12 @@ holds Store and EpochWriter to: see the end of local.py):
         # one: recorded as a ZERO entry so the chain knows the page is zero now),
         # stores identical pages once (by BLAKE3 digest, within the epoch),
         # compresses if asked. Synchronous: the caller may reuse `data` on return.
+        # The stored files are the same, byte for byte, for any number of threads.
+    w.add_pages_from(base: np.ndarray[uint8, (rows, page_size)], page_numbers)
+        # add_pages of the pages page_numbers whose bytes are the rows of base with
+        # those numbers (base: an arena's pages, C-contiguous): no copy of the pages
+        # is made (a compressed epoch copies a bounded chunk at a time). Mixes with
+        # add_pages under the same rule of increasing page numbers.
     w.commit(*, pages_dirty, pause_s, label=None, tracker=None, mode=None, extra=None,
              started=None) -> EpochInfo
         # fsync pack + index, write manifest tmp, fsync, rename, fsync dir.
@@ -142,6 +149,8 @@ class EpochWriterContract(Protocol):
 
     def add_pages(self, page_numbers: Any, data: Any) -> None: ...
 
+    def add_pages_from(self, base: Any, page_numbers: Any) -> None: ...
+
     def commit(self, *, pages_dirty: int, pause_s: float | None, label: str | None = None,
                tracker: str | None = None, mode: str | None = None,
                extra: dict[str, Any] | None = None, started: float | None = None,
@@ -178,7 +187,7 @@ class StoreContract(Protocol):
 
     def begin(self, kind: str, parent: int | None = None, layout: dict[str, Any] | None = None,
               page_size: int | None = None, npages: int | None = None,
-              compress: str | None = None) -> EpochWriterContract: ...
+              compress: str | None = None, threads: int | None = None) -> EpochWriterContract: ...
 
     def read_into(self, epoch: int, out: np.ndarray, pages: Any = None, *,
                   progress: Callable[[int, int], None] | None = None,

@@ -113,7 +113,7 @@ class Store(_Maintenance):
     # -- writing ------------------------------------------------------------------------
     def begin(self, kind: str, parent: int | None = None, layout: dict[str, Any] | None = None,
               page_size: int | None = None, npages: int | None = None,
-              compress: str | None = None) -> EpochWriter:
+              compress: str | None = None, threads: int | None = None) -> EpochWriter:
         if kind not in ("full", "incremental"):
             raise ValueError(f"kind must be 'full' or 'incremental', not {kind!r}")
         if page_size is None:
@@ -137,6 +137,8 @@ class Store(_Maintenance):
             raise ValueError(str(exc)) from None
         if kind == "incremental" and parent is None:
             raise ValueError("an incremental epoch needs a parent")
+        if threads is not None and (_index_arg(threads, "threads") < 1):
+            raise ValueError(f"threads must be None (the CPUs available) or >= 1, not {threads!r}")
         self._wait_for_writers("begin an epoch")
         self._check_same_store()  # before the lock file is made in a stranger's directory
         lock = self._writer_lock("write")
@@ -157,7 +159,7 @@ class Store(_Maintenance):
                 parent_digest = plink.identity
             w = EpochWriter(self, lock, epoch=epoch, gen=0, kind=kind, parent=parent,
                             layout=layout, npages=int(npages), compress=compress,  # type: ignore[arg-type]
-                            parent_digest=parent_digest)
+                            parent_digest=parent_digest, threads=threads)
             self._unsettled = (epoch, w.pack_name)
             return w
         except BaseException:

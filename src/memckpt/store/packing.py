@@ -1,9 +1,15 @@
-"""add_pages: hash, elide zero pages, dedup by digest, compress, and write
-an epoch's pages to its pack (pipelined: one chunk hashed while the last is
-written), keeping the index records for commit()."""
+"""add_pages and add_pages_from: an epoch's pages into its pack. Uncompressed
+epochs go whole to the C epoch writer (csrc/epoch_writer.c through
+memckpt._writer: zero pages elided, digests, dedup, vectored writes, with
+threads, the GIL released), which keeps the index records for commit().
+Compressed epochs are hashed by the core and compressed here in Python,
+chunk by chunk (pipelined: one chunk hashed while the last is written): the
+C core is built without zstd or lz4."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -23,14 +29,26 @@ class _Packing(_External):
     _compressor: Any
     _cflag: int
     _pack_hash: Any
+    _cw: Any = None  # memckpt._writer.PackWriter of an uncompressed epoch, else None
 
     # -- pages ----------------------------------------------------------------------------
-    def add_pages(self, page_numbers: Any, data: Any) -> None:
+    def _check_pages(self, page_numbers: Any, what: str) -> np.ndarray:
         self._check_open()
         if self._idx_fd is not None:  # fork mode: another process writes the pages
             raise ValueError(f"epoch {self.epoch}'s files were handed to another writer "
-                             "(external_target()); add_pages cannot be mixed with adopt()")
+                             f"(external_target()); {what} cannot be mixed with adopt()")
         pages = _as_pages(page_numbers)
+        if len(pages) > 1 and not bool((pages[1:] > pages[:-1]).all()):
+            raise ValueError("page numbers must be strictly increasing")
+        if len(pages) and int(pages[0]) <= self._last_page:
+            raise ValueError(f"page {int(pages[0])} does not follow the last page added "
+                             f"({self._last_page}): page numbers must increase across calls")
+        if len(pages) and int(pages[-1]) >= self.npages:
+            raise ValueError(f"page {int(pages[-1])} is beyond the arena's {self.npages} pages")
+        return pages
+
+    def add_pages(self, page_numbers: Any, data: Any) -> None:
+        pages = self._check_pages(page_numbers, "add_pages")
         n = len(pages)
         ps = self.page_size
         if not isinstance(data, np.ndarray):
@@ -39,17 +57,12 @@ class _Packing(_External):
             raise ValueError(f"data must be uint8 of shape ({n}, {ps}), not {data.dtype} {data.shape}")
         if n == 0:
             return
-        if n > 1 and not bool((pages[1:] > pages[:-1]).all()):
-            raise ValueError("page numbers must be strictly increasing")
-        if int(pages[0]) <= self._last_page:
-            raise ValueError(f"page {int(pages[0])} does not follow the last page added "
-                             f"({self._last_page}): page numbers must increase across calls")
-        if int(pages[-1]) >= self.npages:
-            raise ValueError(f"page {int(pages[-1])} is beyond the arena's {self.npages} pages")
         if not data.flags.c_contiguous:
             data = np.ascontiguousarray(data)
+        if self._cw is not None:
+            return self._add_c(data, pages, None)
         step = max(1, _io._CHUNK_BYTES // ps)
-        try:
+        with self._writing():
             if n <= step:
                 self._write_job(self._add_chunk(pages, data))
             else:
@@ -65,16 +78,54 @@ class _Packing(_External):
                         fut = ex.submit(self._write_job, job)
                     assert fut is not None
                     fut.result()
+        self._last_page = int(pages[-1])
+
+    def add_pages_from(self, base: Any, page_numbers: Any) -> None:
+        """add_pages of the pages page_numbers straight from memory: page p's
+        bytes are row p of base (uint8, (rows, page_size), C-contiguous; an
+        arena's pages), with no copy of them made for an uncompressed epoch."""
+        pages = self._check_pages(page_numbers, "add_pages_from")
+        ps = self.page_size
+        if not isinstance(base, np.ndarray) or base.dtype != np.uint8 or base.ndim != 2 \
+                or base.shape[1] != ps:
+            got = f"{base.dtype} {base.shape}" if isinstance(base, np.ndarray) else type(base).__name__
+            raise ValueError(f"base must be a uint8 array of shape (rows, {ps}), not {got}")
+        if not base.flags.c_contiguous:
+            raise ValueError("base must be C-contiguous (its rows are the pages written)")
+        if len(pages) and int(pages[-1]) >= base.shape[0]:
+            raise ValueError(f"page {int(pages[-1])} is beyond base's {base.shape[0]} rows")
+        if len(pages) == 0:
+            return
+        if self._cw is not None:
+            return self._add_c(base, pages, pages)
+        step = max(1, _io._CHUNK_BYTES // ps)  # compressed: through add_pages, a chunk at a time
+        for lo in range(0, len(pages), step):
+            self.add_pages(pages[lo:lo + step], base[pages[lo:lo + step]])
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Pages going into the pack: any failure aborts the epoch (the pack
+        may no longer match the records, so it cannot commit)."""
+        try:
+            yield
         except OSError as exc:
-            self.abort()  # the pack no longer matches the records: this epoch cannot commit
+            self.abort()
             raise self._where(exc, self._pack_name) from None
         except BaseException:
             self.abort()
             raise
+
+    def _add_c(self, base: np.ndarray, pages: np.ndarray, rows: np.ndarray | None) -> None:
+        with self._writing():
+            self._cw.add(base, pages, rows)
+        st = self._cw.stats()
+        self._records, self._stored, self._dedup, self._zero = (
+            st["records"], st["stored"], st["dedup"], st["zero"])
+        self._off = st["pack_size"]
         self._last_page = int(pages[-1])
 
     def _add_chunk(self, p: np.ndarray, d: np.ndarray) -> tuple[list[Any], int]:
-        """Hash, elide, dedup and place one chunk; return its write job."""
+        """Hash, elide, dedup, compress and place one chunk; return its write job."""
         ps = self.page_size
         m = len(p)
         nz = d.view(np.uint64).any(axis=1)
@@ -88,72 +139,35 @@ class _Packing(_External):
         seen = self._seen
         start = self._off
         bufs: list[Any] = []
-        if self._compressor is None:
-            olds = list(map(seen.get, digests))
-            fast = olds.count(None) == k
-            if fast:  # no page seen before: offsets are consecutive, unless the chunk repeats a page
-                offs = start + ps * np.arange(k, dtype=np.uint64)
-                before = len(seen)
-                seen.update(zip(digests, offs.tolist()))
-                if len(seen) - before != k:
-                    for dg in digests:
-                        seen.pop(dg, None)
-                    fast = False
-            if fast:
-                wrows = nzi
-            else:
-                cur = start
-                offs_l = []
-                new_pos = []
-                for j, dg in enumerate(digests):
-                    o = seen.get(dg)
-                    if o is None:
-                        o = seen[dg] = cur
-                        cur += ps
-                        new_pos.append(j)
-                    offs_l.append(o)
-                offs = np.array(offs_l, dtype=np.uint64)
-                wrows = nzi[np.array(new_pos, dtype=np.int64)]
-            lens: Any = ps
-            flags: Any = 0
-            nnew = len(wrows)
-            # contiguous runs of rows to write go out as one iovec each
-            if nnew:
-                brk = np.flatnonzero(np.diff(wrows) != 1) + 1
-                s_l = np.concatenate(([0], brk)).tolist()
-                e_l = np.concatenate((brk, [nnew])).tolist()
-                w_l = wrows.tolist()
-                bufs.extend(d[w_l[s]:w_l[s] + (e - s)] for s, e in zip(s_l, e_l))
-            self._off = start + nnew * ps
-        else:
-            comp, cflag = self._compressor, self._cflag
-            offs_l, lens_l, flags_l = [], [], []
-            cur = start
-            nnew = 0
-            nzl = nzi.tolist()
-            for j, dg in enumerate(digests):
-                hit = seen.get(dg)
-                if hit is None:
-                    row = d[nzl[j]]
-                    c = comp(row)
-                    if len(c) < ps:
-                        hit = (cur, len(c), cflag)
-                        bufs.append(c)
-                    else:
-                        hit = (cur, ps, 0)
-                        bufs.append(row)
-                    seen[dg] = hit
-                    cur += hit[1]
-                    nnew += 1
-                offs_l.append(hit[0])
-                lens_l.append(hit[1])
-                flags_l.append(hit[2])
-            offs = np.array(offs_l, dtype=np.uint64)
-            lens = np.array(lens_l, dtype=np.uint32)
-            flags = np.array(flags_l, dtype=np.uint32)
-            if bufs:
-                bufs = [b"".join(bufs)]
-            self._off = cur
+        # compressed epochs only: uncompressed ones go to the C writer (_add_c)
+        comp, cflag = self._compressor, self._cflag
+        offs_l, lens_l, flags_l = [], [], []
+        cur = start
+        nnew = 0
+        nzl = nzi.tolist()
+        for j, dg in enumerate(digests):
+            hit = seen.get(dg)
+            if hit is None:
+                row = d[nzl[j]]
+                c = comp(row)
+                if len(c) < ps:
+                    hit = (cur, len(c), cflag)
+                    bufs.append(c)
+                else:
+                    hit = (cur, ps, 0)
+                    bufs.append(row)
+                seen[dg] = hit
+                cur += hit[1]
+                nnew += 1
+            offs_l.append(hit[0])
+            lens_l.append(hit[1])
+            flags_l.append(hit[2])
+        offs = np.array(offs_l, dtype=np.uint64)
+        lens = np.array(lens_l, dtype=np.uint32)
+        flags = np.array(flags_l, dtype=np.uint32)
+        if bufs:
+            bufs = [b"".join(bufs)]
+        self._off = cur
         if self.kind == "incremental":
             rec = np.zeros(m, dtype=fmt.RECORD_DTYPE)
             rec["page"] = p

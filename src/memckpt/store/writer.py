@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import blake3
 import numpy as np
 
-from .. import _forksafe, _signals
+from .. import _forksafe, _signals, _writer
 from ..errors import MemckptError
 from . import format as fmt
 from .commit import _Commit
@@ -34,7 +34,8 @@ class EpochWriter(_Commit):
 
     def __init__(self, store: Store, lock: _Lock | None, *, epoch: int, gen: int, kind: str,
                  parent: int | None, layout: dict[str, Any], npages: int,
-                 compress: str | None, parent_digest: str | None = None) -> None:
+                 compress: str | None, parent_digest: str | None = None,
+                 threads: int | None = None) -> None:
         self._store = store
         self._parent_digest = parent_digest
         self._lock = lock
@@ -85,6 +86,17 @@ class EpochWriter(_Commit):
             raise
         self._pack_hash = blake3.blake3(hdr)
         self._off = len(hdr)
+        self._cw = None
+        if compress is None:
+            try:
+                self._cw = _writer.PackWriter(self._pack_fd, self.page_size, npages,
+                                              kind == "incremental", hdr,
+                                              threads=0 if threads is None else threads)
+            except BaseException:
+                self.abort()
+                raise
+        self.threads = (self._cw.stats()["threads"] if self._cw is not None
+                        else 1)
         self._durable_at = 0.0
         self._files: dict[str, Any] = {}
 
@@ -108,6 +120,7 @@ class EpochWriter(_Commit):
             lock._detach_in_child()
         self._seen = {}
         self._recs = []
+        self._drop_cw()
         # the child's copy of the Store must not wait for a writer that is
         # the parent's (no _writers_cv: a parent's thread may have held it)
         self._store._open_writers.discard(self)
@@ -148,6 +161,11 @@ class EpochWriter(_Commit):
             raise ValueError(f"the writer of epoch {self.epoch} is already "
                              f"{'committed' if self._committed else 'aborted'}")
 
+    def _drop_cw(self) -> None:
+        cw, self._cw = getattr(self, "_cw", None), None  # 56 bytes a record, and more
+        if cw is not None:
+            cw.close()
+
     def _close(self) -> None:
         self._closed = True
         ifd, self._idx_fd = self._idx_fd, None  # fork mode's index fd
@@ -155,6 +173,7 @@ class EpochWriter(_Commit):
             os.close(ifd)
         self._seen = {}   # ~150 bytes a page: let it go with the epoch, not with the object
         self._recs = []
+        self._drop_cw()
         fd, self._pack_fd = self._pack_fd, None
         if fd is not None:
             os.close(fd)

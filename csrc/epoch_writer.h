@@ -1,0 +1,70 @@
+/* epoch_writer.h: the epoch writer (epoch_writer.c), the one code that
+ * turns pages into an epoch's pack and index for every capture mode (the
+ * fork child shares its steps, pack_pages.c). Internal to the core: the
+ * Python binding (_writer.pyx) is its user. */
+#ifndef MEMCKPT_EPOCH_WRITER_H
+#define MEMCKPT_EPOCH_WRITER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pack_format.h"
+
+struct mck_ew;
+
+enum mck_ew_flags {
+	/* do not start the pack's writeback as each piece is written
+	 * (sync_file_range): leave it all to the fdatasync of finish */
+	MCK_EW_NO_EARLY_FLUSH = 1u << 0,
+};
+
+struct mck_ew_config {
+	int pack_fd;          /* the pack, open for writing; its header is written */
+	size_t page_size;     /* a power of two, 512 .. 2^30 */
+	uint64_t npages;      /* the arena's pages: every page number is below it */
+	int incremental;      /* 1: zero pages get a ZERO record; 0: they get none */
+	const uint8_t *pack_header; /* the header's bytes (its length: where pages start) */
+	size_t pack_header_len;
+	int threads;          /* <= 0: the CPUs this process may run on */
+	unsigned flags;       /* enum mck_ew_flags */
+};
+
+struct mck_ew_stats {
+	uint64_t records; /* index records so far */
+	uint64_t stored;  /* pages stored in the pack */
+	uint64_t dedup;   /* nonzero pages whose content the epoch stored already */
+	uint64_t zero;    /* all-zero pages */
+	uint64_t pack_size; /* bytes, header included */
+	int threads;      /* the threads an add may use */
+};
+
+/* The CPUs this process may run on (sched_getaffinity), at least 1. */
+int mck_cpus_available(void);
+
+/* A writer for one epoch's pages; *out is freed by mck_ew_close. 0, -EINVAL
+ * for a bad config, -ENOMEM. */
+int mck_ew_open(const struct mck_ew_config *cfg, struct mck_ew **out);
+/* Add n pages: page numbers pages[0..n), strictly increasing and above every
+ * page added before, each below npages; page i's bytes are row rows[i] of
+ * base (rows NULL: row i), a row being page_size bytes, every row below
+ * nrows. Zero pages elided, digests, dedup, the new pages written to the pack
+ * (pwritev of runs) and hashed into its digest, with up to the writer's
+ * threads (none outlives the call). Byte for byte the same files for any
+ * number of threads. 0 or -errno (-EINVAL for bad pages or rows: nothing
+ * added); after a failed write every later call fails the same way. */
+int mck_ew_add(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
+	       const uint64_t *rows, size_t n);
+void mck_ew_read_stats(const struct mck_ew *w, struct mck_ew_stats *st);
+/* The records so far (valid until the next add or close). */
+const struct mck_pack_record *mck_ew_records(const struct mck_ew *w, uint64_t *n);
+/* BLAKE3 of the pack as written so far. */
+void mck_ew_pack_digest(const struct mck_ew *w, uint8_t out[32]);
+/* Make the files durable: write the index (the header given, its count
+ * set) to idx_fd from offset 0, then fdatasync it and the pack (at once, on
+ * two threads). idx_digest and idx_size describe the index file. 0 or
+ * -errno. */
+int mck_ew_finish(struct mck_ew *w, int idx_fd, const uint8_t idx_header[MCK_IDX_HEADER_SIZE],
+		  uint8_t idx_digest[32], uint64_t *idx_size);
+void mck_ew_close(struct mck_ew *w);
+
+#endif /* MEMCKPT_EPOCH_WRITER_H */

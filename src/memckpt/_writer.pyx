@@ -1,0 +1,137 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, auto_pickle=False
+"""Thin binding of the C epoch writer (csrc/epoch_writer.c): no policy here.
+
+PackWriter writes one epoch's pages into its pack file and, at finish(), its
+index: zero pages elided, BLAKE3 digests, dedup, vectored writes, with
+threads; the GIL is released for every call that does work. The store's
+EpochWriter (store/packing.py, store/commit.py) drives it.
+"""
+from libc.stdint cimport uint8_t, uint64_t
+from libc.string cimport memcpy
+
+cimport memckpt._epoch_writer as c
+from memckpt._check cimport check
+
+import numpy as np
+
+RECORD_SIZE = c.MCK_RECORD_SIZE
+NO_EARLY_FLUSH = c.MCK_EW_NO_EARLY_FLUSH
+
+
+def cpus_available():
+    """The CPUs this process may run on (sched_getaffinity): the default thread count."""
+    return c.mck_cpus_available()
+
+
+cdef const uint64_t[::1] _u64(object a, str what):
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint64 or a.ndim != 1:
+        raise TypeError(f"{what} must be a 1-D uint64 numpy array")
+    return np.ascontiguousarray(a)
+
+
+cdef class PackWriter:
+    """The pages of one epoch into its pack (fd open for writing, the header
+    already written). Not thread-safe: one caller at a time."""
+    cdef c.mck_ew *w
+    cdef readonly size_t page_size
+
+    def __cinit__(self, int pack_fd, size_t page_size, uint64_t npages, bint incremental,
+                  bytes pack_header not None, int threads=0, unsigned flags=0):
+        cdef c.mck_ew_config cfg
+        cdef int rc
+        cfg.pack_fd = pack_fd
+        cfg.page_size = page_size
+        cfg.npages = npages
+        cfg.incremental = incremental
+        cfg.pack_header = <const uint8_t *>pack_header
+        cfg.pack_header_len = len(pack_header)
+        cfg.threads = threads
+        cfg.flags = flags
+        with nogil:
+            rc = c.mck_ew_open(&cfg, &self.w)
+        check(rc, "epoch writer")
+        self.page_size = page_size
+
+    def __dealloc__(self):
+        c.mck_ew_close(self.w)
+        self.w = NULL
+
+    cdef int _open(self) except -1:
+        if self.w == NULL:
+            raise ValueError("the pack writer is closed")
+        return 0
+
+    def close(self):
+        """Free the writer's memory (its records); the fds are the caller's."""
+        c.mck_ew_close(self.w)
+        self.w = NULL
+
+    def add(self, base, pages, rows=None):
+        """Add the pages `pages` (uint64, strictly increasing, above every page
+        added before), page i's bytes being row rows[i] of base (uint8,
+        (nrows, page_size), C-contiguous; rows None: row i)."""
+        self._open()
+        if not isinstance(base, np.ndarray) or base.dtype != np.uint8 or base.ndim != 2 \
+                or base.shape[1] != self.page_size or not base.flags.c_contiguous:
+            raise ValueError(f"base must be C-contiguous uint8 of shape (n, {self.page_size})")
+        cdef const uint64_t[::1] p = _u64(pages, "pages")
+        cdef const uint64_t[::1] r
+        cdef const uint64_t *rp = NULL
+        cdef size_t n = p.shape[0]
+        if rows is not None:
+            r = _u64(rows, "rows")
+            if r.shape[0] != n:
+                raise ValueError(f"{r.shape[0]} rows for {n} pages")
+            rp = &r[0] if n else NULL
+        elif base.shape[0] < <Py_ssize_t>n:
+            raise ValueError(f"base has {base.shape[0]} rows for {n} pages")
+        if n == 0:
+            return
+        cdef const uint8_t[:, ::1] b = base
+        cdef uint64_t nrows = <uint64_t>b.shape[0]
+        cdef int rc
+        with nogil:
+            rc = c.mck_ew_add(self.w, &b[0, 0], nrows, &p[0], rp, n)
+        check(rc, "writing pages")
+
+    def stats(self):
+        """{records, stored, dedup, zero, pack_size, threads}"""
+        self._open()
+        cdef c.mck_ew_stats st
+        c.mck_ew_read_stats(self.w, &st)
+        return {"records": st.records, "stored": st.stored, "dedup": st.dedup, "zero": st.zero,
+                "pack_size": st.pack_size, "threads": st.threads}
+
+    def records(self):
+        """A copy of the records so far, as bytes (RECORD_SIZE each)."""
+        self._open()
+        cdef uint64_t n
+        cdef const c.mck_pack_record *recs = c.mck_ew_records(self.w, &n)
+        out = bytearray(n * c.MCK_RECORD_SIZE)
+        cdef uint8_t[::1] o = out
+        if n:
+            with nogil:
+                memcpy(&o[0], recs, n * c.MCK_RECORD_SIZE)
+        return bytes(out)
+
+    def pack_digest(self):
+        """BLAKE3 of the pack as written so far (32 bytes)."""
+        self._open()
+        cdef uint8_t out[32]
+        c.mck_ew_pack_digest(self.w, out)
+        return out[:32]
+
+    def finish(self, int idx_fd, bytes idx_header not None):
+        """fdatasync the pack, write the index (header + records) to idx_fd and
+        fdatasync it; returns (index size, index digest)."""
+        self._open()
+        if len(idx_header) != c.MCK_IDX_HEADER_SIZE:
+            raise ValueError(f"the index header is {c.MCK_IDX_HEADER_SIZE} bytes, not {len(idx_header)}")
+        cdef const uint8_t *hdr = <const uint8_t *>idx_header
+        cdef uint8_t digest[32]
+        cdef uint64_t size = 0
+        cdef int rc
+        with nogil:
+            rc = c.mck_ew_finish(self.w, idx_fd, hdr, digest, &size)
+        check(rc, "finishing the epoch's files")
+        return size, digest[:32]
