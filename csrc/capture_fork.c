@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "internal.h"
-#include "pack_format.h"
+#include "pack_pages.h"
 
 #ifndef __NR_close_range
 #define __NR_close_range 436
@@ -47,7 +47,7 @@ _Static_assert(sizeof(struct mck_fork_result) <= PIPE_BUF, "one atomic pipe writ
 struct fork_scratch {
 	uint8_t *digests;           /* 32 bytes per nonzero page */
 	uint64_t *nonzero;          /* their page numbers */
-	struct mck_pack_record *recs;   /* n records at most */
+	struct mck_idx_record *recs;   /* n records at most */
 	uint64_t *table;            /* dedup: record index + 1, 0 = empty */
 	size_t table_cap;           /* a power of two >= 2n */
 	struct iovec *iov;          /* MCK_IOV_MAX */
@@ -56,7 +56,7 @@ struct fork_scratch {
 
 size_t mck_fork_scratch_size(size_t n)
 {
-	return n * 32 + n * sizeof(uint64_t) + n * sizeof(struct mck_pack_record) +
+	return n * 32 + n * sizeof(uint64_t) + n * sizeof(struct mck_idx_record) +
 	       mck_dedup_cap(n) * sizeof(uint64_t) + MCK_IOV_MAX * sizeof(struct iovec) +
 	       MCK_BLAKE3_SUBTREE_BYTES;
 }
@@ -70,8 +70,8 @@ static void scratch_layout(const struct mck_fork_job *job, struct fork_scratch *
 	p += n * 32;
 	s->nonzero = (uint64_t *)p;
 	p += n * sizeof(uint64_t);
-	s->recs = (struct mck_pack_record *)p;
-	p += n * sizeof(struct mck_pack_record);
+	s->recs = (struct mck_idx_record *)p;
+	p += n * sizeof(struct mck_idx_record);
 	s->table_cap = mck_dedup_cap(n);
 	s->table = (uint64_t *)p;
 	p += s->table_cap * sizeof(uint64_t);
@@ -156,7 +156,7 @@ static uint64_t private_bytes(void)
 }
 
 /* Hash, elide, dedup and place the pages: records and counts, no I/O, by
- * the rules of pack_format.h (the epoch writer's, step for step). */
+ * the rules of pack_pages.h (the epoch writer's, step for step). */
 static void place_pages(const struct mck_fork_job *job, struct fork_scratch *s,
 			struct mck_fork_result *res, uint64_t *pack_end)
 {
@@ -212,7 +212,7 @@ static int write_pack(const struct mck_fork_job *job, struct fork_scratch *s,
 	int cnt = 0, rc;
 
 	for (uint64_t i = 0; i <= records; i++) {
-		const struct mck_pack_record *rec = i < records ? &s->recs[i] : NULL;
+		const struct mck_idx_record *rec = i < records ? &s->recs[i] : NULL;
 		int is_new = rec && !(rec->flags & MCK_PAGE_ZERO) && rec->offset == next;
 		uint8_t *addr = is_new ? (uint8_t *)base + rec->page * ps : NULL;
 
@@ -305,7 +305,7 @@ static _Noreturn void child_main(const struct mck_fork_job *job, int result_fd,
 			     s.gather);
 	if (rc < 0)
 		goto fail;
-	res.idx_size = MCK_FORK_IDX_HEADER_SIZE + res.records * sizeof(struct mck_pack_record);
+	res.idx_size = MCK_FORK_IDX_HEADER_SIZE + res.records * sizeof(struct mck_idx_record);
 
 	stage = MCK_FORK_STAGE_SYNC;
 	rc = mck_sync_fd(job->pack_fd);

@@ -52,7 +52,7 @@ struct mck_ew {
 	uint64_t hashed;      /* bytes of the pack its digest has absorbed (== pack_end between adds) */
 	struct mck_blake3 h;
 	uint8_t zero_digest[32];
-	struct mck_pack_record *recs;
+	struct mck_idx_record *recs;
 	uint64_t nrec, rec_cap;
 	struct mck_dedup table;
 	uint64_t stored, dedup, zero;
@@ -169,7 +169,7 @@ void mck_ew_read_stats(const struct mck_ew *w, struct mck_ew_stats *st)
 	st->threads = w->threads;
 }
 
-const struct mck_pack_record *mck_ew_records(const struct mck_ew *w, uint64_t *n)
+const struct mck_idx_record *mck_ew_records(const struct mck_ew *w, uint64_t *n)
 {
 	*n = w->nrec;
 	return w->recs;
@@ -222,7 +222,7 @@ int mck_ew_finish(struct mck_ew *w, int idx_fd, const uint8_t idx_header[MCK_IDX
 		return pack.rc;
 	if (rc < 0)
 		return rc;
-	*idx_size = MCK_IDX_HEADER_SIZE + w->nrec * sizeof(struct mck_pack_record);
+	*idx_size = MCK_IDX_HEADER_SIZE + w->nrec * sizeof(struct mck_idx_record);
 	return 0;
 }
 
@@ -233,7 +233,7 @@ static int reserve(struct mck_ew *w, uint64_t more)
 
 	if (want > w->rec_cap) {
 		uint64_t cap = w->rec_cap ? w->rec_cap : 1024;
-		struct mck_pack_record *r;
+		struct mck_idx_record *r;
 
 		while (cap < want)
 			cap *= 2;

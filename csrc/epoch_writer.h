@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "pack_format.h"
+#include "pack_pages.h"
 
 struct mck_ew;
 
@@ -56,7 +56,7 @@ int mck_ew_add(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_
 	       const uint64_t *rows, size_t n);
 void mck_ew_read_stats(const struct mck_ew *w, struct mck_ew_stats *st);
 /* The records so far (valid until the next add or close). */
-const struct mck_pack_record *mck_ew_records(const struct mck_ew *w, uint64_t *n);
+const struct mck_idx_record *mck_ew_records(const struct mck_ew *w, uint64_t *n);
 /* BLAKE3 of the pack as written so far. */
 void mck_ew_pack_digest(const struct mck_ew *w, uint8_t out[32]);
 /* Make the files durable: write the index (the header given, its count

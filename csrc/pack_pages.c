@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "internal.h"
-#include "pack_format.h"
+#include "pack_pages.h"
 
 bool mck_page_is_zero(const void *page, size_t len)
 {
@@ -59,7 +59,7 @@ size_t mck_dedup_cap(size_t n)
 	return cap;
 }
 
-uint64_t mck_dedup_find_or_add(struct mck_dedup *t, const struct mck_pack_record *recs,
+uint64_t mck_dedup_find_or_add(struct mck_dedup *t, const struct mck_idx_record *recs,
 			       uint64_t r, const uint8_t d[32])
 {
 	uint64_t h, mask = t->cap - 1;
@@ -72,10 +72,10 @@ uint64_t mck_dedup_find_or_add(struct mck_dedup *t, const struct mck_pack_record
 	return r;
 }
 
-bool mck_place_page(struct mck_dedup *t, struct mck_pack_record *recs, uint64_t r, uint64_t page,
+bool mck_place_page(struct mck_dedup *t, struct mck_idx_record *recs, uint64_t r, uint64_t page,
 		    const uint8_t d[32], size_t page_size, uint64_t *pack_end)
 {
-	struct mck_pack_record *rec = &recs[r];
+	struct mck_idx_record *rec = &recs[r];
 	uint64_t first;
 
 	rec->page = page;
@@ -92,7 +92,7 @@ bool mck_place_page(struct mck_dedup *t, struct mck_pack_record *recs, uint64_t 
 	return true;
 }
 
-void mck_zero_record(struct mck_pack_record *rec, uint64_t page, const uint8_t zero_digest[32])
+void mck_zero_record(struct mck_idx_record *rec, uint64_t page, const uint8_t zero_digest[32])
 {
 	rec->page = page;
 	rec->offset = 0;
@@ -128,7 +128,7 @@ int mck_write_all_iov(int fd, struct iovec *iov, int cnt, uint64_t off)
 }
 
 int mck_write_index(int fd, const uint8_t header[MCK_IDX_HEADER_SIZE],
-		    const struct mck_pack_record *recs, uint64_t n, uint8_t digest[32],
+		    const struct mck_idx_record *recs, uint64_t n, uint8_t digest[32],
 		    uint8_t *gather)
 {
 	uint8_t hdr[MCK_IDX_HEADER_SIZE];

@@ -32,7 +32,7 @@ static char dir[] = "/tmp/mck-test-ew-XXXXXX";
 struct ref {
 	uint8_t *pack;      /* the whole pack file */
 	size_t pack_len, pack_cap;
-	struct mck_pack_record *recs;
+	struct mck_idx_record *recs;
 	size_t nrec;
 	uint64_t stored, dedup, zero;
 };
@@ -62,7 +62,7 @@ static void ref_add(struct ref *r, const uint8_t *base, size_t ps, const uint64_
 	mck_blake3_pages(zero, ps, 1, zd);
 	for (size_t i = 0; i < n; i++) {
 		const uint8_t *p = base + (rows ? rows[i] : i) * ps;
-		struct mck_pack_record *rec = &r->recs[r->nrec];
+		struct mck_idx_record *rec = &r->recs[r->nrec];
 		size_t k;
 
 		if (!memcmp(p, zero, ps)) {
@@ -188,21 +188,21 @@ static void check_against(const char *what, const struct written *o, const struc
 	mck_blake3_update(&h, r->pack, r->pack_len);
 	mck_blake3_final(&h, d);
 	CHECK(!memcmp(d, o->pack_digest, 32), "%s: pack digest", what);
-	CHECK(o->idx_len == MCK_IDX_HEADER_SIZE + r->nrec * MCK_RECORD_SIZE &&
+	CHECK(o->idx_len == MCK_IDX_HEADER_SIZE + r->nrec * MCK_IDX_RECORD_SIZE &&
 	      !memcmp(o->idx, idx_hdr, MCK_IDX_COUNT_AT) &&
 	      !memcmp(o->idx + MCK_IDX_COUNT_AT + 8, idx_hdr + MCK_IDX_COUNT_AT + 8,
 		      MCK_IDX_HEADER_SIZE - MCK_IDX_COUNT_AT - 8),
 	      "%s: index header or size (%zu bytes for %zu records)", what, o->idx_len, r->nrec);
-	if (o->idx_len == MCK_IDX_HEADER_SIZE + r->nrec * MCK_RECORD_SIZE) {
+	if (o->idx_len == MCK_IDX_HEADER_SIZE + r->nrec * MCK_IDX_RECORD_SIZE) {
 		uint64_t count;
 
 		memcpy(&count, o->idx + MCK_IDX_COUNT_AT, 8);
 		CHECK(count == r->nrec, "%s: count %llu, %zu records", what,
 		      (unsigned long long)count, r->nrec);
 		for (size_t i = 0; i < r->nrec; i++) {
-			const uint8_t *got = o->idx + MCK_IDX_HEADER_SIZE + i * MCK_RECORD_SIZE;
+			const uint8_t *got = o->idx + MCK_IDX_HEADER_SIZE + i * MCK_IDX_RECORD_SIZE;
 
-			if (memcmp(got, &r->recs[i], MCK_RECORD_SIZE)) {
+			if (memcmp(got, &r->recs[i], MCK_IDX_RECORD_SIZE)) {
 				CHECK(0, "%s: record %zu (page %llu) differs", what, i,
 				      (unsigned long long)r->recs[i].page);
 				break;
@@ -357,9 +357,9 @@ static void test_zero_pages(struct test_ctx *ctx)
 		      (unsigned long long)o.st.records);
 		CHECK(o.pack_len == MCK_PACK_HEADER_SIZE + ps, "only the nonzero page is stored");
 		for (size_t r = 0; o.idx && r < o.st.records; r++) {
-			struct mck_pack_record rec;
+			struct mck_idx_record rec;
 
-			memcpy(&rec, o.idx + MCK_IDX_HEADER_SIZE + r * MCK_RECORD_SIZE, sizeof(rec));
+			memcpy(&rec, o.idx + MCK_IDX_HEADER_SIZE + r * MCK_IDX_RECORD_SIZE, sizeof(rec));
 			if (rec.page == 15) {
 				CHECK(rec.flags == 0 && rec.offset == MCK_PACK_HEADER_SIZE,
 				      "the nonzero page is stored raw after the header");
@@ -394,9 +394,9 @@ static void test_dedup_across_adds(struct test_ctx *ctx)
 	      "stored %llu dedup %llu", (unsigned long long)o.st.stored,
 	      (unsigned long long)o.st.dedup);
 	for (size_t i = 20; o.idx && i < n; i++) {
-		struct mck_pack_record rec;
+		struct mck_idx_record rec;
 
-		memcpy(&rec, o.idx + MCK_IDX_HEADER_SIZE + i * MCK_RECORD_SIZE, sizeof(rec));
+		memcpy(&rec, o.idx + MCK_IDX_HEADER_SIZE + i * MCK_IDX_RECORD_SIZE, sizeof(rec));
 		CHECK(rec.offset == MCK_PACK_HEADER_SIZE + (i % 4) * ps,
 		      "page %zu points at the first copy", i);
 	}

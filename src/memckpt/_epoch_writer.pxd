@@ -1,14 +1,14 @@
-# Declarations of csrc/epoch_writer.h (and the record layout of csrc/pack_format.h)
+# Declarations of csrc/epoch_writer.h (and the record layout of csrc/include/pack_format.h)
 # for the binding memckpt._writer.
 from libc.stdint cimport uint8_t, uint64_t
 
 cdef extern from "epoch_writer.h" nogil:
     enum:
-        MCK_RECORD_SIZE
+        MCK_IDX_RECORD_SIZE
         MCK_IDX_HEADER_SIZE
         MCK_EW_NO_EARLY_FLUSH
 
-    struct mck_pack_record:
+    struct mck_idx_record:
         uint64_t page
         uint64_t offset
         unsigned length
@@ -41,7 +41,7 @@ cdef extern from "epoch_writer.h" nogil:
     int mck_ew_add(mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
                    const uint64_t *rows, size_t n)
     void mck_ew_read_stats(const mck_ew *w, mck_ew_stats *st)
-    const mck_pack_record *mck_ew_records(const mck_ew *w, uint64_t *n)
+    const mck_idx_record *mck_ew_records(const mck_ew *w, uint64_t *n)
     void mck_ew_pack_digest(const mck_ew *w, uint8_t *out)
     int mck_ew_finish(mck_ew *w, int idx_fd, const uint8_t *idx_header, uint8_t *idx_digest,
                       uint64_t *idx_size)

@@ -14,7 +14,7 @@ from memckpt._check cimport check
 
 import numpy as np
 
-RECORD_SIZE = c.MCK_RECORD_SIZE
+RECORD_SIZE = c.MCK_IDX_RECORD_SIZE
 NO_EARLY_FLUSH = c.MCK_EW_NO_EARLY_FLUSH
 
 
@@ -106,12 +106,12 @@ cdef class PackWriter:
         """A copy of the records so far, as bytes (RECORD_SIZE each)."""
         self._open()
         cdef uint64_t n
-        cdef const c.mck_pack_record *recs = c.mck_ew_records(self.w, &n)
-        out = bytearray(n * c.MCK_RECORD_SIZE)
+        cdef const c.mck_idx_record *recs = c.mck_ew_records(self.w, &n)
+        out = bytearray(n * c.MCK_IDX_RECORD_SIZE)
         cdef uint8_t[::1] o = out
         if n:
             with nogil:
-                memcpy(&o[0], recs, n * c.MCK_RECORD_SIZE)
+                memcpy(&o[0], recs, n * c.MCK_IDX_RECORD_SIZE)
         return bytes(out)
 
     def pack_digest(self):
