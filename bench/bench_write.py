@@ -22,7 +22,10 @@ The epochs run with 1, 2 and all the CPUs available (threads=). Every epoch is
 checked outside the timing: its counts say every page was stored, and a
 verify() of the store (every page digest, every file digest) passes once per
 size and method. Times are medians (and minimums) over the rounds; ratios
-are between medians of the same run. Each round runs every method once,
+are between medians of the same run. CPU time is what the process used
+during the method, all threads, user and system (with the deletion of its
+file after it): on a machine others share, what the method needs of the
+CPUs is steadier than its wall time. Each round runs every method once,
 starting one method later than the round before.
 
     .venv/bin/python bench/bench_write.py --size 512 --size 1024 --rounds 5
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -137,7 +141,7 @@ def epoch(a: np.ndarray, d: Path, threads: int, staging: np.ndarray | None,
     return dt
 
 
-def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float, float]]:
+def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float, float, float]]:
     a = np.random.default_rng(mib).random((mib << 20) // 8)
     a[a == 0] = 0.5  # no zero word: no page can be all zero
     staging = np.empty(((mib << 20) // PS, PS), np.uint8)
@@ -160,25 +164,36 @@ def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float, float]]:
     times: dict[str, list[float]] = {name: [] for name, _ in methods}
     for name, fn in methods:  # a warm-up round each, checked, untimed
         fn(True)
+    cpu: dict[str, list[float]] = {name: [] for name, _ in methods}
     for r in range(rounds):
         # each round starts one method later: none always follows the same
         # one (the writeback and unlink of the file before it land on it)
         for name, fn in methods[r % len(methods):] + methods[:r % len(methods)]:
+            c0 = _cpu_s()
             times[name].append(fn(False))
-    return [(name, statistics.median(v), min(v)) for name, v in times.items()]
+            cpu[name].append(_cpu_s() - c0)  # includes the untimed cleanup (unlink)
+    return [(name, statistics.median(v), min(v), statistics.median(cpu[name]))
+            for name, v in times.items()]
 
 
-def table(mib: int, rows: list[tuple[str, float, float]], rounds: int, load0: float) -> str:
-    med = {name: t for name, t, _ in rows}
+def _cpu_s() -> float:
+    """CPU seconds this process used so far, all its threads, user and system."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def table(mib: int, rows: list[tuple[str, float, float, float]], rounds: int, load0: float) -> str:
+    med = {name: t for name, t, _, _ in rows}
     npsave = med["np.save + fsync"]
     floor = med["write + fdatasync (floor)"]
     out = [f"\n{mib} MiB of float64 ({(mib << 20) // PS} pages), {rounds} rounds, "
            f"load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
-           "| method | median | min | GB/s (median) | × np.save + fsync | × write + fdatasync |",
-           "|---|---:|---:|---:|---:|---:|"]
-    for name, t, lo in rows:
+           "| method | median | min | GB/s (median) | CPU time (median) | × np.save + fsync "
+           "| × write + fdatasync |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, t, lo, c in rows:
         gbs = (mib << 20) / t / 1e9
-        out.append(f"| {name} | {t * 1e3:.0f} ms | {lo * 1e3:.0f} ms | {gbs:.2f} | "
+        out.append(f"| {name} | {t * 1e3:.0f} ms | {lo * 1e3:.0f} ms | {gbs:.2f} | {c * 1e3:.0f} ms | "
                    f"{t / npsave:.2f}× | {t / floor:.2f}× |")
     return "\n".join(out)
 

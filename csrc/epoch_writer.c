@@ -1,20 +1,23 @@
 /* epoch_writer.c: an epoch's pages into its pack and index, with threads.
  *
  * An add runs in windows of about 8 MiB of pages. Each window goes through
- * three steps: DIGEST (zero test and BLAKE3 of each page: parallel), PLACE
- * (dedup and offsets, in page order: serial, on thread 0, cheap) and WRITE +
- * HASH (pwritev of the new pages' runs, and the 64 KiB subtrees of the
- * pack's own digest: parallel). The DIGEST of window w+1 runs in the same
- * parallel phase as the WRITE + HASH of window w, so a phase has work for
- * every thread and the disk is written while the next window is hashed;
+ * DIGEST (zero test and BLAKE3 of each page: tasks, in parallel), PLACE
+ * (dedup and offsets, in page order: one thread, cheap), WRITE and HASH
+ * (pwritev of the new pages' runs; the 64 KiB subtrees of the pack's own
+ * digest: tasks, in parallel) and ABSORB (the subtrees' chaining values into
+ * the pack's digest, in window order: one thread). Up to EW_SLOTS windows
+ * are in flight at once, so a window's DIGEST runs beside an earlier one's
+ * WRITE and HASH, and the disk is written while the next pages are hashed;
  * each piece written starts its writeback at once (sync_file_range), so the
- * final fdatasync finds little left to do.
+ * final fdatasync finds little left to do. The threads take what can run
+ * from one scheduler (a mutex and a condition, no barrier): a thread the
+ * machine preempts holds up only its own task's window.
  *
  * Every decision that shapes the files (dedup, offsets, the order of the
- * pack's digest) is made by PLACE or in the serial step, in page order: the
- * threads only compute values and write bytes at offsets fixed before, so the
- * files are the same, byte for byte, for any number of threads. No thread
- * outlives an add. */
+ * pack's digest) is made by PLACE and ABSORB, in page order: the threads
+ * only compute values and write bytes at offsets fixed before, so the files
+ * are the same, byte for byte, for any number of threads. No thread outlives
+ * an add. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -68,39 +71,51 @@ struct ew_task {
 	struct mck_iov_cursor cur; /* WRITE, HASH: at lo */
 };
 
+/* A window in flight. Its life: DIGEST tasks; PLACE (serial); WRITE and
+ * HASH tasks; ABSORB (serial, in window order: the subtrees' CVs into the
+ * pack's digest); then its slot takes a later window. */
+enum ew_state { S_FREE, S_DIGEST, S_PLACING, S_PLACED };
+
+struct ew_slot {
+	int state;
+	size_t lo, hi;          /* its entries (page i of the add is entry i) */
+	uint8_t *digests;       /* 32 bytes an entry */
+	uint8_t *nonzero;       /* 1 byte an entry */
+	struct ew_task *tasks;
+	size_t ntasks;
+	size_t next;            /* the first task not claimed */
+	size_t left;            /* tasks not finished */
+	uint8_t *cvs;           /* the CVs of subtrees g0 .. g0 + ncv */
+	uint64_t g0, ncv;
+};
+
+#define EW_SLOTS 4
+
 struct ew_call {
 	struct mck_ew *w;
 	const uint8_t *base;
 	const uint64_t *pages, *rows;
 	size_t n;
-	size_t win;             /* entries per window */
-	size_t next;            /* the first entry not digested yet */
-	size_t dlo, dhi;        /* the window digested by the phase just run */
-	uint8_t *digests;       /* win * 32: that window's digests */
-	uint8_t *nonzero;       /* win flags */
+	size_t win;             /* entries a window */
+	size_t nwin;
+	struct ew_slot slot[EW_SLOTS];
+	size_t task_cap, cv_cap;
 	struct iovec *segs;     /* this add's new bytes, in pack order (runs of pages) */
 	size_t nseg;
-	uint64_t written;       /* pack bytes handed to WRITE tasks so far */
-	struct mck_iov_cursor wcur, hcur; /* at `written`, at w->hashed */
-	struct ew_task *tasks;
-	size_t ntasks, task_cap;
-	atomic_size_t next_task;
-	uint8_t *cvs;           /* the subtrees HASH tasks compute this phase */
-	uint64_t cv_g0, cv_n, cv_cap;
-	uint8_t *gather;        /* 64 KiB per thread */
-	atomic_int err;
+	size_t sealed;          /* segments tasks may read: those never grow */
+	uint64_t written;       /* pack bytes handed to WRITE tasks */
+	uint64_t scheduled;     /* pack bytes handed to the digest (streamed, or HASH tasks) */
+	struct mck_iov_cursor wcur, hcur; /* at written, at scheduled */
+	uint8_t *gather;        /* 64 KiB a thread */
+	/* the scheduler: all below under lock */
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	size_t opened, placed, absorbed; /* windows so far */
+	bool serial_busy;       /* a thread is in PLACE or ABSORB */
 	bool done;
+	int err;
 	int nthreads;
-	pthread_barrier_t bar;
-	pthread_mutex_t gate;
-	pthread_cond_t gate_cv;
-	bool go;
-};
-
-struct ew_worker {
-	struct ew_call *call;
-	int tid;
-	pthread_t thread;
+	int waiting;
 };
 
 int mck_cpus_available(void)
@@ -261,19 +276,12 @@ static int reserve(struct mck_ew *w, uint64_t more)
 
 /* ---- the tasks --------------------------------------------------------------- */
 
-static void fail(struct ew_call *c, int rc)
-{
-	int zero = 0;
-
-	atomic_compare_exchange_strong(&c->err, &zero, rc);
-}
-
 static uint64_t row_of(const struct ew_call *c, size_t i)
 {
 	return c->rows ? c->rows[i] : i;
 }
 
-static void run_digest(struct ew_call *c, const struct ew_task *t)
+static int run_digest(struct ew_call *c, struct ew_slot *s, const struct ew_task *t)
 {
 	uint64_t rows[EW_DIGEST_TASK_MAX];
 	size_t at[EW_DIGEST_TASK_MAX], k = 0, ps = c->w->ps;
@@ -283,19 +291,20 @@ static void run_digest(struct ew_call *c, const struct ew_task *t)
 		uint64_t row = row_of(c, i);
 		bool nz = !mck_page_is_zero(c->base + row * ps, ps);
 
-		c->nonzero[i - c->dlo] = nz;
+		s->nonzero[i - s->lo] = nz;
 		if (nz) {
 			rows[k] = row;
-			at[k++] = i - c->dlo;
+			at[k++] = i - s->lo;
 		}
 	}
 	if (k)
 		mck_blake3_pages_at(c->base, ps, rows, k, out);
 	for (size_t j = 0; j < k; j++)
-		memcpy(c->digests + 32 * at[j], out + 32 * j, 32);
+		memcpy(s->digests + 32 * at[j], out + 32 * j, 32);
+	return 0;
 }
 
-static void run_write(struct ew_call *c, const struct ew_task *t)
+static int run_write(struct ew_call *c, const struct ew_task *t)
 {
 	struct iovec iov[64];
 	struct mck_iov_cursor cur = t->cur;
@@ -317,52 +326,43 @@ static void run_write(struct ew_call *c, const struct ew_task *t)
 			off += part;
 		}
 		rc = mck_write_all_iov(c->w->pack_fd, iov, cnt, at);
-		if (rc < 0) {
-			fail(c, rc);
-			return;
-		}
+		if (rc < 0)
+			return rc;
 	}
 	if (!(c->w->flags & MCK_EW_NO_EARLY_FLUSH))
 		/* start the writeback now; advice only: the fdatasync of finish
 		 * is what makes the bytes durable and reports any error */
 		sync_file_range(c->w->pack_fd, (off_t)t->lo, (off_t)(t->hi - t->lo),
 				SYNC_FILE_RANGE_WRITE);
+	return 0;
 }
 
-static void run_hash(struct ew_call *c, const struct ew_task *t, int tid)
+static int run_hash(struct ew_call *c, struct ew_slot *s, const struct ew_task *t, int tid)
 {
 	struct mck_iov_cursor cur = t->cur;
 
 	for (uint64_t g = t->lo; g < t->hi; g++)
-		mck_hash_subtree_at(&cur, g, c->gather + (size_t)tid * G,
-				    c->cvs + 32 * (g - c->cv_g0));
+		mck_hash_subtree_at(&cur, g, c->gather + (size_t)tid * G, s->cvs + 32 * (g - s->g0));
+	return 0;
 }
 
-static void run_tasks(struct ew_call *c, int tid)
+static int run_task(struct ew_call *c, struct ew_slot *s, const struct ew_task *t, int tid)
 {
-	size_t i;
-
-	while ((i = atomic_fetch_add(&c->next_task, 1)) < c->ntasks) {
-		const struct ew_task *t = &c->tasks[i];
-
-		if (atomic_load(&c->err))
-			continue;
-		if (t->kind == T_DIGEST)
-			run_digest(c, t);
-		else if (t->kind == T_WRITE)
-			run_write(c, t);
-		else
-			run_hash(c, t, tid);
-	}
+	if (t->kind == T_DIGEST)
+		return run_digest(c, s, t);
+	if (t->kind == T_WRITE)
+		return run_write(c, t);
+	return run_hash(c, s, t, tid);
 }
 
-/* ---- the serial step ------------------------------------------------------------ */
+/* ---- the serial steps (one thread at a time, in window order) ------------------ */
 
-static void add_task(struct ew_call *c, int kind, uint64_t lo, uint64_t hi,
+static void add_task(struct ew_call *c, struct ew_slot *s, int kind, uint64_t lo, uint64_t hi,
 		     const struct mck_iov_cursor *cur)
 {
-	struct ew_task *t = &c->tasks[c->ntasks++];
+	struct ew_task *t = &s->tasks[s->ntasks++];
 
+	(void)c;
 	t->kind = kind;
 	t->lo = lo;
 	t->hi = hi;
@@ -370,24 +370,49 @@ static void add_task(struct ew_call *c, int kind, uint64_t lo, uint64_t hi,
 		t->cur = *cur;
 }
 
-/* Records for the window just digested, in page order; the new pages'
- * bytes join the segments. */
-static void place_window(struct ew_call *c)
+/* Pages a DIGEST task takes: about EW_DIGEST_TASK_BYTES. */
+static size_t digest_task_pages(size_t ps)
+{
+	size_t per = EW_DIGEST_TASK_BYTES / ps;
+
+	return per < 1 ? 1 : per > EW_DIGEST_TASK_MAX ? EW_DIGEST_TASK_MAX : per;
+}
+
+/* Give the next window a slot and its DIGEST tasks. */
+static void open_window(struct ew_call *c)
+{
+	struct ew_slot *s = &c->slot[c->opened % EW_SLOTS];
+	size_t per = digest_task_pages(c->w->ps);
+
+	s->state = S_DIGEST;
+	s->lo = c->opened * c->win;
+	s->hi = s->lo + c->win < c->n ? s->lo + c->win : c->n;
+	s->ntasks = s->next = 0;
+	for (size_t i = s->lo; i < s->hi; i += per)
+		add_task(c, s, T_DIGEST, i, s->hi - i < per ? s->hi : i + per, NULL);
+	s->left = s->ntasks;
+	c->opened++;
+}
+
+/* PLACE: the window's records, in page order; its new pages' bytes join the
+ * segments; then its WRITE and HASH tasks. */
+static void place_window(struct ew_call *c, struct ew_slot *s)
 {
 	struct mck_ew *w = c->w;
 	size_t ps = w->ps;
+	uint64_t end;
 
-	for (size_t i = c->dlo; i < c->dhi; i++) {
+	for (size_t i = s->lo; i < s->hi; i++) {
 		uint64_t page = c->pages[i];
 
-		if (!c->nonzero[i - c->dlo]) {
+		if (!s->nonzero[i - s->lo]) {
 			w->zero++;
 			if (w->incremental)
 				mck_zero_record(&w->recs[w->nrec++], page, w->zero_digest);
 			continue;
 		}
 		if (!mck_place_page(&w->table, w->recs, w->nrec++, page,
-				    c->digests + 32 * (i - c->dlo), ps, &w->pack_end)) {
+				    s->digests + 32 * (i - s->lo), ps, &w->pack_end)) {
 			w->dedup++;
 			continue;
 		}
@@ -395,7 +420,7 @@ static void place_window(struct ew_call *c)
 		uint8_t *p = (uint8_t *)c->base + row_of(c, i) * ps;
 		struct iovec *last = c->nseg ? &c->segs[c->nseg - 1] : NULL;
 
-		if (last && (uint8_t *)last->iov_base + last->iov_len == p &&
+		if (last && c->nseg > c->sealed && (uint8_t *)last->iov_base + last->iov_len == p &&
 		    last->iov_len + ps <= MCK_IOV_CAP) {
 			last->iov_len += ps;
 		} else {
@@ -404,122 +429,182 @@ static void place_window(struct ew_call *c)
 		}
 	}
 	c->wcur.cnt = c->hcur.cnt = c->nseg;
-}
-
-/* Between two parallel phases: take in what the last one computed, and set
- * the next one's tasks; done when none is left. */
-static void plan(struct ew_call *c)
-{
-	struct mck_ew *w = c->w;
-	uint64_t end;
-
-	if (c->cv_n) {
-		mck_blake3_push_subtrees(&w->h, c->cvs, c->cv_n);
-		w->hashed += c->cv_n * G;
-		c->cv_n = 0;
-	}
-	if (c->dhi > c->dlo)
-		place_window(c);
-	c->dlo = c->dhi = 0;
-	c->ntasks = 0;
-	atomic_store(&c->next_task, 0);
-	if (atomic_load(&c->err)) {
-		c->done = true;
-		return;
-	}
 	end = w->pack_end;
-	/* WRITE: the bytes placed since the last phase */
+	s->ntasks = s->next = 0;
+	/* WRITE: the bytes placed since the last window */
 	while (c->written < end) {
 		uint64_t hi = end - c->written < EW_WRITE_PIECE ? end : c->written + EW_WRITE_PIECE;
 
-		add_task(c, T_WRITE, c->written, hi, &c->wcur);
+		add_task(c, s, T_WRITE, c->written, hi, &c->wcur);
 		mck_cursor_skip(&c->wcur, hi - c->written);
 		c->written = hi;
 	}
-	/* HASH: up to a subtree boundary here, then the whole subtrees that
-	 * have a byte after them (the last byte of all is absorbed by the
-	 * streaming hasher, which keeps the final chunk) */
-	if (w->hashed % G && w->hashed < end) {
-		uint64_t part = G - w->hashed % G;
+	/* the digest: up to a subtree boundary streamed here (only at the start
+	 * of an add: nothing else is pending then, so the hasher stands at
+	 * `scheduled`); then the whole subtrees with a byte after them (the last
+	 * byte of all is left to the streaming hasher, which keeps the final
+	 * chunk) as HASH tasks */
+	if (c->scheduled % G && c->scheduled < end) {
+		uint64_t part = G - c->scheduled % G;
 
-		if (part > end - w->hashed)
-			part = end - w->hashed;
+		if (part > end - c->scheduled)
+			part = end - c->scheduled;
 		mck_hash_stream(&w->h, &w->hashed, &c->hcur, part, w->gather);
+		c->scheduled = w->hashed;
 	}
-	if (w->hashed % G == 0 && w->hashed < end) {
-		uint64_t g0 = w->hashed / G, g1 = (end - 1) / G;
+	s->g0 = c->scheduled / G;
+	s->ncv = 0;
+	if (c->scheduled % G == 0 && c->scheduled < end && (end - 1) / G > s->g0) {
+		uint64_t g1 = (end - 1) / G;
 
-		if (g1 - g0 > c->cv_cap)
-			g1 = g0 + c->cv_cap;
-		c->cv_g0 = g0;
-		c->cv_n = g1 - g0;
-		for (uint64_t g = g0; g < g1; g += EW_HASH_TASK_SUBTREES) {
+		if (g1 - s->g0 > c->cv_cap)
+			g1 = s->g0 + c->cv_cap;
+		s->ncv = g1 - s->g0;
+		for (uint64_t g = s->g0; g < g1; g += EW_HASH_TASK_SUBTREES) {
 			uint64_t hi = g1 - g < EW_HASH_TASK_SUBTREES ? g1 : g + EW_HASH_TASK_SUBTREES;
 
-			add_task(c, T_HASH, g, hi, &c->hcur);
+			add_task(c, s, T_HASH, g, hi, &c->hcur);
 			mck_cursor_skip(&c->hcur, (hi - g) * G);
 		}
+		c->scheduled = g1 * G;
 	}
-	/* DIGEST: the next window */
-	if (c->next < c->n) {
-		size_t per = EW_DIGEST_TASK_BYTES / w->ps;
+	/* tasks read the segments from now on, beside later PLACEs: a segment
+	 * handed out never grows (the next page starts a new one) */
+	c->sealed = c->nseg;
+}
 
-		per = per < 1 ? 1 : per > EW_DIGEST_TASK_MAX ? EW_DIGEST_TASK_MAX : per;
-		c->dlo = c->next;
-		c->dhi = c->n - c->next < c->win ? c->n : c->next + c->win;
-		for (size_t i = c->dlo; i < c->dhi; i += per)
-			add_task(c, T_DIGEST, i, c->dhi - i < per ? c->dhi : i + per, NULL);
-		c->next = c->dhi;
+/* ABSORB: the window's subtrees into the pack's digest, in order. */
+static void absorb_window(struct ew_call *c, struct ew_slot *s)
+{
+	mck_blake3_push_subtrees(&c->w->h, s->cvs, s->ncv);
+	c->w->hashed += s->ncv * G;
+}
+
+/* ---- the scheduler ---------------------------------------------------------------
+ * No barrier: a thread takes whatever can run (the serial step that unblocks
+ * the most, then the oldest window's WRITE and HASH, then DIGEST of the
+ * windows ahead, up to EW_SLOTS in flight), so a thread the machine preempts
+ * holds up only the window its task is in. */
+
+struct ew_pick {
+	int what; /* 0 nothing, 1 task, 2 place, 3 absorb, 4 the tail */
+	struct ew_slot *s;
+	struct ew_task t;
+};
+
+static struct ew_pick pick(struct ew_call *c)
+{
+	struct ew_pick p = {0, NULL, {0, 0, 0, {0}}};
+
+	if (!c->serial_busy) {
+		struct ew_slot *a = &c->slot[c->absorbed % EW_SLOTS];
+		struct ew_slot *pl = &c->slot[c->placed % EW_SLOTS];
+
+		if (c->absorbed < c->placed && a->left == 0) {
+			p.what = 3;
+			p.s = a;
+		} else if (c->placed < c->opened && pl->state == S_DIGEST && pl->left == 0) {
+			/* its tasks are rebuilt outside the lock: none may be taken meanwhile */
+			pl->state = S_PLACING;
+			p.what = 2;
+			p.s = pl;
+		} else if (c->absorbed == c->nwin) {
+			p.what = 4;
+		}
+		if (p.what) {
+			c->serial_busy = true;
+			return p;
+		}
 	}
-	if (c->ntasks == 0) {
-		/* everything written and placed: the rest of the digest, streamed */
-		mck_hash_stream(&w->h, &w->hashed, &c->hcur, end - w->hashed, w->gather);
-		c->done = true;
+	/* the oldest windows' tasks first: WRITE and HASH, then DIGEST */
+	for (size_t k = c->absorbed; k < c->opened; k++) {
+		struct ew_slot *s = &c->slot[k % EW_SLOTS];
+
+		if (s->state != S_PLACING && s->next < s->ntasks) {
+			p.what = 1;
+			p.s = s;
+			p.t = s->tasks[s->next++];
+			return p;
+		}
 	}
+	if (c->opened < c->nwin && c->opened - c->absorbed < EW_SLOTS) {
+		open_window(c);
+		return pick(c);
+	}
+	return p;
+}
+
+static void work(struct ew_call *c, int tid)
+{
+	pthread_mutex_lock(&c->lock);
+	while (!c->done && !c->err) {
+		struct ew_pick p = pick(c);
+		int rc = 0;
+
+		if (!p.what) {
+			c->waiting++;
+			pthread_cond_wait(&c->cv, &c->lock);
+			c->waiting--;
+			continue;
+		}
+		pthread_mutex_unlock(&c->lock);
+		if (p.what == 1)
+			rc = run_task(c, p.s, &p.t, tid);
+		else if (p.what == 2)
+			place_window(c, p.s);
+		else if (p.what == 3)
+			absorb_window(c, p.s);
+		else /* everything written and absorbed: the rest of the digest, streamed */
+			mck_hash_stream(&c->w->h, &c->w->hashed, &c->hcur,
+					c->w->pack_end - c->w->hashed, c->w->gather);
+		pthread_mutex_lock(&c->lock);
+		if (p.what == 1)
+			p.s->left--;
+		else
+			c->serial_busy = false;
+		if (p.what == 2) {
+			p.s->left = p.s->ntasks; /* its WRITE and HASH tasks, open to all now */
+			p.s->state = S_PLACED;
+			c->placed++;
+		} else if (p.what == 3) {
+			p.s->state = S_FREE;
+			c->absorbed++;
+		}
+		else if (p.what == 4)
+			c->done = true;
+		if (rc < 0 && !c->err)
+			c->err = rc;
+		if (c->waiting)
+			pthread_cond_broadcast(&c->cv);
+	}
+	pthread_mutex_unlock(&c->lock);
 }
 
 /* ---- the threads ------------------------------------------------------------------ */
 
-static void work(struct ew_call *c, int tid)
-{
-	for (;;) {
-		run_tasks(c, tid);
-		if (c->nthreads > 1)
-			pthread_barrier_wait(&c->bar);
-		if (tid == 0)
-			plan(c);
-		if (c->nthreads > 1)
-			pthread_barrier_wait(&c->bar);
-		if (c->done)
-			return;
-	}
-}
+struct ew_worker {
+	struct ew_call *call;
+	int tid;
+	pthread_t thread;
+};
 
 static void *worker_main(void *arg)
 {
 	struct ew_worker *wk = arg;
-	struct ew_call *c = wk->call;
 
-	/* the gate: how many threads share the barrier is known once all are started */
-	pthread_mutex_lock(&c->gate);
-	while (!c->go)
-		pthread_cond_wait(&c->gate_cv, &c->gate);
-	pthread_mutex_unlock(&c->gate);
-	if (wk->tid < c->nthreads)
-		work(c, wk->tid);
+	work(wk->call, wk->tid);
 	return NULL;
 }
 
-/* Start up to c->nthreads - 1 workers and run with those that started (the
- * caller is thread 0); join them. */
+/* Run the add on up to c->nthreads threads (the caller is thread 0): no
+ * thread outlives it. A thread that cannot be started leaves its work to
+ * the others. */
 static void run_threads(struct ew_call *c)
 {
 	struct ew_worker wk[EW_MAX_THREADS];
 	sigset_t all, old;
 	int started = 0;
 
-	pthread_mutex_init(&c->gate, NULL);
-	pthread_cond_init(&c->gate_cv, NULL);
 	/* the workers take no signal: signals are the program's business */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -531,20 +616,9 @@ static void run_threads(struct ew_call *c)
 		started++;
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	pthread_mutex_lock(&c->gate);
-	c->nthreads = started + 1;
-	if (c->nthreads > 1 && pthread_barrier_init(&c->bar, NULL, (unsigned)c->nthreads))
-		c->nthreads = 1; /* the workers see tid >= nthreads and leave */
-	c->go = true;
-	pthread_cond_broadcast(&c->gate_cv);
-	pthread_mutex_unlock(&c->gate);
 	work(c, 0);
 	for (int t = 1; t <= started; t++)
 		pthread_join(wk[t].thread, NULL);
-	if (c->nthreads > 1)
-		pthread_barrier_destroy(&c->bar);
-	pthread_cond_destroy(&c->gate_cv);
-	pthread_mutex_destroy(&c->gate);
 }
 
 static int check_pages(const struct mck_ew *w, uint64_t nrows, const uint64_t *pages,
@@ -564,28 +638,38 @@ static int call_alloc(struct ew_call *c)
 {
 	size_t ps = c->w->ps, win_bytes = c->win * ps;
 
+	/* a slot holds a window's DIGEST tasks, later its WRITE and HASH ones */
 	c->cv_cap = win_bytes / G + 2;
-	c->task_cap = win_bytes / EW_WRITE_PIECE + 2 + c->cv_cap / EW_HASH_TASK_SUBTREES + 2 +
-		      c->win + 2;
-	c->digests = malloc(c->win * 32);
-	c->nonzero = malloc(c->win);
+	c->task_cap = win_bytes / EW_WRITE_PIECE + 2 + c->cv_cap / EW_HASH_TASK_SUBTREES + 2;
+	if (c->task_cap < c->win / digest_task_pages(ps) + 2)
+		c->task_cap = c->win / digest_task_pages(ps) + 2;
 	c->segs = malloc((c->n + 1) * sizeof(*c->segs));
-	c->tasks = malloc(c->task_cap * sizeof(*c->tasks));
-	c->cvs = malloc(c->cv_cap * 32);
 	c->gather = malloc((size_t)c->nthreads * G);
-	if (!c->digests || !c->nonzero || !c->segs || !c->tasks || !c->cvs || !c->gather)
+	if (!c->segs || !c->gather)
 		return -ENOMEM;
+	for (int k = 0; k < EW_SLOTS; k++) {
+		struct ew_slot *s = &c->slot[k];
+
+		s->digests = malloc(c->win * 32);
+		s->nonzero = malloc(c->win);
+		s->tasks = malloc(c->task_cap * sizeof(*s->tasks));
+		s->cvs = malloc(c->cv_cap * 32);
+		if (!s->digests || !s->nonzero || !s->tasks || !s->cvs)
+			return -ENOMEM;
+	}
 	return 0;
 }
 
 static void call_free(struct ew_call *c)
 {
-	free(c->digests);
-	free(c->nonzero);
 	free(c->segs);
-	free(c->tasks);
-	free(c->cvs);
 	free(c->gather);
+	for (int k = 0; k < EW_SLOTS; k++) {
+		free(c->slot[k].digests);
+		free(c->slot[k].nonzero);
+		free(c->slot[k].tasks);
+		free(c->slot[k].cvs);
+	}
 }
 
 int mck_ew_add(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
@@ -616,24 +700,25 @@ int mck_ew_add(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_
 	c.win = EW_WINDOW_BYTES / w->ps ? EW_WINDOW_BYTES / w->ps : 1;
 	if (c.win > n)
 		c.win = n;
+	c.nwin = (n + c.win - 1) / c.win;
 	bytes = (uint64_t)n * w->ps;
 	c.nthreads = w->threads;
 	if ((uint64_t)c.nthreads > bytes / EW_BYTES_PER_THREAD)
 		c.nthreads = bytes / EW_BYTES_PER_THREAD ? (int)(bytes / EW_BYTES_PER_THREAD) : 1;
-	c.written = w->pack_end;
-	c.wcur.iov = c.hcur.iov = NULL;
-	atomic_init(&c.err, 0);
-	atomic_init(&c.next_task, 0);
+	c.written = c.scheduled = w->pack_end;
 	rc = call_alloc(&c);
 	if (rc < 0)
 		goto out;
 	c.wcur.iov = c.hcur.iov = c.segs;
-	plan(&c); /* the first window's DIGEST */
+	pthread_mutex_init(&c.lock, NULL);
+	pthread_cond_init(&c.cv, NULL);
 	if (c.nthreads > 1)
 		run_threads(&c);
 	else
 		work(&c, 0);
-	rc = atomic_load(&c.err);
+	pthread_cond_destroy(&c.cv);
+	pthread_mutex_destroy(&c.lock);
+	rc = c.err;
 	if (rc < 0)
 		w->failed = rc; /* the pack may hold part of this add: no more adds */
 out:
