@@ -17,9 +17,8 @@ image), ``"background"`` (pages write-protected and copied by a thread),
 
 One epoch is in flight at a time: a checkpoint taken while the previous one
 is still persisting first waits for it (backpressure; ``extra["wait_s"]``).
-Persists run on the checkpointer's persist thread (not a daemon: an
-interpreter that exits lets the last epoch become durable first), which
-waits a few seconds for the next epoch before it ends, and ends at close().
+Each persist runs on its own non-daemon thread, which ends with the epoch,
+so an interpreter that exits lets the last epoch become durable first.
 """
 from __future__ import annotations
 
@@ -127,7 +126,6 @@ class Checkpointer:
         self._let_go()
 
     def _let_go(self) -> None:
-        self._inflight.close()  # the persist thread ends
         self._ctx.pages = None  # lets the arena close
         self._capturer.close()
 
@@ -288,9 +286,10 @@ class Checkpointer:
         self._ctx.collector.give_back(cap.dirty)
 
     def prepare(self) -> int:
-        """Mode ``"background"``: write-protect now the pages written so far (they stay
-        in the next epoch; each written again costs a fault, a few µs), to shorten the
-        next pause. Returns the pages protected (0 in the other modes)."""
+        """Shorten the next pause, in mode ``"background"``: write-protect now, while
+        the program runs, the pages written so far (they stay in the next epoch; each
+        written again costs one more fault, a few µs). Call it a little before a
+        checkpoint is due. Returns the pages protected (0 in the other modes)."""
         with self._lock:
             self._check_open()
             return self._capturer.prepare()

@@ -3,13 +3,9 @@ returns) and :class:`InFlight` (the count the checkpointer waits on, and the
 persist of a capture with its bookkeeping)."""
 from __future__ import annotations
 
-import collections
-import functools
-import os
 import threading
 import traceback
 import warnings
-import weakref
 from typing import Callable
 
 from .. import _signals
@@ -80,80 +76,6 @@ class PendingEpoch:
                 f"pause {self.pause_s * 1e3:.3g} ms, {state}>")
 
 
-# How long the persist thread waits for the next epoch before it ends (a new
-# one starts with the next epoch after that). Handing an epoch to a waiting
-# thread costs microseconds; starting a thread costs a few hundred (the most
-# of checkpoint()'s call_s for a small epoch, measured here).
-_IDLE_S = 5.0
-
-_workers: weakref.WeakSet[_Worker] = weakref.WeakSet()
-
-
-def _at_exit() -> None:
-    # before the interpreter joins its threads: an idle persist thread ends
-    # now instead of after _IDLE_S; one with work ends once its epochs are
-    # durable (the join waits for that)
-    pid = os.getpid()
-    for w in list(_workers):
-        if w.pid == pid:  # a parent's worker (we are its fork child): its lock may be held
-            w.stop()
-
-
-threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # concurrent.futures does too
-
-
-class _Worker:
-    """The persist thread: runs the jobs handed to it in order, and ends
-    after _IDLE_S without one (or at interpreter exit, its jobs done). Not a
-    daemon: an interpreter that exits waits for the epoch in flight."""
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition(threading.Lock())
-        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
-        self._running = False
-        self._stopping = False
-        self.pid = os.getpid()
-        _workers.add(self)
-
-    def submit(self, job: Callable[[], None]) -> bool:
-        """Queue ``job``; False if no thread could be started for it (the
-        caller runs it). An exception from Thread.start() once the thread
-        started (a signal handler's) propagates: the thread runs the job."""
-        with self._cv:
-            self._jobs.append(job)
-            if self._running:
-                self._cv.notify()
-                return True
-            self._running = True
-        t = threading.Thread(target=self._loop, name="memckpt-persist")
-        try:
-            t.start()
-        except RuntimeError:
-            if t.is_alive() or t.ident is not None:
-                raise
-            with self._cv:
-                self._running = False
-                self._jobs.remove(job)
-            return False
-        return True
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not self._jobs:
-                    if self._stopping or not self._cv.wait(_IDLE_S) and not self._jobs:
-                        self._running = False
-                        return
-                job = self._jobs.popleft()
-            job()
-            del job
-
-
 class InFlight:
     """The epochs taken and not yet durable or failed (0 or 1: a checkpoint
     waits for the one before), and the last one taken."""
@@ -162,17 +84,10 @@ class InFlight:
         self.count = 0
         self.current: PendingEpoch | None = None
         self.idle = threading.Condition()
-        self._worker = _Worker()
-
-    def close(self) -> None:
-        """No more epochs: the persist thread ends (at once, if idle)."""
-        self._worker.stop()
 
     def renew_after_fork(self) -> None:
-        """In a child of fork(): a parent's thread may have held the lock,
-        and the persist thread is the parent's."""
+        """In a child of fork(): a parent's thread may have held the lock."""
         self.idle = threading.Condition()
-        self._worker = _Worker()
 
     def start(self, pending: PendingEpoch) -> None:
         with self.idle:
@@ -209,9 +124,15 @@ class InFlight:
             assert pending._info is not None
             pending.pause_s = pending._info.pause_s  # the caller was stopped until durable
             return
-        job = functools.partial(self.persist, pending, committed, failed)
-        if not self._worker.submit(job):
-            # "can't start new thread": persist here rather than lose the epoch
+        t = threading.Thread(target=self.persist, args=(pending, committed, failed),
+                             name=f"memckpt-persist-e{pending.epoch}")
+        try:
+            t.start()
+        except RuntimeError:
+            # "can't start new thread": persist here rather than lose the epoch.
+            # Any other exception comes after the thread started, and the
+            # thread persists the epoch: persisting it here too would commit
+            # it twice and count it done twice.
             self.persist(pending, committed, failed)
 
     def persist(self, pending: PendingEpoch, committed: Callable[[EpochInfo, Capture, float], None],
