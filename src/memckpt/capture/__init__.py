@@ -20,7 +20,7 @@ from typing import Callable
 
 from .background import BackgroundMode, background_tracker
 from .base import CallClock, Capture, CaptureMode, Collector, Context, Request
-from .copy import CopyMode, SyncMode, copy_pages
+from .copy import CopyMode, SyncMode
 from .fork import ForkMode
 
 MODES: dict[str, Callable[[Context], CaptureMode]] = {
@@ -46,4 +46,4 @@ def tracker_for(mode: str, tracker: str) -> str:
 
 
 __all__ = ["MODES", "CallClock", "Capture", "CaptureMode", "Collector", "Context", "Request", "check_mode",
-           "copy_pages", "tracker_for"]
+           "tracker_for"]

@@ -25,10 +25,6 @@ from ..tracker import DirtyTracker
 
 NO_PAGES = np.empty(0, dtype=np.uint64)
 
-# Pages handed to the store per add_pages call: bounds the store's working set
-# (digests, compression) without making the call overhead visible.
-ADD_CHUNK_PAGES = 8192
-
 # A full epoch's candidates are the pages that may hold data (Region.populated,
 # after the collect): every other page reads as zero, and a full epoch records
 # no zero page, so the epoch is the same without reading, staging or (under

@@ -23,11 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..epoch import EpochInfo
-from .base import ADD_CHUNK_PAGES, Capture, Context, Request, abort_quietly, commit
-
-# Average run of consecutive dirty pages from which copy_pages copies slices
-# rather than np.take (the two cost the same at 64-page runs, 1% of 1 GiB).
-_RUN_PAGES = 64
+from .base import Capture, Context, Request, abort_quietly, commit
 
 
 @contextlib.contextmanager
@@ -44,25 +40,6 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def copy_pages(src: np.ndarray, pages: np.ndarray, out: np.ndarray) -> None:
-    """out[i] = src[pages[i]] for sorted, duplicate-free ``pages`` (outside a pause)."""
-    n = pages.size
-    if not n:
-        return
-    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
-    if (breaks.size + 1) * _RUN_PAGES <= n:
-        # long runs (a full epoch is one): a slice copy is a memcpy, where take
-        # copies row by row (measured 2-4x slower over 1 GiB)
-        bounds = [0, *breaks.tolist(), n]
-        for s, e in zip(bounds[:-1], bounds[1:]):
-            first = int(pages[s])
-            out[s:e] = src[first:first + (e - s)]
-        return
-    # mode="clip" lets take write straight into `out` (the default mode
-    # buffers through a temporary to stay safe on a bad index)
-    np.take(src, pages.view(np.int64), axis=0, out=out, mode="clip")
-
-
 class CopyMode:
     name = "copy"
 
@@ -70,16 +47,13 @@ class CopyMode:
         self.ctx = ctx
         self._spare: np.ndarray | None = None  # a staging buffer kept for the next capture
 
-    def _room(self) -> int:
-        return self.ctx.staging_pages
-
     def capture(self, req: Request) -> Capture:
         """Collect and copy into staging, in one instant of every Python thread
         (tracker.pause_copy, GIL held): the part of a checkpoint the program
         waits for. Pages beyond the staging bound are written to the epoch
         here, in the pause, straight from the arena (see the module docstring)."""
         ctx, w, kind = self.ctx, req.writer, req.kind
-        room = self._room()
+        room = ctx.staging_pages
         buf = self._staging(room)  # before the pause: virtual until the copy touches it
         bufs = ctx.pause_buffers()
         carry = ctx.collector.take_carry()
@@ -98,13 +72,9 @@ class CopyMode:
             if overflow:
                 src = ctx.pages
                 assert src is not None
-                # the lowest pages go first: the writer takes pages in increasing order
-                scratch = np.empty((min(overflow, ADD_CHUNK_PAGES), ctx.page_size), np.uint8)
-                for s in range(0, overflow, ADD_CHUNK_PAGES):
-                    part = pages[s:min(s + ADD_CHUNK_PAGES, overflow)]
-                    copy_pages(src, part, scratch[:part.size])
-                    w.add_pages(part, scratch[:part.size])
-                del scratch
+                # the lowest pages go first (the writer takes pages in increasing
+                # order), straight from the arena: no scratch copy
+                w.add_pages_from(src, pages[:overflow])
         except BaseException:
             ctx.collector.give_back(dirty)  # collected, not saved: the next epoch needs them
             raise
@@ -161,8 +131,7 @@ def persist_staged(cap: Capture, backend: str, *, caller_waits: bool = False) ->
     sync and background)."""
     w = cap.writer
     try:
-        for s in range(0, cap.pages.size, ADD_CHUNK_PAGES):
-            w.add_pages(cap.pages[s:s + ADD_CHUNK_PAGES], cap.data[s:s + ADD_CHUNK_PAGES])
+        w.add_pages(cap.pages, cap.data)  # whole: the store chunks what it must
         return commit(cap, backend, caller_waits=caller_waits)
     except BaseException:
         abort_quietly(w)  # the store sweeps leftovers on open
