@@ -1,4 +1,5 @@
 """Checkpointer and restore, table-driven over the available backends."""
+import errno
 import json
 import os
 import subprocess
@@ -366,6 +367,9 @@ class FailingStore:
             def add_pages(self, *a):
                 raise OSError(28, "No space left on device (injected)")
 
+            def native_writer(self):  # no C writer: its pages come through add_pages
+                return 0
+
             def abort(self):
                 w.abort()
 
@@ -398,6 +402,40 @@ def test_a_failed_epoch_carries_its_pages_to_the_next(arena, tmp_path):
         r = ck.rollback()
         assert r.pages_written == 1
         np.testing.assert_array_equal(pages, s2)
+    assert_restores(fs, e2.epoch, s2)
+
+
+class FullDiskStore(FailingStore):
+    """Its next epoch's pack is /dev/full: the C writer's write in the pause fails."""
+
+    def begin(self, **kw):
+        w = self._s.begin(**kw)
+        if self.fail:
+            self.fail = False
+            fd = os.open("/dev/full", os.O_WRONLY)
+            os.dup2(fd, w._pack_fd)
+            os.close(fd)
+        return w
+
+
+@pytest.mark.parametrize("mode,staging", [("sync", None), ("copy", 0)])
+def test_a_write_failing_in_the_pause_carries_its_pages_to_the_next(arena, tmp_path, mode, staging):
+    rng = np.random.default_rng(11)
+    pages = pages_of(arena)
+    fs = FullDiskStore(memckpt.Store(tmp_path / "s", create=True))
+    with memckpt.Checkpointer(arena, fs, mode=mode, staging=staging) as ck:
+        e1 = ck.checkpoint().result()
+        write(pages, [10, 11], rng)
+        fs.fail = True
+        with pytest.raises(OSError, match="epoch 2 to store .*not committed") as exc:
+            ck.checkpoint().result()
+        assert exc.value.errno == errno.ENOSPC
+        assert ck.head == e1.epoch and fs.latest() == e1.epoch
+        write(pages, [12], rng)
+        e2 = ck.checkpoint().result()
+        assert (e2.parent, e2.pages_dirty) == (e1.epoch, 3)
+        assert e2.extra["pages_in_pause"] == 3
+        s2 = snapshot(arena)
     assert_restores(fs, e2.epoch, s2)
 
 

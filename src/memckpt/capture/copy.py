@@ -2,16 +2,20 @@
 
 "copy": staging of at most ``staging`` bytes; persist runs on its own thread.
 Pages that do not fit are written in the pause instead (the pause grows,
-memory does not). "sync": the same copy, persisted in the caller, which
-waits until the epoch is durable.
+memory does not). "sync": every page written in the pause, straight from the
+arena, and committed in the caller, which waits until the epoch is durable
+(no staging).
 
-The collect and the copy are one call with the GIL held
-(``_core.pause_copy``): no other Python thread runs between them, so an epoch
-is one instant of every Python writer. The pages beyond ``staging`` are
-written from the arena after that call, with the GIL released: they are of
-the instant only if the program's other threads are stopped (a native thread
-that writes with the GIL released is never stopped: use mode fork or
-background, or quiesce it; docs/checkpointing.md).
+The collect, the copy and the pages written in the pause are one call with
+the GIL held (``_core.pause_copy``, the epoch's C writer as its sink; the
+writer's threads need no GIL): no other Python thread runs between them, so
+an epoch is one instant of every Python writer. A native thread that writes
+with the GIL released is never stopped: use mode fork or background, or
+quiesce it (docs/checkpointing.md). An epoch whose pages the C writer cannot
+take (compressed, in a build without that codec) writes the pages beyond
+``staging`` after the call, with the GIL released: they are of the instant
+only if the program's other threads are stopped; mode sync then stages like
+copy.
 """
 from __future__ import annotations
 
@@ -48,45 +52,49 @@ class CopyMode:
         self._spare: np.ndarray | None = None  # a staging buffer kept for the next capture
 
     def capture(self, req: Request) -> Capture:
-        """Collect and copy into staging, in one instant of every Python thread
-        (tracker.pause_copy, GIL held): the part of a checkpoint the program
-        waits for. Pages beyond the staging bound are written to the epoch
-        here, in the pause, straight from the arena (see the module docstring)."""
+        """Collect, copy into staging and write what staging cannot hold, in
+        one instant of every Python thread (tracker.pause_copy, GIL held):
+        the part of a checkpoint the program waits for (see the module
+        docstring)."""
         ctx, w, kind = self.ctx, req.writer, req.kind
-        room = ctx.staging_pages
+        sink = w.native_writer()
+        # sync: the caller waits for the epoch anyway, so with a C writer every
+        # page is written in the pause, straight from the arena: no staging
+        room = 0 if sink and self.name == "sync" else ctx.staging_pages
         buf = self._staging(room)  # before the pause: virtual until the copy touches it
         bufs = ctx.pause_buffers()
         carry = ctx.collector.take_carry()
         t0 = time.perf_counter()
         with no_gc():
             try:
-                pages, dirty, reported, nstaged, held_s = ctx.tracker.pause_copy(
-                    carry, ctx.full_flag(kind), bufs, buf, room)
+                pages, dirty, reported, nstaged, nsunk, held_s, err = ctx.tracker.pause_copy(
+                    carry, ctx.full_flag(kind), bufs, buf, room, sink)
             except BaseException:
                 if carry is not None:  # nothing was collected: the carry is still unsaved
                     ctx.collector.give_back(carry)
                 raise
         t1 = time.perf_counter()
         try:
-            overflow = int(pages.size) - nstaged
-            if overflow:
+            if nsunk or err is not None:
+                w.added_natively(pages[:nsunk], err)  # err: aborts, raises it named
+            overflow = int(pages.size) - nstaged - nsunk
+            if overflow:  # no C writer (compressed in Python): after the pause, from the arena
                 src = ctx.pages
                 assert src is not None
-                # the lowest pages go first (the writer takes pages in increasing
-                # order), straight from the arena: no scratch copy
                 w.add_pages_from(src, pages[:overflow])
         except BaseException:
             ctx.collector.give_back(dirty)  # collected, not saved: the next epoch needs them
+            abort_quietly(w)
             raise
         # the program was stopped while the GIL was held, and the caller
-        # while it wrote the pages beyond staging (other threads ran then)
+        # while it wrote the pages beyond staging without a C writer
         pause = held_s + (time.perf_counter() - t1 if overflow else 0.0)
         data = buf[:nstaged]
         extra: dict[str, Any] = {"tracker_reported": reported, "staging_bytes": int(data.nbytes),
-                                 "pages_in_pause": overflow}
+                                 "pages_in_pause": nsunk + overflow}
         extra.update(ctx.unpopulated(kind, pages))
         return Capture(kind=kind, parent=req.parent, epoch=w.epoch, writer=w,
-                       pages=pages[overflow:], dirty=dirty, data=data,
+                       pages=pages[nsunk + overflow:], dirty=dirty, data=data,
                        pages_dirty=ctx.candidates(kind, pages), pause_s=pause, started=t0,
                        label=req.label, mode=self.name, extra=extra, persist=self.persist, call=req.call,
                        release=lambda: self._recycle(buf, kind, nstaged))

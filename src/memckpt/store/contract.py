@@ -50,6 +50,11 @@ holds Store and EpochWriter to: see the end of local.py):
         # those numbers (base: an arena's pages, C-contiguous): no copy of the pages
         # is made (a compressed epoch copies a bounded chunk at a time). Mixes with
         # add_pages under the same rule of increasing page numbers.
+    w.native_writer() -> int               # the address of the epoch's C writer (struct mck_ew),
+                                           # or 0 (compressed in Python): a pause adds pages to it
+                                           # in C with the GIL held (_core.pause_copy), then calls
+    w.added_natively(pages, error=None)    # with those pages; error: that add's OSError (aborts
+                                           # the epoch, raises it naming epoch, store and file)
     w.commit(*, pages_dirty, pause_s, label=None, tracker=None, mode=None, extra=None,
              started=None) -> EpochInfo
         # fsync pack + index, write manifest tmp, fsync, rename, fsync dir.
@@ -157,6 +162,11 @@ class EpochWriterContract(Protocol):
                call_s: float | None = None, call_started: float | None = None) -> EpochInfo: ...
 
     def abort(self) -> None: ...
+
+    # a pause's pages written in C with the GIL held (modes copy and sync)
+    def native_writer(self) -> int: ...
+
+    def added_natively(self, pages: Any, error: OSError | None = None) -> None: ...
 
     # fork mode: another process writes the epoch's files (see writer.py / external.py)
     def external_target(self) -> tuple[int, int, bytes, int, bytes]: ...
