@@ -466,6 +466,13 @@ def test_lifetime_and_errors(tmp_path):
     arena = make_arena()
     with pytest.raises(ValueError, match="compress"):
         memckpt.Checkpointer(arena, tmp_path / "s", compress="gzip")
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="threads must be a positive int"):
+            memckpt.Checkpointer(arena, tmp_path / "s", threads=bad)
+    with memckpt.Checkpointer(arena, tmp_path / "t", threads=1) as ck:
+        assert ck.checkpoint().result().extra["writer_threads"] == 1
+    with memckpt.Checkpointer(arena, tmp_path / "t") as ck:  # default: the CPUs available
+        assert ck.checkpoint().result().extra["writer_threads"] == len(os.sched_getaffinity(0))
     with pytest.raises(ValueError, match="full_every"):
         memckpt.Checkpointer(arena, tmp_path / "s", full_every=0)
     with pytest.raises(TypeError):

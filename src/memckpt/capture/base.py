@@ -205,6 +205,8 @@ def commit(cap: Capture, backend: str, *, caller_waits: bool = False) -> EpochIn
     """Commit a capture whose pages are in its writer; total_s runs from the
     pause. ``caller_waits`` (mode "sync"): the program is stopped, and
     checkpoint() blocked, until the epoch is durable."""
+    if cap.mode != "fork":  # the fork child writes alone
+        cap.extra["writer_threads"] = cap.writer.threads
     if caller_waits:
         return cap.writer.commit(pages_dirty=cap.pages_dirty, pause_s=None, label=cap.label,
                                  tracker=backend, mode=cap.mode, extra=cap.extra,

@@ -2,8 +2,13 @@
 and what that says about the next epoch's kind and parent."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import MemckptError
-from ..store.contract import StoreContract
+from ..store.contract import EpochWriterContract, StoreContract
+
+if TYPE_CHECKING:
+    from ..arena import Arena
 
 
 class Head:
@@ -11,9 +16,12 @@ class Head:
     None when unknown (then the next epoch must be full and a rollback
     writes every page). ``chain_len``: epochs in its chain, for ``full_every``."""
 
-    def __init__(self, store: StoreContract, full_every: int | None) -> None:
+    def __init__(self, store: StoreContract, full_every: int | None, *,
+                 compress: str | None = None, threads: int | None = None) -> None:
         self._store = store
         self._full_every = full_every
+        self._compress = compress  # what each epoch is begun with
+        self._threads = threads
         self.epoch: int | None = None
         self.chain_len = 0
 
@@ -26,6 +34,14 @@ class Head:
         if parent is None or (self._full_every is not None and self.chain_len >= self._full_every):
             return "full", parent
         return "incremental", parent
+
+    def begin(self, arena: Arena) -> tuple[EpochWriterContract, str, int | None]:
+        """Begin the next epoch of ``arena``: its writer, kind and parent."""
+        kind, parent = self.next_kind()
+        w = self._store.begin(kind=kind, parent=parent, layout=arena.layout(),
+                              page_size=arena.page_size, npages=arena.npages,
+                              compress=self._compress, threads=self._threads)
+        return w, kind, parent
 
     def _has(self, epoch: int) -> bool:
         try:

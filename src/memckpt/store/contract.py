@@ -38,6 +38,7 @@ holds Store and EpochWriter to: see the end of local.py):
         # writes keeps its head (newest epoch, chains seen whole; store/head.py)
         # while no other writer takes the lock, and lists and walks once when one did
     w.epoch                                # the number this epoch will commit as
+    w.threads                              # the threads writing its pages
     w.add_pages(page_numbers: np.ndarray[uint64], data: np.ndarray[uint8, (n, page_size)])
         # may be called many times, page numbers strictly increasing across calls;
         # elides all-zero pages (in a full epoch: not recorded; in an incremental
@@ -147,6 +148,7 @@ class EpochWriterContract(Protocol):
     """One epoch being written (Store.begin): see the module docstring."""
 
     epoch: int
+    threads: int  # the threads writing its pages (begin(threads=))
     # set by a writer's maker when another thread will finish it (the
     # checkpointer's persist thread): a prune or compaction on the maker's
     # thread then waits for the epoch instead of refusing
