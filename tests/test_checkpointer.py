@@ -362,7 +362,7 @@ class FailingStore:
         outer = self
 
         class W:
-            epoch = w.epoch
+            epoch, threads, compress = w.epoch, w.threads, w.compress
 
             def add_pages(self, *a):
                 raise OSError(28, "No space left on device (injected)")

@@ -10,10 +10,12 @@ rollback) is ``memckpt.checkpoint``'s.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -205,8 +207,6 @@ def commit(cap: Capture, backend: str, *, caller_waits: bool = False) -> EpochIn
     """Commit a capture whose pages are in its writer; total_s runs from the
     pause. ``caller_waits`` (mode "sync"): the program is stopped, and
     checkpoint() blocked, until the epoch is durable."""
-    if cap.mode != "fork":  # the fork child writes alone
-        cap.extra["writer_threads"] = cap.writer.threads
     if caller_waits:
         return cap.writer.commit(pages_dirty=cap.pages_dirty, pause_s=None, label=cap.label,
                                  tracker=backend, mode=cap.mode, extra=cap.extra,
@@ -224,3 +224,17 @@ def abort_quietly(writer: EpochWriterContract) -> None:
         writer.abort()
     except Exception:
         pass
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """No cyclic collection inside a pause: a collection runs finalizers,
+    i.e. Python code, at an allocation, and Python code may hand the
+    interpreter to another thread in the middle of the instant."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

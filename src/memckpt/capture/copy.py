@@ -19,29 +19,21 @@ copy.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
+import os
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..epoch import EpochInfo
-from .base import Capture, Context, Request, abort_quietly, commit
+from .base import Capture, Context, Request, abort_quietly, commit, no_gc
+from .fork import ForkMode, ForkRefused
 
-
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """No cyclic collection inside a pause: a collection runs finalizers,
-    i.e. Python code, at an allocation, and Python code may hand the
-    interpreter to another thread in the middle of the instant."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
+# a full epoch of mode copy is taken by fork() when the process's resident
+# pages are at most this many times the arena's: the fork copies their page
+# tables (~0.1 µs a page here), the staging copy the epoch's pages (~0.7 µs
+# a page, faults included); python bench/probe_fork_pause.py
+FORK_RSS_RATIO = 4
 
 
 class CopyMode:
@@ -50,6 +42,28 @@ class CopyMode:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._spare: np.ndarray | None = None  # a staging buffer kept for the next capture
+        self._forker: ForkMode | None = None   # full epochs, see _by_fork
+        self.fork_refused: str | None = None   # why fork() failed once: full epochs staged since
+
+    def _by_fork(self, req: Request) -> bool:
+        """Whether mode copy takes this epoch by fork(): a full epoch, whose
+        staging copy would hold the whole arena (memory, and a pause of the
+        copy), is written by a child from its copy-on-write image instead, as
+        mode fork does (the pause: the collect and the fork). Only where the
+        child can write it (uncompressed) and the fork costs less than the
+        copy (FORK_RSS_RATIO), and never again after a fork failed."""
+        if self.name != "copy" or req.kind != "full" or req.writer.compress is not None \
+                or self.fork_refused is not None:
+            return False
+        return _resident_pages() <= FORK_RSS_RATIO * self.ctx.npages
+
+    def _fork_full(self, req: Request) -> Capture:
+        if self._forker is None:
+            self._forker = ForkMode(self.ctx)
+        cap = self._forker.capture(req)
+        cap.mode = self.name
+        cap.extra["full_by"] = "fork"
+        return cap
 
     def capture(self, req: Request) -> Capture:
         """Collect, copy into staging and write what staging cannot hold, in
@@ -57,6 +71,12 @@ class CopyMode:
         the part of a checkpoint the program waits for (see the module
         docstring)."""
         ctx, w, kind = self.ctx, req.writer, req.kind
+        if self._by_fork(req):
+            try:
+                return self._fork_full(req)
+            except ForkRefused as exc:  # no child ran: stage this epoch and every later one
+                self.fork_refused = str(exc)
+                w.take_back()
         sink = w.native_writer()
         # sync: the caller waits for the epoch anyway, so with a C writer every
         # page is written in the pause, straight from the arena: no staging
@@ -91,7 +111,9 @@ class CopyMode:
         pause = held_s + (time.perf_counter() - t1 if overflow else 0.0)
         data = buf[:nstaged]
         extra: dict[str, Any] = {"tracker_reported": reported, "staging_bytes": int(data.nbytes),
-                                 "pages_in_pause": nsunk + overflow}
+                                 "pages_in_pause": nsunk + overflow, "writer_threads": w.threads}
+        if kind == "full" and self.fork_refused is not None:
+            extra["fork_refused"] = self.fork_refused
         extra.update(ctx.unpopulated(kind, pages))
         return Capture(kind=kind, parent=req.parent, epoch=w.epoch, writer=w,
                        pages=pages[nsunk + overflow:], dirty=dirty, data=data,
@@ -126,6 +148,17 @@ class CopyMode:
 
     def close(self) -> None:
         self._spare = None
+        if self._forker is not None:
+            self._forker.close()
+
+
+def _resident_pages() -> int:
+    """The process's resident pages (/proc/self/statm), or 0 if unreadable."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class SyncMode(CopyMode):
@@ -138,6 +171,7 @@ def persist_staged(cap: Capture, backend: str, *, caller_waits: bool = False) ->
     """Hand a capture's staged pages to its writer and commit (modes copy,
     sync and background)."""
     w = cap.writer
+    cap.extra["writer_threads"] = w.threads
     try:
         w.add_pages(cap.pages, cap.data)  # whole: the store chunks what it must
         return commit(cap, backend, caller_waits=caller_waits)

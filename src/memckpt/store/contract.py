@@ -149,6 +149,7 @@ class EpochWriterContract(Protocol):
 
     epoch: int
     threads: int  # the threads writing its pages (begin(threads=))
+    compress: str | None  # begin(compress=)
     # set by a writer's maker when another thread will finish it (the
     # checkpointer's persist thread): a prune or compaction on the maker's
     # thread then waits for the epoch instead of refusing
@@ -175,6 +176,8 @@ class EpochWriterContract(Protocol):
 
     def adopt(self, *, records: int, stored: int, dedup: int, zero: int, pack_size: int,
               idx_size: int, pack_digest: bytes, idx_digest: bytes) -> None: ...
+
+    def take_back(self) -> None: ...
 
     def __enter__(self) -> Any: ...
 
