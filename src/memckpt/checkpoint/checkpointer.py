@@ -17,8 +17,9 @@ image), ``"background"`` (pages write-protected and copied by a thread),
 
 One epoch is in flight at a time: a checkpoint taken while the previous one
 is still persisting first waits for it (backpressure; ``extra["wait_s"]``).
-Each persist runs on its own non-daemon thread, which ends with the epoch,
-so an interpreter that exits lets the last epoch become durable first.
+Persists run on the checkpointer's persist thread (checkpoint/worker.py: not
+a daemon, so an interpreter that exits lets the last epoch become durable
+first), which waits a few seconds for the next epoch before it ends.
 """
 from __future__ import annotations
 
@@ -126,6 +127,7 @@ class Checkpointer:
         self._let_go()
 
     def _let_go(self) -> None:
+        self._inflight.close()  # the persist thread ends
         self._ctx.pages = None  # lets the arena close
         self._capturer.close()
 
