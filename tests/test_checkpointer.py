@@ -558,3 +558,31 @@ def test_restore_of_a_sparse_arena_stays_sparse(tmp_path):
     resident = _core.pagemap_scan_count(got.address, got.nbytes, PAGE_IS_PRESENT)
     assert resident <= 16, f"{resident} pages resident after restoring 10"
     assert (got.arrays()["d"][np.arange(10) * 4096] == np.arange(1, 11)).all()
+
+
+@pytest.mark.parametrize("full_every", [None, 1])
+def test_a_head_retired_by_a_prune_makes_the_next_epoch_full(tmp_path, full_every):
+    """The next epoch's parent is checked by the store's begin() (one lstat):
+    a head another process pruned (here: after a rollback to it) makes the
+    next epoch full, with no parent, instead of an error."""
+    arena = make_arena()
+    pages = pages_of(arena)
+    rng = np.random.default_rng(21)
+    with memckpt.Checkpointer(arena, tmp_path / "s", full_every=full_every) as ck:
+        e1 = ck.checkpoint().result()
+        write(pages, [1], rng)
+        ck.checkpoint().result()
+        write(pages, [2], rng)
+        e3 = ck.checkpoint().result()
+        ck.rollback(e1.epoch)
+        with memckpt.Store(tmp_path / "s") as other:  # another writer: an external prune
+            removed = other.prune(keep_last=1, rebase=True)
+        assert e1.epoch in removed
+        write(pages, [3], rng)
+        e4 = ck.checkpoint().result()
+        want = snapshot(arena)
+    assert (e4.kind, e4.parent, e4.epoch) == ("full", None, e3.epoch + 1)
+    with memckpt.Store(tmp_path / "s") as st:
+        assert_restores(st, e4.epoch, want)
+    del pages
+    arena.close()

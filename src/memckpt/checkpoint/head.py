@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import MemckptError
+from ..errors import EpochNotFound, MemckptError
 from ..store.contract import EpochWriterContract, StoreContract
 
 if TYPE_CHECKING:
@@ -25,23 +25,36 @@ class Head:
         self.epoch: int | None = None
         self.chain_len = 0
 
-    def next_kind(self) -> tuple[str, int | None]:
+    def next_kind(self, known: bool = False) -> tuple[str, int | None]:
         """The next epoch's kind and parent. A full epoch's parent is only its
-        lineage (the chain walk stops at it): the epoch the arena held before."""
+        lineage (the chain walk stops at it): the epoch the arena held before.
+        ``known``: take the head epoch as still in the store (begin() checks)."""
         parent = self.epoch
-        if parent is not None and not self._has(parent):
+        if parent is not None and not known and not self._has(parent):
             parent = None  # retired by compaction or pruned: its content is gone
         if parent is None or (self._full_every is not None and self.chain_len >= self._full_every):
             return "full", parent
         return "incremental", parent
 
     def begin(self, arena: Arena) -> tuple[EpochWriterContract, str, int | None]:
-        """Begin the next epoch of ``arena``: its writer, kind and parent."""
-        kind, parent = self.next_kind()
-        w = self._store.begin(kind=kind, parent=parent, layout=arena.layout(),
-                              page_size=arena.page_size, npages=arena.npages,
-                              compress=self._compress, threads=self._threads)
+        """Begin the next epoch of ``arena``: its writer, kind and parent.
+        The store's begin() checks that the parent is still there (one
+        lstat); one that was retired (by a compaction or a prune) makes it
+        a full epoch with no parent, as next_kind() would have."""
+        kind, parent = self.next_kind(known=True)
+        try:
+            w = self._begin(arena, kind, parent)
+        except EpochNotFound:
+            if parent is None or self._has(parent):
+                raise
+            kind, parent = "full", None
+            w = self._begin(arena, kind, parent)
         return w, kind, parent
+
+    def _begin(self, arena: Arena, kind: str, parent: int | None) -> EpochWriterContract:
+        return self._store.begin(kind=kind, parent=parent, layout=arena.layout(),
+                                 page_size=arena.page_size, npages=arena.npages,
+                                 compress=self._compress, threads=self._threads)
 
     def _has(self, epoch: int) -> bool:
         try:
