@@ -90,6 +90,7 @@ class Arena:
         self._next = 0
         self._lock = threading.Lock()
         self.tracker: Any = None  # the open DirtyTracker, if any
+        self._blocks: Any = None  # numpy's arrays in the arena (memckpt.alloc), once used
         _forksafe.register(self)
 
     def _detach_in_child(self) -> None:
@@ -189,6 +190,17 @@ class Arena:
         return np.frombuffer(self._region, dtype=dt, count=count,  # type: ignore[call-overload]
                              offset=offset).reshape(shape)  # (Region: see buffer())
 
+    def name_array(self, arr: np.ndarray, name: str) -> None:
+        """Record ``arr``, an array numpy made in this arena inside
+        :func:`memckpt.allocating`, under ``name`` with its dtype and shape
+        (until then the layout lists it as ``numpy@OFFSET``, uint8): a
+        restore then gives it back by that name, typed."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("array name must be a non-empty string")
+        if self._blocks is None:
+            raise ValueError("no array was made in this arena by memckpt.allocating")
+        self._blocks.name(arr, name)
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays by name, in the order they were made."""
         self._check_open()
@@ -241,6 +253,9 @@ class Arena:
         with self._lock:
             if self._region.closed:
                 return
+            if self._blocks is not None and self._blocks.live:
+                raise BufferError(f"cannot close the arena: {len(self._blocks.live)} numpy "
+                                  "array(s) made in it by memckpt.allocating are still alive")
             held = {name: weakref.ref(a) for name, a in self._arrays.items()}
             self._arrays = {}
             try:
