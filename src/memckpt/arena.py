@@ -169,6 +169,9 @@ class Arena:
         size = count * dt.itemsize
         with self._lock:
             self._check_open()
+            if self._region.adopted:
+                raise ValueError(f"array {name!r}: the arena of an adopted buffer (memckpt.track) "
+                                 "holds that buffer only")
             if name in self._arrays or any(e["name"] == name for e in self._layout):
                 raise ValueError(f"the arena already has an array named {name!r}")
             if offset is None:

@@ -136,14 +136,14 @@ def check_mappings(lo: int, hi: int, name: str = "array") -> None:
         if "anon_hugepage" in path or "hugetlb" in path:
             raise TrackerUnavailable(f"{where}: it lies in hugetlb pages, {what}, which the "
                                      "trackers cannot see page by page")
+        if path and not path.startswith(("[", "/dev/zero", "/SYSV", "/memfd:")):
+            raise TrackerUnavailable(f"{where}: {what} is file-backed; copy the data into an "
+                                     "array (or a memckpt.Arena) to checkpoint it")
         if perms[1] != "w" or perms[0] != "r":
             raise TrackerUnavailable(f"{where}: {what} is not readable and writable")
         if perms[3] == "s":
             raise TrackerUnavailable(f"{where}: {what} is shared; a tracker sees only this "
                                      "process's writes (and uffd needs private anonymous memory)")
-        if path and not path.startswith("["):
-            raise TrackerUnavailable(f"{where}: {what} is file-backed; copy the data into an "
-                                     "array (or a memckpt.Arena) to checkpoint it")
     if covered < hi:
         raise TrackerUnavailable(f"{where}: the range is not all mapped")
 
