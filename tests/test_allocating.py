@@ -155,7 +155,9 @@ def test_bad_arguments(arena, tmp_path):
     with memckpt.allocating(arena, threshold=PS):
         a = np.zeros(PS)
     with pytest.raises(ValueError, match="does not start a block"):
-        arena.name_array(a[1:], "a")
-    arena.name_array(a, "a")
+        arena.name_array(np.zeros(PS), "a")     # not in the arena
+    arena.name_array(a[1:-1], "a")              # a view: the array it views is named
+    (e,) = arena.layout()["arrays"]
+    assert (e["name"], e["shape"], e["dtype"]) == ("a", [PS], "<f8")
     with pytest.raises(ValueError, match="already has"):
         arena.name_array(a, "a")

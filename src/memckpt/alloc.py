@@ -104,13 +104,20 @@ class Blocks:
         self.full = f"the arena's allocator failed for a {size}-byte array: {exc!r}"
 
     def name(self, arr: np.ndarray, name: str) -> None:
-        """Give the block holding ``arr`` (which starts at the block's first
-        byte) the name, dtype and shape of ``arr`` in the arena's layout."""
+        """Give the block holding ``arr`` the name, dtype and shape of
+        ``arr`` in the arena's layout: ``arr`` starts at the block's first
+        byte and is C-contiguous, or is a view of such an array (a field's
+        interior inside its ghost cells, say), which is then the one named."""
         from .arena import _layout_entry
         a = self.arena
-        if not isinstance(arr, np.ndarray) or not arr.flags.c_contiguous:
-            raise TypeError("name_array needs a C-contiguous numpy array")
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"name_array needs a numpy array, not {type(arr).__name__}")
+        while (arr.ctypes.data - a.address not in self.live or not arr.flags.c_contiguous) \
+                and isinstance(arr.base, np.ndarray):
+            arr = arr.base
         off = arr.ctypes.data - a.address
+        if not arr.flags.c_contiguous:
+            off = -1
         with a._lock:
             if off not in self.live:
                 raise ValueError("the array does not start a block of this arena "
