@@ -139,7 +139,6 @@ def test_resume_continues_typed(tmp_path):
         want = y.copy()
     finally:
         ck2.close()
-        ck2.arena.close() if False else None
     assert memckpt.restore(tmp_path / "s").arrays()["x"].tobytes() == want.tobytes()
 
 
