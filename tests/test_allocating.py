@@ -161,3 +161,17 @@ def test_bad_arguments(arena, tmp_path):
     assert (e["name"], e["shape"], e["dtype"]) == ("a", [PS], "<f8")
     with pytest.raises(ValueError, match="already has"):
         arena.name_array(a, "a")
+
+
+def test_checkpoint_taken_inside_the_block(arena, tmp_path):
+    """memckpt's own scratch (page lists, the staging of mode "copy", as big as
+    the arena) never lands in the arena a checkpoint inside the block snapshots."""
+    with memckpt.allocating(arena, threshold=PS):
+        u = np.random.default_rng(3).random(64 * PS // 8)
+        arena.name_array(u, "u")
+        with memckpt.Checkpointer(arena, tmp_path / "s") as ck:
+            ck.checkpoint().result()
+            u[::512] = -1.0
+            ck.checkpoint().result()
+            assert [e["name"] for e in arena.layout()["arrays"]] == ["u"]
+    assert memckpt.restore(tmp_path / "s").arrays()["u"].tobytes() == u.tobytes()

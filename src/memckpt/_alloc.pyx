@@ -6,7 +6,8 @@
 context variable: it applies to the current thread (context) only. Requests
 below ``threshold`` bytes go to the C library's allocator, as numpy's own do;
 the others ask ``blocks`` (memckpt.alloc.Blocks) for whole pages of its
-arena, with the GIL taken (numpy may allocate without it). A full arena gives
+arena, with the GIL taken (numpy may allocate without it); memckpt's own
+allocations (a checkpoint taken inside the block) get the C library's. A full arena gives
 NULL (numpy raises MemoryError; memckpt.allocating turns it into ArenaFull)
 or, with ``fallback``, the C library's memory. Every array records the
 capsule it was allocated with, so the handler outlives the ``with`` block
@@ -43,13 +44,19 @@ cdef inline bint _in_arena(mck_handler_ctx *c, void *p) noexcept nogil:
 cdef void *_arena_alloc(mck_handler_ctx *c, size_t size, bint zero) noexcept nogil:
     """A block of the arena (zeroed if asked), or the fallback, or NULL."""
     cdef uintptr_t addr = 0
-    cdef bint fresh = False
+    cdef bint fresh = False, own = False
     with gil:
         try:
-            addr, fresh = (<object>c.blocks).alloc(size)
+            got = (<object>c.blocks).alloc(size)
+            if got is None:
+                own = True  # memckpt's own scratch: never in the arena
+            else:
+                addr, fresh = got
         except BaseException as exc:  # a bug: never let it unwind through numpy
             (<object>c.blocks).failed(size, exc)
             addr = 0
+    if own:
+        return calloc(size, 1) if zero else malloc(size)
     if addr == 0:
         if c.fallback:
             return calloc(size, 1) if zero else malloc(size)

@@ -13,6 +13,7 @@ so checkpoints and restores carry it like any array.
 from __future__ import annotations
 
 import bisect
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +43,14 @@ class Blocks:
         self.full: str | None = None                 # the last exhaustion, for allocating()
         self.errors: list[BaseException] = []        # bugs met inside the handler
 
-    def alloc(self, size: int) -> tuple[int, bool]:
-        """(address, fresh) of a block of ``size`` bytes, or (0, False) if the
-        arena has no room (the reason kept in :attr:`full`)."""
+    def alloc(self, size: int) -> tuple[int, bool] | None:
+        """(address, fresh) of a block of ``size`` bytes, (0, False) if the
+        arena has no room (the reason kept in :attr:`full`), or None for an
+        allocation of memckpt's own (a checkpoint's page lists and staging,
+        a store's buffers, taken inside the block): those get ordinary memory."""
         from .arena import _layout_entry
+        if _from_memckpt(sys._getframe(1)):
+            return None
         a = self.arena
         ps = a.page_size
         need = max(-(-size // ps) * ps, ps)
@@ -134,6 +139,19 @@ class Blocks:
 
 
 _lock = threading.Lock()
+
+
+def _from_memckpt(frame: Any) -> bool:
+    """True if the Python code allocating is memckpt's own (any memckpt module
+    among the innermost frames): a checkpoint taken inside ``allocating()``
+    must not put its scratch into the arena it snapshots."""
+    for _ in range(64):
+        if frame is None:
+            return False
+        if frame.f_globals.get("__name__", "").startswith("memckpt."):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def blocks_of(arena: Arena) -> Blocks:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _core, _forksafe
+from . import _core
 from .errors import FormatError, TrackerUnavailable
 
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ def adopt(cls: type[Arena], buffer: Any, name: str) -> Arena:
     arena._arrays[name] = arr
     arena._layout.append(adopted_entry(name, dt, tuple(shape), int(region.own_offset),
                                        int(region.nbytes)))
-    _forksafe.register(arena)
     return arena
 
 
