@@ -128,6 +128,12 @@ extern const struct mck_tracker_ops mck_uffd_sync_ops;
 extern const struct mck_tracker_ops mck_soft_dirty_ops;
 extern const struct mck_tracker_ops mck_mprotect_ops;
 extern const struct mck_tracker_ops mck_compare_ops;
+/* tracker_range.c: a byte range's edge pages compared, its whole pages to a backend */
+extern const struct mck_tracker_ops mck_range_ops;
+/* tracker.c: allocate t over [addr, addr+len) (page-aligned), set its owner,
+ * its ops and t->priv = priv, and open it (ops->open may replace priv). */
+int mck_tracker_start(struct mck_tracker **out, const struct mck_tracker_ops *ops, int backend,
+		      void *addr, size_t len, void *priv);
 
 /* ---- a capture hooked into a tracker's fault path -------------------------
  * Two tables, one each way, so that neither file knows the other: the

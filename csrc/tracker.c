@@ -140,21 +140,12 @@ int mck_tracker_owner(const struct mck_tracker *t)
 	return t ? (int)t->owner : -EINVAL;
 }
 
-int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t len)
+int mck_tracker_start(struct mck_tracker **out, const struct mck_tracker_ops *ops, int backend,
+		      void *addr, size_t len, void *priv)
 {
-	const struct mck_tracker_ops *ops = backend_ops(backend);
-	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
 	struct mck_tracker *t;
 	int rc;
 
-	*out = NULL;
-	if (!ops || !addr || !len || (uintptr_t)addr % ps || len % ps)
-		return -EINVAL;
-	rc = mck_backend_status(backend, NULL, 0);
-	if (rc < 0)
-		return rc;
-	if (rc == 0)
-		return -ENOTSUP;
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
@@ -162,8 +153,9 @@ int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t l
 	t->backend = backend;
 	t->addr = addr;
 	t->len = len;
-	t->page_size = ps;
-	t->npages = len / ps;
+	t->page_size = (size_t)sysconf(_SC_PAGESIZE);
+	t->npages = len / t->page_size;
+	t->priv = priv;
 	pthread_once(&fork_gen_once, fork_gen_register);
 	t->owner = getpid();
 	t->fork_gen = atomic_load(&fork_gen);
@@ -174,6 +166,23 @@ int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t l
 	}
 	*out = t;
 	return 0;
+}
+
+int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t len)
+{
+	const struct mck_tracker_ops *ops = backend_ops(backend);
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+	int rc;
+
+	*out = NULL;
+	if (!ops || !addr || !len || (uintptr_t)addr % ps || len % ps)
+		return -EINVAL;
+	rc = mck_backend_status(backend, NULL, 0);
+	if (rc < 0)
+		return rc;
+	if (rc == 0)
+		return -ENOTSUP;
+	return mck_tracker_start(out, ops, backend, addr, len, NULL);
 }
 
 int64_t mck_tracker_collect(struct mck_tracker *t, uint64_t *out, size_t cap)

@@ -151,6 +151,15 @@ struct mck_tracker;
 /* Start tracking writes to [addr, addr+len) (page-aligned). Only one tracker
  * may watch a given page at a time. */
 MCK_API int mck_tracker_open(struct mck_tracker **out, int backend, void *addr, size_t len);
+/* Track writes to any byte range [start, start+len) (memory the program
+ * already has: malloc does not page-align). The pages wholly inside it go to
+ * the backend; a partial page at either end, shared with whatever lies beside
+ * the range, is tracked by comparing the range's own bytes in it with a copy
+ * kept at each collect (never protected: a neighbour's writes neither fault
+ * nor count). Indices count from the page holding start; npages covers the
+ * range. No background capture (mck_bg_* return -EOPNOTSUPP) when the range
+ * is not page-aligned; when it is, this is mck_tracker_open. */
+MCK_API int mck_tracker_open_range(struct mck_tracker **out, int backend, void *start, size_t len);
 /* Write to out[] the sorted indices (from addr's page) of the pages written
  * since the last collect (or the open) and re-arm in the same step, so that no
  * write is lost between the two. cap must be at least the range's page count.

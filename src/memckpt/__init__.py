@@ -15,6 +15,8 @@ from .kernel import Features, TrackerInfo, features, trackers
 from .restore import restore
 from .store import Store
 from .tracker import DirtyTracker
+from .track import track  # memory the program already has: docs/embedding.md
+from .alloc import allocating  # numpy arrays made in an arena: docs/embedding.md
 from .errors import ForkChildError  # fork mode
 from .errors import ForkDetached  # fork safety: docs/fork.md
 from .config import get_cmake_dir, get_include, get_library_dir, get_pkgconfig_dir  # the C library
@@ -28,5 +30,6 @@ __all__ = [
     "Checkpointer", "EpochInfo", "EpochNotFound", "PendingEpoch", "RollbackInfo", "Store",
     "StoreLocked", "restore",
     "ForkChildError", "ForkDetached",
+    "track", "allocating",
     "get_include", "get_library_dir", "get_cmake_dir", "get_pkgconfig_dir", "LibraryNotInstalled",
 ]

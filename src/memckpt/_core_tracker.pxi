@@ -48,8 +48,15 @@ cdef class Tracker:
         region._check_open()
         addr = region.r.addr
         length = region.r.len
-        with nogil:
-            rc = c.mck_tracker_open(&self.t, backend, addr, length)
+        if region.adopted:
+            # the buffer's own bytes: its partial edge pages are compared
+            addr = <void *>(<size_t>addr + region.own_offset)
+            length = region.own_len
+            with nogil:
+                rc = c.mck_tracker_open_range(&self.t, backend, addr, length)
+        else:
+            with nogil:
+                rc = c.mck_tracker_open(&self.t, backend, addr, length)
         check(rc, f"opening the {c.mck_backend_name(backend).decode()} tracker")
         self.region = region
         region.trackers += 1
@@ -141,6 +148,9 @@ cdef class Tracker:
                                   flags, more_p, nmore, &st)
         if n == -errno.EOPNOTSUPP:
             ok, why = bg_supported(c.mck_tracker_backend(self.t))
+            if ok and self.region.adopted:
+                why = ("an adopted buffer's edge pages are its neighbours' too and cannot be "
+                       "write-protected: use mode 'copy' or 'fork'")
             raise OSError(errno.EOPNOTSUPP, why)
         if n == -errno.ENOBUFS and nstaging < c.mck_tracker_npages(self.t):
             raise OSError(errno.ENOBUFS, f"staging holds {nstaging} pages, fewer than the "

@@ -19,6 +19,7 @@ cdef extern from "memckpt.h" nogil:
         pass
 
     int mck_tracker_open(mck_tracker **out, int backend, void *addr, size_t len)
+    int mck_tracker_open_range(mck_tracker **out, int backend, void *start, size_t len)
     int64_t mck_tracker_collect(mck_tracker *t, uint64_t *out, size_t cap)
     size_t mck_tracker_npages(const mck_tracker *t)
     int mck_tracker_backend(const mck_tracker *t)

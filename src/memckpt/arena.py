@@ -79,14 +79,18 @@ class Arena:
             raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
         if nbytes <= 0:
             raise ValueError(f"nbytes must be positive, got {nbytes}")
-        self._region = _core.Region(int(nbytes), bool(hugepages))
-        self._hugepages = bool(hugepages)
+        self._setup(_core.Region(int(nbytes), bool(hugepages)), bool(hugepages))
+
+    def _setup(self, region: Any, hugepages: bool) -> None:
+        self._region = region
+        self._hugepages = hugepages
         self._page_size = features().page_size
         self._arrays: dict[str, np.ndarray] = {}
         self._layout: list[dict[str, Any]] = []
         self._next = 0
         self._lock = threading.Lock()
         self.tracker: Any = None  # the open DirtyTracker, if any
+        self._blocks: Any = None  # numpy's arrays in the arena (memckpt.alloc), once used
         _forksafe.register(self)
 
     def _detach_in_child(self) -> None:
@@ -126,9 +130,26 @@ class Arena:
     def free_bytes(self) -> int:
         return self.nbytes - self._next
 
+    @property
+    def adopted(self) -> bool:
+        """True for an arena over a buffer the program already has (:meth:`adopt`)."""
+        return bool(self._region.adopted)
+
+    @classmethod
+    def adopt(cls, buffer: Any, name: str = "array") -> Arena:
+        """An arena over ``buffer``, memory the program already has (a
+        C-contiguous numpy array, or any writable contiguous buffer), so that
+        a :class:`DirtyTracker` or :class:`Checkpointer` tracks it in place:
+        the same as :func:`memckpt.track` (``docs/embedding.md``)."""
+        from .track import adopt
+        return adopt(cls, buffer, name)
+
     # -- arrays -------------------------------------------------------------
-    def array(self, name: str, shape: int | tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
-        """A zero-filled array that starts on a page boundary of the arena."""
+    def array(self, name: str, shape: int | tuple[int, ...], dtype: Any = np.float64,
+              *, offset: int | None = None) -> np.ndarray:
+        """A zero-filled array that starts on a page boundary of the arena
+        (or at byte ``offset``, past every array: how a restore lays out an
+        adopted buffer's epoch, whose array starts inside its first page)."""
         if not isinstance(name, str) or not name:
             raise ValueError("array name must be a non-empty string")
         dt = np.dtype(dtype)
@@ -148,14 +169,22 @@ class Arena:
         size = count * dt.itemsize
         with self._lock:
             self._check_open()
-            if name in self._arrays:
+            if self._region.adopted:
+                raise ValueError(f"array {name!r}: the arena of an adopted buffer (memckpt.track) "
+                                 "holds that buffer only")
+            if name in self._arrays or any(e["name"] == name for e in self._layout):
                 raise ValueError(f"the arena already has an array named {name!r}")
-            offset = self._next
+            if offset is None:
+                offset = self._next
+            elif not isinstance(offset, (int, np.integer)) or offset < self._next:
+                raise ValueError(f"array {name!r}: offset {offset!r} is not past the arena's "
+                                 f"last array (the first free byte is {self._next})")
+            offset = int(offset)
             if size > self.nbytes - offset:
                 raise ArenaFull(f"array {name!r} needs {size} bytes but the arena has "
                                 f"{self.nbytes - offset} of {self.nbytes} left")
             arr = self._view(dt, shp, offset if count else 0, count)
-            self._next = offset + _round_up(size, self._page_size)
+            self._next = _round_up(offset + size, self._page_size)
             self._arrays[name] = arr
             self._layout.append(_layout_entry(name, dt, shp, offset, size))
         return arr
@@ -163,6 +192,17 @@ class Arena:
     def _view(self, dt: np.dtype, shape: tuple[int, ...], offset: int, count: int) -> np.ndarray:
         return np.frombuffer(self._region, dtype=dt, count=count,  # type: ignore[call-overload]
                              offset=offset).reshape(shape)  # (Region: see buffer())
+
+    def name_array(self, arr: np.ndarray, name: str) -> None:
+        """Record ``arr``, an array numpy made in this arena inside
+        :func:`memckpt.allocating`, under ``name`` with its dtype and shape
+        (until then the layout lists it as ``numpy@OFFSET``, uint8): a
+        restore then gives it back by that name, typed."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("array name must be a non-empty string")
+        if self._blocks is None:
+            raise ValueError("no array was made in this arena by memckpt.allocating")
+        self._blocks.name(arr, name)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays by name, in the order they were made."""
@@ -186,8 +226,17 @@ class Arena:
         for e in self._layout:
             if e["name"] == name:
                 first = e["offset"] // self._page_size
-                return first, _round_up(e["nbytes"], self._page_size) // self._page_size
+                end = _round_up(e["offset"] + e["nbytes"], self._page_size) // self._page_size
+                return first, max(end - first, 0 if e["nbytes"] == 0 else 1)
         raise KeyError(name)
+
+    def own_bytes(self) -> tuple[int, int] | None:
+        """For an adopted arena, the buffer's bytes as (start, stop) offsets
+        in the mapping: the rest of its first and last page is its
+        neighbours', which a restore or rollback never writes. None otherwise."""
+        if not self._region.adopted:
+            return None
+        return int(self._region.own_offset), int(self._region.own_offset + self._region.own_len)
 
     def buffer(self) -> memoryview:
         """The whole mapping as a writable memoryview (it holds the mapping open)."""
@@ -207,6 +256,9 @@ class Arena:
         with self._lock:
             if self._region.closed:
                 return
+            if self._blocks is not None and self._blocks.live:
+                raise BufferError(f"cannot close the arena: {len(self._blocks.live)} numpy "
+                                  "array(s) made in it by memckpt.allocating are still alive")
             held = {name: weakref.ref(a) for name, a in self._arrays.items()}
             self._arrays = {}
             try:

@@ -9,6 +9,7 @@ import numpy as np
 from .arena import Arena, layout_dtype
 from .errors import FormatError, MemckptError
 from .kernel import features
+from .track import adopted_view
 # one open_store for the checkpointer, restore and the CLI (re-exported here for them)
 from .store.contract import StoreLike, open_store
 
@@ -40,7 +41,9 @@ def arena_from_layout(layout: dict[str, Any]) -> Arena:
         if arena.nbytes != layout["nbytes"]:
             raise FormatError(f"the layout's size {layout['nbytes']} is not whole pages")
         for e in layout["arrays"]:
-            arena.array(e["name"], tuple(e["shape"]), layout_dtype(e))
+            arena.array(e["name"], tuple(e["shape"]), layout_dtype(e), offset=e["offset"])
+            if "adopted" in e:  # a buffer memckpt.track() adopted: its own array (track.py)
+                adopted_view(arena, e)
         got = arena.layout()["arrays"]
         for want, have in zip(layout["arrays"], got):
             if (have["offset"], have["nbytes"]) != (want["offset"], want["nbytes"]):

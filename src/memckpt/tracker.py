@@ -12,6 +12,7 @@ from . import _core, _forksafe
 from .arena import Arena
 from .errors import TrackerBusy, TrackerUnavailable
 from .kernel import TrackerInfo, backend_names, tracker_info
+from .track import check_map_count
 
 _BUSY = {
     # clear_refs resets the soft-dirty bits of the whole process
@@ -53,6 +54,8 @@ class DirtyTracker:
                 raise TrackerUnavailable(f"backend {backend!r} is unavailable here: {why}")
             self.reason = f"{backend}: asked for ({why})" if why else f"{backend}: asked for"
         self.info: TrackerInfo = tracker_info(num)
+        if arena.adopted:
+            check_map_count(arena, self.info.name)
         self._lock = threading.Lock()
         self._arena = arena
         try:

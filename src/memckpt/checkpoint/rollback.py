@@ -13,6 +13,7 @@ from ..capture import Context
 from ..capture.base import NO_PAGES
 from ..errors import MemckptError
 from ..store.contract import StoreContract
+from ..track import write_own
 from .head import Head
 
 
@@ -93,7 +94,8 @@ def check_layout(store: StoreContract, ctx: Context, epoch: int) -> None:
 def _write_back(store: StoreContract, ctx: Context, epoch: int, pages: np.ndarray | None) -> None:
     dst = ctx.pages
     assert dst is not None
-    if ctx.tracker.info.kernel_writes:
+    adopted = ctx.arena.own_bytes() is not None  # its edge pages are shared: scratch, then own bytes
+    if ctx.tracker.info.kernel_writes and not adopted:
         store.read_into(epoch, dst, pages=pages)
         return
     # The store may read(2) straight into `dst`, which fails with EFAULT on
@@ -101,7 +103,9 @@ def _write_back(store: StoreContract, ctx: Context, epoch: int, pages: np.ndarra
     # The scratch is virtual until written: only the pages read take memory.
     scratch = np.empty_like(dst)
     store.read_into(epoch, scratch, pages=pages)
-    if pages is None:
+    if adopted:
+        write_own(ctx.arena, dst, scratch, pages)
+    elif pages is None:
         dst[...] = scratch
     else:
         idx = pages.view(np.int64)
