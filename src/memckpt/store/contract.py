@@ -119,7 +119,9 @@ fstat-checked to be a regular file before any read or write: a symbolic
 link, FIFO, device, socket or directory in its place is a FormatError naming
 the file ("... is a FIFO, not a regular file"), never a hang.
 
-    open_store(store, create=...) -> (store, opened_here)  # below: a path or a Store
+    open_store(store, create=...) -> (store, opened_here)  # below: a path, a URL or a Store
+        # (a URL: file:///dir, or s3://bucket/prefix: store/s3.py's S3Store keeps this
+        # contract over an object store; any other scheme is an UnsupportedURL error)
 """
 from __future__ import annotations
 
@@ -218,6 +220,19 @@ def open_store(store: StoreLike, *, create: bool,
     path (the CLI passes its CliError). The Store is imported here, not at
     the top: the CLI's `doctor` must work without the store's dependencies."""
     if isinstance(store, (str, os.PathLike)):
+        from .urls import UnsupportedURL, split_url
+        url = split_url(store)
+        if url is not None and url[0] != "file":  # s3://, or a scheme memckpt refuses
+            from .urls import open_store as open_url
+            try:
+                return open_url(store, create=create), True
+            except (UnsupportedURL, FileNotFoundError) as exc:
+                if missing is None:
+                    raise
+                raise missing(str(exc)) from None
+        if url is not None:
+            from .urls import local_path
+            store = local_path(store)
         if missing is not None and not create:
             p = Path(store)
             if not p.exists():
