@@ -50,3 +50,8 @@ def s3_server() -> Iterator[S3Server]:
 def s3_url(s3_server: S3Server) -> str:
     """s3://<a fresh bucket>/run"""
     return f"s3://{s3_server.bucket()}/run"
+
+
+import logging  # noqa: E402
+
+logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
