@@ -14,7 +14,7 @@ from .errors import (ArenaFull, CorruptionError, EpochNotFound, FormatError, Mem
 from .kernel import Features, TrackerInfo, features, trackers
 from .restore import restore
 from .store import Store
-from .store.urls import open_store  # a path, file:// or s3:// (docs/object-store.md)
+from .store.contract import open_url as open_store  # a path, file:// or s3:// (docs/object-store.md)
 from .tracker import DirtyTracker
 from .errors import ForkChildError  # fork mode
 from .errors import ForkDetached  # fork safety: docs/fork.md

@@ -134,7 +134,7 @@ if TYPE_CHECKING:  # numpy and the store's dependencies load with the Store, not
 
     from ..epoch import EpochInfo
 
-__all__ = ["EpochWriterContract", "StoreContract", "StoreLike", "open_store"]
+__all__ = ["EpochWriterContract", "StoreContract", "StoreLike", "open_store", "open_url"]
 
 StoreLike = Union["os.PathLike[str]", str, Any]  # a path, or a memckpt.Store
 
@@ -223,7 +223,6 @@ def open_store(store: StoreLike, *, create: bool,
         from .urls import UnsupportedURL, split_url
         url = split_url(store)
         if url is not None and url[0] != "file":  # s3://, or a scheme memckpt refuses
-            from .urls import open_store as open_url
             try:
                 return open_url(store, create=create), True
             except (UnsupportedURL, FileNotFoundError) as exc:
@@ -246,3 +245,25 @@ def open_store(store: StoreLike, *, create: bool,
         if not hasattr(store, attr):
             raise TypeError(f"store must be a path or a memckpt.Store, not {type(store).__name__}")
     return store, False
+
+
+def open_url(url: Any, *, create: bool = False, page_size: int | None = None,
+             storage_options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """memckpt.open_store: the store that ``url`` names, opened (or
+    created): a local path or file:// URL (memckpt.Store), or
+    s3://bucket/prefix (memckpt.store.s3.S3Store, with ``storage_options``:
+    the S3 client's endpoint, region and credentials, and ``spool_dir``,
+    ``keep_local``; docs/object-store.md). Any other scheme is an
+    UnsupportedURL error naming it."""
+    from .urls import local_path, split_url
+    parts = split_url(url)
+    if parts is not None and parts[0] == "s3":
+        from .s3 import S3Store
+        return S3Store(os.fspath(url), create=create, page_size=page_size,
+                       storage_options=storage_options, **kwargs)
+    if storage_options:
+        raise ValueError(f"storage_options are for object stores; {url!r} is a local store")
+    if kwargs:
+        raise TypeError(f"unexpected arguments for a local store: {', '.join(sorted(kwargs))}")
+    from .local import Store
+    return Store(local_path(url), create=create, page_size=page_size)

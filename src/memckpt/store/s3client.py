@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, List
 
 from ..errors import CorruptionError, MemckptError
 
@@ -21,8 +21,8 @@ class ObjectExists(MemckptError):
 
 def _client(options: dict[str, Any]) -> Any:
     try:
-        import boto3
-        from botocore.config import Config
+        import boto3  # type: ignore[import-untyped]
+        from botocore.config import Config  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - the s3 extra is missing
         raise MemckptError("s3:// stores need boto3: pip install 'memckpt[s3]'") from None
     opts = {k: v for k, v in options.items() if k not in _OWN}
@@ -137,7 +137,7 @@ class Bucket:
         except Exception as exc:
             raise self._error(exc, "", "LIST") from None
 
-    def delete(self, names: list[str]) -> None:
+    def delete(self, names: List[str]) -> None:
         for i in range(0, len(names), 1000):
             part = names[i:i + 1000]
             try:

@@ -247,7 +247,7 @@ class _S3Writing:
         with s3._lock:
             listing = s3._listing()
             nums = s3._refresh(listing, fetch_all=True)
-            named = set()
+            named: set[str] = set()
             for e in nums:
                 f = s3._local.manifest(e)["files"]
                 named.update((f["pack"]["name"], f["idx"]["name"]))

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import MemckptError
 
-__all__ = ["SCHEMES", "UnsupportedURL", "open_store", "split_url", "local_path"]
+__all__ = ["SCHEMES", "UnsupportedURL", "local_path", "split_url"]
 
 SCHEMES = ("file", "s3")
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.S)
@@ -58,22 +58,3 @@ def local_path(spec: Any) -> Any:
         raise UnsupportedURL(f"store {spec!r} is in S3: open it with memckpt.open_store(url, "
                              f"storage_options=...) (memckpt.Store is a local directory)")
     raise _refuse(os.fspath(spec), scheme)
-
-
-def open_store(url: Any, *, create: bool = False, page_size: int | None = None,
-               storage_options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    """Open (or create) the store that ``url`` names: a local path or
-    file:// URL (memckpt.Store), or s3://bucket/prefix (memckpt.store.s3.S3Store,
-    with ``storage_options``: the S3 client's endpoint, region and credentials,
-    see docs/object-store.md). Any other scheme is an UnsupportedURL error."""
-    parts = split_url(url)
-    if parts is not None and parts[0] == "s3":
-        from .s3 import S3Store
-        return S3Store(os.fspath(url), create=create, page_size=page_size,
-                       storage_options=storage_options, **kwargs)
-    if storage_options:
-        raise ValueError(f"storage_options are for object stores; {url!r} is a local store")
-    if kwargs:
-        raise TypeError(f"unexpected arguments for a local store: {', '.join(sorted(kwargs))}")
-    from .local import Store
-    return Store(local_path(url), create=create, page_size=page_size)
