@@ -11,7 +11,7 @@ Columns, per epoch kind:
                and one put_object (no increments: always the whole arena)
   np+fsync     np.save to a local file + fsync (the local baseline)
 and the restore of the newest epoch: local read_into vs S3 (ranged GETs into
-a fresh S3Store's sparse mirror, then the C reader).
+a fresh S3Store's sparse mirror, then the C reader) vs one GET + np.load.
 
     python bench/bench_s3.py                  # 128 MiB arena, 5 reps
     python bench/bench_s3.py --size-mib 32 --reps 3
@@ -137,6 +137,11 @@ def main() -> None:
             fresh.read_into(fresh.latest(), out)
             add("restore s3", time.perf_counter() - t0)
             assert np.array_equal(out, state)
+            t0 = time.perf_counter()  # the user's tool: one GET of the whole array, np.load
+            body = client.get_object(Bucket=bucket, Key="np-1%")["Body"].read()
+            np.load(io.BytesIO(body))
+            add("restore np+get", time.perf_counter() - t0)
+            del body
             os.unlink(os.path.join(tmp, f"np{rep}.npy"))
     finally:
         proc.kill()
@@ -151,7 +156,8 @@ def main() -> None:
                           for c in ("local", "s3", "replica", "np+put", "np+fsync"))
         print(f"{kind:>5}: {cells}")
     print(f"restore: local {med['restore local'] * 1e3:.1f}  s3 {med['restore s3'] * 1e3:.1f} "
-          f"({med['restore s3'] / med['restore local']:.1f}x)")
+          f"({med['restore s3'] / med['restore local']:.1f}x)  np+get {med['restore np+get'] * 1e3:.1f} "
+          f"({med['restore np+get'] / med['restore local']:.1f}x)")
 
 
 if __name__ == "__main__":

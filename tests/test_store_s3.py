@@ -232,3 +232,35 @@ def test_range_bookkeeping():
         [(0, 2), (4, 6), (22, 25), (26, 30)]
     assert _subtract([(0, 10)], []) == [(0, 10)]
     assert _subtract([(3, 5)], [(0, 10)]) == []
+
+
+def test_cli_and_restore_by_url_from_the_environment(s3_url, s3_server, monkeypatch, capsys):
+    """With the endpoint and credentials in the environment (as boto3 reads
+    them), a URL is all the CLI, restore and the checkpointer need."""
+    from memckpt.cli.app import main
+    for k, v in (("AWS_ENDPOINT_URL", s3_server.endpoint), ("AWS_DEFAULT_REGION", "us-east-1"),
+                 ("AWS_ACCESS_KEY_ID", "memckpt-test"), ("AWS_SECRET_ACCESS_KEY", "memckpt-test")):
+        monkeypatch.setenv(k, v)
+    arena = memckpt.Arena(8 * PS)
+    a = arena.array("a", 8 * PS // 8)
+    with memckpt.Checkpointer(arena, s3_url, tracker="compare") as ck:
+        a[:] = 1.5
+        ck.checkpoint().result()
+        a[3] = 2.5
+        ck.checkpoint().result()
+    want = a.copy()
+    del a
+    arena.close()
+    got = memckpt.restore(s3_url)
+    try:
+        assert np.array_equal(got.arrays()["a"], want)
+    finally:
+        got.close()
+    capsys.readouterr()
+    assert main(["ls", s3_url]) == 0
+    out = capsys.readouterr().out
+    assert s3_url in out or "incremental" in out, out
+    assert main(["verify", s3_url]) == 0, capsys.readouterr().err
+    bucket = s3_url.split("/")[2]
+    assert main(["ls", f"s3://{bucket}/nothing-here"]) == 1
+    assert "no store" in capsys.readouterr().err
