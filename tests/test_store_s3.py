@@ -12,17 +12,8 @@ from memckpt.errors import CorruptionError, EpochNotFound, MemckptError, StoreLo
 from memckpt.store import Store
 from memckpt.store.s3 import S3Store, _merge, _subtract
 
-from _s3_util import s3_server, s3_url  # noqa: F401  (fixtures)
+from _s3_util import any_store, s3_server, s3_url  # noqa: F401  (fixtures)
 from _store_util import PS, build_chain, random_pages, write_epoch
-
-
-@pytest.fixture(params=["local", "s3"])
-def any_store(request, tmp_path):
-    """A new, empty store of each backend."""
-    if request.param == "local":
-        return Store(tmp_path / "s", create=True, page_size=PS)
-    srv = request.getfixturevalue("s3_server")
-    return S3Store(f"s3://{srv.bucket()}/run", create=True, page_size=PS, storage_options=srv.options)
 
 
 def _reopen(store):
@@ -58,14 +49,23 @@ def test_chain_reads_back_bit_for_bit(any_store, compress):
     st.verify(4)
 
 
-def test_checkpointer_and_restore(any_store):
+def test_keeps_the_contract(any_store):
+    from memckpt.store.contract import EpochWriterContract, StoreContract
+    assert isinstance(any_store, StoreContract)
+    with any_store.begin("full", npages=1) as w:
+        assert isinstance(w, EpochWriterContract)
+    assert any_store.epoch_numbers() == []  # aborted: nothing committed
+
+
+@pytest.mark.parametrize("mode", ["copy", "fork"])
+def test_checkpointer_and_restore(any_store, mode):
     """The checkpointer and restore code against the contract: both backends
     serve them alike, every restore bit for bit."""
     arena = memckpt.Arena(64 * PS)
     a = arena.array("a", 64 * PS // 8)
     rng = np.random.default_rng(5)
     want = {}
-    with memckpt.Checkpointer(arena, any_store, tracker="compare", mode="copy") as ck:
+    with memckpt.Checkpointer(arena, any_store, tracker="compare", mode=mode) as ck:
         for step in range(4):
             idx = rng.choice(a.size, 300, replace=False)
             a[idx] = rng.random(300)

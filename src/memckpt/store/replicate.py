@@ -73,7 +73,11 @@ class Replicator:
     def __init__(self, source: Any, remote: Any, *, storage_options: dict[str, Any] | None = None,
                  max_inflight_bytes: int = 256 << 20, workers: int = 4,
                  poll_s: float | None = None) -> None:
+        from .local import Store
         from .s3 import S3Store
+        if not isinstance(source, Store):
+            raise TypeError(f"the source of a replica is a local memckpt.Store, not "
+                            f"{type(source).__name__}")
         if max_inflight_bytes < 1:
             raise ValueError(f"max_inflight_bytes must be >= 1, not {max_inflight_bytes}")
         self.source = source

@@ -300,10 +300,7 @@ class S3Store(_S3Writing):
         nums = self._refresh(listing, fetch_all=epoch is None)
         targets = nums if epoch is None else self._ensure_chain(epoch)
         for e in targets:
-            try:
-                doc = self._ensure_data(e, listing)
-            except (CorruptionError, FormatError) as exc:
-                raise type(exc)(f"store {self.url}: {exc}") from None
+            doc = self._ensure_data(e, listing)
             f = doc["files"]["pack"]
             self._fetch_ranges(f["name"], [(0, f["size"])])
         self._named(self._local.verify, epoch, progress=progress)
