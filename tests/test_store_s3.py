@@ -264,3 +264,18 @@ def test_cli_and_restore_by_url_from_the_environment(s3_url, s3_server, monkeypa
     bucket = s3_url.split("/")[2]
     assert main(["ls", f"s3://{bucket}/nothing-here"]) == 1
     assert "no store" in capsys.readouterr().err
+
+
+def test_small_pieces_and_few_workers(s3_url, s3_server):
+    """Runs split into many ranged GETs (part_size) on few threads read the same."""
+    st = S3Store(s3_url, create=True, page_size=PS, storage_options=s3_server.options)
+    expected = build_chain(st, npages=64, nepochs=3, seed=6)
+    small = S3Store(s3_url, storage_options=dict(s3_server.options, part_size=3 * PS + 5,
+                                                 max_workers=3))
+    for e, want in expected.items():
+        out = np.zeros((64, PS), np.uint8)
+        small.read_into(e, out)
+        assert np.array_equal(out, want)
+    assert small.bucket.requests > 3 * 64 // 4  # the pieces were many
+    with pytest.raises(ValueError, match="part_size >= 4096"):
+        S3Store(s3_url, storage_options=dict(s3_server.options, part_size=10))

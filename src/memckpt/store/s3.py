@@ -41,7 +41,6 @@ from .urls import UnsupportedURL, split_url
 __all__ = ["S3Store"]
 
 _GAP = 256 << 10       # runs closer than this are fetched in one GET (a GET costs ~ this many bytes)
-_PIECE = 8 << 20       # no GET larger than this: large runs are fetched in parallel pieces
 
 
 def _parse(url: str) -> tuple[str, str]:
@@ -59,7 +58,7 @@ class S3Store(_S3Writing):
     docs/object-store.md. ``storage_options``: keyword arguments of
     boto3.client("s3", ...) (endpoint_url, region_name, aws_access_key_id,
     aws_secret_access_key, ...) plus ``max_workers`` (parallel requests,
-    default 16). ``spool_dir``: where the local mirror lives (default: the
+    default 16) and ``part_size`` (the largest ranged GET, default 8 MiB). ``spool_dir``: where the local mirror lives (default: the
     temporary directory). ``keep_local``: keep the packs this process
     writes in the mirror after upload (default: sparse again, no disk kept)."""
 
@@ -224,8 +223,8 @@ class S3Store(_S3Writing):
         """Fetch into the sparse pack the parts of ``want`` (sorted, disjoint) not held yet."""
         with self._ranges_lock:
             todo = _subtract(want, self._fetched[pack])
-        pieces = [(lo, min(hi, lo + _PIECE)) for a, b in todo for lo, hi in
-                  ((x, b) for x in range(a, b, _PIECE))]
+        step = self._bucket.part_size
+        pieces = [(x, min(b, x + step)) for a, b in todo for x in range(a, b, step)]
         if not pieces:
             return
         fd = os.open(self._mpath(pack), os.O_WRONLY | os.O_CLOEXEC)

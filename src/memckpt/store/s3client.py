@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, List
 from ..errors import CorruptionError, MemckptError
 
 # options of storage_options that are memckpt's own, not the client's
-_OWN = ("max_workers",)
+_OWN = ("max_workers", "part_size")
 
 
 class ObjectExists(MemckptError):
@@ -41,6 +41,11 @@ class Bucket:
         self.options = dict(options or {})
         self.client = _client(self.options)
         self.max_workers = int(self.options.get("max_workers", 16))
+        # the largest ranged GET: a long run is fetched in parallel pieces of this size
+        self.part_size = int(self.options.get("part_size", 8 << 20))
+        if self.max_workers < 1 or self.part_size < 4096:
+            raise ValueError(f"storage_options: max_workers must be >= 1 and part_size >= 4096, "
+                             f"not {self.max_workers} and {self.part_size}")
         self._count = threading.Lock()
         self.sent = 0       # bytes of object bodies PUT
         self.received = 0   # bytes of object bodies GET
