@@ -276,6 +276,6 @@ def test_small_pieces_and_few_workers(s3_url, s3_server):
         out = np.zeros((64, PS), np.uint8)
         small.read_into(e, out)
         assert np.array_equal(out, want)
-    assert small.bucket.requests > 3 * 64 // 4  # the pieces were many
+    assert small.bucket.requests > 25  # the pieces were many (about 20 with the default size)
     with pytest.raises(ValueError, match="part_size >= 4096"):
         S3Store(s3_url, storage_options=dict(s3_server.options, part_size=10))
