@@ -73,6 +73,7 @@ class S3Store(_S3Writing):
         self._lock = threading.RLock()       # the mirror's manifests, the writer's publish
         self._ranges_lock = threading.Lock()
         self._fetched: dict[str, list[tuple[int, int]]] = {}  # pack name -> byte ranges held
+        self._spooling: set[int] = set()  # epochs committed in the mirror, not yet in S3
         self.page_size = self._open_header(create, page_size)
         self._dir = tempfile.mkdtemp(prefix="memckpt-s3-", dir=spool_dir)
         self._finalizer = weakref.finalize(self, shutil.rmtree, self._dir, True)
@@ -138,7 +139,7 @@ class S3Store(_S3Writing):
         with self._lock:
             have = {e for e in map(fmt.parse_manifest_name, os.listdir(self._local.path))
                     if e is not None}
-            for gone in have.difference(nums):
+            for gone in have.difference(nums).difference(self._spooling):
                 os.unlink(self._mpath(fmt.manifest_name(gone)))
             if fetch_all:
                 todo = [e for e in nums if e not in have]

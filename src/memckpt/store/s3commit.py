@@ -89,8 +89,15 @@ class S3EpochWriter:
         """Spool the epoch (the local writer's commit into the mirror), then
         publish it: data objects, then the manifest with a conditional PUT.
         The returned EpochInfo's total_s runs until the manifest PUT returned."""
-        info = self._w.commit(**kw)
-        out = self._s3._publish(info)
+        s3 = self._s3
+        with s3._lock:  # a refresh meanwhile must not drop the spooled manifest
+            s3._spooling.add(self.epoch)
+        try:
+            info = self._w.commit(**kw)
+            out = s3._publish(info)
+        finally:
+            with s3._lock:
+                s3._spooling.discard(self.epoch)
         self._committed = True
         return out
 
@@ -166,19 +173,29 @@ class _S3Writing:
                     self._unspool(epoch, doc, list(names.values()))
                     raise
             durable_s = time.perf_counter() - t0
-            # the mirror: the spool's files under their S3 names, the S3 manifest
-            for ext in local:
-                os.rename(s3._mpath(local[ext]), s3._mpath(names[ext]))
-            pack = names["pack"]
-            size = doc["files"]["pack"]["size"]
-            if not s3.keep_local:
-                os.truncate(s3._mpath(pack), 0)  # sparse again: fetched on demand
-                os.truncate(s3._mpath(pack), size)
-            with s3._ranges_lock:
-                s3._fetched[pack] = [(0, size)] if s3.keep_local else []
-            s3._put_local(name, raw)
+            # committed: from here on nothing may raise (the epoch exists in S3)
+            try:
+                self._mirror_committed(epoch, doc, local, names, raw)
+            except OSError:  # the mirror is a cache: forget the epoch there, fetch it later
+                self._unspool(epoch, doc, [])
         out = _info_from(fmt.load_document(raw, where=name, fmt=fmt.EPOCH_FORMAT))
         return dataclasses.replace(out, total_s=info.total_s + durable_s)
+
+    def _mirror_committed(self, epoch: int, doc: dict[str, Any], local: dict[str, str],
+                          names: dict[str, str], raw: bytes) -> None:
+        """The mirror after a commit: the spool's files under their S3 names,
+        the S3 manifest in place of the spool's."""
+        s3: S3Store = self  # type: ignore[assignment]
+        for ext in local:
+            os.rename(s3._mpath(local[ext]), s3._mpath(names[ext]))
+        pack = names["pack"]
+        size = doc["files"]["pack"]["size"]
+        if not s3.keep_local:
+            os.truncate(s3._mpath(pack), 0)  # sparse again: fetched on demand
+            os.truncate(s3._mpath(pack), size)
+        with s3._ranges_lock:
+            s3._fetched[pack] = [(0, size)] if s3.keep_local else []
+        s3._put_local(fmt.manifest_name(epoch), raw)
 
     def _landed(self, name: str, raw: bytes) -> bool:
         s3: S3Store = self  # type: ignore[assignment]
