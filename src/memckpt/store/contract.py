@@ -9,7 +9,7 @@ holds Store and EpochWriter to: see the end of local.py):
                                            # creating is race-free across processes (under the lock)
                                            # (optional: page_size=N for a new store; default: the
                                            # system's page size; an existing store keeps its own)
-    store.path                             # pathlib.Path
+    store.path                             # pathlib.Path (an S3Store's: its s3:// URL, a str)
     store.page_size                        # int, from the store header
     store.epochs() -> list[EpochInfo]      # committed epochs, ascending by number
     store.epoch_numbers() -> list[int]     # their numbers, from file names alone (reads no manifest)
