@@ -66,6 +66,19 @@ class S3EpochWriter:
     def add_pages_from(self, base: Any, page_numbers: Any) -> None:
         self._w.add_pages_from(base, page_numbers)
 
+    threads = property(lambda self: self._w.threads)
+    compress = property(lambda self: self._w.compress)
+
+    # a pause's pages written in C into the spool (the local writer's own)
+    def native_writer(self) -> int:
+        return int(self._w.native_writer())
+
+    def added_natively(self, pages: Any, error: OSError | None = None) -> None:
+        self._w.added_natively(pages, error)
+
+    def take_back(self) -> None:
+        self._w.take_back()
+
     def external_target(self) -> tuple[int, int, bytes, int, bytes]:
         return self._w.external_target()  # type: ignore[no-any-return]
 
