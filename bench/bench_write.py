@@ -18,13 +18,22 @@ machine's noise falls on every method alike:
 - ``epoch ... from array``: begin, add_pages_from(the array's pages), commit:
   no staging copy.
 
-The epochs run with 1, 2 and all the CPUs available (threads=). Every epoch is
+- ``Checkpointer ..., first epoch``: what a user sees: a new Checkpointer
+  over an arena holding the array (the array copied into it once, untimed),
+  its first checkpoint() until result() (durable), in modes copy (whose full
+  epochs a fork() child writes, when the arena is most of the process),
+  sync (every page written in the pause, from the arena, with the writer's
+  threads) and fork.
+- ``Checkpointer ..., a later full``: the same Checkpointer's second
+  checkpoint with full_every=1 (a full epoch again: full_every, rebasing).
+
+The store's own epochs run with 1, 2 and all the CPUs available (threads=). Every epoch is
 checked outside the timing: its counts say every page was stored, and a
 verify() of the store (every page digest, every file digest) passes once per
 size and method. Times are medians (and minimums) over the rounds; ratios
-are between medians of the same run. CPU time is what the process used
-during the method, all threads, user and system (with the deletion of its
-file after it): on a machine others share, what the method needs of the
+are between medians of the same run. CPU time is what the process (and its
+fork children) used during the method, all threads, user and system (with
+the deletion of its file after it): on a machine others share, what the method needs of the
 CPUs is steadier than its wall time. Each round runs every method once,
 starting one method later than the round before.
 
@@ -49,6 +58,7 @@ from typing import Callable
 
 import numpy as np
 
+import memckpt
 from memckpt.store import Store
 
 try:
@@ -141,6 +151,35 @@ def epoch(a: np.ndarray, d: Path, threads: int, staging: np.ndarray | None,
     return dt
 
 
+PAUSES: dict[str, list[float]] = {}
+
+
+def checkpointer_full(arena: memckpt.Arena, d: Path, mode: str, later: bool, name: str,
+                      check: bool) -> float:
+    """A new Checkpointer's first epoch (or, later: its second, full_every=1),
+    until durable; its pause_s goes to PAUSES[name]."""
+    sp = d / "ck"
+    shutil.rmtree(sp, ignore_errors=True)
+    with memckpt.Checkpointer(arena, sp, mode=mode, full_every=1 if later else None) as ck:
+        if later:
+            ck.checkpoint().result()
+        t = time.perf_counter()
+        p = ck.checkpoint()
+        info = p.result()
+        dt = time.perf_counter() - t
+    if info.kind != "full":
+        raise AssertionError(f"{name}: epoch {info.epoch} is {info.kind}")
+    if check:
+        with memckpt.restore(sp) as got:
+            if not np.array_equal(np.frombuffer(got.buffer(), np.uint8),
+                                  np.frombuffer(arena.buffer(), np.uint8)):
+                raise AssertionError(f"{name}: the restore differs from the arena")
+    else:
+        PAUSES.setdefault(name, []).append(info.pause_s)
+    shutil.rmtree(sp)
+    return dt
+
+
 def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float, float, float]]:
     a = np.random.default_rng(mib).random((mib << 20) // 8)
     a[a == 0] = 0.5  # no zero word: no page can be all zero
@@ -161,6 +200,13 @@ def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float, float, fl
                         lambda c, t=t: epoch(a, d, t, staging, c)))
     if _writer is None:
         methods.append(("epoch, staged (Python writer)", lambda c: epoch(a, d, 1, staging, c)))
+    arena = memckpt.Arena(mib << 20)
+    arena.array("a", a.shape, a.dtype)[:] = a
+    for mode in ("copy", "sync", "fork"):
+        for later in (False, True):
+            name = f"Checkpointer {mode}, {'a later full' if later else 'first epoch'}"
+            methods.append((name, lambda c, m=mode, l=later, n=name:
+                            checkpointer_full(arena, d, m, l, n, c)))
     times: dict[str, list[float]] = {name: [] for name, _ in methods}
     for name, fn in methods:  # a warm-up round each, checked, untimed
         fn(True)
@@ -172,14 +218,16 @@ def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float, float, fl
             c0 = _cpu_s()
             times[name].append(fn(False))
             cpu[name].append(_cpu_s() - c0)  # includes the untimed cleanup (unlink)
+    arena.close()
     return [(name, statistics.median(v), min(v), statistics.median(cpu[name]))
             for name, v in times.items()]
 
 
 def _cpu_s() -> float:
-    """CPU seconds this process used so far, all its threads, user and system."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+    """CPU seconds this process used so far, all its threads, user and system,
+    and its children reaped so far (mode fork's, which write the pages)."""
+    return sum(ru.ru_utime + ru.ru_stime for ru in (resource.getrusage(resource.RUSAGE_SELF),
+                                                    resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def table(mib: int, rows: list[tuple[str, float, float, float]], rounds: int, load0: float) -> str:
@@ -195,6 +243,12 @@ def table(mib: int, rows: list[tuple[str, float, float, float]], rounds: int, lo
         gbs = (mib << 20) / t / 1e9
         out.append(f"| {name} | {t * 1e3:.0f} ms | {lo * 1e3:.0f} ms | {gbs:.2f} | {c * 1e3:.0f} ms | "
                    f"{t / npsave:.2f}× | {t / floor:.2f}× |")
+    if PAUSES:
+        out += ["", "| Checkpointer | pause_s (median) | × np.save + fsync |", "|---|---:|---:|"]
+        for name, v in PAUSES.items():
+            out.append(f"| {name} | {statistics.median(v) * 1e3:.1f} ms | "
+                       f"{statistics.median(v) / npsave:.3f}× |")
+        PAUSES.clear()
     return "\n".join(out)
 
 

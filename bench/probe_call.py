@@ -37,7 +37,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d, \
                 memckpt.Checkpointer(arena, os.path.join(d, "s"), mode=MODE) as ck:
             ck.checkpoint().result()
-            wrap(ck._head, "next_kind", "next kind (store.info of the parent)")
+            wrap(ck._head, "next_kind", "next kind")
             wrap(ck._store, "begin", "store.begin()")
             wrap(ck._capturer, "capture", "capture (the pause, and the Python around it)")
             wrap(ck._inflight, "launch", "hand-off to the persist thread")

@@ -1,7 +1,8 @@
 /* epoch_writer.c: an epoch's pages into its pack and index, with threads.
  *
  * An add runs in windows of about 8 MiB of pages. Each window goes through
- * DIGEST (zero test and BLAKE3 of each page: tasks, in parallel), PLACE
+ * DIGEST (zero test and BLAKE3 of each page, and in a compressed epoch its
+ * zstd or lz4 image: tasks, in parallel), PLACE
  * (dedup and offsets, in page order: one thread, cheap), WRITE and HASH
  * (pwritev of the new pages' runs; the 64 KiB subtrees of the pack's own
  * digest: tasks, in parallel) and ABSORB (the subtrees' chaining values into
@@ -30,6 +31,7 @@
 
 #include "epoch_writer.h"
 #include "internal.h"
+#include "page_codec.h"
 
 #define EW_WINDOW_BYTES ((size_t)8 << 20)
 #define EW_DIGEST_TASK_BYTES ((size_t)256 << 10)
@@ -61,6 +63,10 @@ struct mck_ew {
 	uint64_t stored, dedup, zero;
 	uint64_t next_page;   /* every page added from here on is >= this */
 	uint8_t *gather;      /* 64 KiB for the serial hashing */
+	unsigned compress;    /* 0, MCK_PAGE_ZSTD or MCK_PAGE_LZ4 */
+	int level;
+	size_t cbound;        /* room for one encoded page */
+	struct mck_encoder **enc; /* one a thread (tid), made on first use */
 };
 
 enum ew_task_kind { T_DIGEST, T_WRITE, T_HASH };
@@ -81,6 +87,11 @@ struct ew_slot {
 	size_t lo, hi;          /* its entries (page i of the add is entry i) */
 	uint8_t *digests;       /* 32 bytes an entry */
 	uint8_t *nonzero;       /* 1 byte an entry */
+	/* a compressed epoch: each nonzero entry's image (clen 0: stored raw),
+	 * packed a DIGEST task after another, at coff in cbuf */
+	uint8_t *cbuf;
+	uint32_t *clen;
+	size_t *coff;
 	struct ew_task *tasks;
 	size_t ntasks;
 	size_t next;            /* the first task not claimed */
@@ -155,6 +166,20 @@ int mck_ew_open(const struct mck_ew_config *cfg, struct mck_ew **out)
 	w->threads = cfg->threads > 0 ? (cfg->threads > EW_MAX_THREADS ? EW_MAX_THREADS : cfg->threads)
 				      : mck_cpus_available();
 	w->flags = cfg->flags;
+	if (cfg->compress) {
+		if (cfg->compress & ~mck_codec_flags() || (cfg->compress & (cfg->compress - 1))) {
+			mck_ew_close(w);
+			return -ENOTSUP;
+		}
+		w->compress = cfg->compress;
+		w->level = cfg->level;
+		w->cbound = mck_encode_bound(cfg->compress, ps);
+		w->enc = calloc((size_t)w->threads, sizeof(*w->enc));
+		if (!w->enc) {
+			mck_ew_close(w);
+			return -ENOMEM;
+		}
+	}
 	mck_blake3_init(&w->h);
 	mck_blake3_update(&w->h, cfg->pack_header, cfg->pack_header_len);
 	w->pack_end = w->hashed = cfg->pack_header_len;
@@ -171,6 +196,10 @@ void mck_ew_close(struct mck_ew *w)
 	free(w->recs);
 	free(w->table.slots);
 	free(w->gather);
+	if (w->enc)
+		for (int t = 0; t < w->threads; t++)
+			mck_encoder_close(w->enc[t]);
+	free(w->enc);
 	free(w);
 }
 
@@ -281,7 +310,32 @@ static uint64_t row_of(const struct ew_call *c, size_t i)
 	return c->rows ? c->rows[i] : i;
 }
 
-static int run_digest(struct ew_call *c, struct ew_slot *s, const struct ew_task *t)
+/* A compressed epoch: encode the task's nonzero pages (their slot-relative
+ * entries at[], rows rows[]) one after another into the task's part of cbuf. */
+static int run_encode(struct ew_call *c, struct ew_slot *s, const struct ew_task *t, int tid,
+		      const uint64_t *rows, const size_t *at, size_t k)
+{
+	struct mck_ew *w = c->w;
+	size_t ps = w->ps, pos = (t->lo - s->lo) * w->cbound;
+
+	if (!w->enc[tid]) {
+		int rc = mck_encoder_open(w->compress, w->level, &w->enc[tid]);
+
+		if (rc < 0)
+			return rc;
+	}
+	for (size_t j = 0; j < k; j++) {
+		size_t len = mck_encode_page(w->enc[tid], c->base + rows[j] * ps, ps, s->cbuf + pos,
+					     w->cbound);
+
+		s->clen[at[j]] = (uint32_t)len;
+		s->coff[at[j]] = pos;
+		pos += len;
+	}
+	return 0;
+}
+
+static int run_digest(struct ew_call *c, struct ew_slot *s, const struct ew_task *t, int tid)
 {
 	uint64_t rows[EW_DIGEST_TASK_MAX];
 	size_t at[EW_DIGEST_TASK_MAX], k = 0, ps = c->w->ps;
@@ -301,7 +355,7 @@ static int run_digest(struct ew_call *c, struct ew_slot *s, const struct ew_task
 		mck_blake3_pages_at(c->base, ps, rows, k, out);
 	for (size_t j = 0; j < k; j++)
 		memcpy(s->digests + 32 * at[j], out + 32 * j, 32);
-	return 0;
+	return c->w->compress ? run_encode(c, s, t, tid, rows, at, k) : 0;
 }
 
 static int run_write(struct ew_call *c, const struct ew_task *t)
@@ -349,7 +403,7 @@ static int run_hash(struct ew_call *c, struct ew_slot *s, const struct ew_task *
 static int run_task(struct ew_call *c, struct ew_slot *s, const struct ew_task *t, int tid)
 {
 	if (t->kind == T_DIGEST)
-		return run_digest(c, s, t);
+		return run_digest(c, s, t, tid);
 	if (t->kind == T_WRITE)
 		return run_write(c, t);
 	return run_hash(c, s, t, tid);
@@ -411,21 +465,28 @@ static void place_window(struct ew_call *c, struct ew_slot *s)
 				mck_zero_record(&w->recs[w->nrec++], page, w->zero_digest);
 			continue;
 		}
-		if (!mck_place_page(&w->table, w->recs, w->nrec++, page,
-				    s->digests + 32 * (i - s->lo), ps, &w->pack_end)) {
+		/* the bytes stored: the page's image if it shrank, else the page */
+		uint32_t len = w->compress ? s->clen[i - s->lo] : 0;
+		uint8_t *p = len ? s->cbuf + s->coff[i - s->lo]
+				 : (uint8_t *)c->base + row_of(c, i) * ps;
+
+		if (!len)
+			len = (uint32_t)ps;
+		if (!mck_place_stored(&w->table, w->recs, w->nrec++, page,
+				      s->digests + 32 * (i - s->lo), len,
+				      len < ps ? w->compress : 0, &w->pack_end)) {
 			w->dedup++;
 			continue;
 		}
 		w->stored++;
-		uint8_t *p = (uint8_t *)c->base + row_of(c, i) * ps;
 		struct iovec *last = c->nseg ? &c->segs[c->nseg - 1] : NULL;
 
 		if (last && c->nseg > c->sealed && (uint8_t *)last->iov_base + last->iov_len == p &&
-		    last->iov_len + ps <= MCK_IOV_CAP) {
-			last->iov_len += ps;
+		    last->iov_len + len <= MCK_IOV_CAP) {
+			last->iov_len += len;
 		} else {
 			c->segs[c->nseg].iov_base = p;
-			c->segs[c->nseg++].iov_len = ps;
+			c->segs[c->nseg++].iov_len = len;
 		}
 	}
 	c->wcur.cnt = c->hcur.cnt = c->nseg;
@@ -656,6 +717,13 @@ static int call_alloc(struct ew_call *c)
 		s->cvs = malloc(c->cv_cap * 32);
 		if (!s->digests || !s->nonzero || !s->tasks || !s->cvs)
 			return -ENOMEM;
+		if (c->w->compress) {
+			s->cbuf = malloc(c->win * c->w->cbound);
+			s->clen = malloc(c->win * sizeof(*s->clen));
+			s->coff = malloc(c->win * sizeof(*s->coff));
+			if (!s->cbuf || !s->clen || !s->coff)
+				return -ENOMEM;
+		}
 	}
 	return 0;
 }
@@ -669,6 +737,9 @@ static void call_free(struct ew_call *c)
 		free(c->slot[k].nonzero);
 		free(c->slot[k].tasks);
 		free(c->slot[k].cvs);
+		free(c->slot[k].cbuf);
+		free(c->slot[k].clen);
+		free(c->slot[k].coff);
 	}
 }
 

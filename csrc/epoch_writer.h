@@ -27,6 +27,9 @@ struct mck_ew_config {
 	size_t pack_header_len;
 	int threads;          /* <= 0: the CPUs this process may run on */
 	unsigned flags;       /* enum mck_ew_flags */
+	unsigned compress;    /* 0, or MCK_PAGE_ZSTD / MCK_PAGE_LZ4: each page stored as its
+			       * image when that is smaller (-ENOTSUP: not in this build) */
+	int level;            /* zstd's level */
 };
 
 struct mck_ew_stats {

@@ -75,20 +75,30 @@ uint64_t mck_dedup_find_or_add(struct mck_dedup *t, const struct mck_idx_record 
 bool mck_place_page(struct mck_dedup *t, struct mck_idx_record *recs, uint64_t r, uint64_t page,
 		    const uint8_t d[32], size_t page_size, uint64_t *pack_end)
 {
+	return mck_place_stored(t, recs, r, page, d, (uint32_t)page_size, 0, pack_end);
+}
+
+bool mck_place_stored(struct mck_dedup *t, struct mck_idx_record *recs, uint64_t r,
+		      uint64_t page, const uint8_t d[32], uint32_t length, uint32_t flags,
+		      uint64_t *pack_end)
+{
 	struct mck_idx_record *rec = &recs[r];
 	uint64_t first;
 
 	rec->page = page;
-	rec->length = (uint32_t)page_size;
-	rec->flags = 0;
+	rec->length = length;
+	rec->flags = flags;
 	memcpy(rec->digest, d, 32);
 	first = mck_dedup_find_or_add(t, recs, r, d);
 	if (first != r) {
+		/* the first page's stored bytes, as they were stored */
 		rec->offset = recs[first].offset;
+		rec->length = recs[first].length;
+		rec->flags = recs[first].flags;
 		return false;
 	}
 	rec->offset = *pack_end;
-	*pack_end += page_size;
+	*pack_end += length;
 	return true;
 }
 

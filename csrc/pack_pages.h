@@ -51,6 +51,12 @@ uint64_t mck_dedup_find_or_add(struct mck_dedup *t, const struct mck_idx_record 
  * else stored at *pack_end (which grows by page_size). True if stored. */
 bool mck_place_page(struct mck_dedup *t, struct mck_idx_record *recs, uint64_t r, uint64_t page,
 		    const uint8_t d[32], size_t page_size, uint64_t *pack_end);
+/* The same for a page stored as `length` bytes with `flags` (a compressed
+ * image: MCK_PAGE_ZSTD or MCK_PAGE_LZ4; or raw: page_size, 0); a dedup hit
+ * takes the first page's offset, length and flags. */
+bool mck_place_stored(struct mck_dedup *t, struct mck_idx_record *recs, uint64_t r,
+		      uint64_t page, const uint8_t d[32], uint32_t length, uint32_t flags,
+		      uint64_t *pack_end);
 /* Fill *rec as the ZERO record of page. */
 void mck_zero_record(struct mck_idx_record *rec, uint64_t page, const uint8_t zero_digest[32]);
 

@@ -1,6 +1,7 @@
-/* page_codec.c: decoding one stored page image (see page_codec.h). A page
- * decodes to exactly one page or it is damage: a frame that claims another
- * size is refused before anything is allocated or written past the page. */
+/* page_codec.c: decoding one stored page image, and encoding one (see
+ * page_codec.h). A page decodes to exactly one page or it is damage: a frame
+ * that claims another size is refused before anything is allocated or
+ * written past the page. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,4 +131,93 @@ int mck_codec_decode(struct mck_codec *c, unsigned flags, const void *src, size_
 #endif
 	snprintf(why, whylen, "no decoder for page flags %#x in this build", flags);
 	return -ENOTSUP;
+}
+
+/* ---- encoding (the epoch writer's threads: one encoder each) ------------------ */
+
+struct mck_encoder {
+	unsigned flags;
+#ifdef MCK_HAVE_ZSTD
+	ZSTD_CCtx *zstd;
+#endif
+};
+
+size_t mck_encode_bound(unsigned flags, size_t page_size)
+{
+	(void)flags;
+#ifdef MCK_HAVE_ZSTD
+	if (flags == MCK_PAGE_ZSTD)
+		return ZSTD_compressBound(page_size);
+#endif
+#ifdef MCK_HAVE_LZ4
+	if (flags == MCK_PAGE_LZ4 && page_size <= (size_t)LZ4_MAX_INPUT_SIZE)
+		return (size_t)LZ4_compressBound((int)page_size);
+#endif
+	return page_size;
+}
+
+int mck_encoder_open(unsigned flags, int level, struct mck_encoder **out)
+{
+	struct mck_encoder *e;
+
+	*out = NULL;
+	if (!(flags & mck_codec_flags()) || (flags & (flags - 1)))
+		return -ENOTSUP;
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	e->flags = flags;
+	(void)level;
+#ifdef MCK_HAVE_ZSTD
+	if (flags == MCK_PAGE_ZSTD) {
+		/* one frame per page that says its size, with no checksum and no
+		 * dictionary id: what the reader (and Python's decoder) expects */
+		e->zstd = ZSTD_createCCtx();
+		if (!e->zstd ||
+		    ZSTD_isError(ZSTD_CCtx_setParameter(e->zstd, ZSTD_c_compressionLevel, level)) ||
+		    ZSTD_isError(ZSTD_CCtx_setParameter(e->zstd, ZSTD_c_contentSizeFlag, 1)) ||
+		    ZSTD_isError(ZSTD_CCtx_setParameter(e->zstd, ZSTD_c_checksumFlag, 0)) ||
+		    ZSTD_isError(ZSTD_CCtx_setParameter(e->zstd, ZSTD_c_dictIDFlag, 0))) {
+			mck_encoder_close(e);
+			return -ENOMEM;
+		}
+	}
+#endif
+	*out = e;
+	return 0;
+}
+
+void mck_encoder_close(struct mck_encoder *e)
+{
+	if (!e)
+		return;
+#ifdef MCK_HAVE_ZSTD
+	ZSTD_freeCCtx(e->zstd);
+#endif
+	free(e);
+}
+
+size_t mck_encode_page(struct mck_encoder *e, const void *src, size_t page_size, void *dst,
+		       size_t cap)
+{
+	size_t got = 0;
+
+	(void)src, (void)dst, (void)cap;
+#ifdef MCK_HAVE_ZSTD
+	if (e->flags == MCK_PAGE_ZSTD) {
+		got = ZSTD_compress2(e->zstd, dst, cap, src, page_size);
+		if (ZSTD_isError(got))
+			got = 0;
+	}
+#endif
+#ifdef MCK_HAVE_LZ4
+	if (e->flags == MCK_PAGE_LZ4 && page_size <= (size_t)LZ4_MAX_INPUT_SIZE &&
+	    cap <= (size_t)LZ4_MAX_INPUT_SIZE) {
+		int n = LZ4_compress_default(src, dst, (int)page_size, (int)cap);
+
+		got = n > 0 ? (size_t)n : 0;
+	}
+#endif
+	/* a page that does not shrink is stored raw */
+	return got < page_size ? got : 0;
 }

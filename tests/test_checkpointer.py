@@ -1,4 +1,5 @@
 """Checkpointer and restore, table-driven over the available backends."""
+import errno
 import json
 import os
 import subprocess
@@ -361,10 +362,13 @@ class FailingStore:
         outer = self
 
         class W:
-            epoch = w.epoch
+            epoch, threads, compress = w.epoch, w.threads, w.compress
 
             def add_pages(self, *a):
                 raise OSError(28, "No space left on device (injected)")
+
+            def native_writer(self):  # no C writer: its pages come through add_pages
+                return 0
 
             def abort(self):
                 w.abort()
@@ -401,6 +405,40 @@ def test_a_failed_epoch_carries_its_pages_to_the_next(arena, tmp_path):
     assert_restores(fs, e2.epoch, s2)
 
 
+class FullDiskStore(FailingStore):
+    """Its next epoch's pack is /dev/full: the C writer's write in the pause fails."""
+
+    def begin(self, **kw):
+        w = self._s.begin(**kw)
+        if self.fail:
+            self.fail = False
+            fd = os.open("/dev/full", os.O_WRONLY)
+            os.dup2(fd, w._pack_fd)
+            os.close(fd)
+        return w
+
+
+@pytest.mark.parametrize("mode,staging", [("sync", None), ("copy", 0)])
+def test_a_write_failing_in_the_pause_carries_its_pages_to_the_next(arena, tmp_path, mode, staging):
+    rng = np.random.default_rng(11)
+    pages = pages_of(arena)
+    fs = FullDiskStore(memckpt.Store(tmp_path / "s", create=True))
+    with memckpt.Checkpointer(arena, fs, mode=mode, staging=staging) as ck:
+        e1 = ck.checkpoint().result()
+        write(pages, [10, 11], rng)
+        fs.fail = True
+        with pytest.raises(OSError, match="epoch 2 to store .*not committed") as exc:
+            ck.checkpoint().result()
+        assert exc.value.errno == errno.ENOSPC
+        assert ck.head == e1.epoch and fs.latest() == e1.epoch
+        write(pages, [12], rng)
+        e2 = ck.checkpoint().result()
+        assert (e2.parent, e2.pages_dirty) == (e1.epoch, 3)
+        assert e2.extra["pages_in_pause"] == 3
+        s2 = snapshot(arena)
+    assert_restores(fs, e2.epoch, s2)
+
+
 def test_a_failed_capture_or_full_epoch_keeps_the_written_pages(arena, tmp_path, monkeypatch):
     rng = np.random.default_rng(10)
     pages = pages_of(arena)
@@ -428,6 +466,13 @@ def test_lifetime_and_errors(tmp_path):
     arena = make_arena()
     with pytest.raises(ValueError, match="compress"):
         memckpt.Checkpointer(arena, tmp_path / "s", compress="gzip")
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="threads must be a positive int"):
+            memckpt.Checkpointer(arena, tmp_path / "s", threads=bad)
+    with memckpt.Checkpointer(arena, tmp_path / "t", threads=1) as ck:
+        assert ck.checkpoint().result().extra["writer_threads"] == 1
+    with memckpt.Checkpointer(arena, tmp_path / "t") as ck:  # default: the CPUs available
+        assert ck.checkpoint().result().extra["writer_threads"] == len(os.sched_getaffinity(0))
     with pytest.raises(ValueError, match="full_every"):
         memckpt.Checkpointer(arena, tmp_path / "s", full_every=0)
     with pytest.raises(TypeError):
@@ -513,3 +558,31 @@ def test_restore_of_a_sparse_arena_stays_sparse(tmp_path):
     resident = _core.pagemap_scan_count(got.address, got.nbytes, PAGE_IS_PRESENT)
     assert resident <= 16, f"{resident} pages resident after restoring 10"
     assert (got.arrays()["d"][np.arange(10) * 4096] == np.arange(1, 11)).all()
+
+
+@pytest.mark.parametrize("full_every", [None, 1])
+def test_a_head_retired_by_a_prune_makes_the_next_epoch_full(tmp_path, full_every):
+    """The next epoch's parent is checked by the store's begin() (one lstat):
+    a head another process pruned (here: after a rollback to it) makes the
+    next epoch full, with no parent, instead of an error."""
+    arena = make_arena()
+    pages = pages_of(arena)
+    rng = np.random.default_rng(21)
+    with memckpt.Checkpointer(arena, tmp_path / "s", full_every=full_every) as ck:
+        e1 = ck.checkpoint().result()
+        write(pages, [1], rng)
+        ck.checkpoint().result()
+        write(pages, [2], rng)
+        e3 = ck.checkpoint().result()
+        ck.rollback(e1.epoch)
+        with memckpt.Store(tmp_path / "s") as other:  # another writer: an external prune
+            removed = other.prune(keep_last=1, rebase=True)
+        assert e1.epoch in removed
+        write(pages, [3], rng)
+        e4 = ck.checkpoint().result()
+        want = snapshot(arena)
+    assert (e4.kind, e4.parent, e4.epoch) == ("full", None, e3.epoch + 1)
+    with memckpt.Store(tmp_path / "s") as st:
+        assert_restores(st, e4.epoch, want)
+    del pages
+    arena.close()

@@ -14,6 +14,7 @@ the epoch's pack and index from its copy-on-write image.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import shutil
@@ -503,3 +504,73 @@ def test_full_epoch_with_fewer_pages_than_an_earlier_one(tmp_path, backend):
             store.read_into(info.epoch, got)
             assert np.array_equal(got, content)
 
+
+
+# -- mode copy takes its full epochs by fork (capture/copy.py: CopyMode._by_fork) ----------
+
+def test_copy_mode_takes_full_epochs_by_fork(arena, tmp_path, monkeypatch):
+    pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+    fill(np.random.default_rng(16), pv)
+    # the fixture's arena is far smaller than this process: by default a
+    # staging copy is cheaper than the fork, and mode copy stages
+    with memckpt.Checkpointer(arena, tmp_path / "small") as ck:
+        e = ck.checkpoint().result()
+        assert e.kind == "full" and "full_by" not in e.extra and e.extra["staging_bytes"] > 0
+    monkeypatch.setattr(memckpt.capture.copy, "FORK_RSS_RATIO", 10**9)  # as for a big arena
+    with memckpt.Checkpointer(arena, tmp_path / "s", full_every=2) as ck:
+        p = ck.checkpoint()
+        want = [pv.copy()]
+        pv[:] = 0x3A  # the program rewrites every page while the child writes
+        epochs = [p.result()]
+        pv[[3, 7], 5] += 1
+        want.append(pv.copy())
+        epochs.append(ck.checkpoint().result())  # an increment: staged
+        pv[11] = 0
+        want.append(pv.copy())
+        epochs.append(ck.checkpoint().result())  # full_every=2: full, by fork again
+    assert [(e.kind, e.mode, e.extra.get("full_by")) for e in epochs] == [
+        ("full", "copy", "fork"), ("incremental", "copy", None), ("full", "copy", "fork")]
+    for e in (epochs[0], epochs[2]):
+        assert "staging_bytes" not in e.extra and e.extra["child_s"] > 0
+    # the increment: every page, as the program rewrote them all since the fork
+    assert epochs[1].pages_dirty == arena.npages and epochs[1].extra["staging_bytes"] > 0
+    with memckpt.Store(tmp_path / "s") as st:
+        st.verify()
+        for e, w in zip(epochs, want):
+            with memckpt.restore(st, e.epoch) as got:
+                assert np.array_equal(pages_view(got, got.arrays()["a"]), w)
+    # compressed: the child cannot compress, so the full epoch is staged
+    with memckpt.Checkpointer(arena, tmp_path / "z", compress="zstd") as ck:
+        assert "full_by" not in ck.checkpoint().result().extra
+
+
+def test_copy_mode_stages_full_epochs_once_fork_is_refused(arena, tmp_path, monkeypatch):
+    """A fork() refused (EAGAIN, or ENOMEM under strict overcommit) costs no
+    epoch: that epoch is staged in the same checkpoint(), and so is every
+    later full epoch; the manifest says why."""
+    monkeypatch.setattr(memckpt.capture.copy, "FORK_RSS_RATIO", 10**9)
+    pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+    fill(np.random.default_rng(17), pv)
+    calls = []
+
+    def refused(self, carry, full, bufs, incremental, target, scratch):
+        # collect as the real call does (the pages are then the epoch's), then fail the fork
+        calls.append(full)
+        pages, dirty, reported, *_ = self.pause_copy(carry, full, bufs, np.empty((0, PS), np.uint8), 0)
+        return pages, dirty, reported, None, 0.0, 0.0, OSError(
+            errno.EAGAIN, "forking the snapshot child: Resource temporarily unavailable")
+
+    PS = arena.page_size
+    with memckpt.Checkpointer(arena, tmp_path / "s", full_every=1) as ck:
+        monkeypatch.setattr(type(ck.tracker), "pause_fork", refused)
+        before = children()
+        e1 = ck.checkpoint().result()
+        pv[4, 0] ^= 0xFF
+        e2 = ck.checkpoint().result()  # full again (full_every=1): staged, no fork tried
+        assert children() == before
+    assert len(calls) == 1
+    for e in (e1, e2):
+        assert e.kind == "full" and "full_by" not in e.extra
+        assert "Resource temporarily unavailable" in e.extra["fork_refused"]
+    with memckpt.restore(tmp_path / "s", e2.epoch) as got:
+        assert np.array_equal(pages_view(got, got.arrays()["a"]), pv)

@@ -82,9 +82,18 @@ class Writer:
         self._t.join(10)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_every_epoch_is_one_instant_under_a_writer_that_never_pauses(mode, tmp_path):
-    kw = {}
+# beside the four modes as a user picks them: staging smaller than an epoch
+# (mode copy writes the rest in the pause, through the C writer), and the
+# same with compressed pages
+CASES = [(m, {}) for m in MODES] + [
+    ("copy", {"staging": 8 * PS}),
+    ("copy", {"staging": 8 * PS, "compress": "zstd"}),
+    ("sync", {"compress": "lz4"}),
+]
+
+
+@pytest.mark.parametrize("mode,kw", CASES, ids=[m + "".join(f"-{k}" for k in kw) for m, kw in CASES])
+def test_every_epoch_is_one_instant_under_a_writer_that_never_pauses(mode, kw, tmp_path):
     if mode == "background":
         ok, why = memckpt._core.bg_supported(memckpt._core.backend_lookup("uffd-sync"))
         if not ok:

@@ -35,16 +35,19 @@ def _content(seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return first, second, pages
 
 
-def _write(path: Path, threads: int | None, *, from_arena: bool = True) -> Store:
+def _write(path: Path, threads: int | None, *, from_arena: bool = True,
+           compress: str | None = None) -> Store:
     first, second, pages = _content()
+    if compress:  # pages that shrink beside the random ones, which do not
+        first, second = _compressible(first), _compressible(second)
     s = Store(path, create=True, page_size=PS)
-    with s.begin("full", npages=NPAGES, threads=threads) as w:
+    with s.begin("full", npages=NPAGES, threads=threads, compress=compress) as w:
         if from_arena:
             w.add_pages_from(first, np.arange(NPAGES))
         else:
             w.add_pages(np.arange(NPAGES), first)
         w.commit(pages_dirty=NPAGES, pause_s=0.0)
-    with s.begin("incremental", parent=1, npages=NPAGES, threads=threads) as w:
+    with s.begin("incremental", parent=1, npages=NPAGES, threads=threads, compress=compress) as w:
         for part in np.array_split(pages, 3):
             if from_arena:
                 w.add_pages_from(second, part)
@@ -52,6 +55,16 @@ def _write(path: Path, threads: int | None, *, from_arena: bool = True) -> Store
                 w.add_pages(part, second[part])
         w.commit(pages_dirty=len(pages), pause_s=0.0)
     return s
+
+
+def _compressible(state: np.ndarray) -> np.ndarray:
+    """Every third page a run of its page number's bytes: each compresses,
+    to a different image (and page 0's twin, page 3 * k, dedups)."""
+    out = state.copy()
+    rows = np.arange(0, NPAGES, 3)
+    out[rows] = (rows % 251).astype(np.uint8)[:, None]
+    out[rows[1::5], : PS // 2] = 7
+    return out
 
 
 def _data_files(path: Path) -> dict[str, bytes]:
@@ -74,6 +87,38 @@ def test_one_thread_and_many_write_the_same_store(tmp_path):
         s.verify()
         assert np.array_equal(read(s, 1), first)
         assert np.array_equal(read(s, 2), second)
+
+
+@pytest.mark.parametrize("compress", ["zstd", "lz4"])
+def test_compressed_epochs_in_c_are_the_same_for_any_threads(tmp_path, compress):
+    """The C writer compresses (csrc/page_codec.c): the same files for 1 and 4
+    threads; pages that shrink stored as their image, the rest raw; a dedup
+    record points at the first copy's bytes, flags and length; all restore."""
+    from memckpt import _writer
+    if not _writer.codecs() & {"zstd": fmt.FLAG_ZSTD, "lz4": fmt.FLAG_LZ4}[compress]:
+        pytest.skip(f"this build has no {compress} library (compressed in Python)")
+    one = _write(tmp_path / "one", threads=1, compress=compress)
+    many = _write(tmp_path / "many", threads=4, compress=compress)
+    assert _data_files(one.path) == _data_files(many.path)
+    flag = {"zstd": fmt.FLAG_ZSTD, "lz4": fmt.FLAG_LZ4}[compress]
+    first, second, _ = _content()
+    first, second = _compressible(first), _compressible(second)
+    for s in (one, many):
+        s.verify()
+        assert np.array_equal(read(s, 1), first)
+        assert np.array_equal(read(s, 2), second)
+    idx = np.frombuffer(_data_files(one.path)["e00000001-0.idx"][fmt.IDX_HEADER_SIZE:],
+                        dtype=fmt.RECORD_DTYPE)
+    packed = idx[(idx["flags"] & flag) != 0]
+    assert len(packed) > NPAGES // 4 and (packed["length"] < PS).all()
+    assert set(idx["page"][(idx["flags"] & flag) != 0].tolist()) <= set(range(0, NPAGES, 3))
+    raw = idx[idx["flags"] == 0]
+    assert len(raw) and (raw["length"] == PS).all()
+    offs, first_at = np.unique(idx["offset"], return_index=True)
+    for o, i in zip(offs.tolist(), first_at.tolist()):  # every sharer: the same bytes
+        same = idx[idx["offset"] == o]
+        assert (same["length"] == idx["length"][i]).all() and (same["flags"] == idx["flags"][i]).all()
+    assert len(offs) < len(idx)  # there were dedup hits
 
 
 def _reference(state: np.ndarray, pages: np.ndarray, *, epoch: int, incremental: bool,

@@ -10,6 +10,7 @@ Every call that may enter the kernel runs with the GIL released, and every
 from libc.stdint cimport int64_t, uint64_t
 
 cimport memckpt._memckpt as c
+cimport memckpt._epoch_writer as ew
 from memckpt._check cimport check
 
 import errno

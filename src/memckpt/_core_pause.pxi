@@ -64,21 +64,27 @@ cdef tuple _pause_lists(PauseBuffers b, int64_t n, int full, c.mck_pause_out *o)
 
 def pause_copy(Tracker tracker not None, Region region not None, size_t page_size, carry,
                int full, PauseBuffers bufs not None, unsigned char[:, ::1] staging not None,
-               size_t room):
+               size_t room, size_t sink=0):
     """The pause of modes copy and sync: collect (plus ``carry``, the sorted
     pages of a failed epoch; ``full``: 0, or for a full epoch PAUSE_POPULATED
     (the pages that may hold data) or PAUSE_EVERY_PAGE), then
     copy the last ``min(n, room)`` of the epoch's pages into ``staging`` rows
-    0.., all with the GIL held. Returns (pages, dirty, reported, nstaged,
-    held_s): the epoch's pages (sorted), what was collected with the carry,
-    the tracker's own count, how many of the pages' tail are staged (the
-    rest, pages[:len(pages) - nstaged], the caller writes from the arena),
-    and how long the GIL was held from the collect to the end of the copy
-    (no other Python thread ran: the program's pause)."""
+    0.., and, if ``sink`` (the address of an epoch's C writer,
+    PackWriter.address()), add the pages before them to it straight from
+    the region; all with the GIL held (the writer's own threads need no GIL).
+    Returns (pages, dirty, reported, nstaged, nsunk, held_s, error): the
+    epoch's pages (sorted), what was collected with the carry, the tracker's
+    own count, how many of the pages' tail are staged, how many of their
+    head went to the sink (without a sink the caller writes
+    pages[:len(pages) - nstaged] itself), how long the GIL was held from the
+    collect to the end of the copy and the sink's write (no other Python
+    thread ran: the program's pause), and the sink's failure as an OSError
+    (not raised: the pages were collected) or None."""
     cdef c.mck_pause_out o
     cdef int64_t n
-    cdef size_t nstaged
-    cdef const uint64_t *src_pages
+    cdef size_t nstaged, nsunk = 0
+    cdef const uint64_t *all_pages
+    cdef int rc = 0
     cdef double t0, t1
     if staging.shape[1] != page_size or <size_t>staging.shape[0] < room:
         raise ValueError(f"staging must hold {room} pages of {page_size} bytes, "
@@ -86,13 +92,23 @@ def pause_copy(Tracker tracker not None, Region region not None, size_t page_siz
     t0 = _monotonic()
     n = _pause_pages(tracker, region, page_size, carry, full, bufs, &o)
     nstaged = min(<size_t>n, room)
-    src_pages = (&bufs.full[0] if full else &bufs.dirty[0]) + (<size_t>n - nstaged)
+    all_pages = &bufs.full[0] if full else &bufs.dirty[0]
     if nstaged:
-        c.mck_copy_pages(region.r.addr, page_size, src_pages, nstaged, &staging[0, 0])
+        c.mck_copy_pages(region.r.addr, page_size, all_pages + (<size_t>n - nstaged), nstaged,
+                         &staging[0, 0])
+    if sink and <size_t>n > nstaged:
+        nsunk = <size_t>n - nstaged
+        # rows are page numbers: the region's pages, no copy
+        rc = ew.mck_ew_add(<ew.mck_ew *>sink, region.r.addr, region.r.len // page_size,
+                           all_pages, all_pages, nsunk)
     t1 = _monotonic()
     # the instant is over: from here Python may run
     pages, dirty, reported = _pause_lists(bufs, n, full, &o)
-    return pages, dirty, reported, nstaged, t1 - t0
+    err = None
+    if rc < 0:
+        err = OSError(-rc, strerror(-rc).decode())
+        nsunk = 0
+    return pages, dirty, reported, nstaged, nsunk, t1 - t0, err
 
 
 def pause_fork(Tracker tracker not None, Region region not None, size_t page_size, carry,

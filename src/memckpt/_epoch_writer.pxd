@@ -2,6 +2,9 @@
 # for the binding memckpt._writer.
 from libc.stdint cimport uint8_t, uint64_t
 
+cdef extern from "page_codec.h" nogil:
+    unsigned mck_codec_flags()
+
 cdef extern from "epoch_writer.h" nogil:
     enum:
         MCK_IDX_RECORD_SIZE
@@ -27,6 +30,8 @@ cdef extern from "epoch_writer.h" nogil:
         size_t pack_header_len
         int threads
         unsigned flags
+        unsigned compress
+        int level
 
     struct mck_ew_stats:
         uint64_t records

@@ -18,6 +18,12 @@ RECORD_SIZE = c.MCK_IDX_RECORD_SIZE
 NO_EARLY_FLUSH = c.MCK_EW_NO_EARLY_FLUSH
 
 
+def codecs():
+    """The MCK_PAGE_* compression flags this build's writer encodes (and its
+    reader decodes): FLAG_ZSTD, FLAG_LZ4 or both, or 0."""
+    return c.mck_codec_flags()
+
+
 def cpus_available():
     """The CPUs this process may run on (sched_getaffinity): the default thread count."""
     return c.mck_cpus_available()
@@ -36,7 +42,8 @@ cdef class PackWriter:
     cdef readonly size_t page_size
 
     def __cinit__(self, int pack_fd, size_t page_size, uint64_t npages, bint incremental,
-                  bytes pack_header not None, int threads=0, unsigned flags=0):
+                  bytes pack_header not None, int threads=0, unsigned flags=0,
+                  unsigned compress=0, int level=0):
         cdef c.mck_ew_config cfg
         cdef int rc
         cfg.pack_fd = pack_fd
@@ -47,6 +54,8 @@ cdef class PackWriter:
         cfg.pack_header_len = len(pack_header)
         cfg.threads = threads
         cfg.flags = flags
+        cfg.compress = compress
+        cfg.level = level
         with nogil:
             rc = c.mck_ew_open(&cfg, &self.w)
         check(rc, "epoch writer")
@@ -93,6 +102,13 @@ cdef class PackWriter:
         with nogil:
             rc = c.mck_ew_add(self.w, &b[0, 0], nrows, &p[0], rp, n)
         check(rc, "writing pages")
+
+    def address(self):
+        """The C writer's address (struct mck_ew *), for a pause that adds
+        pages in C with the GIL held (_core.pause_copy): valid while this
+        object lives and is not closed."""
+        self._open()
+        return <size_t>self.w
 
     def stats(self):
         """{records, stored, dedup, zero, pack_size, threads}"""

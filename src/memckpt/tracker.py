@@ -106,12 +106,14 @@ class DirtyTracker:
 
     # -- the pause of modes copy, sync and fork (one call: docs/checkpointing.md) ----
     def pause_copy(self, carry: np.ndarray | None, full: int, bufs: Any, staging: np.ndarray,
-                   room: int) -> tuple[np.ndarray, np.ndarray, int, int, float]:
-        """Collect and copy in one instant of every Python thread (``_core.pause_copy``)."""
+                   room: int, sink: int = 0) -> tuple[Any, ...]:
+        """Collect, copy and write in one instant of every Python thread
+        (``_core.pause_copy``; ``sink``: an epoch's C writer, see
+        EpochWriter.native_writer)."""
         self._refuse_in_child("collect")
         with self._lock:
             return _core.pause_copy(self._t, self._arena._region, self._arena.page_size, carry,
-                                    full, bufs, staging, room)
+                                    full, bufs, staging, room, sink)
 
     def pause_fork(self, carry: np.ndarray | None, full: int, bufs: Any, incremental: bool,
                    target: tuple[int, int, bytes, int, bytes], scratch: Any) -> tuple[Any, ...]:

@@ -4,8 +4,9 @@ behind one table (the Python twin of the C backend table in csrc/tracker.c).
 =============  ===============================  ==========================
 mode           module                           C core
 =============  ===============================  ==========================
-``copy``       :mod:`memckpt.capture.copy`      (numpy copies)
-``sync``       :mod:`memckpt.capture.copy`      (numpy copies)
+``copy``       :mod:`memckpt.capture.copy`      ``csrc/pause.c`` (full epochs:
+                                                ``capture_fork.c``)
+``sync``       :mod:`memckpt.capture.copy`      ``csrc/pause.c``
 ``background`` :mod:`memckpt.capture.background` ``csrc/capture_bg.c``
 ``fork``       :mod:`memckpt.capture.fork`      ``csrc/capture_fork.c``
 =============  ===============================  ==========================

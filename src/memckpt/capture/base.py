@@ -10,10 +10,12 @@ rollback) is ``memckpt.checkpoint``'s.
 """
 from __future__ import annotations
 
-import threading
+import contextlib
+import gc
+import queue
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -121,20 +123,32 @@ class CallClock:
     stopped at its return. An asynchronous mode's persist waits for the stop
     before it commits (it comes right after the hand-off), so that the
     manifest records ``call_s``; a caller that waits for the persist (mode
-    "sync") is blocked until durable, which the commit measures itself."""
+    "sync") is blocked until durable, which the commit measures itself.
+
+    stop() runs in the caller's thread, where a signal handler's exception
+    (Ctrl-C) may land between any two bytecodes: it takes no lock (an
+    ``Event.set()`` cut short there left the event's lock held, and the
+    persist waiting for the stop hung for good, as did the exit that waited
+    for the persist: the interrupt fuzz). One ``SimpleQueue.put``, a single
+    C call, says it is done; a stop cut short before it leaves the persist
+    to commit without ``call_s`` after its timeout."""
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.s: float | None = None
-        self._done = threading.Event()
+        self._done: queue.SimpleQueue[bool] = queue.SimpleQueue()
 
     def stop(self) -> float:
-        self.s = time.perf_counter() - self.started
-        self._done.set()
-        return self.s
+        s = self.s = time.perf_counter() - self.started
+        self._done.put(True)
+        return s
 
     def wait(self, timeout: float) -> float | None:
-        self._done.wait(timeout)
+        if self.s is None:
+            try:
+                self._done.get(timeout=timeout)
+            except queue.Empty:
+                pass
         return self.s
 
 
@@ -222,3 +236,17 @@ def abort_quietly(writer: EpochWriterContract) -> None:
         writer.abort()
     except Exception:
         pass
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """No cyclic collection inside a pause: a collection runs finalizers,
+    i.e. Python code, at an allocation, and Python code may hand the
+    interpreter to another thread in the middle of the instant."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -2,42 +2,38 @@
 
 "copy": staging of at most ``staging`` bytes; persist runs on its own thread.
 Pages that do not fit are written in the pause instead (the pause grows,
-memory does not). "sync": the same copy, persisted in the caller, which
-waits until the epoch is durable.
+memory does not). "sync": every page written in the pause, straight from the
+arena, and committed in the caller, which waits until the epoch is durable
+(no staging).
 
-The collect and the copy are one call with the GIL held
-(``_core.pause_copy``): no other Python thread runs between them, so an epoch
-is one instant of every Python writer. The pages beyond ``staging`` are
-written from the arena after that call, with the GIL released: they are of
-the instant only if the program's other threads are stopped (a native thread
-that writes with the GIL released is never stopped: use mode fork or
-background, or quiesce it; docs/checkpointing.md).
+The collect, the copy and the pages written in the pause are one call with
+the GIL held (``_core.pause_copy``, the epoch's C writer as its sink; the
+writer's threads need no GIL): no other Python thread runs between them, so
+an epoch is one instant of every Python writer. A native thread that writes
+with the GIL released is never stopped: use mode fork or background, or
+quiesce it (docs/checkpointing.md). An epoch whose pages the C writer cannot
+take (compressed, in a build without that codec) writes the pages beyond
+``staging`` after the call, with the GIL released: they are of the instant
+only if the program's other threads are stopped; mode sync then stages like
+copy.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
+import os
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..epoch import EpochInfo
-from .base import Capture, Context, Request, abort_quietly, commit
+from .base import Capture, Context, Request, abort_quietly, commit, no_gc
+from .fork import ForkMode, ForkRefused
 
-
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """No cyclic collection inside a pause: a collection runs finalizers,
-    i.e. Python code, at an allocation, and Python code may hand the
-    interpreter to another thread in the middle of the instant."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
+# a full epoch of mode copy is taken by fork() when the process's resident
+# pages are at most this many times the arena's: the fork copies their page
+# tables (~0.1 µs a page here), the staging copy the epoch's pages (~0.7 µs
+# a page, faults included); python bench/probe_fork_pause.py
+FORK_RSS_RATIO = 4
 
 
 class CopyMode:
@@ -46,47 +42,81 @@ class CopyMode:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._spare: np.ndarray | None = None  # a staging buffer kept for the next capture
+        self._forker: ForkMode | None = None   # full epochs, see _by_fork
+        self.fork_refused: str | None = None   # why fork() failed once: full epochs staged since
+
+    def _by_fork(self, req: Request) -> bool:
+        """Whether mode copy takes this epoch by fork(): a full epoch, whose
+        staging copy would hold the whole arena (memory, and a pause of the
+        copy), is written by a child from its copy-on-write image instead, as
+        mode fork does (the pause: the collect and the fork). Only where the
+        child can write it (uncompressed) and the fork costs less than the
+        copy (FORK_RSS_RATIO), and never again after a fork failed."""
+        if self.name != "copy" or req.kind != "full" or req.writer.compress is not None \
+                or self.fork_refused is not None:
+            return False
+        return _resident_pages() <= FORK_RSS_RATIO * self.ctx.npages
+
+    def _fork_full(self, req: Request) -> Capture:
+        if self._forker is None:
+            self._forker = ForkMode(self.ctx)
+        cap = self._forker.capture(req)
+        cap.mode = self.name
+        cap.extra["full_by"] = "fork"
+        return cap
 
     def capture(self, req: Request) -> Capture:
-        """Collect and copy into staging, in one instant of every Python thread
-        (tracker.pause_copy, GIL held): the part of a checkpoint the program
-        waits for. Pages beyond the staging bound are written to the epoch
-        here, in the pause, straight from the arena (see the module docstring)."""
+        """Collect, copy into staging and write what staging cannot hold, in
+        one instant of every Python thread (tracker.pause_copy, GIL held):
+        the part of a checkpoint the program waits for (see the module
+        docstring)."""
         ctx, w, kind = self.ctx, req.writer, req.kind
-        room = ctx.staging_pages
+        if self._by_fork(req):
+            try:
+                return self._fork_full(req)
+            except ForkRefused as exc:  # no child ran: stage this epoch and every later one
+                self.fork_refused = str(exc)
+                w.take_back()
+        sink = w.native_writer()
+        # sync: the caller waits for the epoch anyway, so with a C writer every
+        # page is written in the pause, straight from the arena: no staging
+        room = 0 if sink and self.name == "sync" else ctx.staging_pages
         buf = self._staging(room)  # before the pause: virtual until the copy touches it
         bufs = ctx.pause_buffers()
         carry = ctx.collector.take_carry()
         t0 = time.perf_counter()
         with no_gc():
             try:
-                pages, dirty, reported, nstaged, held_s = ctx.tracker.pause_copy(
-                    carry, ctx.full_flag(kind), bufs, buf, room)
+                pages, dirty, reported, nstaged, nsunk, held_s, err = ctx.tracker.pause_copy(
+                    carry, ctx.full_flag(kind), bufs, buf, room, sink)
             except BaseException:
                 if carry is not None:  # nothing was collected: the carry is still unsaved
                     ctx.collector.give_back(carry)
                 raise
         t1 = time.perf_counter()
         try:
-            overflow = int(pages.size) - nstaged
-            if overflow:
+            if nsunk or err is not None:
+                w.added_natively(pages[:nsunk], err)  # err: aborts, raises it named
+            overflow = int(pages.size) - nstaged - nsunk
+            if overflow:  # no C writer (compressed in Python): after the pause, from the arena
                 src = ctx.pages
                 assert src is not None
-                # the lowest pages go first (the writer takes pages in increasing
-                # order), straight from the arena: no scratch copy
                 w.add_pages_from(src, pages[:overflow])
         except BaseException:
             ctx.collector.give_back(dirty)  # collected, not saved: the next epoch needs them
+            abort_quietly(w)
             raise
         # the program was stopped while the GIL was held, and the caller
-        # while it wrote the pages beyond staging (other threads ran then)
+        # while it wrote the pages beyond staging without a C writer
         pause = held_s + (time.perf_counter() - t1 if overflow else 0.0)
         data = buf[:nstaged]
         extra: dict[str, Any] = {"tracker_reported": reported, "staging_bytes": int(data.nbytes),
-                                 "pages_in_pause": overflow}
+                                 "pages_in_pause": nsunk + overflow, "writer_threads": w.threads}
+        if kind == "full" and self.fork_refused is not None:
+            extra["fork_refused"] = self.fork_refused
         extra.update(ctx.unpopulated(kind, pages))
         return Capture(kind=kind, parent=req.parent, epoch=w.epoch, writer=w,
-                       pages=pages[overflow:], dirty=dirty, data=data,
+                       pages=pages[nsunk + overflow:], dirty=dirty, data=data,
                        pages_dirty=ctx.candidates(kind, pages), pause_s=pause, started=t0,
                        label=req.label, mode=self.name, extra=extra, persist=self.persist, call=req.call,
                        release=lambda: self._recycle(buf, kind, nstaged))
@@ -118,6 +148,17 @@ class CopyMode:
 
     def close(self) -> None:
         self._spare = None
+        if self._forker is not None:
+            self._forker.close()
+
+
+def _resident_pages() -> int:
+    """The process's resident pages (/proc/self/statm), or 0 if unreadable."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class SyncMode(CopyMode):
@@ -130,6 +171,7 @@ def persist_staged(cap: Capture, backend: str, *, caller_waits: bool = False) ->
     """Hand a capture's staged pages to its writer and commit (modes copy,
     sync and background)."""
     w = cap.writer
+    cap.extra["writer_threads"] = w.threads
     try:
         w.add_pages(cap.pages, cap.data)  # whole: the store chunks what it must
         return commit(cap, backend, caller_waits=caller_waits)

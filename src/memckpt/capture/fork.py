@@ -8,9 +8,13 @@ import time
 from typing import Any
 
 from ..epoch import EpochInfo
-from .base import Capture, Context, Request, abort_quietly, commit
-from .copy import no_gc
+from .base import Capture, Context, Request, abort_quietly, commit, no_gc
 from .forksnap import ForkScratch, ForkSnapshot
+
+
+class ForkRefused(OSError):
+    """fork() failed (EAGAIN, ENOMEM under strict overcommit, a sandbox): no
+    child ran, and the pages collected were given back to the collector."""
 
 
 class ForkMode:
@@ -47,7 +51,7 @@ class ForkMode:
                 raise
         if err is not None:
             ctx.collector.give_back(dirty)  # collected, not saved: the next epoch needs them
-            raise err
+            raise ForkRefused(err.errno, err.strerror)
         snap = ForkSnapshot.of_child(w, child, fork_s)
         pause = collect_s + fork_s  # the GIL held throughout: the program was stopped
         extra: dict[str, Any] = {"tracker_reported": reported, "collect_s": collect_s,

@@ -17,8 +17,9 @@ image), ``"background"`` (pages write-protected and copied by a thread),
 
 One epoch is in flight at a time: a checkpoint taken while the previous one
 is still persisting first waits for it (backpressure; ``extra["wait_s"]``).
-Each persist runs on its own non-daemon thread, which ends with the epoch,
-so an interpreter that exits lets the last epoch become durable first.
+Persists run on the checkpointer's persist thread (checkpoint/worker.py: not
+a daemon, so an interpreter that exits lets the last epoch become durable
+first), which waits a few seconds for the next epoch before it ends.
 """
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ class Checkpointer:
     default), ``"fork"``, ``"background"`` or ``"sync"``. ``staging`` bounds
     the bytes mode ``"copy"`` stages per epoch (default: the arena's size,
     i.e. at most one copy of the arena); the dirty pages beyond it are
-    written during the pause instead.
+    written during the pause instead. ``threads``: the threads writing an
+    epoch's pages (default: the CPUs the process may use).
 
     One checkpointer per arena. Each epoch is one instant of every Python
     writer (docs/checkpointing.md: native threads); :meth:`rollback` expects
@@ -87,12 +89,12 @@ class Checkpointer:
                  interval: float | str | None = None, mtbf: float | str | None = None,
                  rpo: float | str | None = None, restart: float | str = 0,
                  mode: str = "copy", staging: int | None = None,
-                 keep_last: int | None = None) -> None:
+                 keep_last: int | None = None, threads: int | None = None) -> None:
         # the interval's arguments first: a mistake there costs no tracker or store
         self._schedule = Schedule(interval, mtbf, rpo, restart)
         if not isinstance(arena, Arena):
             raise TypeError(f"arena must be a memckpt.Arena, not {type(arena).__name__}")
-        check_args(mode, compress, full_every, staging, keep_last)
+        check_args(mode, compress, full_every, staging, keep_last, threads)
         tracker = tracker_for(mode, tracker)
         if arena.closed:
             raise ValueError("the arena is closed")
@@ -100,7 +102,6 @@ class Checkpointer:
         self._store: StoreContract
         self._store, self._owns_store = open_store(store, create=True)
         self._arena = arena
-        self._compress = compress
         self._mode = mode
         self._tracker = DirtyTracker(arena, tracker)
         try:
@@ -109,7 +110,7 @@ class Checkpointer:
             self._tracker.close()
             raise
         self._capturer: CaptureMode = MODES[mode](self._ctx)
-        self._head = Head(self._store, full_every)
+        self._head = Head(self._store, full_every, compress=compress, threads=threads)
         self._retention = Retention(self._store, keep_last)
         self._inflight = InFlight()
         self._lock = threading.RLock()
@@ -126,6 +127,7 @@ class Checkpointer:
         self._let_go()
 
     def _let_go(self) -> None:
+        self._inflight.close()  # the persist thread ends
         self._ctx.pages = None  # lets the arena close
         self._capturer.close()
 
@@ -135,7 +137,7 @@ class Checkpointer:
                interval: float | str | None = None, mtbf: float | str | None = None,
                rpo: float | str | None = None, restart: float | str = 0,
                mode: str = "copy", staging: int | None = None,
-               keep_last: int | None = None) -> Checkpointer:
+               keep_last: int | None = None, threads: int | None = None) -> Checkpointer:
         """Restore ``epoch`` (default: the latest) of ``store`` into a new arena
         and continue checkpointing it: the next epoch is an increment whose
         parent is ``epoch``. The arena is :attr:`arena` (its arrays:
@@ -155,7 +157,8 @@ class Checkpointer:
         """
         return resume(cls, store, epoch, tracker=tracker, compress=compress,
                       full_every=full_every, interval=interval, mtbf=mtbf, rpo=rpo,
-                      restart=restart, mode=mode, staging=staging, keep_last=keep_last)
+                      restart=restart, mode=mode, staging=staging, keep_last=keep_last,
+                      threads=threads)
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -266,10 +269,7 @@ class Checkpointer:
 
     def _capture(self, label: str | None, clock: CallClock) -> Capture:
         """Begin the epoch (before the pause) and take the snapshot the mode takes."""
-        kind, parent = self._head.next_kind()  # store metadata: before the pause, not part of it
-        w = self._store.begin(kind=kind, parent=parent, layout=self._arena.layout(),
-                              page_size=self._arena.page_size, npages=self._arena.npages,
-                              compress=self._compress)
+        w, kind, parent = self._head.begin(self._arena)  # store metadata: before the pause
         w.handed_off = True  # the persist thread finishes it (a prune here waits for it)
         try:
             return self._capturer.capture(Request(kind, parent, label, w, clock))

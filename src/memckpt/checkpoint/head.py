@@ -2,8 +2,13 @@
 and what that says about the next epoch's kind and parent."""
 from __future__ import annotations
 
-from ..errors import MemckptError
-from ..store.contract import StoreContract
+from typing import TYPE_CHECKING
+
+from ..errors import EpochNotFound, MemckptError
+from ..store.contract import EpochWriterContract, StoreContract
+
+if TYPE_CHECKING:
+    from ..arena import Arena
 
 
 class Head:
@@ -11,21 +16,45 @@ class Head:
     None when unknown (then the next epoch must be full and a rollback
     writes every page). ``chain_len``: epochs in its chain, for ``full_every``."""
 
-    def __init__(self, store: StoreContract, full_every: int | None) -> None:
+    def __init__(self, store: StoreContract, full_every: int | None, *,
+                 compress: str | None = None, threads: int | None = None) -> None:
         self._store = store
         self._full_every = full_every
+        self._compress = compress  # what each epoch is begun with
+        self._threads = threads
         self.epoch: int | None = None
         self.chain_len = 0
 
-    def next_kind(self) -> tuple[str, int | None]:
+    def next_kind(self, known: bool = False) -> tuple[str, int | None]:
         """The next epoch's kind and parent. A full epoch's parent is only its
-        lineage (the chain walk stops at it): the epoch the arena held before."""
+        lineage (the chain walk stops at it): the epoch the arena held before.
+        ``known``: take the head epoch as still in the store (begin() checks)."""
         parent = self.epoch
-        if parent is not None and not self._has(parent):
+        if parent is not None and not known and not self._has(parent):
             parent = None  # retired by compaction or pruned: its content is gone
         if parent is None or (self._full_every is not None and self.chain_len >= self._full_every):
             return "full", parent
         return "incremental", parent
+
+    def begin(self, arena: Arena) -> tuple[EpochWriterContract, str, int | None]:
+        """Begin the next epoch of ``arena``: its writer, kind and parent.
+        The store's begin() checks that the parent is still there (one
+        lstat); one that was retired (by a compaction or a prune) makes it
+        a full epoch with no parent, as next_kind() would have."""
+        kind, parent = self.next_kind(known=True)
+        try:
+            w = self._begin(arena, kind, parent)
+        except EpochNotFound:
+            if parent is None or self._has(parent):
+                raise
+            kind, parent = "full", None
+            w = self._begin(arena, kind, parent)
+        return w, kind, parent
+
+    def _begin(self, arena: Arena, kind: str, parent: int | None) -> EpochWriterContract:
+        return self._store.begin(kind=kind, parent=parent, layout=arena.layout(),
+                                 page_size=arena.page_size, npages=arena.npages,
+                                 compress=self._compress, threads=self._threads)
 
     def _has(self, epoch: int) -> bool:
         try:

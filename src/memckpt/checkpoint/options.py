@@ -7,7 +7,8 @@ COMPRESSORS = (None, "zstd", "lz4")
 
 
 def check_args(mode: str, compress: str | None, full_every: int | None,
-                staging: int | None, keep_last: int | None = None) -> None:
+                staging: int | None, keep_last: int | None = None,
+                threads: int | None = None) -> None:
     check_mode(mode, compress)
     if staging is not None and (isinstance(staging, bool) or not isinstance(staging, int)
                                 or staging < 0):
@@ -20,3 +21,7 @@ def check_args(mode: str, compress: str | None, full_every: int | None,
     if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int)
                                   or keep_last < 1):
         raise ValueError(f"keep_last must be a positive int or None, not {keep_last!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ValueError(f"threads must be a positive int or None (the CPUs available), "
+                         f"not {threads!r}")

@@ -3,6 +3,7 @@ returns) and :class:`InFlight` (the count the checkpointer waits on, and the
 persist of a capture with its bookkeeping)."""
 from __future__ import annotations
 
+import functools
 import threading
 import traceback
 import warnings
@@ -11,6 +12,7 @@ from typing import Callable
 from .. import _signals
 from ..capture import Capture
 from ..epoch import EpochInfo
+from .worker import PersistThread
 
 
 class PendingEpoch:
@@ -84,10 +86,17 @@ class InFlight:
         self.count = 0
         self.current: PendingEpoch | None = None
         self.idle = threading.Condition()
+        self._thread = PersistThread()
+
+    def close(self) -> None:
+        """No more epochs: the persist thread ends (at once, if idle)."""
+        self._thread.stop()
 
     def renew_after_fork(self) -> None:
-        """In a child of fork(): a parent's thread may have held the lock."""
+        """In a child of fork(): a parent's thread may have held the lock,
+        and the persist thread is the parent's."""
         self.idle = threading.Condition()
+        self._thread = PersistThread()
 
     def start(self, pending: PendingEpoch) -> None:
         with self.idle:
@@ -114,7 +123,7 @@ class InFlight:
     def launch(self, pending: PendingEpoch, committed: Callable[[EpochInfo, Capture, float], None],
                failed: Callable[[Capture], None], *, here: bool) -> None:
         """Count ``pending`` in flight and persist it: ``here`` (mode "sync":
-        raises its error) or on a thread of its own."""
+        raises its error) or on the persist thread (checkpoint/worker.py)."""
         self.start(pending)
         if here:
             self.persist(pending, committed, failed)
@@ -124,15 +133,11 @@ class InFlight:
             assert pending._info is not None
             pending.pause_s = pending._info.pause_s  # the caller was stopped until durable
             return
-        t = threading.Thread(target=self.persist, args=(pending, committed, failed),
-                             name=f"memckpt-persist-e{pending.epoch}")
-        try:
-            t.start()
-        except RuntimeError:
+        if not self._thread.submit(functools.partial(self.persist, pending, committed, failed)):
             # "can't start new thread": persist here rather than lose the epoch.
-            # Any other exception comes after the thread started, and the
-            # thread persists the epoch: persisting it here too would commit
-            # it twice and count it done twice.
+            # (Any other exception from the start comes after the thread
+            # started, and it persists the epoch: persisting it here too would
+            # commit it twice and count it done twice.)
             self.persist(pending, committed, failed)
 
     def persist(self, pending: PendingEpoch, committed: Callable[[EpochInfo, Capture, float], None],

@@ -18,7 +18,8 @@ def resume(cls: type[Checkpointer], store: StoreLike, epoch: int | None, **kw: A
     """See :meth:`Checkpointer.resume`; ``kw`` are the constructor's options."""
     # before the restore, which may be long
     interval_args(kw["interval"], kw["mtbf"], kw["rpo"], kw["restart"])
-    check_args(kw["mode"], kw["compress"], kw["full_every"], kw["staging"], kw["keep_last"])
+    check_args(kw["mode"], kw["compress"], kw["full_every"], kw["staging"], kw["keep_last"],
+               kw["threads"])
     kw["tracker"] = tracker_for(kw["mode"], kw["tracker"])
     st, owns = open_store(store, create=False)
     if epoch is None:

@@ -38,6 +38,7 @@ holds Store and EpochWriter to: see the end of local.py):
         # writes keeps its head (newest epoch, chains seen whole; store/head.py)
         # while no other writer takes the lock, and lists and walks once when one did
     w.epoch                                # the number this epoch will commit as
+    w.threads                              # the threads writing its pages
     w.add_pages(page_numbers: np.ndarray[uint64], data: np.ndarray[uint8, (n, page_size)])
         # may be called many times, page numbers strictly increasing across calls;
         # elides all-zero pages (in a full epoch: not recorded; in an incremental
@@ -50,6 +51,11 @@ holds Store and EpochWriter to: see the end of local.py):
         # those numbers (base: an arena's pages, C-contiguous): no copy of the pages
         # is made (a compressed epoch copies a bounded chunk at a time). Mixes with
         # add_pages under the same rule of increasing page numbers.
+    w.native_writer() -> int               # the address of the epoch's C writer (struct mck_ew),
+                                           # or 0 (compressed in Python): a pause adds pages to it
+                                           # in C with the GIL held (_core.pause_copy), then calls
+    w.added_natively(pages, error=None)    # with those pages; error: that add's OSError (aborts
+                                           # the epoch, raises it naming epoch, store and file)
     w.commit(*, pages_dirty, pause_s, label=None, tracker=None, mode=None, extra=None,
              started=None) -> EpochInfo
         # fsync pack + index, write manifest tmp, fsync, rename, fsync dir.
@@ -144,6 +150,8 @@ class EpochWriterContract(Protocol):
     """One epoch being written (Store.begin): see the module docstring."""
 
     epoch: int
+    threads: int  # the threads writing its pages (begin(threads=))
+    compress: str | None  # begin(compress=)
     # set by a writer's maker when another thread will finish it (the
     # checkpointer's persist thread): a prune or compaction on the maker's
     # thread then waits for the epoch instead of refusing
@@ -160,11 +168,18 @@ class EpochWriterContract(Protocol):
 
     def abort(self) -> None: ...
 
+    # a pause's pages written in C with the GIL held (modes copy and sync)
+    def native_writer(self) -> int: ...
+
+    def added_natively(self, pages: Any, error: OSError | None = None) -> None: ...
+
     # fork mode: another process writes the epoch's files (see writer.py / external.py)
     def external_target(self) -> tuple[int, int, bytes, int, bytes]: ...
 
     def adopt(self, *, records: int, stored: int, dedup: int, zero: int, pack_size: int,
               idx_size: int, pack_digest: bytes, idx_digest: bytes) -> None: ...
+
+    def take_back(self) -> None: ...
 
     def __enter__(self) -> Any: ...
 

@@ -82,6 +82,17 @@ class _External:
         return (self._pack_fd, self._off, hdr, self._idx_fd,
                 fmt.idx_header(self.epoch, self.page_size, 0))
 
+    def take_back(self) -> None:
+        """The other writer never ran (the fork failed): the epoch is this
+        process's again, as begin() left it, and add_pages() works. The
+        empty index file stays until commit() writes it."""
+        self._check_open()
+        if self._idx_fd is None or self._adopted is not None:
+            raise ValueError(f"epoch {self.epoch}: take_back() is for files handed out "
+                             "(external_target()) and not adopted")
+        fd, self._idx_fd = self._idx_fd, None
+        os.close(fd)
+
     def adopt(self, *, records: int, stored: int, dedup: int, zero: int, pack_size: int,
               idx_size: int, pack_digest: bytes, idx_digest: bytes) -> None:
         """Take the files another writer made of this epoch, after it made them

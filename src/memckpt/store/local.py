@@ -20,6 +20,7 @@ I/O helpers are in io.py, the writer lock in locking.py.
 from __future__ import annotations
 
 import collections
+import copy
 import mmap
 import os
 import threading
@@ -130,13 +131,7 @@ class Store(_Maintenance):
             if compress not in fmt.COMPRESSORS:
                 raise ValueError(f"compress must be None, 'zstd' or 'lz4', not {compress!r}")
             fmt.codec(compress)  # a clear error naming the pip extra, before any file exists
-        layout = _jsonable({} if layout is None else layout, "layout")
-        if not isinstance(layout, dict):
-            raise TypeError(f"layout must be a dict, not {type(layout).__name__}")
-        try:
-            fmt.check_layout(layout, npages=npages, page_size=page_size, where="layout")  # type: ignore[arg-type]
-        except FormatError as exc:
-            raise ValueError(str(exc)) from None
+        layout = self._checked_layout({} if layout is None else layout, npages, page_size)
         if kind == "incremental" and parent is None:
             raise ValueError("an incremental epoch needs a parent")
         if threads is not None and (_index_arg(threads, "threads") < 1):
@@ -167,6 +162,27 @@ class Store(_Maintenance):
         except BaseException:
             lock.release()
             raise
+
+
+    # the layout begin() checked last, as given and as checked: a checkpointer
+    # begins every epoch with the same one, and checking it again costs more
+    # than the rest of begin()'s checks together
+    _layout_seen: tuple[Any, Any, int, int] | None = None
+
+    def _checked_layout(self, given: Any, npages: int, page_size: int) -> dict[str, Any]:
+        seen = self._layout_seen
+        if seen is not None and seen[2:] == (npages, page_size) and type(given) is dict \
+                and given == seen[0]:
+            return seen[1]  # type: ignore[no-any-return]
+        layout = _jsonable(given, "layout")
+        if not isinstance(layout, dict):
+            raise TypeError(f"layout must be a dict, not {type(layout).__name__}")
+        try:
+            fmt.check_layout(layout, npages=npages, page_size=page_size, where="layout")
+        except FormatError as exc:
+            raise ValueError(str(exc)) from None
+        self._layout_seen = (copy.deepcopy(given), layout, npages, page_size)
+        return layout
 
 
 if TYPE_CHECKING:

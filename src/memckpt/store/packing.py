@@ -102,6 +102,26 @@ class _Packing(_External):
         for lo in range(0, len(pages), step):
             self.add_pages(pages[lo:lo + step], base[pages[lo:lo + step]])
 
+    def native_writer(self) -> int:
+        """The address of this epoch's C writer (csrc/epoch_writer.h, struct
+        mck_ew), for a pause that writes pages in C with the GIL held, or 0
+        when the epoch has none (its pages are compressed in Python). After
+        such an add, call :meth:`added_natively` with its pages (and its
+        error, if it failed)."""
+        self._check_open()
+        return int(self._cw.address()) if self._cw is not None else 0
+
+    def added_natively(self, pages: np.ndarray, error: OSError | None = None) -> None:
+        """Account for pages the C writer took outside add_pages (see
+        native_writer); ``pages``: those pages, in the order added. With
+        ``error`` (that add's failure), abort the epoch and raise it naming
+        the epoch, the store and the pack."""
+        if error is not None:
+            self.abort()
+            raise self._where(error, self._pack_name)
+        if len(pages):
+            self._after_c_add(pages)
+
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """Pages going into the pack: any failure aborts the epoch (the pack
@@ -118,6 +138,9 @@ class _Packing(_External):
     def _add_c(self, base: np.ndarray, pages: np.ndarray, rows: np.ndarray | None) -> None:
         with self._writing():
             self._cw.add(base, pages, rows)
+        self._after_c_add(pages)
+
+    def _after_c_add(self, pages: np.ndarray) -> None:
         st = self._cw.stats()
         self._records, self._stored, self._dedup, self._zero = (
             st["records"], st["stored"], st["dedup"], st["zero"])

@@ -62,16 +62,15 @@ class EpochWriter(_Commit):
         self._last_page = -1
         self._records = self._stored = self._dedup = self._zero = 0
         self._compressor: Any = None
-        self._cflag = 0
-        if compress == "zstd":
+        self._cflag = {None: 0, "zstd": fmt.FLAG_ZSTD, "lz4": fmt.FLAG_LZ4}[compress]
+        in_c = not self._cflag or bool(_writer.codecs() & self._cflag)
+        if compress == "zstd" and not in_c:
             self._compressor = fmt.codec("zstd").ZstdCompressor(
                 level=fmt.ZSTD_LEVEL, write_content_size=True, write_checksum=False,
                 write_dict_id=False).compress
-            self._cflag = fmt.FLAG_ZSTD
-        elif compress == "lz4":
+        elif compress == "lz4" and not in_c:
             lz4b = fmt.codec("lz4")
             self._compressor = lambda b: lz4b.compress(b, store_size=False)
-            self._cflag = fmt.FLAG_LZ4
         self._pack_fd: int | None = None
         self._pack_fd = _open_file(store.path / self._pack_name, _O_CREATE,
                                    f"epoch {epoch}: {self._pack_name}")
@@ -87,11 +86,15 @@ class EpochWriter(_Commit):
         self._pack_hash = blake3.blake3(hdr)
         self._off = len(hdr)
         self._cw = None
-        if compress is None:
+        # the C writer takes every epoch whose codec this build has (all, with
+        # libzstd and liblz4 found at build time); else pages are compressed
+        # in Python (store/packing.py)
+        if in_c:
             try:
                 self._cw = _writer.PackWriter(self._pack_fd, self.page_size, npages,
                                               kind == "incremental", hdr,
-                                              threads=0 if threads is None else threads)
+                                              threads=0 if threads is None else threads,
+                                              compress=self._cflag, level=fmt.ZSTD_LEVEL)
             except BaseException:
                 self.abort()
                 raise
