@@ -12,6 +12,7 @@ import memckpt
 from memckpt.restore import open_store as restore_open_store
 from memckpt.store import EpochWriter, Store, contract, local
 
+from _s3_util import any_store, s3_server  # noqa: F401  (fixtures: local and S3 backends)
 from _store_util import PS, random_pages
 
 STORE_SRC = Path(contract.__file__).parent
@@ -76,7 +77,7 @@ def test_one_concern_per_module(path):
             assert size <= 320, f"{path}: class {node.name} is {size} lines"
 
 
-def test_add_pages_from_keeps_the_contract(tmp_path):
+def test_add_pages_from_keeps_the_contract(any_store):
     """add_pages_from is part of the writer's contract: pages straight from
     an arena's rows, mixed with add_pages under one rule of increasing page
     numbers, read back as written (zero and repeated pages among them)."""
@@ -86,7 +87,8 @@ def test_add_pages_from_keeps_the_contract(tmp_path):
     state[::5] = 0
     state[3] = state[7]
     pages = np.array([1, 3, 4, 5, 7, 9, 20, 30], dtype=np.uint64)
-    st: contract.StoreContract = Store(tmp_path / "s", create=True, page_size=PS)
+    st: contract.StoreContract = any_store  # a local store, and an S3 store (moto)
+    assert isinstance(st, contract.StoreContract)
     for compress in (None, "zstd"):
         w: contract.EpochWriterContract = st.begin("full", npages=40, compress=compress)
         w.add_pages_from(state, pages[:5])

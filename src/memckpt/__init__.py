@@ -14,6 +14,7 @@ from .errors import (ArenaFull, CorruptionError, EpochNotFound, FormatError, Mem
 from .kernel import Features, TrackerInfo, features, trackers
 from .restore import restore
 from .store import Store
+from .store.contract import open_url as open_store  # a path, file:// or s3:// (docs/object-store.md)
 from .tracker import DirtyTracker
 from .track import track  # memory the program already has: docs/embedding.md
 from .alloc import allocating  # numpy arrays made in an arena: docs/embedding.md
@@ -28,7 +29,7 @@ __all__ = [
     "Arena", "ArenaFull", "CorruptionError", "DirtyTracker", "Features", "FormatError",
     "MemckptError", "TrackerBusy", "TrackerInfo", "TrackerUnavailable", "features", "trackers",
     "Checkpointer", "EpochInfo", "EpochNotFound", "PendingEpoch", "RollbackInfo", "Store",
-    "StoreLocked", "restore",
+    "StoreLocked", "restore", "open_store",
     "ForkChildError", "ForkDetached",
     "track", "allocating",
     "get_include", "get_library_dir", "get_cmake_dir", "get_pkgconfig_dir", "LibraryNotInstalled",

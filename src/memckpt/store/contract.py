@@ -9,7 +9,7 @@ holds Store and EpochWriter to: see the end of local.py):
                                            # creating is race-free across processes (under the lock)
                                            # (optional: page_size=N for a new store; default: the
                                            # system's page size; an existing store keeps its own)
-    store.path                             # pathlib.Path
+    store.path                             # pathlib.Path (an S3Store's: its s3:// URL, a str)
     store.page_size                        # int, from the store header
     store.epochs() -> list[EpochInfo]      # committed epochs, ascending by number
     store.epoch_numbers() -> list[int]     # their numbers, from file names alone (reads no manifest)
@@ -125,7 +125,9 @@ fstat-checked to be a regular file before any read or write: a symbolic
 link, FIFO, device, socket or directory in its place is a FormatError naming
 the file ("... is a FIFO, not a regular file"), never a hang.
 
-    open_store(store, create=...) -> (store, opened_here)  # below: a path or a Store
+    open_store(store, create=...) -> (store, opened_here)  # below: a path, a URL or a Store
+        # (a URL: file:///dir, or s3://bucket/prefix: store/s3.py's S3Store keeps this
+        # contract over an object store; any other scheme is an UnsupportedURL error)
 """
 from __future__ import annotations
 
@@ -138,7 +140,7 @@ if TYPE_CHECKING:  # numpy and the store's dependencies load with the Store, not
 
     from ..epoch import EpochInfo
 
-__all__ = ["EpochWriterContract", "StoreContract", "StoreLike", "open_store"]
+__all__ = ["EpochWriterContract", "StoreContract", "StoreLike", "open_store", "open_url"]
 
 StoreLike = Union["os.PathLike[str]", str, Any]  # a path, or a memckpt.Store
 
@@ -233,6 +235,18 @@ def open_store(store: StoreLike, *, create: bool,
     path (the CLI passes its CliError). The Store is imported here, not at
     the top: the CLI's `doctor` must work without the store's dependencies."""
     if isinstance(store, (str, os.PathLike)):
+        from .urls import UnsupportedURL, split_url
+        url = split_url(store)
+        if url is not None and url[0] != "file":  # s3://, or a scheme memckpt refuses
+            try:
+                return open_url(store, create=create), True
+            except (UnsupportedURL, FileNotFoundError) as exc:
+                if missing is None:
+                    raise
+                raise missing(str(exc)) from None
+        if url is not None:
+            from .urls import local_path
+            store = local_path(store)
         if missing is not None and not create:
             p = Path(store)
             if not p.exists():
@@ -246,3 +260,25 @@ def open_store(store: StoreLike, *, create: bool,
         if not hasattr(store, attr):
             raise TypeError(f"store must be a path or a memckpt.Store, not {type(store).__name__}")
     return store, False
+
+
+def open_url(url: Any, *, create: bool = False, page_size: int | None = None,
+             storage_options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """memckpt.open_store: the store that ``url`` names, opened (or
+    created): a local path or file:// URL (memckpt.Store), or
+    s3://bucket/prefix (memckpt.store.s3.S3Store, with ``storage_options``:
+    the S3 client's endpoint, region and credentials, and ``spool_dir``,
+    ``keep_local``; docs/object-store.md). Any other scheme is an
+    UnsupportedURL error naming it."""
+    from .urls import local_path, split_url
+    parts = split_url(url)
+    if parts is not None and parts[0] == "s3":
+        from .s3 import S3Store
+        return S3Store(os.fspath(url), create=create, page_size=page_size,
+                       storage_options=storage_options, **kwargs)
+    if storage_options:
+        raise ValueError(f"storage_options are for object stores; {url!r} is a local store")
+    if kwargs:
+        raise TypeError(f"unexpected arguments for a local store: {', '.join(sorted(kwargs))}")
+    from .local import Store
+    return Store(local_path(url), create=create, page_size=page_size)

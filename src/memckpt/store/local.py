@@ -36,6 +36,7 @@ from . import format as fmt
 from .catalog import _Link
 from .io import _MissingFile, _index_arg, _jsonable
 from .maintenance import _Maintenance
+from .urls import local_path
 from .writer import EpochWriter
 
 __all__ = ["EpochWriter", "Store", "_MissingFile"]
@@ -46,7 +47,8 @@ class Store(_Maintenance):
 
     def __init__(self, path: str | os.PathLike[str], create: bool = False, *,
                  page_size: int | None = None) -> None:
-        self.path = Path(path)
+        # a URL is never a directory named after it (s3:// is memckpt.open_store's)
+        self.path = Path(local_path(path))
         self._cache_lock = threading.Lock()
         _forksafe.register(self)  # see _detach_in_child
         # The epoch writers this Store has open: its own writes (begin,
