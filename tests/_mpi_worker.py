@@ -18,8 +18,9 @@ labelled with its step.
   own epoch is durable, before the ranks agree (every rank's epoch of that
   step is then durable, and no global record names them).
 
-Each rank writes OUT/rank-N.json: the step and global epoch it resumed from,
-whether its arena matched, and the step and global epoch it ended at.
+Each rank writes OUT/resume-rank-N.json once resumed (the step and global
+epoch it resumed from, its epoch, whether its arena matched) and
+OUT/end-rank-N.json at the end (the step and global epoch it ended at).
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -98,6 +98,7 @@ def main(argv: list[str]) -> None:
                       resumed_epoch=co.checkpointer.head,
                       bit_exact=bool(np.array_equal(co.arena.arrays()["data"],
                                                     expected(rank, step))))
+        _write(out, f"resume-rank-{rank}.json", report)
     data = co.arena.arrays()["data"]
     for _ in range(steps):
         step += 1
@@ -114,11 +115,15 @@ def main(argv: list[str]) -> None:
     co.close()
     assert co.last is not None
     report.update(end_step=step, end_global=co.last.number)
-    with open(os.path.join(out, f"rank-{rank}.json"), "w") as f:
-        json.dump(report, f)
+    _write(out, f"end-rank-{rank}.json", report)
     comm.Barrier()
 
 
+def _write(out: str, name: str, report: dict) -> None:
+    with open(os.path.join(out, name + ".tmp"), "w") as f:
+        json.dump(report, f)
+    os.rename(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+
+
 if __name__ == "__main__":
-    t0 = time.perf_counter()
     main(sys.argv[1:])
