@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,11 @@ from . import agree, records
 from .records import GlobalEpoch, RankEpoch
 
 StorePath = str | os.PathLike[str]
+
+# the fixed rows the ranks exchange: (taken, pause_s) after the pause;
+# (durable, epoch, pause_s, total_s, manifest digest) before the commit
+_PAUSE_ROW = "<?d"
+_EPOCH_ROW = "<?qdd32s"
 
 
 def rank_store(root: StorePath, rank: int) -> Path:
@@ -141,7 +147,7 @@ class Coordinator:
         self._rank, self._size = comm.Get_rank(), comm.Get_size()
         self._ck = ck
         self._root = root
-        self._store_name = _store_name(root, store)
+        self._names = agree.allgather(self._comm, _store_name(root, store))
         self._schedule = Schedule(*schedule_args)
         self._pending: GlobalPending | None = None
         self._last: GlobalEpoch | None = None
@@ -240,16 +246,17 @@ class Coordinator:
             pending = self._ck.checkpoint(label)
         except Exception as e:  # noqa: BLE001 - every rank must hear of it
             error = e
-        parts = agree.allgather(self._comm, (None if error is None else _error_text(error),
-                                             pending.pause_s if pending else 0.0))
+        parts = [struct.unpack(_PAUSE_ROW, r) for r in
+                 agree.rows(self._comm, struct.pack(_PAUSE_ROW, error is None,
+                                                    pending.pause_s if pending else 0.0))]
         number = self._next
         self._next += 1  # a failed number is never reused: its ranks' epochs may commit
-        bad = agree.failures([p[0] for p in parts])
-        if bad:
+        if not all(ok for ok, _ in parts):
             # a rank that took its epoch lets it commit: it belongs to no global epoch
+            bad = self._why(error)
             raise MemckptError(f"memckpt.mpi: global epoch {number} was not taken: {bad}") from error
         assert pending is not None
-        g = GlobalPending(self, number, pending, label, max(p[1] for p in parts))
+        g = GlobalPending(self, number, pending, label, max(pause for _, pause in parts))
         self._pending = g
         self._resumed = self._schedule.clock()
         self._schedule.restart(self._resumed)
@@ -265,32 +272,34 @@ class Coordinator:
         """The agreement and the commit of global epoch ``g`` (collective)."""
         if self._pending is g:
             self._pending = None
-        mine: tuple[Any, ...] = (None,)
+        error: BaseException | None = None
+        row = struct.pack(_EPOCH_ROW, False, 0, 0.0, 0.0, b"")
         try:
             info = g.epoch.result()
             digest = manifest_identity(self._ck.store.manifest(info.epoch))
-            mine = (None, info.epoch, digest, info.pause_s, info.total_s)
+            row = struct.pack(_EPOCH_ROW, True, info.epoch, info.pause_s, info.total_s,
+                              bytes.fromhex(digest))
         except Exception as e:  # noqa: BLE001 - every rank must hear of it
-            mine = (_error_text(e),)
-        parts = agree.allgather(self._comm, mine)
+            error = e
+        # the agreement: every rank's verdict, epoch and digest, on every rank
+        parts = [struct.unpack(_EPOCH_ROW, r) for r in agree.rows(self._comm, row)]
         where = f"memckpt.mpi: global epoch {g.number} under {self._root}"
-        bad = agree.failures([p[0] for p in parts])
-        if bad:
-            g._error = MemckptError(f"{where} is not committed (no record written): {bad}")
+        if not all(p[0] for p in parts):
+            g._error = MemckptError(f"{where} is not committed (no record written): "
+                                    f"{self._why(error)}")
             return
-        names = agree.allgather(self._comm, self._store_name)
-        rec = GlobalEpoch(g.number, tuple(RankEpoch(r, names[r], p[1], p[2])
+        rec = GlobalEpoch(g.number, tuple(RankEpoch(r, self._names[r], p[1], p[4].hex())
                                           for r, p in enumerate(parts)),
-                          records.now(), g.label, max(p[3] for p in parts),
-                          max(p[4] for p in parts))
+                          records.now(), g.label, max(p[2] for p in parts),
+                          max(p[3] for p in parts))
         wrote: str | None = None
         if self._rank == 0:
             try:
                 records.write_record(self._root, rec)
             except Exception as e:  # noqa: BLE001 - every rank must hear of it
                 wrote = _error_text(e)
-        wrote = agree.from_root(self._comm, wrote)
-        if wrote is not None:
+        if agree.root_says(self._comm, wrote is not None):
+            wrote = agree.from_root(self._comm, wrote)
             g._error = MemckptError(f"{where}: rank 0 could not write the record: {wrote}")
             return
         g._record = self._last = rec
@@ -298,6 +307,11 @@ class Coordinator:
             # the job's checkpoint cost is its slowest rank's; same numbers on every rank
             own = self._ck.store.info(parts[self._rank][1])
             self._schedule.measured(dataclasses.replace(own, total_s=rec.total_s), self._resumed)
+
+    def _why(self, error: BaseException | None) -> str:
+        """After an agreement said some rank failed: which, and why (collective)."""
+        return agree.failures(agree.allgather(self._comm, None if error is None
+                                              else _error_text(error)))
 
     def wait(self) -> GlobalEpoch | None:
         """Collective: commit the pending global epoch, if any; return the last one."""
