@@ -242,6 +242,62 @@ def test_different_interval_arguments_are_refused_on_every_rank(job, tmp_path):
     assert out.stdout.count("refused") == 2 and "different interval arguments" in out.stdout
 
 
+SCHEDULE_SCRIPT = """
+import json, sys, time
+from mpi4py import MPI
+import numpy as np, memckpt
+from memckpt.errors import MemckptError
+from memckpt.mpi import Coordinator
+root, out = sys.argv[1], sys.argv[2]
+c = MPI.COMM_WORLD
+r = c.Get_rank()
+a = memckpt.Arena(1 << 16)
+x = a.array("x", (1 << 16,), np.uint8)
+rng = np.random.default_rng(r)
+report = {}
+for name, kw in (("fixed", dict(interval=0.02)), ("auto", dict(interval="auto", mtbf=0.5))):
+    with Coordinator(c, a, f"{root}/{name}", **kw) as co:
+        taken = []
+        for step in range(60):
+            x[step * 997 % x.size] = step + 1
+            time.sleep(float(rng.uniform(0, 0.004)))  # each rank its own pace and clock
+            if co.maybe_checkpoint(label=str(step)) is not None:
+                taken.append(step)
+        report[name] = taken
+with Coordinator(c, a, f"{root}/error") as co:
+    try:
+        co.checkpoint(label=7 if r == 1 else "bad")  # a TypeError on rank 1 alone
+        report["error"] = None
+    except MemckptError as e:
+        report["error"] = str(e)
+    report["after"] = co.checkpoint(label="after").result().number
+json.dump(report, open(f"{out}/{r}.json", "w"))
+"""
+
+
+@needs_mpi
+def test_the_interval_decision_and_a_rank_s_error_are_the_same_on_every_rank(job, tmp_path):
+    script = tmp_path / "schedule.py"
+    script.write_text(SCHEDULE_SCRIPT)
+    assert MPIEXEC is not None
+    out = subprocess.run([MPIEXEC, "-launcher", "fork", "-n", str(RANKS), sys.executable,
+                          str(script), str(job.root), str(job.out)],
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = [json.loads((job.out / f"{r}.json").read_text()) for r in range(RANKS)]
+    for name in ("fixed", "auto"):
+        assert all(g[name] == got[0][name] for g in got), [g[name] for g in got]
+        assert 2 <= len(got[0][name]) < 60, (name, got[0][name])
+        # every decision made a global epoch, labelled with its step
+        labels = [records.read_record(job.root / name, n).label
+                  for n in records.record_numbers(job.root / name)]
+        assert labels == [str(s) for s in got[0][name]]
+    for g in got:
+        assert "global epoch 1 was not taken: rank 1: TypeError: label must be" in g["error"]
+        assert g["after"] == 2  # a failed number is never reused
+    assert records.record_numbers(job.root / "error") == [2]
+
+
 # -- no MPI needed -----------------------------------------------------------------------
 def test_import_memckpt_needs_no_mpi():
     code = ("import sys, memckpt, memckpt.mpi\n"
