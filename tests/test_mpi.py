@@ -171,6 +171,34 @@ def test_a_damaged_or_missing_rank_epoch_falls_back_to_an_older_global_epoch(job
     assert {r["resumed_step"] for r in job.reports("resume")} == {2}
 
 
+def _last_two_whole(job: Job) -> None:
+    """The last two global epochs are whole on every rank."""
+    for n in records.record_numbers(job.root)[-2:]:
+        for part in records.read_record(job.root, n).ranks:
+            with job.store(part.rank) as st:
+                assert manifest_identity(st.manifest(part.epoch)) == part.digest
+                st.verify(part.epoch)
+
+
+@needs_mpi
+def test_keep_last_keeps_the_last_global_epochs_restorable(job):
+    """keep_last=2 prunes each rank's store after each global commit, never an
+    epoch the last two global epochs name, even when the next global epoch
+    dies after a rank's own commit (its epoch: an orphan the pruning counts)."""
+    job.ok(12, "--fresh", "--keep", "2")
+    for r in range(RANKS):
+        with job.store(r) as st:
+            assert len(st.epoch_numbers()) <= 3, (r, st.epoch_numbers())
+    _last_two_whole(job)
+    for t in range(3):  # each dies once the victim's own epoch is durable
+        last = int(job.newest().label) + 2
+        assert job.run(2, "--keep", "2", "--kill", str(t + 1), str(last), "-1") != 0
+        assert job.reports("resume")[0]["bit_exact"]
+        assert int(job.newest().label) == last - 1
+    _last_two_whole(job)
+    job.check_restart()
+
+
 def kill_trials(job: Job, trials: int, seed: int) -> dict:
     """Each trial: a new job resumes (checked bit for bit), takes 1-3 steps,
     and rank ``trial % 4`` is SIGKILLed during the last step's checkpoint, at

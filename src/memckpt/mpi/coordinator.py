@@ -31,6 +31,7 @@ from ..store.documents import manifest_identity
 from ..tuning import Recommendation
 from . import agree, records
 from .records import GlobalEpoch, RankEpoch
+from .retention import GlobalRetention
 
 StorePath = str | os.PathLike[str]
 
@@ -103,8 +104,11 @@ class Coordinator:
     ``ROOT/global/`` (written by rank 0); each rank's store is
     ``ROOT/rank-NNNNN`` unless ``store`` gives this rank its own (a node-local
     disk, say). ``interval``, ``mtbf``, ``rpo`` and ``restart`` are
-    :meth:`maybe_checkpoint`'s, decided on rank 0 for all; the other keyword
-    arguments go to each rank's :class:`memckpt.Checkpointer`.
+    :meth:`maybe_checkpoint`'s, decided on rank 0 for all. ``keep_last=K``
+    keeps the last K global epochs restorable and prunes the ranks' older
+    epochs after each global commit (memckpt.mpi.retention; it is not the
+    rank Checkpointer's, which would prune before the ranks agree). The
+    other keyword arguments go to each rank's :class:`memckpt.Checkpointer`.
 
     Every method but the properties is collective: every rank calls it, in
     the same order. A collective raises on every rank or on none.
@@ -113,22 +117,25 @@ class Coordinator:
     def __init__(self, comm: Any, arena: Arena, root: StorePath, *,
                  store: StorePath | None = None, interval: float | str | None = None,
                  mtbf: float | str | None = None, rpo: float | str | None = None,
-                 restart: float | str = 0, **checkpointer_kw: Any) -> None:
+                 restart: float | str = 0, keep_last: int | None = None,
+                 **checkpointer_kw: Any) -> None:
         schedule_args = (interval, mtbf, rpo, restart)
         rank = comm.Get_rank()
         path = Path(store) if store is not None else rank_store(root, rank)
         ck: Checkpointer | None = None
         error = None
         try:
-            Schedule(*schedule_args)  # its errors before any store is made
+            Schedule(*schedule_args)  # their errors before any store is made
+            GlobalRetention(keep_last)
             path.parent.mkdir(parents=True, exist_ok=True)
             ck = Checkpointer(arena, path, **checkpointer_kw)
         except Exception as e:  # noqa: BLE001 - every rank must hear of it
             error = e
-        self._setup(comm, ck, Path(root), path, schedule_args, error, "start")
+        self._setup(comm, ck, Path(root), path, schedule_args, keep_last, error, "start")
 
     def _setup(self, comm: Any, ck: Checkpointer | None, root: Path, store: Path,
-               schedule_args: tuple[Any, ...], error: BaseException | None, what: str) -> None:
+               schedule_args: tuple[Any, ...], keep_last: int | None,
+               error: BaseException | None, what: str) -> None:
         """Agree that every rank made its checkpointer (else close it and raise
         on every rank), then the schedule and the next global number."""
         bad = agree.failures(agree.allgather(comm, None if error is None else _error_text(error)))
@@ -138,17 +145,18 @@ class Coordinator:
             raise MemckptError(f"memckpt.mpi: could not {what} the coordinated checkpointer "
                                f"under {root}: {bad}") from error
         assert ck is not None
-        given = agree.allgather(comm, repr(schedule_args))
+        given = agree.allgather(comm, repr((*schedule_args, keep_last)))
         if len(set(given)) > 1:
             ck.close()
             raise ValueError("memckpt.mpi: the ranks gave different interval arguments "
-                             f"(interval, mtbf, rpo, restart): {given}")
+                             f"(interval, mtbf, rpo, restart, keep_last): {given}")
         self._comm = comm.Dup()  # our collectives never meet the program's messages
         self._rank, self._size = comm.Get_rank(), comm.Get_size()
         self._ck = ck
         self._root = root
         self._names = agree.allgather(self._comm, _store_name(root, store))
         self._schedule = Schedule(*schedule_args)
+        self._retention = GlobalRetention(keep_last)
         self._pending: GlobalPending | None = None
         self._last: GlobalEpoch | None = None
         self._closed = False
@@ -163,7 +171,8 @@ class Coordinator:
     def resume(cls, comm: Any, root: StorePath, *, store: StorePath | None = None,
                global_epoch: int | None = None, interval: float | str | None = None,
                mtbf: float | str | None = None, rpo: float | str | None = None,
-               restart: float | str = 0, **checkpointer_kw: Any) -> Coordinator:
+               restart: float | str = 0, keep_last: int | None = None,
+               **checkpointer_kw: Any) -> Coordinator:
         """Collective: restart a job from the newest global epoch under ``root``
         (or ``global_epoch``) that every rank holds and verifies, older ones
         tried in turn (memckpt.mpi.restart). Each rank restores its own part
@@ -173,7 +182,7 @@ class Coordinator:
         MemckptError on every rank if no global epoch qualifies."""
         from .restart import resume
         return resume(cls, comm, root, store=store, global_epoch=global_epoch,
-                      schedule_args=(interval, mtbf, rpo, restart),
+                      schedule_args=(interval, mtbf, rpo, restart), keep_last=keep_last,
                       checkpointer_kw=checkpointer_kw)
 
     # -- properties ---------------------------------------------------------------
@@ -303,6 +312,7 @@ class Coordinator:
             g._error = MemckptError(f"{where}: rank 0 could not write the record: {wrote}")
             return
         g._record = self._last = rec
+        self._retention.committed(self._ck.store, parts[self._rank][1])
         if self._schedule.auto:
             # the job's checkpoint cost is its slowest rank's; same numbers on every rank
             own = self._ck.store.info(parts[self._rank][1])

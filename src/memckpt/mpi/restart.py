@@ -22,6 +22,7 @@ from ..store import Store
 from ..store.documents import manifest_identity
 from . import agree, records
 from .records import GlobalEpoch, RankEpoch
+from .retention import GlobalRetention
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator, StorePath
@@ -71,11 +72,12 @@ def candidates(comm: Any, root: Path, number: int | None) -> list[GlobalEpoch]:
 
 
 def resume(cls: type[Coordinator], comm: Any, root: StorePath, *, store: StorePath | None,
-           global_epoch: int | None, schedule_args: tuple[Any, ...],
+           global_epoch: int | None, schedule_args: tuple[Any, ...], keep_last: int | None,
            checkpointer_kw: dict[str, Any]) -> Coordinator:
     """See :meth:`Coordinator.resume`."""
     root = Path(root)
-    Schedule(*schedule_args)  # its errors before any restore (same arguments on every rank)
+    Schedule(*schedule_args)  # their errors before any restore (same arguments on every rank)
+    GlobalRetention(keep_last)
     rank = comm.Get_rank()
     tried = []
     for rec in candidates(comm, root, global_epoch):
@@ -92,8 +94,9 @@ def resume(cls: type[Coordinator], comm: Any, root: StorePath, *, store: StorePa
         if not bad:
             assert ck is not None
             coord = cls.__new__(cls)
-            coord._setup(comm, ck, root, path, schedule_args, None, "resume")
+            coord._setup(comm, ck, root, path, schedule_args, keep_last, None, "resume")
             coord._last = rec
+            coord._retention.committed(ck.store, part.epoch)
             coord._schedule.restart(coord._schedule.clock())  # the first is one interval away
             return coord
         if ck is not None:
