@@ -5,13 +5,15 @@ s's writes are a function of (rank, s) alone, so any process recomputes the
 state a rank must hold after step s (``expected``). Every global epoch is
 labelled with its step.
 
-    python _mpi_worker.py ROOT OUT STEPS [--fresh] [--defer] [--keep K] [--kill RANK STEP DELAY]
+    python _mpi_worker.py ROOT OUT STEPS [--fresh] [--defer] [--keep K] [--own DIR]
+                          [--kill RANK STEP DELAY]
 
 - ``--fresh``: a new job (step 0 is checkpointed first); else resume from the
   newest global epoch and check this rank's arena against ``expected`` for its
   step, bit for bit.
 - ``--defer``: leave each global commit to the next checkpoint (default: commit
   each one at once with ``result()``).
+- ``--own DIR``: each rank's store is DIR/node-N, outside ROOT (a node-local disk).
 - ``--keep K``: ``keep_last=K`` (the last K global epochs kept restorable).
 - ``--kill RANK STEP DELAY``: rank RANK is SIGKILLed DELAY seconds after the
   start of step STEP's checkpoint (by a separate process: the kill lands
@@ -80,20 +82,22 @@ def main(argv: list[str]) -> None:
     fresh, defer = "--fresh" in argv, "--defer" in argv
     kill = None
     keep = int(argv[argv.index("--keep") + 1]) if "--keep" in argv else None
+    own = argv[argv.index("--own") + 1] if "--own" in argv else None
     if "--kill" in argv:
         i = argv.index("--kill")
         kill = (int(argv[i + 1]), int(argv[i + 2]), float(argv[i + 3]))
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
+    store = None if own is None else os.path.join(own, f"node-{rank}")
     report: dict = {"rank": rank, "pid": os.getpid()}
     if fresh:
         arena = memckpt.Arena(NPAGES * PS)
         arena.array("data", (NPAGES * PS,), np.uint8)
-        co = Coordinator(comm, arena, root, keep_last=keep)
+        co = Coordinator(comm, arena, root, store=store, keep_last=keep)
         step = 0
         co.checkpoint(label="0").result()
     else:
-        co = Coordinator.resume(comm, root, keep_last=keep)
+        co = Coordinator.resume(comm, root, store=store, keep_last=keep)
         assert co.last is not None
         step = int(co.last.label)
         report.update(resumed_global=co.last.number, resumed_step=step,

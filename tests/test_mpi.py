@@ -144,6 +144,20 @@ def test_deferred_commits_and_a_job_that_continues(job):
 
 
 @needs_mpi
+def test_ranks_with_stores_of_their_own(job, tmp_path):
+    """store= gives each rank its own store outside the root (a node-local
+    disk): the records name them by absolute path, and a restart that gives
+    each rank its store back resumes bit for bit; the root holds only records."""
+    own = tmp_path / "nodes"
+    job.ok(4, "--fresh", "--own", str(own))
+    rec = job.newest()
+    assert [p.store for p in rec.ranks] == [str(own / f"node-{r}") for r in range(RANKS)]
+    assert sorted(p.name for p in job.root.iterdir()) == ["global"]
+    job.ok(0, "--own", str(own))
+    assert {(r["resumed_global"], r["bit_exact"]) for r in job.reports("resume")} == {(5, True)}
+
+
+@needs_mpi
 def test_a_damaged_or_missing_rank_epoch_falls_back_to_an_older_global_epoch(job):
     job.ok(5, "--fresh")
     newest = job.newest()
