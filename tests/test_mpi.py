@@ -262,6 +262,7 @@ def test_a_rank_killed_during_a_coordinated_checkpoint_restarts_from_one_global_
 @pytest.mark.slow
 def test_many_kills(job):
     stats = kill_trials(job, trials=120, seed=1515)
+    print(stats)
     assert stats["killed"] >= 90 and stats["hazards"] >= 30, stats
 
 

@@ -229,7 +229,7 @@ class Coordinator:
     def maybe_checkpoint(self, label: str | None = None) -> GlobalPending | None:
         """Collective, for a loop to call every step: rank 0 decides whether a
         checkpoint is due (its clock, its interval) and every rank follows
-        (one broadcast of one byte). ValueError on every rank without an interval."""
+        (one small broadcast). ValueError on every rank without an interval."""
         self._check_open()
         if not self._schedule.enabled:
             raise ValueError("maybe_checkpoint() needs an interval: make the Coordinator with "
