@@ -47,6 +47,13 @@ NO_MPI = ("mpi4py is not installed (pip install 'memckpt[mpi]')"
 needs_mpi = pytest.mark.skipif(NO_MPI is not None, reason=NO_MPI or "")
 
 
+def _mpich_shm() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("mpich_shm_")}
+    except FileNotFoundError:
+        return set()
+
+
 class Job:
     """One root shared by the jobs of a test, and the reports of the last job."""
 
@@ -59,6 +66,7 @@ class Job:
         """Run one job to its end (or its kill); its exit status."""
         for p in self.out.iterdir():
             p.unlink()
+        shm_before = _mpich_shm()
         assert MPIEXEC is not None
         cmd = [MPIEXEC, "-launcher", "fork", "-n", str(ranks), sys.executable, str(WORKER),
                str(self.root), str(self.out), str(steps), *flags]
@@ -71,6 +79,12 @@ class Job:
             out, _ = proc.communicate()
             pytest.fail(f"mpiexec ran over {TIMEOUT} s: {' '.join(cmd)}\n{out.decode()[-3000:]}")
         self.log = out.decode(errors="replace")
+        if proc.returncode != 0:
+            # MPICH's shared-memory segments outlive a job whose rank was
+            # killed (4 MiB of RAM each in /dev/shm): the job is over, its
+            # segments are ours to remove
+            for name in _mpich_shm() - shm_before:
+                Path("/dev/shm", name).unlink(missing_ok=True)
         return proc.returncode
 
     def ok(self, steps: int, *flags: str) -> None:
@@ -222,6 +236,7 @@ def kill_trials(job: Job, trials: int, seed: int) -> dict:
     (or, with commits deferred to the next checkpoint, the one before that)."""
     rng = np.random.default_rng(seed)
     stats = {"killed": 0, "hazards": 0, "committed_before_kill": 0}
+    shm_at_start = _mpich_shm()
     job.ok(1, "--fresh")
     for t in range(trials):
         start = int(job.newest().label)
@@ -231,6 +246,7 @@ def kill_trials(job: Job, trials: int, seed: int) -> dict:
         defer = t % 2 == 1  # the last step's commit, and the one before's, are then pending
         rc = job.run(steps, "--kill", str(victim), str(last), f"{delay:.6f}",
                      *(["--defer"] if defer else []))
+        stats["shm_left"] = len(_mpich_shm() - shm_at_start)
         resumed = job.reports("resume")  # this job began by a restart: checked
         assert all(r["bit_exact"] and r["resumed_step"] == start for r in resumed), resumed
         stats["killed"] += rc != 0
@@ -256,6 +272,7 @@ def test_a_rank_killed_during_a_coordinated_checkpoint_restarts_from_one_global_
     stats = kill_trials(job, trials=20, seed=15)
     print(stats)
     assert stats["killed"] >= 15 and stats["hazards"] >= 5, stats
+    assert stats["shm_left"] == 0, stats  # the killed jobs' MPI segments removed
 
 
 @needs_mpi
