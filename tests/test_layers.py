@@ -120,13 +120,34 @@ def _violations(prefix: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.parametrize("layer, forbidden", [
-    ("memckpt.store", ("memckpt.checkpoint", "memckpt.capture", "memckpt.cli")),
-    ("memckpt.capture", ("memckpt.checkpoint", "memckpt.cli")),
-    ("memckpt.checkpoint", ("memckpt.cli",)),
+    ("memckpt.store", ("memckpt.checkpoint", "memckpt.capture", "memckpt.cli", "memckpt.mpi")),
+    ("memckpt.capture", ("memckpt.checkpoint", "memckpt.cli", "memckpt.mpi")),
+    ("memckpt.checkpoint", ("memckpt.cli", "memckpt.mpi")),
+    # coordinated epochs sit above the lifecycle, beside the CLI, and reach
+    # the capture modes only through a Checkpointer
+    ("memckpt.mpi", ("memckpt.cli", "memckpt.capture")),
 ])
 def test_layers_import_only_downwards(layer, forbidden):
     assert layer in MODULES, f"{layer} is not a package of memckpt any more: update the layers"
     assert _violations(layer, forbidden) == []
+
+
+def _imports_of(tree: ast.AST, name: str) -> list[int]:
+    """Lines of ``tree`` that import the top-level package ``name``."""
+    return [n.lineno for n in ast.walk(tree)
+            if (isinstance(n, ast.Import) and any(a.name.split(".")[0] == name for a in n.names))
+            or (isinstance(n, ast.ImportFrom) and not n.level
+                and (n.module or "").split(".")[0] == name)]
+
+
+def test_no_module_imports_mpi4py():
+    """memckpt.mpi works on the caller's communicator: ``import memckpt`` (and
+    memckpt.mpi) must never need MPI installed, nor initialise it."""
+    bad = [f"{m}:{line}" for m, p in sorted(MODULES.items())
+           for line in _imports_of(ast.parse(p.read_text()), "mpi4py")]
+    assert "memckpt.mpi.coordinator" in MODULES
+    assert bad == []
+    assert _imports_of(ast.parse("def f():\n    from mpi4py import MPI\n"), "mpi4py") == [2]
 
 
 def test_store_parts_never_import_the_facade():
