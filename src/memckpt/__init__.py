@@ -20,6 +20,7 @@ from .errors import ForkDetached  # fork safety: docs/fork.md
 from .config import get_cmake_dir, get_include, get_library_dir, get_pkgconfig_dir  # the C library
 from .errors import LibraryNotInstalled
 from .preempt import Preemption, on_preemption  # checkpoint on preemption: docs/preemption.md
+from .calibrate import Calibration, calibrate  # the pairs on the user's step: docs/tuning.md
 
 __version__ = "0.1.0"
 
@@ -30,5 +31,5 @@ __all__ = [
     "StoreLocked", "restore",
     "ForkChildError", "ForkDetached",
     "get_include", "get_library_dir", "get_cmake_dir", "get_pkgconfig_dir", "LibraryNotInstalled",
-    "Preemption", "on_preemption",
+    "Preemption", "on_preemption", "Calibration", "calibrate",
 ]
