@@ -146,6 +146,18 @@ class _Run:
     calls: list[float] = field(default_factory=list)
     totals: list[float] = field(default_factory=list)
     extra: int | None = None
+    rounds: int = 0
+
+    def merge(self, o: _Run) -> None:
+        self.bare_wall += o.bare_wall
+        self.work_wall += o.work_wall
+        self.bare_cpu += o.bare_cpu
+        self.tracked_cpu += o.tracked_cpu
+        self.pauses += o.pauses
+        self.calls += o.calls
+        self.totals += o.totals
+        self.extra = max(filter(None, (self.extra, o.extra)), default=None)
+        self.rounds += o.rounds
 
 
 def _measure(step: Callable[[], Any], arena: Arena, tracker: str, mode: str, *, n: int,
@@ -154,7 +166,7 @@ def _measure(step: Callable[[], Any], arena: Arena, tracker: str, mode: str, *, 
     tracked ones each ending in a checkpoint (its persist overlapping the next)."""
     from .checkpoint import Checkpointer
     d = tempfile.mkdtemp(prefix=f"{tracker}-{mode}-", dir=root)
-    r = _Run()
+    r = _Run(rounds=rounds)
     try:
         c0 = _cpu()
         for _ in range(rounds):  # no tracker is open yet
@@ -192,13 +204,19 @@ def _measure(step: Callable[[], Any], arena: Arena, tracker: str, mode: str, *, 
 def calibrate(step: Callable[[], Any], arena: Arena, *, interval_steps: int = 5,
               rounds: int = 4, pairs: Sequence[tuple[str, str]] | None = None,
               mtbf: float | None = None, interval: float | None = None,
+              refine: float = 0.3,
               workdir: str | os.PathLike[str] | None = None) -> Calibration:
     """Measure each (tracker, mode) pair (default: :func:`pairs_available`) on
     ``step`` (called with no arguments; it writes ``arena``) over ``rounds``
     intervals of ``interval_steps`` steps, and cost it per interval (module
     docstring). The stores are temporary directories under ``workdir``
     (default: the system's temporary directory; put it on the disk the real
-    store will be on). The arena must have no checkpointer or tracker open."""
+    store will be on). The arena must have no checkpointer or tracker open.
+
+    ``refine``: the pairs whose cost is within this share of the cheapest
+    (near ties, which a noisy machine may order either way) are measured
+    again for twice the rounds, added to their first measurement, before the
+    pick."""
     if interval_steps < 1 or rounds < 1:
         raise ValueError(f"interval_steps and rounds must be at least 1, not "
                          f"{interval_steps} and {rounds}")
@@ -212,12 +230,22 @@ def calibrate(step: Callable[[], Any], arena: Arena, *, interval_steps: int = 5,
                                                      n=interval_steps, rounds=rounds, root=root)))
             except Exception as e:  # a pair this arena or kernel cannot run: say why
                 runs.append((tracker, mode, f"{type(e).__name__}: {e}"))
+        ok = [r for _, _, r in runs if isinstance(r, _Run)]
+        # one interval for every pair: the untracked intervals' CPU, over all pairs
+        own = statistics.median(r.bare_cpu / r.rounds for r in ok) if ok else 1.0
+        out = [_cost(t, m, r, interval_steps, own, interval, mtbf) for t, m, r in runs]
+        good = [c.cost_s for c in out if c.error is None]
+        near = [i for i, c in enumerate(out)
+                if good and c.error is None and c.cost_s <= (1 + refine) * min(good)]
+        if refine > 0 and len(near) > 1:
+            for i in near:
+                t, m, r = runs[i]
+                assert isinstance(r, _Run)
+                r.merge(_measure(step, arena, t, m, n=interval_steps, rounds=2 * rounds,
+                                 root=root))
+            out = [_cost(t, m, r, interval_steps, own, interval, mtbf) for t, m, r in runs]
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    ok = [r for _, _, r in runs if isinstance(r, _Run)]
-    # one interval for every pair: the untracked intervals' CPU, over all pairs
-    own = statistics.median(r.bare_cpu / rounds for r in ok) if ok else 1.0
-    out = [_cost(t, m, r, interval_steps, rounds, own, interval, mtbf) for t, m, r in runs]
     cal = Calibration(out, interval_steps, rounds, mtbf, interval)
     try:
         b = cal.best
@@ -229,7 +257,7 @@ def calibrate(step: Callable[[], Any], arena: Arena, *, interval_steps: int = 5,
     return Calibration(out, interval_steps, rounds, mtbf, interval, why)
 
 
-def _cost(tracker: str, mode: str, r: _Run | str, n: int, rounds: int, own: float,
+def _cost(tracker: str, mode: str, r: _Run | str, n: int, own: float,
           interval: float | None, mtbf: float | None) -> PairCost:
     if isinstance(r, str):
         inf = float("inf")
@@ -244,7 +272,7 @@ def _cost(tracker: str, mode: str, r: _Run | str, n: int, rounds: int, own: floa
     else:
         tau = own
     # CPU the checkpointing took per interval (tracking, the checkpoint, its persist)
-    cost = max((r.tracked_cpu - r.bare_cpu) / rounds, 0.0)
+    cost = max((r.tracked_cpu - r.bare_cpu) / r.rounds, 0.0)
     if mtbf is not None:
         cost += tau / mtbf * expected_lost_work(tau, total, mtbf)
     return PairCost(tracker, mode, bare / n, slow, min(r.work_wall) / bare - 1,
