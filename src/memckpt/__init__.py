@@ -22,6 +22,8 @@ from .errors import ForkChildError  # fork mode
 from .errors import ForkDetached  # fork safety: docs/fork.md
 from .config import get_cmake_dir, get_include, get_library_dir, get_pkgconfig_dir  # the C library
 from .errors import LibraryNotInstalled
+from .preempt import Preemption, on_preemption  # checkpoint on preemption: docs/preemption.md
+from .calibrate import Calibration, calibrate  # the pairs on the user's step: docs/tuning.md
 
 __version__ = "0.1.0"
 
@@ -33,4 +35,5 @@ __all__ = [
     "ForkChildError", "ForkDetached",
     "track", "allocating",
     "get_include", "get_library_dir", "get_cmake_dir", "get_pkgconfig_dir", "LibraryNotInstalled",
+    "Preemption", "on_preemption", "Calibration", "calibrate",
 ]

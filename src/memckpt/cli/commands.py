@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from . import (bench, compact, demo, demo_worker, doctor, ls, prune, restore, show, tune,
                verify)
+from . import calibrate
 from .base import Command
 
 COMMANDS: list[Command] = [
@@ -19,6 +20,7 @@ COMMANDS: list[Command] = [
     prune.COMMAND,
     tune.COMMAND,
     bench.COMMAND,
+    calibrate.COMMAND,
 ]
 
 BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}

@@ -5,6 +5,7 @@ import argparse
 import math
 from typing import Any
 
+from . import overhead
 from .base import Command, json_arg, store_arg
 from .output import fmt_bytes, fmt_seconds, fmt_when, table
 from .stores import dtype_name, epoch_dict, opened, read_infos, resolve_epoch
@@ -12,13 +13,17 @@ from .stores import dtype_name, epoch_dict, opened, read_infos, resolve_epoch
 
 def arguments(p: argparse.ArgumentParser) -> None:
     store_arg(p)
-    p.add_argument("epoch", metavar="EPOCH", help="an epoch number, 'latest', or -1, -2, ... "
-                                                   "counting back from the latest")
+    p.add_argument("epoch", metavar="EPOCH", nargs="?", default="latest",
+                   help="an epoch number, 'latest' (the default), or -1, -2, ... counting back "
+                        "from the latest")
     json_arg(p)
+    overhead.arguments(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with opened(args.store) as store:
+        if getattr(args, "overhead", False):
+            return overhead.report(store, args)
         return show(store, resolve_epoch(store, args.epoch))
 
 
@@ -37,6 +42,8 @@ def show(store: Any, epoch: int) -> dict[str, Any]:
 
 
 def format_show(rep: dict[str, Any]) -> str:
+    if "overhead" in rep:
+        return overhead.format_overhead(rep)
     e = rep["epoch"]
     lay = rep["layout"]
     man = rep["manifest"]
@@ -105,4 +112,5 @@ COMMAND = Command(
                 "capture mode, how many pages were dirty and stored, bytes on disk, pause and total "
                 "time, and the arena's layout (its named arrays).",
     examples="  memckpt show memckpt-demo 3\n  memckpt show memckpt-demo latest\n"
-             "  memckpt show memckpt-demo -1 --json | jq .layout")
+             "  memckpt show memckpt-demo -1 --json | jq .layout\n"
+             "  memckpt show memckpt-demo --overhead --mtbf 6h --json")

@@ -1,0 +1,210 @@
+"""The overhead account of a run: what checkpointing cost the program, from
+the epochs' own timings (``Checkpointer.stats()``, ``memckpt show STORE
+--overhead``).
+
+Every number comes from what each epoch's manifest records: ``created`` (the
+Unix time its manifest was written: durable), ``total_s`` (from the start of
+the pause until durable), ``pause_s``, ``call_s`` (how long ``checkpoint()``
+blocked its caller, waits included) and ``extra["wait_s"]`` (how much of that
+went to waiting for the epoch before: backpressure). So for each epoch::
+
+    pause starts   p = created - total_s
+    call starts    s = p - wait_s          (the begin of the epoch is in call_s - wait_s - pause_s)
+    program goes on  r = s + call_s
+
+and between two epochs the program ran ``s[i+1] - r[i]`` (the achieved
+interval). The wall time of a run is from the first call's start to the last
+epoch's durability (or ``now``, for a live checkpointer). The share of it the
+program was stopped by checkpointing is ``sum(call_s) / wall``; the tracker's
+cost between checkpoints does not show in any epoch, so it comes from a
+calibration (``tracking_slowdown``: the fraction a step is slower with the
+tracker armed) when one is given.
+
+Work lost: a failure at time ``t`` loses what the program did since the pause
+of the newest epoch durable at ``t``. Averaged over the run (failures uniform
+in time: ``M`` much longer than the interval) that is the measured mean loss;
+its maximum is the worst. With an MTBF the model's expected loss at the
+achieved interval is :func:`memckpt.tuning.expected_lost_work`.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+from ..epoch import EpochInfo
+from ..tuning import checkpoint_cost, expected_lost_work
+
+__all__ = ["Overhead", "account", "runs", "stats_of"]
+
+# Epochs further apart than this many times the median gap (and than a minute)
+# belong to different runs of a program over the same store.
+_RUN_GAP = 20.0
+
+
+def _start(e: EpochInfo) -> tuple[float, float, float]:
+    """(call start, pause start, program resumed) of an epoch, Unix seconds."""
+    wait = float(e.extra.get("wait_s", 0.0) or 0.0)
+    pause_start = e.created - e.total_s
+    call_start = pause_start - wait
+    call = e.call_s if e.call_s is not None else wait + e.pause_s
+    return call_start, pause_start, call_start + call
+
+
+def _pct(xs: Sequence[float], q: float) -> float | None:
+    if not xs:
+        return None
+    ys = sorted(xs)
+    k = (len(ys) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return ys[lo] + (ys[hi] - ys[lo]) * (k - lo)
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """What checkpointing cost one run (module docstring). Times in seconds,
+    fractions of :attr:`wall_s`; None where there is nothing to measure."""
+
+    epochs: int
+    first_epoch: int | None
+    last_epoch: int | None
+    full_epochs: int
+    wall_s: float
+    pause_total_s: float
+    wait_total_s: float
+    call_total_s: float
+    pause_fraction: float
+    wait_fraction: float
+    call_fraction: float
+    tracking_fraction: float | None
+    overhead_fraction: float
+    pause_p50_s: float | None
+    pause_p90_s: float | None
+    pause_p99_s: float | None
+    pause_max_s: float | None
+    call_p50_s: float | None
+    call_p99_s: float | None
+    bytes_on_disk: int
+    write_bytes_per_s: float | None
+    disk_bytes_per_wall_s: float | None
+    checkpoint_cost_s: float | None
+    interval_achieved_s: float | None
+    interval_target_s: float | None
+    interval_ratio: float | None
+    lost_work_mean_s: float | None
+    lost_work_worst_s: float | None
+    lost_work_model_s: float | None
+    mtbf_s: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def runs(epochs: Iterable[EpochInfo]) -> list[list[EpochInfo]]:
+    """The epochs split into runs: a gap between one epoch's durability and the
+    next call far longer than the run's usual gaps starts a new run."""
+    es = sorted((e for e in epochs if e.created), key=lambda e: e.epoch)
+    if not es:
+        return []
+    gaps = [_start(b)[0] - a.created for a, b in zip(es, es[1:])]
+    limit = max(60.0, _RUN_GAP * statistics.median(gaps)) if gaps else math.inf
+    out = [[es[0]]]
+    for g, e in zip(gaps, es[1:]):
+        if g > limit:
+            out.append([])
+        out[-1].append(e)
+    return out
+
+
+def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
+            interval: float | None = None, mtbf: float | None = None,
+            tracking_slowdown: float | None = None) -> Overhead:
+    """The overhead account of ``epochs`` (one run: see :func:`runs`). ``now``
+    (Unix time) ends the wall time instead of the last epoch's durability;
+    ``interval`` is the target interval (the recommended or configured one);
+    ``mtbf`` gives the model's expected loss; ``tracking_slowdown`` the
+    tracker's cost between checkpoints (a fraction of a step)."""
+    es = sorted(epochs, key=lambda e: e.epoch)
+    if not es:
+        raise ValueError("no epochs to account for")
+    times = [_start(e) for e in es]
+    begin = times[0][0]
+    end = max(e.created for e in es) if now is None else max(now, begin)
+    wall = max(end - begin, 1e-12)
+    pauses = [e.pause_s for e in es]
+    calls = [e.call_s if e.call_s is not None else t[2] - t[0] for e, t in zip(es, times)]
+    waits = [float(e.extra.get("wait_s", 0.0) or 0.0) for e in es]
+    call_total = sum(calls)
+    tracking = None
+    if tracking_slowdown is not None:
+        tracking = max(0.0, (wall - call_total) * tracking_slowdown / (1 + tracking_slowdown)) / wall
+    achieved = [b[0] - a[2] for a, b in zip(times, times[1:])]
+    ach = statistics.median(achieved) if achieved else None
+    cost = checkpoint_cost(es, full_if_none=True)
+    nbytes = sum(e.bytes_on_disk for e in es)
+    busy = sum(e.total_s for e in es)
+    mean_loss, worst_loss = _lost_work(es, times, end)
+    model = None
+    if mtbf is not None and ach is not None and cost is not None:
+        model = expected_lost_work(max(ach, 1e-9), cost, mtbf)
+    return Overhead(
+        epochs=len(es), first_epoch=es[0].epoch, last_epoch=es[-1].epoch,
+        full_epochs=sum(e.kind == "full" for e in es), wall_s=wall,
+        pause_total_s=sum(pauses), wait_total_s=sum(waits), call_total_s=call_total,
+        pause_fraction=sum(pauses) / wall, wait_fraction=sum(waits) / wall,
+        call_fraction=call_total / wall, tracking_fraction=tracking,
+        overhead_fraction=call_total / wall + (tracking or 0.0),
+        pause_p50_s=_pct(pauses, 0.5), pause_p90_s=_pct(pauses, 0.9),
+        pause_p99_s=_pct(pauses, 0.99), pause_max_s=max(pauses),
+        call_p50_s=_pct(calls, 0.5), call_p99_s=_pct(calls, 0.99),
+        bytes_on_disk=nbytes, write_bytes_per_s=nbytes / busy if busy > 0 else None,
+        disk_bytes_per_wall_s=nbytes / wall,
+        checkpoint_cost_s=cost, interval_achieved_s=ach, interval_target_s=interval,
+        interval_ratio=ach / interval if ach is not None and interval else None,
+        lost_work_mean_s=mean_loss, lost_work_worst_s=worst_loss, lost_work_model_s=model,
+        mtbf_s=mtbf)
+
+
+def _lost_work(es: list[EpochInfo], times: list[tuple[float, float, float]],
+               end: float) -> tuple[float | None, float | None]:
+    """Mean and worst loss of a failure at a uniform instant after the first epoch
+    is durable: the time since the pause of the newest epoch durable then."""
+    # (durable at, captured at), in order of durability; a later capture supersedes
+    events = sorted((e.created, t[1]) for e, t in zip(es, times))
+    t0 = events[0][0]
+    if end <= t0:
+        return None, None
+    area, worst, captured, at = 0.0, 0.0, events[0][1], t0
+    for durable, cap in events[1:] + [(end, None)]:
+        durable = min(durable, end)
+        if durable > at:
+            a0, a1 = at - captured, durable - captured  # the age grows linearly between
+            area += (a0 + a1) / 2 * (durable - at)
+            worst = max(worst, a1)
+            at = durable
+        if cap is not None and cap > captured:
+            captured = cap
+    span = at - t0
+    return (area / span if span > 0 else None), worst
+
+
+def stats_of(checkpointer: Any, *, first_epoch: int | None = None, now: float | None = None,
+             mtbf: float | None = None, tracking_slowdown: float | None = None) -> Overhead:
+    """:class:`Overhead` of a live :class:`~memckpt.Checkpointer`: its store's
+    epochs from ``first_epoch`` (the first this checkpointer wrote; default:
+    the latest run, :func:`runs`) to its head, until ``now`` (default: the
+    clock now). The target interval is the recommendation's (``interval="auto"``)
+    or the configured one."""
+    import time
+    store = checkpointer.store
+    es = [e for e in store.epochs() if checkpointer.head is None or e.epoch <= checkpointer.head]
+    if first_epoch is not None:
+        es = [e for e in es if e.epoch >= first_epoch]
+    else:
+        rs = runs(es)
+        es = rs[-1] if rs else []
+    rec = checkpointer.recommendation
+    target = rec.interval_s if rec is not None else checkpointer.interval
+    return account(es, now=time.time() if now is None else now, interval=target, mtbf=mtbf,
+                   tracking_slowdown=tracking_slowdown)
