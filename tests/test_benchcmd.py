@@ -45,7 +45,8 @@ def test_json_has_a_row_per_backend_and_mode_and_ratio(rep):
             assert r[k] > 0, (r["backend"], r["mode"], k)
         assert r["total_s"] >= r["pause_s"] and r["bytes_on_disk"] > 0
         assert r["call_s"] >= r["pause_s"] > 0  # the call holds the pause
-        assert r["extra_bytes"] > 0
+        # mode sync writes its pages from the arena in the pause: no staging
+        assert (r["extra_bytes"] == 0) if r["mode"] == "sync" else (r["extra_bytes"] > 0), r
     skipped = {s["backend"]: s["reason"] for s in rep["config"]["skipped"]}
     for t in memckpt.trackers():
         if not t.available:

@@ -62,7 +62,7 @@ class Model(RuleBasedStateMachine):
 
     @initialize(full_every=st.sampled_from([None, 2, 4]), compress=st.sampled_from(COMPRESSORS))
     def start(self, full_every, compress):
-        self.full_every = full_every
+        self.full_every, self.compress = full_every, compress
         self.ck = memckpt.Checkpointer(self.arena, self.dir / "s", full_every=full_every,
                                        compress=compress)
         self.store = self.ck.store
@@ -171,7 +171,7 @@ class Model(RuleBasedStateMachine):
         Model.counts["reopen"] += 1
         self.ck.close()
         self.since_reopen = 0
-        compress, full_every = self.ck._compress, self.full_every
+        compress, full_every = self.compress, self.full_every
         if how == "same-arena" or not self.expect:
             self.ck = memckpt.Checkpointer(self.arena, self.dir / "s", full_every=full_every,
                                            compress=compress)
