@@ -736,8 +736,10 @@ static void before_fork(void)
 {
 	pthread_mutex_lock(&live_lock);
 	for (struct mck_lazy *l = live; l; l = l->next_live)
-		if (l->pid == getpid())
+		if (l->pid == getpid()) {
+			mck_lazy_release(l);
 			mck_lazy_wait(l, -1);
+		}
 }
 
 static void after_fork_parent(void)
