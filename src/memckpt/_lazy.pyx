@@ -170,6 +170,8 @@ cdef class LazyServer:
         self.lazy = NULL
         with nogil:
             c.mck_lazy_close(l)
+        if l != NULL:
+            self.keep = None  # the arena's pages: it may be closed now
 
 
 cdef object _fault(r.mck_read_fault *f):

@@ -63,23 +63,31 @@ class LazyRestore:
             raise ValueError(f"epoch {epoch} has {self._src.npages} pages, the arena {npages}")
         self._recorded = read_touch(self._path, epoch, npages)
         order, self.prefetch = self._order(prefetch, npages)
-        pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(npages, arena.page_size)
-        try:
-            self._server: Any = _lazy.LazyServer(self._src.sources, pages, order, verify=verify,
-                                                 threads=int(threads or 0), hold=hold)
-        except BaseException:
-            self._src.close()
-            raise
-        del pages
-        self._t0 = t0
-        self._ttfa = time.perf_counter() - t0
         self._done = threading.Event()
         self._final: LazyStats | None = None
         self._fault: Any = None
         self._lock = threading.Lock()
-        # the finisher: records the first-touch order, closes the packs and
-        # lets go of the arena's pages once the drain is over
-        threading.Thread(target=self._finish, name=f"memckpt-lazy-{epoch}", daemon=True).start()
+        self._server: Any = None
+        # the finisher records the first-touch order, closes the packs and
+        # lets go of the arena's pages once the drain is over. Started first:
+        # a thread started beside busy drain threads waits long for its
+        # first slice, and Thread.start() waits for that
+        started = threading.Event()
+        threading.Thread(target=self._finish, args=(started,), name=f"memckpt-lazy-{epoch}",
+                         daemon=True).start()
+        pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(npages, arena.page_size)
+        try:
+            self._server = _lazy.LazyServer(self._src.sources, pages, order, verify=verify,
+                                            threads=int(threads or 0), hold=hold)
+        except BaseException:
+            self._src.close()
+            self._done.set()
+            started.set()
+            raise
+        finally:
+            del pages
+        self._ttfa = time.perf_counter() - t0
+        started.set()
 
     def _order(self, prefetch: str | None, npages: int) -> tuple[Any, str]:
         if prefetch == "sequential":
@@ -90,8 +98,11 @@ class LazyRestore:
             return None, f"none (no record: {touch_name(self.epoch)})"
         return None, "none"
 
-    def _finish(self) -> None:
+    def _finish(self, started: threading.Event) -> None:
+        started.wait()
         srv = self._server
+        if srv is None:
+            return  # the server did not start
         srv.wait()
         st = srv.stats()
         lat = srv.latencies()
@@ -99,7 +110,7 @@ class LazyRestore:
         self._fault = srv.first_fault()
         with self._lock:
             srv.close()
-            self._server = None
+            self._server = srv = None
         self._src.close()
         written = None
         if len(touched) and self._fault is None:

@@ -109,7 +109,7 @@ def write_touch(path: Any, epoch: int, npages: int, pages: np.ndarray) -> bool:
     tmp = os.path.join(path, f".{touch_name(epoch)}.{os.getpid()}{fmt.TMP_SUFFIX}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644)
+                     0o600)
         try:
             view = memoryview(body + blake3.blake3(body).digest())
             while view:
