@@ -22,7 +22,9 @@
  * handler that dies with pages left aborts the process with the reason:
  * with nobody reading the userfaultfd, a touch would hang, and with the
  * userfaultfd closed it would read zeros. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>

@@ -261,3 +261,20 @@ def test_resume_lazy_reports_only_the_programs_writes(tmp_path, tracker):
     want = expected[2].copy()
     want[written, :8] = 42
     assert np.array_equal(_pages(memckpt.restore(st, info.epoch)), want)
+
+
+def test_cli_restore_lazy_reports_its_figures(tmp_path, capsys):
+    import json
+
+    from memckpt.cli.app import main
+    st, expected = random_chain(tmp_path / "s", seed=13, compress="zstd", npages=500, nepochs=2)
+    out = tmp_path / "lazy.npz"
+    assert main(["restore", str(st.path), "--lazy", "--prefetch", "none", "--out", str(out),
+                 "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    lazy = rep["lazy"]
+    assert lazy["prefetch"] == "none" and lazy["drain_seconds"] > 0
+    assert lazy["time_to_first_access_ms"] > 0 and lazy["faults"] >= 0
+    assert np.array_equal(np.load(out)["state"], expected[2])
+    assert main(["restore", str(st.path), "--lazy", "--out", str(out)]) == 0
+    assert "lazy: first access after" in capsys.readouterr().out

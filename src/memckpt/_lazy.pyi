@@ -6,6 +6,7 @@ from typing_extensions import disjoint_base
 
 from memckpt._reader import ReadFault
 
+RECORD_SIZE: int
 RUNNING: int
 DRAINED: int
 STOPPED: int

@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with opened(args.store) as store:
         progress = progress_wanted(args.progress)
         epoch = resolve_epoch(store, args.epoch)
-        lazy = (args.prefetch if args.prefetch != "none" else None) if args.lazy else False
         return restore_npz(store, epoch, args.out, progress=progress, verify=not args.no_verify,
-                           lazy=lazy)
+                           lazy=args.lazy,
+                           prefetch=None if args.prefetch == "none" else args.prefetch)
 
 
 # np.savez takes the arrays as keyword arguments besides its own parameters
@@ -119,16 +119,17 @@ def _check_out(dest: Path, out: str) -> None:
 
 
 def restore_npz(store: Any, epoch: int, out: str, *, progress: bool = False,
-                verify: bool = True, lazy: str | None | bool = False) -> dict[str, Any]:
-    """``lazy``: False (eager), or the lazy restore's prefetch (None, "recorded", ...)."""
+                verify: bool = True, lazy: bool = False,
+                prefetch: str | None = "recorded") -> dict[str, Any]:
+    """``lazy``: restore lazily, draining in the ``prefetch`` order, and report its figures."""
     dest = Path(out)
     _check_out(dest, out)
     t0 = time.monotonic()
     figures = None
-    if lazy is False:
-        lay, pages = read_epoch(store, epoch, progress=progress, verify=verify)
+    if lazy:
+        lay, pages, figures = read_epoch_lazy(store, epoch, prefetch, verify=verify)
     else:
-        lay, pages, figures = read_epoch_lazy(store, epoch, lazy, verify=verify)
+        lay, pages = read_epoch(store, epoch, progress=progress, verify=verify)
     arrays = arrays_of(lay, pages)
     clash = sorted(_SAVEZ_OWN & set(arrays))
     if clash:
