@@ -156,7 +156,7 @@ static void die(struct mck_lazy *l, const char *why)
 
 	if (!left)
 		return;
-	dprintf(2, "memckpt: lazy restore: the page fault handler %s with %llu units of the "
+	dprintf(2, "memckpt: lazy restore: %s with %llu units of the "
 		"arena not restored yet; aborting: a touch of one would hang (nobody serving "
 		"its fault) or read zeros (userfaultfd gone)\n", why, (unsigned long long)left);
 	abort();
@@ -509,11 +509,18 @@ static void *worker(void *arg)
 		}
 	}
 	scratch_close(&sc);
-	if (rc < 0) {
+	if (rc == -ENOENT || rc == -EFAULT) {
 		uint64_t one = 1;
 
-		stopped(l, rc);
+		stopped(l, rc); /* the arena was unmapped: nothing left to serve */
 		(void)!write(l->efd, &one, sizeof(one));
+	} else if (rc < 0) {
+		char why[96];
+
+		/* (not a silent stop: the unregister that follows would turn the
+		 * pages left into zero pages) */
+		snprintf(why, sizeof(why), "a drain thread failed (%s)", strerror(-rc));
+		die(l, why);
 	}
 	return NULL;
 }
@@ -740,15 +747,15 @@ static void *handler(void *arg)
 		if (poll(pfd, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;
-			die(l, "failed to poll its userfaultfd");
+			die(l, "the page fault handler failed to poll its userfaultfd");
 			break;
 		}
 		if (atomic_load(&l->kill)) {
-			die(l, "was killed (a test)");
+			die(l, "the page fault handler was killed (a test)");
 			break;
 		}
 		if (pfd[0].revents & POLLNVAL) {
-			die(l, "found its userfaultfd closed under it");
+			die(l, "the page fault handler found its userfaultfd closed under it");
 			l->fd = l->keep_fd; /* drained already: unregister through the copy */
 			l->keep_fd = -1;
 			break;
@@ -771,7 +778,7 @@ static void *handler(void *arg)
 			if (rc < 0) {
 				char why[96];
 
-				snprintf(why, sizeof(why), "failed (%s)", strerror(-rc));
+				snprintf(why, sizeof(why), "the page fault handler failed (%s)", strerror(-rc));
 				die(l, why);
 				break;
 			}
