@@ -15,10 +15,11 @@ def test_package_ships_stub_and_py_typed():
     assert (pkg / "_reader.pyi").exists()
     assert (pkg / "_writer.pyi").exists()
     assert (pkg / "_alloc.pyi").exists()
+    assert (pkg / "_lazy.pyi").exists()
 
 
 @pytest.mark.parametrize("module", ["memckpt._core", "memckpt._reader", "memckpt._writer",
-                                    "memckpt._alloc"])
+                                    "memckpt._alloc", "memckpt._lazy"])
 def test_stubtest_core(module):
     pytest.importorskip("mypy")
     p = subprocess.run([sys.executable, "-m", "mypy.stubtest", module,

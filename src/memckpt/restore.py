@@ -1,6 +1,7 @@
 """Restore an epoch into a new arena, in this process or any other."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -54,7 +55,8 @@ def arena_from_layout(layout: dict[str, Any]) -> Arena:
 
 
 def restore(store: StoreLike, epoch: int | None = None, *, verify: bool = True,
-            threads: int | None = None) -> Arena:
+            threads: int | None = None, lazy: bool = False,
+            prefetch: str | None = "recorded") -> Arena:
     """A new arena holding ``epoch`` (default: the latest) of ``store`` (a
     path or a :class:`memckpt.Store`): the same arrays (names, dtypes,
     shapes, offsets) and, bit for bit, the same content. Its arrays are
@@ -68,17 +70,36 @@ def restore(store: StoreLike, epoch: int | None = None, *, verify: bool = True,
     pages are read and checked on ``threads`` threads (default: the CPUs this
     process may use).
 
+    ``lazy=True`` returns the arena before its pages are read: each page is
+    read, checked and mapped when the program first touches it (a
+    userfaultfd handler in C), while ``threads`` drain threads fill the
+    rest, first in the order given by ``prefetch``: ``"recorded"`` (the
+    first-touch order of the last lazy restore of this epoch, recorded
+    beside it; plain order when there is none), ``"sequential"`` (page
+    order), or None (the packs' order, the fastest to read). ``arena.lazy``
+    is then a :class:`memckpt.lazy.LazyRestore`: ``arena.lazy.wait()``
+    waits for the drain and returns its figures, and raises
+    ``CorruptionError`` if a page was damaged (such a page is never mapped
+    with wrong bytes: touching it raises SIGBUS). See docs/restore.md.
+
     To keep checkpointing what was restored, use
     :meth:`memckpt.Checkpointer.resume` instead: it continues the chain
     incrementally, where a checkpointer handed this arena starts with a full
     epoch.
     """
+    t0 = time.perf_counter()
     st, _ = open_store(store, create=False)
     if epoch is None:
         epoch = st.latest()
         if epoch is None:
             raise MemckptError(f"store {st.path} holds no committed epoch")
     arena = arena_from_layout(st.layout(epoch))
+    if lazy:
+        from .lazy import restore_lazy
+        with _closed_on_error(arena):
+            arena.lazy = restore_lazy(arena, st, epoch, verify=verify,  # type: ignore[attr-defined]
+                                      threads=threads, prefetch=prefetch, t0=t0)
+        return arena
     with _closed_on_error(arena):
         pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(arena.npages, arena.page_size)
         # a fresh arena: sparse stays sparse

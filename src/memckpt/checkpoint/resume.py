@@ -14,8 +14,21 @@ if TYPE_CHECKING:
     from .checkpointer import Checkpointer
 
 
-def resume(cls: type[Checkpointer], store: StoreLike, epoch: int | None, **kw: Any) -> Checkpointer:
-    """See :meth:`Checkpointer.resume`; ``kw`` are the constructor's options."""
+# trackers that never take a page the drain maps for one the program wrote,
+# and need no userfaultfd of their own: armed while the drain runs
+_BESIDE_DRAIN = ("mprotect", "compare")
+
+
+def resume(cls: type[Checkpointer], store: StoreLike, epoch: int | None, *, lazy: bool = False,
+           **kw: Any) -> Checkpointer:
+    """See :meth:`Checkpointer.resume`; ``kw`` are the constructor's options.
+
+    ``lazy``: the arena restored lazily (memckpt.restore(lazy=True)). A page
+    the drain maps is not the program's write, so the tracker must not see
+    it: mprotect and compare trackers start at once (a copy into a
+    read-only page is no write; compare compares contents); the others
+    (userfaultfd, soft-dirty) start once the drain is over, and this call
+    waits for it."""
     # before the restore, which may be long
     interval_args(kw["interval"], kw["mtbf"], kw["rpo"], kw["restart"])
     check_args(kw["mode"], kw["compress"], kw["full_every"], kw["staging"], kw["keep_last"],
@@ -26,10 +39,14 @@ def resume(cls: type[Checkpointer], store: StoreLike, epoch: int | None, **kw: A
         epoch = st.latest()
         if epoch is None:
             raise MemckptError(f"store {st.path} holds no committed epoch to resume from")
-    arena = restore(st, epoch)
+    arena = restore(st, epoch, lazy=lazy)
     try:
+        if lazy and kw["tracker"] not in _BESIDE_DRAIN:
+            arena.lazy.wait()  # type: ignore[attr-defined]
         ck = cls(arena, st, **kw)
     except BaseException:
+        if lazy:
+            arena.lazy._done.wait()  # type: ignore[attr-defined]  # it holds the pages till then
         arena.close()
         raise
     ck._owns_store = owns

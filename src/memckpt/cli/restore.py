@@ -23,6 +23,13 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="do not check the pages' BLAKE3 digests: only for a store `memckpt "
                         "verify` checked already (a damaged page is then written as it is)")
+    p.add_argument("--lazy", action="store_true",
+                   help="restore lazily (pages served on first touch while a drain reads the "
+                        "rest) and report time to first access, fault latency and drain "
+                        "throughput; the file written is the same")
+    p.add_argument("--prefetch", choices=["recorded", "sequential", "none"], default="recorded",
+                   help="with --lazy: the drain's order (default: recorded, the first touches "
+                        "of the last lazy restore of this epoch)")
     json_arg(p)
     progress_arg(p)
 
@@ -31,7 +38,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with opened(args.store) as store:
         progress = progress_wanted(args.progress)
         epoch = resolve_epoch(store, args.epoch)
-        return restore_npz(store, epoch, args.out, progress=progress, verify=not args.no_verify)
+        return restore_npz(store, epoch, args.out, progress=progress, verify=not args.no_verify,
+                           lazy=args.lazy,
+                           prefetch=None if args.prefetch == "none" else args.prefetch)
 
 
 # np.savez takes the arrays as keyword arguments besides its own parameters
@@ -49,6 +58,28 @@ def read_epoch(store: Any, epoch: int, *, progress: bool = False, label: str = "
     with Progress(label, npages, unit="pages", enabled=progress) as bar:
         store.read_into(epoch, out, progress=bar.callback(), out_is_zero=True, verify=verify)
     return lay, out
+
+
+def read_epoch_lazy(store: Any, epoch: int, prefetch: str | None, *,
+                    verify: bool = True) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
+    """The epoch's layout and pages restored lazily, and the lazy restore's figures."""
+    from ..restore import restore
+    arena = restore(store, epoch, lazy=True, prefetch=prefetch, verify=verify)
+    pages = np.frombuffer(arena.buffer(), np.uint8).reshape(arena.npages, arena.page_size)
+    pages[:, 0].sum()  # the first touch of every page, in page order, as a reader would
+    st = arena.lazy.wait()  # type: ignore[attr-defined]
+    figures = {
+        "time_to_first_access_ms": round(st.time_to_first_access_s * 1e3, 3),
+        "faults": st.faults,
+        "fault_latency_median_us": None if st.fault_latency_median_s is None
+        else round(st.fault_latency_median_s * 1e6, 1),
+        "fault_latency_p99_us": None if st.fault_latency_p99_s is None
+        else round(st.fault_latency_p99_s * 1e6, 1),
+        "drain_seconds": st.drain_s and round(st.drain_s, 3),
+        "drain_gb_per_s": st.drain_bytes_per_s and round(st.drain_bytes_per_s / 1e9, 3),
+        "prefetch": st.prefetch,
+    }
+    return store.layout(epoch), pages, figures
 
 
 def arrays_of(lay: dict[str, Any], pages: np.ndarray) -> dict[str, np.ndarray]:
@@ -88,11 +119,17 @@ def _check_out(dest: Path, out: str) -> None:
 
 
 def restore_npz(store: Any, epoch: int, out: str, *, progress: bool = False,
-                verify: bool = True) -> dict[str, Any]:
+                verify: bool = True, lazy: bool = False,
+                prefetch: str | None = "recorded") -> dict[str, Any]:
+    """``lazy``: restore lazily, draining in the ``prefetch`` order, and report its figures."""
     dest = Path(out)
     _check_out(dest, out)
     t0 = time.monotonic()
-    lay, pages = read_epoch(store, epoch, progress=progress, verify=verify)
+    figures = None
+    if lazy:
+        lay, pages, figures = read_epoch_lazy(store, epoch, prefetch, verify=verify)
+    else:
+        lay, pages = read_epoch(store, epoch, progress=progress, verify=verify)
     arrays = arrays_of(lay, pages)
     clash = sorted(_SAVEZ_OWN & set(arrays))
     if clash:
@@ -122,7 +159,18 @@ def restore_npz(store: Any, epoch: int, out: str, *, progress: bool = False,
         "bytes": dest.stat().st_size,
         "arrays": [dict(e, shape=list(e["shape"])) for e in lay.get("arrays", [])],
         "read_seconds": round(t1 - t0, 3), "write_seconds": round(time.monotonic() - t1, 3),
+        **({"lazy": figures} if figures is not None else {}),
     }
+
+
+def _format_lazy(f: dict[str, Any]) -> str:
+    def us(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f} us"
+    drain = "-" if f["drain_seconds"] is None else \
+        f"{f['drain_seconds']:.2f} s ({f['drain_gb_per_s']:.2f} GB/s)"
+    return (f"lazy: first access after {f['time_to_first_access_ms']:.1f} ms; {f['faults']} "
+            f"demand faults, latency median {us(f['fault_latency_median_us'])}, p99 "
+            f"{us(f['fault_latency_p99_us'])}; drain {drain}; prefetch {f['prefetch']}")
 
 
 def format_restore(rep: dict[str, Any]) -> str:
@@ -132,6 +180,7 @@ def format_restore(rep: dict[str, Any]) -> str:
         f"restored epoch {rep['epoch']} of {rep['store']} into {rep['out']} "
         f"({fmt_bytes(rep['bytes'])}; read {rep['read_seconds']:.2f} s, "
         f"written {rep['write_seconds']:.2f} s)",
+        *([_format_lazy(rep["lazy"])] if "lazy" in rep else []),
         table(["array", "dtype", "shape"], rows),
         f"load it with: numpy.load({rep['out']!r})",
     ])
@@ -145,5 +194,6 @@ COMMAND = Command(
                 "use memckpt.Checkpointer.resume in Python.",
     examples="  memckpt restore memckpt-demo --out state.npz\n"
              "  memckpt restore memckpt-demo --epoch 3 --out epoch3.npz\n"
+             "  memckpt restore memckpt-demo --lazy --out state.npz\n"
              "  memckpt verify memckpt-demo && memckpt restore memckpt-demo --no-verify --out s.npz\n"
              "  python -c \"import numpy; print(numpy.load('state.npz')['temperature'].max())\"")

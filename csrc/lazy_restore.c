@@ -1,0 +1,1156 @@
+/* lazy_restore.c: serving an epoch into an arena on first touch (see
+ * lazy_restore.h and docs/restore.md).
+ *
+ * One handler thread reads the userfaultfd and maps each faulting page from
+ * the plan: its record read from the pack, decoded, checked against its
+ * digest, then UFFDIO_COPY (UFFDIO_ZEROPAGE for a zero page). Drain threads
+ * take the plan's units in the drain order (the prefetch list's first) and
+ * map their pages the same way; either may find a page mapped by the other
+ * (EEXIST: the faulting thread was woken by whoever mapped it).
+ *
+ * The program may drop pages (madvise(MADV_DONTNEED)) while this runs: the
+ * kernel then queues a remove event and refuses copies (EAGAIN) until it is
+ * read, and zaps the range only after. Drain threads copy under the read
+ * side of `maplock` and the handler reads messages under its write side,
+ * so no copy lands between the event being read and the pages being marked
+ * dropped: a dropped page is never filled from the epoch again (it reads
+ * as zero, as it would without us).
+ *
+ * A page that fails its check is poisoned (UFFDIO_POISON): the thread that
+ * touches it gets SIGBUS, never the wrong bytes and never a hang; the
+ * first damage is reported at the next Python boundary (wait, stats). A
+ * handler that dies with pages left aborts the process with the reason:
+ * with nobody reading the userfaultfd, a touch would hang, and with the
+ * userfaultfd closed it would read zeros. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "lazy_restore.h"
+#include "page_codec.h"
+#include "read_plan.h"
+
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef UFFDIO_POISON
+struct uffdio_poison {
+	struct uffdio_range range;
+	__u64 mode;
+	__s64 updated;
+};
+#define _UFFDIO_POISON (0x08)
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+
+#define MAX_WORKERS 16
+#define MSG_BATCH 64
+/* The drain claims this many pages' worth of units at a time: fewer when
+ * faults arrive (the program is running: give way, keep the order fine),
+ * more when none do (fewer claims). */
+#define CHUNK_MIN_PAGES 64u
+#define CHUNK_MAX_PAGES 4096u
+#define DRAIN_NICE 5
+/* A fault maps at most this many pages: the faulting one and the pending
+ * ones after it in its unit (64 KiB: the latency of one page plus ~15 us) */
+#define FAULT_AROUND 16u
+
+enum { PENDING = 0, MAPPED, DROPPED, BAD };
+
+struct scratch {
+	uint8_t *buf;           /* a unit's stored bytes */
+	uint8_t *pages;         /* its pages, decoded */
+	uint8_t *digests;
+	struct mck_codec *codec;
+};
+
+struct mck_lazy {
+	struct mck_read_plan *plan;
+	uint8_t *base;
+	size_t ps;
+	uint64_t npages;
+	int fd, keep_fd, efd;
+	int verify, poison, hold;
+	pid_t pid;
+
+	uint32_t *unit_of;                  /* page -> unit */
+	_Atomic uint8_t *state;             /* page -> PENDING.. */
+	uint64_t *order;                    /* units, in drain order */
+	atomic_uint_fast64_t next;          /* into order */
+	atomic_uint_fast64_t units_left;
+	atomic_uint_fast64_t fault_gen;
+	atomic_int closing, kill;
+	pthread_rwlock_t maplock;
+
+	pthread_mutex_t lock;               /* what follows, and the condition */
+	pthread_cond_t cond;
+	int run_state, err;
+	struct mck_read_fault fault;
+	uint8_t *touched_bits;
+	uint64_t *touched, ntouched, touched_cap;
+	uint64_t *lat, nlat, lat_cap;
+	uint64_t drained_ns;
+
+	atomic_uint_fast64_t n_fault_msgs, n_drained, n_served, n_eexist, n_eagain, n_removed,
+		n_bad, n_bytes, chunk_min, chunk_max;
+	uint64_t start_ns;
+
+	struct scratch hs;                  /* the handler's */
+	pthread_t handler, workers[MAX_WORKERS];
+	unsigned nworkers;
+	int handler_started;
+	struct mck_lazy *next_live;
+};
+
+/* Lazy restores in flight, for fork(): the child would find their missing
+ * pages unregistered (zeros), so fork waits for their drains. */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct mck_lazy *live;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int append(uint64_t **arr, uint64_t *n, uint64_t *cap, uint64_t v)
+{
+	if (*n == *cap) {
+		uint64_t nc = *cap ? *cap * 2 : 1024;
+		uint64_t *p = realloc(*arr, nc * sizeof(**arr));
+
+		if (!p)
+			return -ENOMEM;
+		*arr = p;
+		*cap = nc;
+	}
+	(*arr)[(*n)++] = v;
+	return 0;
+}
+
+/* ---- death ---------------------------------------------------------------- */
+
+static void die(struct mck_lazy *l, const char *why)
+{
+	uint64_t left = atomic_load(&l->units_left);
+
+	if (!left)
+		return;
+	dprintf(2, "memckpt: lazy restore: %s with %llu units of the "
+		"arena not restored yet; aborting: a touch of one would hang (nobody serving "
+		"its fault) or read zeros (userfaultfd gone)\n", why, (unsigned long long)left);
+	abort();
+}
+
+/* ---- mapping pages ---------------------------------------------------------- */
+
+static void *page_addr(const struct mck_lazy *l, uint64_t p)
+{
+	return l->base + p * l->ps;
+}
+
+static void set_mapped(struct mck_lazy *l, uint64_t p, uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		uint8_t want = PENDING;
+
+		atomic_compare_exchange_strong(&l->state[p + i], &want, MAPPED);
+	}
+}
+
+/* UFFDIO_COPY (src) or UFFDIO_ZEROPAGE (src NULL) of pages [p, p+n): the
+ * number mapped before a failure in *done; -errno of that failure. */
+static int map_ioctl(struct mck_lazy *l, uint64_t p, uint64_t n, const void *src, uint64_t *done)
+{
+	size_t len = n * l->ps;
+	int rc;
+	long long got;
+
+	if (src) {
+		struct uffdio_copy c = {.dst = (uintptr_t)page_addr(l, p), .src = (uintptr_t)src,
+					.len = len};
+
+		rc = ioctl(l->fd, UFFDIO_COPY, &c) < 0 ? -errno : 0;
+		got = c.copy;
+	} else {
+		struct uffdio_zeropage z = {.range = {.start = (uintptr_t)page_addr(l, p), .len = len}};
+
+		rc = ioctl(l->fd, UFFDIO_ZEROPAGE, &z) < 0 ? -errno : 0;
+		got = z.zeropage;
+	}
+	*done = rc == 0 ? n : (got > 0 ? (uint64_t)got / l->ps : 0);
+	return rc;
+}
+
+static void wake(struct mck_lazy *l, uint64_t p)
+{
+	struct uffdio_range r = {.start = (uintptr_t)page_addr(l, p), .len = l->ps};
+
+	ioctl(l->fd, UFFDIO_WAKE, &r);
+}
+
+/* ---- reading and checking ------------------------------------------------------ */
+
+static int scratch_open(struct scratch *sc, const struct mck_read_plan *p)
+{
+	size_t n = (size_t)p->unit_pages * p->page_size;
+
+	memset(sc, 0, sizeof(*sc));
+	sc->buf = aligned_alloc(p->page_size, n);
+	sc->pages = aligned_alloc(p->page_size, n);
+	sc->digests = malloc((size_t)p->unit_pages * MCK_BLAKE3_LEN);
+	if (!sc->buf || !sc->pages || !sc->digests)
+		return -ENOMEM;
+	return p->coded ? mck_codec_open(&sc->codec) : 0;
+}
+
+static void scratch_close(struct scratch *sc)
+{
+	free(sc->buf);
+	free(sc->pages);
+	free(sc->digests);
+	mck_codec_close(sc->codec);
+	memset(sc, 0, sizeof(*sc));
+}
+
+static int fault_at(struct mck_read_fault *f, int kind, uint32_t source, uint64_t record,
+		    uint64_t page, uint64_t offset)
+{
+	memset(f, 0, sizeof(*f));
+	f->kind = kind;
+	f->source = source;
+	f->record = record;
+	f->page = page;
+	f->offset = offset;
+	return -EBADMSG;
+}
+
+static int pread_fully(struct mck_lazy *l, int fd, uint8_t *buf, uint64_t len, uint64_t off,
+		       uint32_t source, const struct mck_read_entry *e, struct mck_read_fault *f)
+{
+	uint64_t at = 0;
+
+	while (at < len) {
+		ssize_t got = pread(fd, buf + at, len - at, (off_t)(off + at));
+
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0) {
+			fault_at(f, MCK_READ_FAULT_IO, source, e->record, e->page, off + at);
+			f->err = -errno;
+			return -EBADMSG;
+		}
+		if (got == 0)
+			return fault_at(f, MCK_READ_FAULT_SHORT, source, e->record, e->page, off + at);
+		at += (uint64_t)got;
+	}
+	atomic_fetch_add(&l->n_bytes, len);
+	return 0;
+}
+
+/* The page image of entry e (stored at src) into dst; -EBADMSG with f set. */
+static int decode(struct mck_lazy *l, struct scratch *sc, uint32_t source,
+		  const struct mck_read_entry *e, const uint8_t *src, uint8_t *dst,
+		  struct mck_read_fault *f)
+{
+	const struct mck_idx_record *r = mck_plan_record(l->plan, source, e->record);
+	char why[sizeof(f->why)];
+	int rc;
+
+	if (!(r->flags & MCK_PAGE_COMPRESSED)) {
+		if (src != dst)
+			memcpy(dst, src, l->ps);
+		return 0;
+	}
+	rc = mck_codec_decode(sc->codec, r->flags & MCK_PAGE_COMPRESSED, src, r->length, dst,
+			      l->ps, why, sizeof(why));
+	if (rc == 0)
+		return 0;
+	fault_at(f, rc == -EBADMSG ? MCK_READ_FAULT_DECODE : MCK_READ_FAULT_IO, source, e->record,
+		 e->page, r->offset);
+	if (rc == -EBADMSG)
+		memcpy(f->why, why, sizeof(why));
+	else
+		f->err = rc;
+	return -EBADMSG;
+}
+
+static int check(struct mck_lazy *l, uint32_t source, const struct mck_read_entry *e,
+		 const uint8_t *digest, struct mck_read_fault *f)
+{
+	const struct mck_idx_record *r = mck_plan_record(l->plan, source, e->record);
+
+	if (!l->verify || memcmp(digest, r->digest, MCK_BLAKE3_LEN) == 0)
+		return 0;
+	fault_at(f, MCK_READ_FAULT_DIGEST, source, e->record, e->page, r->offset);
+	f->nbad = 1;
+	return -EBADMSG;
+}
+
+/* Page p failed (f): never mapped with these bytes, never left missing. */
+static void bad_page(struct mck_lazy *l, uint64_t p, const struct mck_read_fault *f)
+{
+	struct uffdio_poison ps = {.range = {.start = (uintptr_t)page_addr(l, p), .len = l->ps}};
+	uint8_t want = PENDING;
+	int first;
+
+	if (!atomic_compare_exchange_strong(&l->state[p], &want, BAD))
+		return; /* mapped already (by a copy of a good image), dropped, or bad */
+	atomic_fetch_add(&l->n_bad, 1);
+	pthread_mutex_lock(&l->lock);
+	first = l->fault.kind == MCK_READ_FAULT_NONE;
+	if (first)
+		l->fault = *f;
+	pthread_mutex_unlock(&l->lock);
+	if (first)
+		dprintf(2, "memckpt: lazy restore: page %llu of the arena is damaged in the store "
+			"(chain position %u, record %llu): poisoned, a touch of it raises SIGBUS\n",
+			(unsigned long long)p, f->source, (unsigned long long)f->record);
+	if (!l->poison) {
+		dprintf(2, "memckpt: lazy restore: this kernel cannot poison a page "
+			"(UFFDIO_POISON); aborting rather than map a damaged page\n");
+		abort();
+	}
+	if (ioctl(l->fd, UFFDIO_POISON, &ps) < 0 && errno != EEXIST && errno != ENOENT) {
+		dprintf(2, "memckpt: lazy restore: UFFDIO_POISON of page %llu failed (%s); aborting "
+			"rather than map a damaged page\n", (unsigned long long)p, strerror(errno));
+		abort();
+	}
+}
+
+/* ---- the drain -------------------------------------------------------------------- */
+
+/* Map the run of pages [p, p+n) from src (NULL: zeros), the ones still
+ * pending. 0, or -errno that stops the drain (the arena is gone). */
+static int map_run(struct mck_lazy *l, uint64_t p, uint64_t n, const uint8_t *src)
+{
+	uint64_t i = 0;
+
+	pthread_rwlock_rdlock(&l->maplock);
+	while (i < n) {
+		uint64_t j = i, done;
+		int rc;
+
+		while (i < n && atomic_load(&l->state[p + i]) != PENDING)
+			i++;
+		j = i;
+		while (j < n && atomic_load(&l->state[p + j]) == PENDING)
+			j++;
+		if (i == j)
+			break;
+		rc = map_ioctl(l, p + i, j - i, src ? src + i * l->ps : NULL, &done);
+		set_mapped(l, p + i, done);
+		atomic_fetch_add(&l->n_drained, done);
+		i += done;
+		if (rc == 0)
+			continue;
+		if (rc == -EEXIST) {
+			atomic_fetch_add(&l->n_eexist, 1);
+			set_mapped(l, p + i, 1); /* the handler mapped it */
+			i++;
+		} else if (rc == -EAGAIN) {
+			/* a remove event is pending: the handler reads it (under the
+			 * write side), then the pages it dropped are skipped */
+			atomic_fetch_add(&l->n_eagain, 1);
+			pthread_rwlock_unlock(&l->maplock);
+			sched_yield();
+			pthread_rwlock_rdlock(&l->maplock);
+		} else {
+			pthread_rwlock_unlock(&l->maplock);
+			return rc;
+		}
+	}
+	pthread_rwlock_unlock(&l->maplock);
+	return 0;
+}
+
+static int any_pending(struct mck_lazy *l, const struct mck_read_unit *u)
+{
+	const struct mck_read_entry *e = &l->plan->entries[u->first];
+
+	for (uint32_t k = 0; k < u->n; k++)
+		if (atomic_load(&l->state[u->kind == MCK_UNIT_ZERO ? u->first + k : e[k].page]) ==
+		    PENDING)
+			return 1;
+	return 0;
+}
+
+static int drain_unit(struct mck_lazy *l, const struct mck_read_unit *u, struct scratch *sc)
+{
+	const struct mck_read_entry *e = &l->plan->entries[u->first];
+	struct mck_read_fault f;
+	uint32_t k, start;
+
+	if (!any_pending(l, u))
+		return 0;
+	if (u->kind == MCK_UNIT_ZERO)
+		return map_run(l, u->first, u->n, NULL);
+	if (pread_fully(l, l->plan->sources[u->source].fd, sc->buf, u->bytes, u->offset, u->source,
+			&e[0], &f) < 0) {
+		for (k = 0; k < u->n; k++)
+			bad_page(l, e[k].page, &f);
+		return 0;
+	}
+	for (k = 0; k < u->n; k++) {
+		const struct mck_idx_record *r = mck_plan_record(l->plan, u->source, e[k].record);
+
+		if (decode(l, sc, u->source, &e[k], sc->buf + (r->offset - u->offset),
+			   sc->pages + (size_t)k * l->ps, &f) < 0)
+			bad_page(l, e[k].page, &f);
+	}
+	if (l->verify)
+		mck_blake3_pages(sc->pages, l->ps, u->n, sc->digests);
+	for (k = 0; k < u->n; k++)
+		if (check(l, u->source, &e[k], sc->digests + (size_t)k * MCK_BLAKE3_LEN, &f) < 0)
+			bad_page(l, e[k].page, &f);
+	/* runs of consecutive pages (bad ones are not PENDING: skipped) */
+	for (start = 0, k = 1; k <= u->n; k++) {
+		if (k < u->n && e[k].page == e[k - 1].page + 1)
+			continue;
+		int rc = map_run(l, e[start].page, k - start, sc->pages + (size_t)start * l->ps);
+
+		if (rc < 0)
+			return rc;
+		start = k;
+	}
+	return 0;
+}
+
+static void stopped(struct mck_lazy *l, int err)
+{
+	pthread_mutex_lock(&l->lock);
+	if (l->run_state == MCK_LAZY_RUNNING) {
+		l->run_state = MCK_LAZY_STOPPED;
+		l->err = err;
+	}
+	pthread_mutex_unlock(&l->lock);
+	atomic_store(&l->closing, 1);
+}
+
+static void note_chunk(struct mck_lazy *l, uint64_t c)
+{
+	uint64_t v = atomic_load(&l->chunk_min);
+
+	while (c < v && !atomic_compare_exchange_weak(&l->chunk_min, &v, c))
+		;
+	v = atomic_load(&l->chunk_max);
+	while (c > v && !atomic_compare_exchange_weak(&l->chunk_max, &v, c))
+		;
+}
+
+static void *worker(void *arg)
+{
+	struct mck_lazy *l = arg;
+	struct mck_read_plan *p = l->plan;
+	uint64_t nunits = p->nunits, chunk = CHUNK_MIN_PAGES * 4;
+	uint64_t gen = atomic_load(&l->fault_gen);
+	struct scratch sc;
+	int rc = scratch_open(&sc, p);
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+
+	/* a fault's handler (and the program) first: a woken handler preempts
+	 * a drain thread of lower priority at once, where it would otherwise
+	 * wait for one of them to use up its slice. Best effort. */
+	errno = 0;
+	{
+		int nice = getpriority(PRIO_PROCESS, (id_t)tid);
+
+		if (errno == 0 && nice + DRAIN_NICE <= 19)
+			(void)!setpriority(PRIO_PROCESS, (id_t)tid, nice + DRAIN_NICE);
+	}
+	pthread_mutex_lock(&l->lock);
+	while (l->hold && !atomic_load(&l->closing))
+		pthread_cond_wait(&l->cond, &l->lock);
+	pthread_mutex_unlock(&l->lock);
+	while (rc == 0 && !atomic_load(&l->closing)) {
+		uint64_t claim = chunk / p->unit_pages ? chunk / p->unit_pages : 1;
+		uint64_t i = atomic_fetch_add(&l->next, claim), end = i + claim, g;
+
+		if (i >= nunits)
+			break;
+		if (end > nunits)
+			end = nunits;
+		note_chunk(l, chunk);
+		for (; i < end && rc == 0; i++) {
+			rc = drain_unit(l, &p->units[l->order[i]], &sc);
+			if (rc == 0 && atomic_fetch_sub(&l->units_left, 1) == 1) {
+				uint64_t one = 1;
+
+				(void)!write(l->efd, &one, sizeof(one));
+			}
+		}
+		g = atomic_load(&l->fault_gen);
+		if (g != gen) {
+			gen = g;
+			chunk = chunk / 4 > CHUNK_MIN_PAGES ? chunk / 4 : CHUNK_MIN_PAGES;
+			sched_yield(); /* let the handler have the CPU */
+		} else if (chunk < CHUNK_MAX_PAGES) {
+			chunk *= 2;
+		}
+	}
+	scratch_close(&sc);
+	if (rc == -ENOENT || rc == -EFAULT) {
+		uint64_t one = 1;
+
+		stopped(l, rc); /* the arena was unmapped: nothing left to serve */
+		(void)!write(l->efd, &one, sizeof(one));
+	} else if (rc < 0) {
+		char why[96];
+
+		/* (not a silent stop: the unregister that follows would turn the
+		 * pages left into zero pages) */
+		snprintf(why, sizeof(why), "a drain thread failed (%s)", strerror(-rc));
+		die(l, why);
+	}
+	return NULL;
+}
+
+/* ---- the fault handler ------------------------------------------------------------ */
+
+struct pending_fault {
+	uint64_t page;
+	uint64_t t;
+};
+
+struct queue {
+	struct pending_fault q[MSG_BATCH * 4];
+	unsigned n;
+};
+
+static void dropped(struct mck_lazy *l, uint64_t start, uint64_t end)
+{
+	uint64_t lo = (uintptr_t)l->base, hi = lo + l->npages * l->ps;
+
+	if (end <= lo || start >= hi)
+		return;
+	start = start < lo ? 0 : (start - lo) / l->ps;
+	end = end > hi ? l->npages : (end - lo + l->ps - 1) / l->ps;
+	for (uint64_t p = start; p < end; p++) {
+		uint8_t s = atomic_exchange(&l->state[p], DROPPED);
+
+		if (s == PENDING)
+			atomic_fetch_add(&l->n_removed, 1);
+		else if (s == BAD)
+			atomic_store(&l->state[p], BAD);
+	}
+}
+
+/* Read what the kernel queued: remove events handled, faults queued. The
+ * messages read, or -errno if the uffd is unusable. */
+static int read_msgs(struct mck_lazy *l, struct queue *q)
+{
+	struct uffd_msg msg[MSG_BATCH];
+	unsigned room = (unsigned)(sizeof(q->q) / sizeof(q->q[0])) - q->n;
+	ssize_t got;
+	int err = 0;
+
+	pthread_rwlock_wrlock(&l->maplock);
+	got = read(l->fd, msg, sizeof(msg));
+	if (got < 0)
+		err = errno == EAGAIN || errno == EINTR ? 0 : -errno;
+	for (ssize_t i = 0; got > 0 && i < got / (ssize_t)sizeof(msg[0]); i++) {
+		if (msg[i].event == UFFD_EVENT_PAGEFAULT) {
+			uint64_t a = msg[i].arg.pagefault.address, lo = (uintptr_t)l->base;
+
+			atomic_fetch_add(&l->n_fault_msgs, 1);
+			/* (a fault with no room left is woken by the drain's copy of
+			 * its page, or by the unregister at the end) */
+			if (a >= lo && a < lo + l->npages * l->ps && room) {
+				room--;
+				q->q[q->n].page = (a - lo) / l->ps;
+				q->q[q->n++].t = now_ns();
+			}
+		} else if (msg[i].event == UFFD_EVENT_REMOVE) {
+			dropped(l, msg[i].arg.remove.start, msg[i].arg.remove.end);
+		}
+	}
+	pthread_rwlock_unlock(&l->maplock);
+	return err < 0 ? err : got > 0 ? (int)(got / (ssize_t)sizeof(msg[0])) : 0;
+}
+
+/* The unit entry for page p of unit u. */
+static const struct mck_read_entry *entry_of(const struct mck_lazy *l,
+					     const struct mck_read_unit *u, uint64_t p)
+{
+	const struct mck_read_entry *e = &l->plan->entries[u->first];
+
+	for (uint32_t k = 0; k < u->n; k++)
+		if (e[k].page == p)
+			return &e[k];
+	return NULL;
+}
+
+/* For a fault on page p (entry k of unit u): how many of the entries from
+ * k on to serve with it, pages that follow p and are still pending. */
+static uint32_t around(struct mck_lazy *l, const struct mck_read_unit *u, uint32_t k)
+{
+	const struct mck_read_entry *e = &l->plan->entries[u->first];
+	uint32_t m = 1;
+
+	while (k + m < u->n && m < FAULT_AROUND && e[k + m].page == e[k + m - 1].page + 1 &&
+	       atomic_load(&l->state[e[k + m].page]) == PENDING)
+		m++;
+	return m;
+}
+
+/* Read, decode and check entries [k, k+m) of unit u into the handler's
+ * scratch; the entries that pass, from k (0: the faulting page failed). */
+static uint32_t fetch_around(struct mck_lazy *l, const struct mck_read_unit *u, uint32_t k,
+			     uint32_t m)
+{
+	const struct mck_read_entry *e = &l->plan->entries[u->first + k];
+	const struct mck_idx_record *r0 = mck_plan_record(l->plan, u->source, e[0].record);
+	const struct mck_idx_record *rl = mck_plan_record(l->plan, u->source, e[m - 1].record);
+	struct mck_read_fault f;
+
+	/* a unit's records are stored back to back: one read */
+	if (pread_fully(l, l->plan->sources[u->source].fd, l->hs.buf,
+			rl->offset + rl->length - r0->offset, r0->offset, u->source, e, &f) < 0) {
+		bad_page(l, e[0].page, &f);
+		return 0;
+	}
+	for (uint32_t i = 0; i < m; i++) {
+		const struct mck_idx_record *r = mck_plan_record(l->plan, u->source, e[i].record);
+
+		if (decode(l, &l->hs, u->source, &e[i], l->hs.buf + (r->offset - r0->offset),
+			   l->hs.pages + (size_t)i * l->ps, &f) < 0) {
+			bad_page(l, e[i].page, &f);
+			m = i;
+		}
+	}
+	if (l->verify && m) {
+		mck_blake3_pages(l->hs.pages, l->ps, m, l->hs.digests);
+		for (uint32_t i = 0; i < m; i++)
+			if (check(l, u->source, &e[i], l->hs.digests + (size_t)i * MCK_BLAKE3_LEN,
+				  &f) < 0) {
+				bad_page(l, e[i].page, &f);
+				m = i;
+			}
+	}
+	return m;
+}
+
+/* Map page p for a fault, checked, with up to FAULT_AROUND pending pages
+ * that follow it in its unit (a program touching pages in order faults
+ * once per run, not once per page). */
+static int serve(struct mck_lazy *l, uint64_t p, struct queue *q)
+{
+	const struct mck_read_unit *u = &l->plan->units[l->unit_of[p]];
+	const uint8_t *src = NULL;
+	uint8_t s = atomic_load(&l->state[p]);
+	uint64_t n = 1;
+	int rc;
+
+	if (s == MAPPED || s == BAD) {
+		wake(l, p);
+		return 0;
+	}
+	if (s == PENDING && u->kind != MCK_UNIT_ZERO) {
+		uint32_t k = (uint32_t)(entry_of(l, u, p) - &l->plan->entries[u->first]);
+
+		n = fetch_around(l, u, k, around(l, u, k));
+		if (!n)
+			return 0; /* poisoned: the toucher gets SIGBUS */
+		src = l->hs.pages;
+	}
+	for (;;) {
+		uint64_t done;
+
+		/* (the pages after p may have been mapped by the drain meanwhile:
+		 * EEXIST after p's copy ends the run) */
+		rc = map_ioctl(l, p, n, src, &done);
+		set_mapped(l, p, done);
+		atomic_fetch_add(&l->n_served, done);
+		if (rc == 0 || (done && (rc == -EEXIST || rc == -EAGAIN)))
+			return 0; /* p is mapped, its thread woken */
+		if (rc == -EEXIST) {
+			atomic_fetch_add(&l->n_eexist, 1);
+			set_mapped(l, p, 1);
+			wake(l, p);
+			return 0;
+		}
+		if (rc != -EAGAIN)
+			return rc;
+		atomic_fetch_add(&l->n_eagain, 1);
+		rc = read_msgs(l, q);
+		if (rc < 0)
+			return rc;
+		n = 1;
+		if (atomic_load(&l->state[p]) == DROPPED)
+			src = NULL; /* dropped by the program meanwhile: it reads zeros */
+	}
+}
+
+static void first_touch(struct mck_lazy *l, uint64_t p, uint64_t t0)
+{
+	uint64_t t1 = now_ns();
+
+	pthread_mutex_lock(&l->lock);
+	if (!(l->touched_bits[p / 8] & (1u << (p % 8)))) {
+		l->touched_bits[p / 8] |= (uint8_t)(1u << (p % 8));
+		(void)append(&l->touched, &l->ntouched, &l->touched_cap, p);
+		(void)append(&l->lat, &l->nlat, &l->lat_cap, t1 - t0);
+	}
+	pthread_mutex_unlock(&l->lock);
+}
+
+/* Every page mapped: unregister (a page the program drops from now on
+ * reads as zero the ordinary way) and close the userfaultfd. */
+static void finish(struct mck_lazy *l)
+{
+	struct uffdio_range r = {.start = (uintptr_t)l->base, .len = l->npages * l->ps};
+
+	struct queue q = {.n = 0};
+
+	ioctl(l->fd, UFFDIO_UNREGISTER, &r);
+	/* remove events queued before: their madvise waits for them to be read */
+	while (read_msgs(l, &q) > 0)
+		q.n = 0;
+	pthread_mutex_lock(&l->lock);
+	if (l->run_state == MCK_LAZY_RUNNING) {
+		l->run_state = MCK_LAZY_DRAINED;
+		l->drained_ns = now_ns();
+	}
+	pthread_cond_broadcast(&l->cond);
+	pthread_mutex_unlock(&l->lock);
+}
+
+static void *handler(void *arg)
+{
+	struct mck_lazy *l = arg;
+	struct queue q = {.n = 0};
+
+	for (;;) {
+		struct pollfd pfd[2] = {{.fd = l->fd, .events = POLLIN}, {.fd = l->efd, .events = POLLIN}};
+		int rc;
+
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			die(l, "the page fault handler failed to poll its userfaultfd");
+			break;
+		}
+		if (atomic_load(&l->kill)) {
+			die(l, "the page fault handler was killed (a test)");
+			break;
+		}
+		if (pfd[0].revents & POLLNVAL) {
+			die(l, "the page fault handler found its userfaultfd closed under it");
+			l->fd = l->keep_fd; /* drained already: unregister through the copy */
+			l->keep_fd = -1;
+			break;
+		}
+		if (pfd[0].revents & POLLIN) {
+			rc = read_msgs(l, &q);
+			rc = rc < 0 ? rc : 0;
+			for (unsigned i = 0; rc == 0 && i < q.n; i++) {
+				uint64_t p = q.q[i].page, t = q.q[i].t;
+
+				rc = serve(l, p, &q);
+				first_touch(l, p, t);
+				atomic_fetch_add(&l->fault_gen, 1);
+			}
+			q.n = 0;
+			if (rc == -ENOENT || rc == -EFAULT) {
+				stopped(l, rc); /* the arena was unmapped: nothing left to serve */
+				break;
+			}
+			if (rc < 0) {
+				char why[96];
+
+				snprintf(why, sizeof(why), "the page fault handler failed (%s)", strerror(-rc));
+				die(l, why);
+				break;
+			}
+		}
+		if (pfd[1].revents & POLLIN) {
+			uint64_t v;
+
+			(void)!read(l->efd, &v, sizeof(v));
+		}
+		if (!atomic_load(&l->units_left) || atomic_load(&l->closing))
+			break;
+	}
+	/* the drain may have stopped with faults still queued in the kernel:
+	 * unregistering wakes them (the arena is gone, or every page is there) */
+	finish(l);
+	return NULL;
+}
+
+/* ---- fork ------------------------------------------------------------------------- */
+
+static void before_fork(void)
+{
+	pthread_mutex_lock(&live_lock);
+	for (struct mck_lazy *l = live; l; l = l->next_live)
+		if (l->pid == getpid()) {
+			mck_lazy_release(l);
+			mck_lazy_wait(l, -1);
+		}
+}
+
+static void after_fork_parent(void)
+{
+	pthread_mutex_unlock(&live_lock);
+}
+
+static void after_fork_child(void)
+{
+	pthread_mutex_unlock(&live_lock);
+}
+
+static void register_atfork(void)
+{
+	pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
+
+/* ---- the API ------------------------------------------------------------------------ */
+
+static int build_order(struct mck_lazy *l, const uint64_t *pref, uint64_t npref)
+{
+	uint64_t nunits = l->plan->nunits, n = 0;
+	uint8_t *seen = calloc(nunits ? nunits : 1, 1);
+
+	l->order = malloc((nunits ? nunits : 1) * sizeof(*l->order));
+	if (!seen || !l->order) {
+		free(seen);
+		return -ENOMEM;
+	}
+	for (uint64_t i = 0; i < npref; i++) {
+		uint64_t u;
+
+		if (pref[i] >= l->npages)
+			continue;
+		u = l->unit_of[pref[i]];
+		if (!seen[u]) {
+			seen[u] = 1;
+			l->order[n++] = u;
+		}
+	}
+	for (uint64_t u = 0; u < nunits; u++)
+		if (!seen[u])
+			l->order[n++] = u;
+	free(seen);
+	return 0;
+}
+
+static int map_units(struct mck_lazy *l)
+{
+	const struct mck_read_plan *p = l->plan;
+
+	l->unit_of = malloc((l->npages ? l->npages : 1) * sizeof(*l->unit_of));
+	if (!l->unit_of)
+		return -ENOMEM;
+	if (p->nunits > UINT32_MAX || p->done[p->nunits] != l->npages)
+		return -EINVAL; /* not a plan of every page (built with MCK_READ_OUT_ZERO?) */
+	for (uint64_t i = 0; i < p->nunits; i++) {
+		const struct mck_read_unit *u = &p->units[i];
+
+		for (uint32_t k = 0; k < u->n; k++)
+			l->unit_of[u->kind == MCK_UNIT_ZERO ? u->first + k
+							     : p->entries[u->first + k].page] = (uint32_t)i;
+	}
+	return 0;
+}
+
+static int open_uffd(struct mck_lazy *l)
+{
+	uint64_t offered = 0;
+	int rc, umo;
+
+	l->fd = mck_uffd_open(&umo);
+	if (l->fd < 0)
+		return l->fd;
+	rc = mck_uffd_api(l->fd, 0, &offered);
+	if (rc < 0)
+		return rc;
+	close(l->fd);
+	/* UFFDIO_API is once per fd: a second fd with what this kernel offers */
+	l->fd = mck_uffd_open(&umo);
+	if (l->fd < 0)
+		return l->fd;
+	l->poison = !!(offered & UFFD_FEATURE_POISON);
+	rc = mck_uffd_api(l->fd, UFFD_FEATURE_EVENT_REMOVE | (l->poison ? UFFD_FEATURE_POISON : 0),
+			  NULL);
+	if (rc < 0)
+		return rc;
+	{
+		struct uffdio_register reg = {
+			.range = {.start = (uintptr_t)l->base, .len = l->npages * l->ps},
+			.mode = UFFDIO_REGISTER_MODE_MISSING,
+		};
+
+		if (ioctl(l->fd, UFFDIO_REGISTER, &reg) < 0)
+			return errno == EINVAL ? -EOPNOTSUPP : -errno;
+		if (!(reg.ioctls & (1ull << _UFFDIO_COPY)) || !(reg.ioctls & (1ull << _UFFDIO_ZEROPAGE)))
+			return -EOPNOTSUPP;
+	}
+	l->keep_fd = fcntl(l->fd, F_DUPFD_CLOEXEC, 0);
+	return l->keep_fd < 0 ? -errno : 0;
+}
+
+static int start_threads(struct mck_lazy *l, unsigned nthreads)
+{
+	sigset_t all, old;
+	int rc;
+
+	if (!nthreads) {
+		cpu_set_t set;
+
+		nthreads = sched_getaffinity(0, sizeof(set), &set) == 0 ? (unsigned)CPU_COUNT(&set) : 1;
+	}
+	if (nthreads > MAX_WORKERS)
+		nthreads = MAX_WORKERS;
+	if (nthreads < 1)
+		nthreads = 1;
+	/* the program's signals are for its own threads */
+	sigfillset(&all);
+	sigdelset(&all, SIGSEGV);
+	sigdelset(&all, SIGBUS);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	rc = -pthread_create(&l->handler, NULL, handler, l);
+	if (rc == 0) {
+		l->handler_started = 1;
+		for (; l->nworkers < nthreads; l->nworkers++)
+			if (pthread_create(&l->workers[l->nworkers], NULL, worker, l) != 0)
+				break;
+		if (!l->nworkers)
+			rc = -EAGAIN;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return rc;
+}
+
+static void free_lazy(struct mck_lazy *l)
+{
+	if (l->fd >= 0)
+		close(l->fd);
+	if (l->keep_fd >= 0)
+		close(l->keep_fd);
+	if (l->efd >= 0)
+		close(l->efd);
+	scratch_close(&l->hs);
+	free(l->unit_of);
+	free((void *)l->state);
+	free(l->order);
+	free(l->touched_bits);
+	free(l->touched);
+	free(l->lat);
+	pthread_rwlock_destroy(&l->maplock);
+	pthread_mutex_destroy(&l->lock);
+	pthread_cond_destroy(&l->cond);
+	free(l);
+}
+
+int mck_lazy_start(struct mck_lazy **out, struct mck_read_plan *plan, const uint64_t *order,
+		   uint64_t norder, unsigned nthreads, unsigned flags)
+{
+	struct mck_lazy *l;
+	pthread_rwlockattr_t ra;
+	int rc;
+
+	*out = NULL;
+	if (plan->ndeferred)
+		return -ENOTSUP;
+	if (!plan->npages)
+		return -EINVAL;
+	pthread_once(&atfork_once, register_atfork);
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->plan = plan;
+	l->base = plan->dest;
+	l->ps = plan->page_size;
+	l->npages = plan->npages;
+	l->verify = !!(flags & MCK_LAZY_VERIFY);
+	l->hold = !!(flags & MCK_LAZY_HOLD);
+	l->pid = getpid();
+	l->fd = l->keep_fd = -1;
+	l->start_ns = now_ns();
+	atomic_init(&l->units_left, plan->nunits);
+	atomic_init(&l->chunk_min, UINT64_MAX);
+	pthread_rwlockattr_init(&ra);
+	/* the handler's reads must not starve behind a stream of drain copies */
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&l->maplock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_cond_init(&l->cond, NULL);
+	l->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	l->state = calloc(l->npages, 1);
+	l->touched_bits = calloc((l->npages + 7) / 8, 1);
+	rc = l->efd < 0 ? -errno : (!l->state || !l->touched_bits) ? -ENOMEM : 0;
+	if (rc == 0)
+		rc = scratch_open(&l->hs, plan);
+	if (rc == 0)
+		rc = map_units(l);
+	if (rc == 0)
+		rc = build_order(l, order, norder);
+	if (rc == 0)
+		rc = open_uffd(l);
+	if (rc == 0)
+		rc = start_threads(l, nthreads);
+	if (rc < 0) {
+		if (l->handler_started) {
+			atomic_store(&l->closing, 1);
+			for (unsigned i = 0; i < l->nworkers; i++)
+				pthread_join(l->workers[i], NULL);
+			atomic_store(&l->units_left, 0);
+			(void)!write(l->efd, &(uint64_t){1}, sizeof(uint64_t));
+			pthread_join(l->handler, NULL);
+		}
+		free_lazy(l);
+		return rc;
+	}
+	pthread_mutex_lock(&live_lock);
+	l->next_live = live;
+	live = l;
+	pthread_mutex_unlock(&live_lock);
+	*out = l;
+	return 0;
+}
+
+int mck_lazy_wait(struct mck_lazy *l, int timeout_ms)
+{
+	struct timespec until;
+	int rc = 0;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	if (timeout_ms > 0) {
+		until.tv_sec += timeout_ms / 1000;
+		until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+	}
+	pthread_mutex_lock(&l->lock);
+	while (l->run_state == MCK_LAZY_RUNNING && rc == 0) {
+		if (timeout_ms < 0)
+			pthread_cond_wait(&l->cond, &l->lock);
+		else if (timeout_ms == 0 ||
+			 pthread_cond_timedwait(&l->cond, &l->lock, &until) == ETIMEDOUT)
+			rc = l->run_state == MCK_LAZY_RUNNING ? -ETIMEDOUT : 0;
+	}
+	pthread_mutex_unlock(&l->lock);
+	return rc;
+}
+
+void mck_lazy_get_stats(struct mck_lazy *l, struct mck_lazy_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->npages = l->npages;
+	st->fault_msgs = atomic_load(&l->n_fault_msgs);
+	st->drained = atomic_load(&l->n_drained);
+	st->served = atomic_load(&l->n_served);
+	st->eexist = atomic_load(&l->n_eexist);
+	st->eagain = atomic_load(&l->n_eagain);
+	st->removed = atomic_load(&l->n_removed);
+	st->bad = atomic_load(&l->n_bad);
+	st->bytes_read = atomic_load(&l->n_bytes);
+	st->chunk_min = atomic_load(&l->chunk_min);
+	st->chunk_max = atomic_load(&l->chunk_max);
+	if (st->chunk_min == UINT64_MAX)
+		st->chunk_min = 0;
+	st->start_ns = l->start_ns;
+	pthread_mutex_lock(&l->lock);
+	st->faults = l->ntouched;
+	st->drained_ns = l->drained_ns;
+	st->state = l->run_state;
+	st->err = l->err;
+	pthread_mutex_unlock(&l->lock);
+}
+
+void mck_lazy_first_fault(struct mck_lazy *l, struct mck_read_fault *f)
+{
+	pthread_mutex_lock(&l->lock);
+	*f = l->fault;
+	pthread_mutex_unlock(&l->lock);
+}
+
+static uint64_t copy_out(struct mck_lazy *l, const uint64_t *src, const uint64_t *n,
+			 uint64_t *dst, uint64_t cap)
+{
+	uint64_t got;
+
+	pthread_mutex_lock(&l->lock);
+	got = *n;
+	if (cap && dst)
+		memcpy(dst, src, (got < cap ? got : cap) * sizeof(*dst));
+	pthread_mutex_unlock(&l->lock);
+	return got;
+}
+
+uint64_t mck_lazy_touched(struct mck_lazy *l, uint64_t *pages, uint64_t cap)
+{
+	return copy_out(l, l->touched, &l->ntouched, pages, cap);
+}
+
+uint64_t mck_lazy_latencies(struct mck_lazy *l, uint64_t *ns, uint64_t cap)
+{
+	return copy_out(l, l->lat, &l->nlat, ns, cap);
+}
+
+int mck_lazy_fd(struct mck_lazy *l)
+{
+	return l->fd;
+}
+
+void mck_lazy_release(struct mck_lazy *l)
+{
+	pthread_mutex_lock(&l->lock);
+	l->hold = 0;
+	pthread_cond_broadcast(&l->cond);
+	pthread_mutex_unlock(&l->lock);
+}
+
+void mck_lazy_kill_handler(struct mck_lazy *l)
+{
+	atomic_store(&l->kill, 1);
+	(void)!write(l->efd, &(uint64_t){1}, sizeof(uint64_t));
+}
+
+void mck_lazy_close(struct mck_lazy *l)
+{
+	struct mck_lazy **pp;
+
+	if (!l)
+		return;
+	pthread_mutex_lock(&live_lock);
+	for (pp = &live; *pp; pp = &(*pp)->next_live)
+		if (*pp == l) {
+			*pp = l->next_live;
+			break;
+		}
+	pthread_mutex_unlock(&live_lock);
+	if (l->pid == getpid()) {
+		mck_lazy_release(l);
+		/* the drain runs to its end: a page left missing would read zeros */
+		for (unsigned i = 0; i < l->nworkers; i++)
+			pthread_join(l->workers[i], NULL);
+		atomic_store(&l->closing, 1);
+		(void)!write(l->efd, &(uint64_t){1}, sizeof(uint64_t));
+		pthread_join(l->handler, NULL);
+	}
+	free_lazy(l);
+}

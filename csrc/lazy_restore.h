@@ -1,0 +1,81 @@
+/* lazy_restore.h: an epoch served into an arena on first touch
+ * (userfaultfd MISSING), while drain threads fill the rest.
+ *
+ * The plan (read_plan.h) is built for the arena as dest, without
+ * MCK_READ_OUT_ZERO (so every page is in some unit, zero ones too) and
+ * with no deferred page. The arena must be mapped, untouched since it was
+ * mapped (every page missing), and stay mapped until mck_lazy_close. */
+#ifndef MEMCKPT_LAZY_RESTORE_H
+#define MEMCKPT_LAZY_RESTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epoch_reader.h"
+
+struct mck_lazy;
+
+struct mck_lazy_stats {
+	uint64_t npages;
+	uint64_t faults;          /* distinct pages first touched by the program */
+	uint64_t fault_msgs;      /* fault messages read (retries and races too) */
+	uint64_t drained;         /* pages the drain mapped (copied or zero) */
+	uint64_t served;          /* pages the fault handler mapped */
+	uint64_t eexist;          /* copies that found the page there already */
+	uint64_t eagain;          /* copies refused while a remove event was pending */
+	uint64_t removed;         /* pages the program dropped (MADV_DONTNEED) before they were drained */
+	uint64_t bad;             /* pages that failed their check (poisoned) */
+	uint64_t bytes_read;      /* from the packs */
+	uint64_t chunk_min, chunk_max; /* the drain's chunk sizes seen, in pages */
+	uint64_t start_ns;        /* CLOCK_MONOTONIC at start */
+	uint64_t drained_ns;      /* when the drain finished (0: not yet) */
+	int state;                /* MCK_LAZY_* */
+	int err;                  /* -errno of a failure that stopped it */
+};
+
+#define MCK_LAZY_RUNNING 0
+#define MCK_LAZY_DRAINED 1    /* every page mapped; the range unregistered */
+#define MCK_LAZY_STOPPED 2    /* stopped early: the arena was unmapped */
+
+/* Start serving the arena (plan->dest, npages pages). order: pages whose
+ * units drain first, in that order (any page numbers; out of range ones
+ * are ignored); nthreads drain threads (0: the CPUs this process may use).
+ * -ENOTSUP: the plan leaves compressed pages to the caller;
+ * -EOPNOTSUPP: the kernel lacks userfaultfd MISSING or UFFDIO_POISON. */
+#define MCK_LAZY_VERIFY (1u << 0)  /* check each page's digest before it is mapped */
+#define MCK_LAZY_HOLD (1u << 1)    /* tests: the drain waits for mck_lazy_release */
+
+int mck_lazy_start(struct mck_lazy **out, struct mck_read_plan *plan, const uint64_t *order,
+		   uint64_t norder, unsigned nthreads, unsigned flags);
+
+/* Let a held drain (MCK_LAZY_HOLD) begin. */
+void mck_lazy_release(struct mck_lazy *l);
+
+/* Wait at most timeout_ms (-1: for ever) for the drain: 0 drained (or
+ * stopped), -ETIMEDOUT. */
+int mck_lazy_wait(struct mck_lazy *l, int timeout_ms);
+
+void mck_lazy_get_stats(struct mck_lazy *l, struct mck_lazy_stats *st);
+
+/* The first damaged page (kind NONE if none so far). */
+void mck_lazy_first_fault(struct mck_lazy *l, struct mck_read_fault *f);
+
+/* Up to cap of the pages the program touched first, in order of first
+ * touch; returns how many there are. */
+uint64_t mck_lazy_touched(struct mck_lazy *l, uint64_t *pages, uint64_t cap);
+
+/* Up to cap fault latencies (ns, message read to page mapped), in order;
+ * returns how many there are. */
+uint64_t mck_lazy_latencies(struct mck_lazy *l, uint64_t *ns, uint64_t cap);
+
+/* The handler's userfaultfd (for tests of its death: closing it is one). */
+int mck_lazy_fd(struct mck_lazy *l);
+
+/* Tests only: make the handler thread exit as if it had died. */
+void mck_lazy_kill_handler(struct mck_lazy *l);
+
+/* Finish the drain (blocks until every page is mapped), join the threads,
+ * free. NULL-safe. */
+void mck_lazy_close(struct mck_lazy *l);
+
+#endif /* MEMCKPT_LAZY_RESTORE_H */
