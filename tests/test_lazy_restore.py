@@ -239,12 +239,9 @@ def test_old_store_restores_lazily():
 
 @pytest.mark.parametrize("tracker", ["mprotect", "auto"])
 def test_resume_lazy_reports_only_the_programs_writes(tmp_path, tracker):
-    from memckpt.checkpoint.resume import resume
     # 64 MiB: an mprotect tracker is armed and written under while the drain runs
     st, expected = random_chain(tmp_path / "s", seed=11, compress=None, npages=16384, nepochs=2)
-    kw = dict(tracker=tracker, compress=None, full_every=None, interval=None, mtbf=None,
-              rpo=None, restart=0, mode="copy", staging=None, keep_last=None)
-    ck = resume(memckpt.Checkpointer, st, 2, lazy=True, **kw)
+    ck = memckpt.Checkpointer.resume(st, 2, lazy=True, tracker=tracker)
     try:
         # a uffd tracker cannot share the arena with the lazy server's userfaultfd
         assert ck.arena.lazy.done == (tracker != "mprotect")

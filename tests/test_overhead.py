@@ -98,3 +98,22 @@ def test_a_real_run_and_the_cli_agree(tmp_path, capsys) -> None:
     assert "epoch 2 of" in capsys.readouterr().out
     del x
     arena.close()
+
+
+def test_checkpointer_stats_counts_its_own_epochs(tmp_path) -> None:
+    """Checkpointer.stats(): the account of the epochs this checkpointer
+    wrote, not of those an earlier one left in the same store."""
+    with memckpt.Arena(64 * 4096) as arena:
+        x = arena.array("x", 64 * 4096, np.uint8)
+        with memckpt.Checkpointer(arena, tmp_path / "s") as ck:
+            for i in range(3):
+                x[i * 4096] = i + 1
+                ck.checkpoint()
+        with memckpt.Checkpointer(arena, tmp_path / "s") as ck:
+            for i in range(5):
+                x[i * 4096] = i + 7
+                ck.checkpoint().result()
+            st = ck.stats()
+        del x
+    d = st.to_dict()
+    assert d["epochs"] == 5 and d["first_epoch"] == 4 and d["last_epoch"] == 8, d

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 from .. import _forksafe, _signals
 from ..arena import Arena
@@ -37,11 +38,12 @@ from ..tracker import DirtyTracker
 from ..tuning import Recommendation
 from .head import Head
 from .options import check_args
-from .retention import Retention
+from .aftercommit import AfterCommit
 from .pending import InFlight, PendingEpoch
 from .resume import resume
 from .rollback import RollbackInfo, rollback
 from .schedule import Schedule
+from .stats import Overhead, stats_of
 
 class Checkpointer:
     """Checkpoint ``arena`` into ``store`` (a :class:`memckpt.Store` or a path,
@@ -55,11 +57,11 @@ class Checkpointer:
     ``compress`` is ``None``, ``"zstd"`` or ``"lz4"``, per page. ``keep_last=N``
     keeps only the last N epochs after each commit, rebasing a long chain
     (:class:`memckpt.checkpoint.retention.Retention`): disk stays bounded.
+    ``replicate_to`` (an ``s3://`` URL, ``storage_options`` for it) copies each
+    committed epoch there in the background (docs/object-store.md).
 
-    Over a store that already holds epochs, numbering continues, but the
-    first epoch is full: nothing says the arena holds what the latest epoch
-    does. :meth:`resume` restores an epoch into a new arena and continues its
-    chain incrementally.
+    Over a store that holds epochs, numbering continues, from a full epoch;
+    :meth:`resume` restores one into a new arena and continues its chain.
 
     ``mode`` is the capture mode (see the module docstring): ``"copy"`` (the
     default), ``"fork"``, ``"background"`` or ``"sync"``. ``staging`` bounds
@@ -89,7 +91,8 @@ class Checkpointer:
                  interval: float | str | None = None, mtbf: float | str | None = None,
                  rpo: float | str | None = None, restart: float | str = 0,
                  mode: str = "copy", staging: int | None = None,
-                 keep_last: int | None = None, threads: int | None = None) -> None:
+                 keep_last: int | None = None, threads: int | None = None,
+                 replicate_to: Any = None, storage_options: dict[str, Any] | None = None) -> None:
         # the interval's arguments first: a mistake there costs no tracker or store
         self._schedule = Schedule(interval, mtbf, rpo, restart)
         if not isinstance(arena, Arena):
@@ -101,6 +104,7 @@ class Checkpointer:
         self._owner_pid = os.getpid()  # the process whose epochs these are: see _detach_in_child
         self._store: StoreContract
         self._store, self._owns_store = open_store(store, create=True)
+        self._after = AfterCommit(self._store, keep_last, replicate_to, storage_options)
         self._arena = arena
         self._mode = mode
         self._tracker = DirtyTracker(arena, tracker)
@@ -111,17 +115,15 @@ class Checkpointer:
             raise
         self._capturer: CaptureMode = MODES[mode](self._ctx)
         self._head = Head(self._store, full_every, compress=compress, threads=threads)
-        self._retention = Retention(self._store, keep_last)
         self._inflight = InFlight()
         self._lock = threading.RLock()
         self._closed = False
         _forksafe.register(self)
 
     def _detach_in_child(self) -> None:
-        """In a child of fork() (memckpt._forksafe): the epochs, the persist thread and
-        the store's lock are the parent's. Renew the locks (a parent's thread may have
-        held them) and let go of the arena's buffer (the child may close or track its
-        copy); from here on it refuses to act and :meth:`close` only lets go."""
+        """In a child of fork() (memckpt._forksafe): the epochs, persist thread and
+        lock are the parent's. Renew the locks and let go of the arena's buffer;
+        from here on it refuses to act and :meth:`close` only lets go."""
         self._lock = threading.RLock()
         self._inflight.renew_after_fork()
         self._let_go()
@@ -137,28 +139,21 @@ class Checkpointer:
                interval: float | str | None = None, mtbf: float | str | None = None,
                rpo: float | str | None = None, restart: float | str = 0,
                mode: str = "copy", staging: int | None = None,
-               keep_last: int | None = None, threads: int | None = None) -> Checkpointer:
+               keep_last: int | None = None, threads: int | None = None,
+               replicate_to: Any = None, storage_options: dict[str, Any] | None = None,
+               lazy: bool = False) -> Checkpointer:
         """Restore ``epoch`` (default: the latest) of ``store`` into a new arena
-        and continue checkpointing it: the next epoch is an increment whose
-        parent is ``epoch``. The arena is :attr:`arena` (its arrays:
-        ``arena.arrays()``); it is the caller's, like any arena.
-
-        This is the way to continue a chain in a new process. An arena
-        restored with :func:`memckpt.restore` and handed to the constructor
-        starts with a full epoch, since the checkpointer cannot know that
-        nothing wrote to it in between; here the tracker starts right after
-        the restore.
-
-        With an ``interval``, the first :meth:`maybe_checkpoint` is due one
-        interval after the resume (the epoch resumed from is the last
-        checkpoint); with ``"auto"``, the cost is first measured from the
-        store's latest increments, if it holds any (else the first call
-        checkpoints, to measure it).
-        """
+        (:attr:`arena`, the caller's like any arena) and continue checkpointing
+        it: the next epoch is an increment on ``epoch`` (a checkpointer handed
+        an arena from :func:`memckpt.restore` starts with a full epoch: it
+        cannot know nothing wrote to it). ``lazy``: restored lazily, pages
+        served on first touch (memckpt.restore(lazy=True)). The interval and
+        the rest: see :func:`memckpt.checkpoint.resume.resume`."""
         return resume(cls, store, epoch, tracker=tracker, compress=compress,
                       full_every=full_every, interval=interval, mtbf=mtbf, rpo=rpo,
                       restart=restart, mode=mode, staging=staging, keep_last=keep_last,
-                      threads=threads)
+                      threads=threads, replicate_to=replicate_to,
+                      storage_options=storage_options, lazy=lazy)
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -175,8 +170,7 @@ class Checkpointer:
 
     @property
     def head(self) -> int | None:
-        """The epoch the arena held at the last checkpoint or rollback (the
-        next epoch's parent), or None when no epoch is known to match it."""
+        """The epoch the arena held at the last checkpoint or rollback (the next's parent)."""
         return self._head.epoch
 
     @property
@@ -190,21 +184,23 @@ class Checkpointer:
 
     @property
     def interval(self) -> float | None:
-        """Seconds from the end of a checkpoint to the next one :meth:`maybe_checkpoint`
-        takes; None without ``interval`` (and with "auto" before a cost is measured)."""
+        """Seconds from a checkpoint's end to the next :meth:`maybe_checkpoint` takes, or None."""
         return self._schedule.interval
 
     @property
     def recommendation(self) -> Recommendation | None:
-        """With ``interval="auto"``, the :class:`~memckpt.tuning.Recommendation` :attr:`interval`
-        comes from (None before a cost is measured, or while the RPO is shorter)."""
+        """With "auto", the :class:`~memckpt.tuning.Recommendation` behind :attr:`interval`."""
         return self._schedule.recommendation
 
     @property
     def checkpoint_cost(self) -> float | None:
-        """The cost ``interval="auto"`` tunes for: the median ``total_s`` of the last
-        few increments (or full epochs before any); None before any epoch or without "auto"."""
+        """What "auto" tunes for: the median ``total_s`` of the last few increments."""
         return self._schedule.cost
+
+    @property
+    def replicator(self) -> Any:
+        """``replicate_to``'s Replicator (``records``: each epoch's ``remote_lag_s``), or None."""
+        return self._after.replicator
 
     # -- checkpoint ------------------------------------------------------------------
     def maybe_checkpoint(self, label: str | None = None) -> PendingEpoch | None:
@@ -279,7 +275,7 @@ class Checkpointer:
 
     def _committed(self, info: EpochInfo, cap: Capture, resumed: float) -> None:
         self._head.committed(info.epoch, cap.kind)
-        self._retention.after_commit()
+        self._after.committed(info)
         self._schedule.measured(info, resumed)
 
     def _failed(self, cap: Capture) -> None:  # its pages are unsaved: the next epoch's
@@ -302,6 +298,12 @@ class Checkpointer:
             self._check_open()  # the parent's epochs: nothing in this process to wait for
         self._inflight.wait()
         self._inflight.raise_unreported()
+
+    def stats(self, **kw: Any) -> Overhead:
+        """The overhead account of the epochs this checkpointer wrote: ``stats_of``
+        (checkpoint/stats.py: ``now``, ``mtbf``, ``tracking_slowdown``; ``.to_dict()``)."""
+        kw.setdefault("mtbf", self._schedule._mtbf)
+        return stats_of(self, first_epoch=self._after.first_epoch, **kw)
 
     # -- rollback --------------------------------------------------------------------
     def rollback(self, epoch: int | None = None) -> RollbackInfo:
@@ -344,6 +346,7 @@ class Checkpointer:
             if self._closed:
                 return
             self._inflight.wait()  # interruptible: nothing is closed yet
+            self._after.close()  # the replica, if any, gets every epoch first
             with _signals.deferred():  # closed whole, or not at all
                 self._closed = True
                 self._let_go()

@@ -23,6 +23,14 @@ def resume(cls: type[Checkpointer], store: StoreLike, epoch: int | None, *, lazy
            **kw: Any) -> Checkpointer:
     """See :meth:`Checkpointer.resume`; ``kw`` are the constructor's options.
 
+    This is the way to continue a chain in a new process: the tracker starts
+    right after the restore, so the next epoch is an increment. With an
+    ``interval``, the first :meth:`~Checkpointer.maybe_checkpoint` is due one
+    interval after the resume (the epoch resumed from is the last
+    checkpoint); with ``"auto"``, the cost is first measured from the store's
+    latest increments, if it holds any (else the first call checkpoints, to
+    measure it).
+
     ``lazy``: the arena restored lazily (memckpt.restore(lazy=True)). A page
     the drain maps is not the program's write, so the tracker must not see
     it: mprotect and compare trackers start at once (a copy into a
