@@ -11,6 +11,7 @@ import numpy as np
 from . import _core, _forksafe
 from .errors import ArenaFull
 from .kernel import features
+from .arena_grow import FULL_HINT, normalise, resize, size_for
 
 
 def _round_up(n: int, to: int) -> int:
@@ -127,6 +128,12 @@ class Arena:
         return bool(self._region.closed)
 
     @property
+    def used_bytes(self) -> int:
+        """Bytes up to the end of the last array (whole pages): the rest of
+        the mapping is reserved address space, untouched."""
+        return self._next
+
+    @property
     def free_bytes(self) -> int:
         return self.nbytes - self._next
 
@@ -152,21 +159,8 @@ class Arena:
         adopted buffer's epoch, whose array starts inside its first page)."""
         if not isinstance(name, str) or not name:
             raise ValueError("array name must be a non-empty string")
-        dt = np.dtype(dtype)
-        shp0 = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-        if dt.subdtype is not None:
-            # as numpy does (np.zeros(4, ("f8", 3)) has shape (4, 3)): the
-            # sub-array's shape goes to the end of the array's
-            dt, sub = dt.subdtype
-            shape = (*shp0, *sub)
-        if dt.hasobject:
-            raise TypeError(f"array {name!r}: dtype {dt} holds Python objects, which cannot live in an arena")
-        shp = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-        if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in shp):
-            raise ValueError(f"array {name!r}: shape {shape!r} must be non-negative ints")
-        shp = tuple(int(s) for s in shp)
+        dt, shp, size = normalise(name, shape, dtype)
         count = math.prod(shp)
-        size = count * dt.itemsize
         with self._lock:
             self._check_open()
             if self._region.adopted:
@@ -182,12 +176,51 @@ class Arena:
             offset = int(offset)
             if size > self.nbytes - offset:
                 raise ArenaFull(f"array {name!r} needs {size} bytes but the arena has "
-                                f"{self.nbytes - offset} of {self.nbytes} left")
+                                f"{self.nbytes - offset} of {self.nbytes} left" + FULL_HINT)
             arr = self._view(dt, shp, offset if count else 0, count)
             self._next = _round_up(offset + size, self._page_size)
             self._arrays[name] = arr
             self._layout.append(_layout_entry(name, dt, shp, offset, size))
         return arr
+
+    def resize(self, name: str, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Give array ``name`` (made by :meth:`array`) the new ``shape``, same
+        dtype, and return it. Its content is kept as ``ndarray.resize`` keeps
+        it: the first bytes in C order, new bytes zero. The last array grows
+        or shrinks in place (same address); any other moves to the end (a
+        copy), and its old pages are zeroed and given back to the system.
+
+        Arrays returned before for ``name`` are stale afterwards (a numpy view
+        cannot be retargeted): use the one returned, or ``arrays()[name]``.
+        The layout records the new shape and offset, so the next checkpoint
+        and ``restore()`` have them; ``Checkpointer.rollback`` to an epoch of
+        the old layout is refused (restore that epoch into a new arena).
+        :class:`ArenaFull` if the arena has no room left for it."""
+        if not isinstance(name, str):
+            raise TypeError(f"array name must be a string, not {type(name).__name__}")
+        with self._lock:
+            self._check_open()
+            return resize(self, name, shape)
+
+    @staticmethod
+    def size_for(arrays: Any) -> int:
+        """The bytes an arena needs for ``arrays``, a list of (shape, dtype)
+        or a dict of name -> (shape, dtype), each laid out from a page
+        boundary as :meth:`array` lays them out (at least one page)."""
+        ps = features().page_size
+        return max(size_for(arrays, ps), ps)
+
+    @classmethod
+    def for_arrays(cls, arrays: dict[str, Any], *, reserve: int = 0, hugepages: bool = False) -> Arena:
+        """An arena holding ``arrays`` (name -> (shape, dtype)), zero-filled,
+        of ``max(size_for(arrays), reserve)`` bytes: ``reserve`` leaves room to
+        add or grow arrays later (untouched pages cost no memory)."""
+        if not isinstance(arrays, dict):
+            raise TypeError(f"arrays must be a dict of name -> (shape, dtype), not {type(arrays).__name__}")
+        arena = cls(max(cls.size_for(arrays), int(reserve)), hugepages=hugepages)
+        for name, (shape, dtype) in arrays.items():
+            arena.array(name, shape, dtype)
+        return arena
 
     def _view(self, dt: np.dtype, shape: tuple[int, ...], offset: int, count: int) -> np.ndarray:
         return np.frombuffer(self._region, dtype=dt, count=count,  # type: ignore[call-overload]

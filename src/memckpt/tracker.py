@@ -11,6 +11,7 @@ import numpy as np
 from . import _core, _forksafe
 from .arena import Arena
 from .errors import TrackerBusy, TrackerUnavailable
+from .arena_grow import warn_reservation
 from .kernel import TrackerInfo, backend_names, tracker_info
 from .track import check_map_count
 
@@ -54,6 +55,7 @@ class DirtyTracker:
                 raise TrackerUnavailable(f"backend {backend!r} is unavailable here: {why}")
             self.reason = f"{backend}: asked for ({why})" if why else f"{backend}: asked for"
         self.info: TrackerInfo = tracker_info(num)
+        warn_reservation(arena, self.info.name)
         if arena.adopted:
             check_map_count(arena, self.info.name)
         self._lock = threading.Lock()

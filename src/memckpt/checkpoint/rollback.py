@@ -88,7 +88,9 @@ def check_layout(store: StoreContract, ctx: Context, epoch: int) -> None:
     n = len(want["arrays"])
     if have["arrays"][:n] != want["arrays"]:
         raise MemckptError(f"epoch {epoch} holds other arrays than this arena: "
-                           f"{_names(want)} against {_names(have)}")
+                           f"{_names(want)} against {_names(have)} (or other shapes or offsets, "
+                           "as after Arena.resize): rollback keeps the arena's layout; "
+                           f"memckpt.restore(store, {epoch}) gives a new arena with that epoch's")
 
 
 def _write_back(store: StoreContract, ctx: Context, epoch: int, pages: np.ndarray | None) -> None:
