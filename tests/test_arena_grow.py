@@ -165,6 +165,27 @@ def test_checkpoint_resize_checkpoint_restores_each_layout(backend, tmp_path):
             del arrays
 
 
+def test_shrink_then_grow_in_place_restores_zeros(backend, tmp_path):
+    """The bytes a shrink lets go of read as zero when the array grows back,
+    in memory and in every later epoch (never the bytes of before the shrink)."""
+    with memckpt.Arena(64 * PS) as arena:
+        arena.array("a", PS, np.uint8)[:] = 1
+        b = arena.array("b", 8 * PS, np.uint8)
+        b[:] = 7
+        with memckpt.Checkpointer(arena, tmp_path / "s", mode="sync", tracker=backend) as ck:
+            ck.checkpoint().result()
+            arena.resize("b", PS // 2)
+            ck.checkpoint().result()
+            b = arena.resize("b", 8 * PS)
+            b[0] = 8
+            last = ck.checkpoint().result().epoch
+            assert b[0] == 8 and np.all(b[1:PS // 2] == 7) and not b[PS // 2:].any()
+            want = b.copy()
+            del b
+        with memckpt.restore(tmp_path / "s", last) as got:
+            assert got.arrays()["b"].tobytes() == want.tobytes()
+
+
 def test_large_reservation_costs_what_is_used(tmp_path):
     """8 GiB reserved, 16 MiB used, default tracker: the full epoch reads the
     used pages only and each increment holds the pages written, counted (not
