@@ -1,6 +1,8 @@
 """Arenas that grow (issue 14): an arena is reserved address space, arrays
 are added until it is used, an array can be resized (the last one in place,
 any other by moving it), and Arena.size_for sizes an arena for its arrays."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -212,8 +214,18 @@ def test_large_reservation_costs_what_is_used(tmp_path):
         del x
     with memckpt.restore(tmp_path / "s") as got:
         assert got.arrays()["x"].tobytes() == want.tobytes()
-    require_backend("compare")
-    with memckpt.Arena(1 << 30) as arena:
-        arena.array("x", PS)
-        with pytest.warns(ResourceWarning, match="compare tracker reads all 1073741824 bytes"):
-            memckpt.DirtyTracker(arena, "compare").close()
+
+
+@pytest.mark.parametrize("name,reserve,what", [("compare", 1 << 30, "reads all 1073741824 bytes"),
+                                               ("uffd-async", 32 << 30, "about 64 MiB of page tables")])
+def test_a_tracker_whose_cost_grows_with_the_reservation_warns(name, reserve, what):
+    require_backend(name)
+    with memckpt.Arena(reserve) as arena:
+        arena.array("x", PS, np.uint8)
+        with pytest.warns(ResourceWarning, match=f"the {name} tracker .*{what}"):
+            memckpt.DirtyTracker(arena, name).close()
+    with memckpt.Arena(4 * PS) as arena:  # sized to what it holds: no warning
+        arena.array("x", PS, np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            memckpt.DirtyTracker(arena, name).close()

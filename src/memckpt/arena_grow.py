@@ -125,19 +125,26 @@ def resize(arena: Arena, name: str, shape: Any) -> np.ndarray:
     return new
 
 
-# compare reads both copies of every page of the mapping on each collect, and
-# open reads it all too: 8 GiB reserved with 16 MiB used, 2.0 s a collect
-# against 0.001-0.005 s for uffd and mprotect (/tmp-free: bench/arena_reserve.py)
-COMPARE_WARN_BYTES = 256 << 20
+# What a reserved, unused byte costs (bench/probe_arena_reserve.py, 8 GiB
+# reserved, 16 MiB used, against an arena of 16 MiB): compare reads every
+# page on open and on each collect (2.0 s a collect against 0.001 s);
+# uffd-async write-protects the unused pages too (page tables: 2 MiB per GiB,
+# and 0.6 ms per GiB a collect); uffd-sync and mprotect do not grow.
+_WARN_UNUSED = {"compare": 256 << 20, "uffd-async": 16 << 30}
 
 
 def warn_reservation(arena: Arena, backend: str) -> None:
-    """Warn when ``backend`` would pay for the arena's reserved, unused space."""
+    """Warn when ``backend`` would pay much for the arena's reserved, unused space."""
     import warnings
-    if backend != "compare" or arena.adopted or arena.nbytes < COMPARE_WARN_BYTES:
+    limit = _WARN_UNUSED.get(backend)
+    unused = arena.nbytes - arena.used_bytes
+    if limit is None or arena.adopted or unused < limit or arena.used_bytes * 4 > arena.nbytes:
         return
-    if arena.used_bytes * 4 <= arena.nbytes:
-        warnings.warn(f"memckpt: the compare tracker reads all {arena.nbytes} bytes of the arena on "
-                      f"every collect, though its arrays use {arena.used_bytes}: size the arena to "
-                      "what it holds (Arena.size_for) or use a uffd or mprotect tracker",
-                      ResourceWarning, stacklevel=3)
+    if backend == "compare":
+        cost = f"reads all {arena.nbytes} bytes of the arena on every collect"
+    else:
+        cost = (f"write-protects all {arena.nbytes} bytes of the arena: about "
+                f"{arena.nbytes >> 29} MiB of page tables, and a scan of them on every collect")
+    warnings.warn(f"memckpt: the {backend} tracker {cost}, though its arrays use "
+                  f"{arena.used_bytes}: size the arena to what it holds (Arena.size_for) or "
+                  "use the uffd-sync or mprotect tracker", ResourceWarning, stacklevel=3)
