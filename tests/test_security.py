@@ -368,6 +368,10 @@ FORBIDDEN = re.compile(
     r"|\brunpy\b|\bos\.(system|popen)\b|allow_pickle\s*=\s*True|shell\s*=\s*True")
 #: (file, what): the one reviewed use; pickle *writes* a peer's file in the benchmark
 ALLOWED = {("bench_measure.py", "import pickle"), ("bench_measure.py", "pickle.dump")}
+#: (file, match): code the user names on the command line, run on purpose, never
+#: anything read from a store: `memckpt calibrate MODULE:FUNCTION` imports the
+#: user's own step function, as `python -m MODULE` would
+RUNS_USER_CODE = {("calibrate.py", "importlib.import_module")}
 
 
 def _code_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -395,6 +399,8 @@ def test_source_never_unpickles_or_evaluates():
     for f in files:
         for lineno, line in _code_lines(f.read_text()):
             for m in FORBIDDEN.finditer(line):
+                if (f.name, m.group(0)) in RUNS_USER_CODE:
+                    continue
                 hits.append(f"{f.relative_to(ROOT)}:{lineno}: {line.strip()}")
             if re.search(r"\bpickle\b", line) and not any(
                     f.name == af and what in line for af, what in ALLOWED):
