@@ -517,7 +517,10 @@ def test_copy_mode_takes_full_epochs_by_fork(arena, tmp_path, monkeypatch):
         e = ck.checkpoint().result()
         assert e.kind == "full" and "full_by" not in e.extra and e.extra["staging_bytes"] > 0
     monkeypatch.setattr(memckpt.capture.copy, "FORK_RSS_RATIO", 10**9)  # as for a big arena
-    with memckpt.Checkpointer(arena, tmp_path / "s", full_every=2) as ck:
+    with memckpt.Checkpointer(arena, tmp_path / "staged", full_every=1) as ck:  # staging: the arena
+        assert "full_by" not in ck.checkpoint().result().extra
+    small = 16 * arena.page_size  # a full epoch does not fit: by fork
+    with memckpt.Checkpointer(arena, tmp_path / "s", full_every=2, staging=small) as ck:
         p = ck.checkpoint()
         want = [pv.copy()]
         pv[:] = 0x3A  # the program rewrites every page while the child writes
@@ -540,7 +543,7 @@ def test_copy_mode_takes_full_epochs_by_fork(arena, tmp_path, monkeypatch):
             with memckpt.restore(st, e.epoch) as got:
                 assert np.array_equal(pages_view(got, got.arrays()["a"]), w)
     # compressed: the child cannot compress, so the full epoch is staged
-    with memckpt.Checkpointer(arena, tmp_path / "z", compress="zstd") as ck:
+    with memckpt.Checkpointer(arena, tmp_path / "z", compress="zstd", staging=small) as ck:
         assert "full_by" not in ck.checkpoint().result().extra
 
 
@@ -561,7 +564,8 @@ def test_copy_mode_stages_full_epochs_once_fork_is_refused(arena, tmp_path, monk
             errno.EAGAIN, "forking the snapshot child: Resource temporarily unavailable")
 
     PS = arena.page_size
-    with memckpt.Checkpointer(arena, tmp_path / "s", full_every=1) as ck:
+    with memckpt.Checkpointer(arena, tmp_path / "s", full_every=1,
+                              staging=16 * arena.page_size) as ck:
         monkeypatch.setattr(type(ck.tracker), "pause_fork", refused)
         before = children()
         e1 = ck.checkpoint().result()

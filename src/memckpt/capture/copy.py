@@ -46,14 +46,17 @@ class CopyMode:
         self.fork_refused: str | None = None   # why fork() failed once: full epochs staged since
 
     def _by_fork(self, req: Request) -> bool:
-        """Whether mode copy takes this epoch by fork(): a full epoch, whose
-        staging copy would hold the whole arena (memory, and a pause of the
-        copy), is written by a child from its copy-on-write image instead, as
-        mode fork does (the pause: the collect and the fork). Only where the
-        child can write it (uncompressed) and the fork costs less than the
-        copy (FORK_RSS_RATIO), and never again after a fork failed."""
+        """Whether mode copy takes this epoch by fork(): a full epoch that
+        ``staging=`` cannot hold is written by a child from its copy-on-write
+        image, as mode fork does (the pause: the collect and the fork), not
+        in the pause. Only where the child can write it (uncompressed) and
+        the fork costs less than the copy (FORK_RSS_RATIO), and never again
+        after a fork failed. With the default staging (the arena's size) a
+        full epoch is staged: the child writes on one thread, and becomes
+        durable 2-5x later than the staged epoch's threaded writer (docs/
+        checkpointing.md)."""
         if self.name != "copy" or req.kind != "full" or req.writer.compress is not None \
-                or self.fork_refused is not None:
+                or self.fork_refused is not None or self.ctx.staging_pages >= self.ctx.npages:
             return False
         return _resident_pages() <= FORK_RSS_RATIO * self.ctx.npages
 
