@@ -247,8 +247,12 @@ def _random_trials(base_path: Path, expected: dict[int, np.ndarray], tmp_path: P
             assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
             span[name] = min(dt, span.get(name, dt))
             shutil.rmtree(probe)
-    finished = killed = 0
-    for t in range(trials):
+    finished = killed = t = 0
+    # at least `trials`, and more (up to 3x) until a third were killed mid-way:
+    # probes a load spike (or a busy test session) slowed put the kills late,
+    # and each child that finishes first shrinks its span for the next ones
+    while t < trials or (killed < trials // 3 and t < 3 * trials):
+        t += 1
         name = rng.choice(RUNS)
         trial = tmp_path / f"t{t}"
         shutil.copytree(base_path, trial)
@@ -264,7 +268,7 @@ def _random_trials(base_path: Path, expected: dict[int, np.ndarray], tmp_path: P
             span[name] = min(span[name], dt)
         check_after_crash(trial, expected, name)
         shutil.rmtree(trial)
-    assert killed >= trials // 3, f"only {killed} of {trials} children were killed mid-way"
+    assert killed >= trials // 3, f"only {killed} of {t} children were killed mid-way"
 
 
 def test_compaction_killed_at_random_instants(base, tmp_path):
