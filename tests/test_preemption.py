@@ -196,8 +196,13 @@ def test_sigterm_at_random_instants_many(tmp_path: Path) -> None:
 def test_sigterm_during_a_checkpoint(tmp_path: Path, mode: str) -> None:
     """The worker's own thread signals it while its main thread is in checkpoint()
     (a checkpoint of every page): the epoch in flight and a final one commit."""
-    during = 0
-    for i in range(6):
+    during = runs = 0
+    # six trials, and more (up to 18) until one signal lands inside the call:
+    # the kill thread's delay is random and a fast checkpoint is a small target
+    for i in range(18):
+        if runs >= 6 and during:
+            break
+        runs += 1
         t = Trial(tmp_path, i, mode=mode, interval=1000.0, npages=2048, self_kill=3,
                   seed=SEED + i)
         t.ready()
@@ -209,7 +214,7 @@ def test_sigterm_during_a_checkpoint(tmp_path: Path, mode: str) -> None:
         ended = [float(f[1]) for f in log if f[0] == "C"]
         during += bool(ended) and s3 <= t.t_sig <= ended[0]
     # the kill thread's delay is random: most land inside the checkpoint call
-    print(f"{mode}: {during} of 6 signals landed inside the checkpoint call")
+    print(f"{mode}: {during} of {runs} signals landed inside the checkpoint call")
     assert during >= 1, "no trial signalled during the checkpoint"
 
 
