@@ -13,24 +13,10 @@ from memckpt import CorruptionError, _reader
 from memckpt.store import Store, eager
 from memckpt.store import format as fmt
 
+from _lazy_util import page_kinds as _page_kinds
 from _store_util import PS, load_json, resign_files, write_epoch
 
 NPAGES = 700  # a few units of 128 pages: threads get more than one each
-
-
-def _page_kinds(rng: np.random.Generator, state: np.ndarray, pages: np.ndarray) -> None:
-    """Rewrite `pages` of state: random (incompressible), patterned
-    (compressible), zero, or a copy of another page (dedup)."""
-    for p in pages.tolist():
-        k = rng.integers(0, 8)
-        if k < 3:
-            state[p] = rng.integers(0, 256, PS, dtype=np.uint8)
-        elif k < 5:
-            state[p] = np.tile(rng.integers(0, 256, 64, dtype=np.uint8), PS // 64)
-        elif k == 5:
-            state[p] = 0
-        else:
-            state[p] = state[int(rng.integers(0, len(state)))]
 
 
 def _random_chain(path, seed: int, compress: str | None, nepochs: int = 7) -> tuple[Store, dict]:
