@@ -51,7 +51,7 @@ struct fork_scratch {
 	uint64_t *table;            /* dedup: record index + 1, 0 = empty */
 	size_t table_cap;           /* a power of two >= 2n */
 	struct iovec *iov;          /* MCK_IOV_MAX */
-	uint8_t *gather;            /* MCK_BLAKE3_SUBTREE_BYTES, for hashing the pack */
+	uint8_t *gather;            /* MCK_BLAKE3_SUBTREE_BYTES, for hashing the index */
 };
 
 size_t mck_fork_scratch_size(size_t n)
@@ -199,12 +199,13 @@ static void place_pages(const struct mck_fork_job *job, struct fork_scratch *s,
 }
 
 /* Write the new pages (those whose offset is the next free one: dedup hits
- * point backwards), in runs of adjacent pages, and hash them in pack order.
+ * point backwards), in runs of adjacent pages. No digest of the whole pack:
+ * since format 1.2 each image is covered by its record's digest alone.
  * Only this epoch's records: the scratch is reused, and past `records` it
  * holds an earlier epoch's (a full epoch records no zero page, so it can hold
  * fewer records than pages). */
 static int write_pack(const struct mck_fork_job *job, struct fork_scratch *s,
-		      uint64_t records, struct mck_blake3 *h)
+		      uint64_t records)
 {
 	const uint8_t *base = job->base;
 	size_t ps = job->page_size;
@@ -227,10 +228,6 @@ static int write_pack(const struct mck_fork_job *job, struct fork_scratch *s,
 			}
 		}
 		if (cnt > 0 && (!rec || (is_new && cnt == MCK_IOV_MAX))) {
-			struct mck_iov_cursor cur = {s->iov, (size_t)cnt, 0, 0};
-			uint64_t pos = batch_off;
-
-			mck_hash_stream(h, &pos, &cur, next - batch_off, s->gather);
 			rc = mck_write_all_iov(job->pack_fd, s->iov, cnt, batch_off);
 			if (rc < 0)
 				return rc;
@@ -272,7 +269,6 @@ static _Noreturn void child_main(const struct mck_fork_job *job, int result_fd,
 {
 	struct mck_fork_result res;
 	struct fork_scratch s;
-	struct mck_blake3 h;
 	uint64_t pack_end = 0;
 	int rc, stage;
 
@@ -292,12 +288,9 @@ static _Noreturn void child_main(const struct mck_fork_job *job, int result_fd,
 	place_pages(job, &s, &res, &pack_end);
 
 	stage = MCK_FORK_STAGE_PACK;
-	mck_blake3_init(&h);
-	mck_blake3_update(&h, job->pack_header, job->pack_header_len);
-	rc = write_pack(job, &s, res.records, &h);
+	rc = write_pack(job, &s, res.records);
 	if (rc < 0)
 		goto fail;
-	mck_blake3_final(&h, res.pack_digest);
 	res.pack_size = pack_end;
 
 	stage = MCK_FORK_STAGE_INDEX;

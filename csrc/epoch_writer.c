@@ -181,7 +181,8 @@ int mck_ew_open(const struct mck_ew_config *cfg, struct mck_ew **out)
 		}
 	}
 	mck_blake3_init(&w->h);
-	mck_blake3_update(&w->h, cfg->pack_header, cfg->pack_header_len);
+	if (!(w->flags & MCK_EW_NO_PACK_DIGEST))
+		mck_blake3_update(&w->h, cfg->pack_header, cfg->pack_header_len);
 	w->pack_end = w->hashed = cfg->pack_header_len;
 	if (w->incremental)
 		mck_zero_digest(ps, w->zero_digest);
@@ -219,9 +220,12 @@ const struct mck_idx_record *mck_ew_records(const struct mck_ew *w, uint64_t *n)
 	return w->recs;
 }
 
-void mck_ew_pack_digest(const struct mck_ew *w, uint8_t out[32])
+int mck_ew_pack_digest(const struct mck_ew *w, uint8_t out[32])
 {
+	if (w->flags & MCK_EW_NO_PACK_DIGEST)
+		return -EINVAL;
 	mck_blake3_final(&w->h, out);
+	return 0;
 }
 
 struct ew_sync {
@@ -499,6 +503,12 @@ static void place_window(struct ew_call *c, struct ew_slot *s)
 		add_task(c, s, T_WRITE, c->written, hi, &c->wcur);
 		mck_cursor_skip(&c->wcur, hi - c->written);
 		c->written = hi;
+	}
+	s->g0 = s->ncv = 0;
+	if (w->flags & MCK_EW_NO_PACK_DIGEST) {
+		c->scheduled = w->hashed = end;
+		c->sealed = c->nseg;
+		return;
 	}
 	/* the digest: up to a subtree boundary streamed here (only at the start
 	 * of an add: nothing else is pending then, so the hasher stands at

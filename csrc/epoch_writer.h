@@ -16,6 +16,9 @@ enum mck_ew_flags {
 	/* do not start the pack's writeback as each piece is written
 	 * (sync_file_range): leave it all to the fdatasync of finish */
 	MCK_EW_NO_EARLY_FLUSH = 1u << 0,
+	/* no digest of the whole pack (format 1.2: each image is covered by
+	 * its record's digest): the pack's bytes are not hashed a second time */
+	MCK_EW_NO_PACK_DIGEST = 1u << 1,
 };
 
 struct mck_ew_config {
@@ -60,8 +63,9 @@ int mck_ew_add(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_
 void mck_ew_read_stats(const struct mck_ew *w, struct mck_ew_stats *st);
 /* The records so far (valid until the next add or close). */
 const struct mck_idx_record *mck_ew_records(const struct mck_ew *w, uint64_t *n);
-/* BLAKE3 of the pack as written so far. */
-void mck_ew_pack_digest(const struct mck_ew *w, uint8_t out[32]);
+/* BLAKE3 of the pack as written so far: 0, or -EINVAL for a writer opened
+ * with MCK_EW_NO_PACK_DIGEST. */
+int mck_ew_pack_digest(const struct mck_ew *w, uint8_t out[32]);
 /* Make the files durable: write the index (the header given, its count
  * set) to idx_fd from offset 0, then fdatasync it and the pack (at once, on
  * two threads). idx_digest and idx_size describe the index file. 0 or

@@ -349,7 +349,7 @@ def test_store_adopt_checks(tmp_path, arena, scratch):
         w.add_pages(np.array([0], np.uint64), np.ones((1, arena.page_size), np.uint8))
     with pytest.raises(CorruptionError, match="writer reported"):
         w.adopt(**{**{k: res[k] for k in ("records", "stored", "dedup", "zero", "pack_size",
-                                          "idx_digest", "pack_digest")}, "idx_size": res["idx_size"] + 56})
+                                          "idx_digest")}, "idx_size": res["idx_size"] + 56})
     assert store.latest() is None and not list(store.path.glob("e0*"))
     w = store.begin(kind="full", layout=arena.layout(), npages=arena.npages)
     w.external_target()

@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import blake3
 import numpy as np
 import pytest
 
@@ -136,7 +137,7 @@ def test_every_epoch_records_its_parents_identity(tmp_path):
     assert "parent_digest" not in s.manifest(1)
     for e in (2, 3):
         m = s.manifest(e)
-        assert m["version"] == [1, 1]
+        assert m["version"] == [1, 2]
         assert m["parent_digest"] == s.manifest(e - 1)["digest"]
     # a full epoch records its lineage parent's too, and does not need it
     state = np.full((16, PS), 5, np.uint8)
@@ -165,10 +166,13 @@ def test_incremental_1_1_manifest_without_parent_digest_is_refused(tmp_path):
 
 
 def downgrade_to_1_0(path: Path) -> None:
-    """What memckpt 1.0 wrote: no parent_digest, version [1, 0]."""
+    """What memckpt 1.0 wrote: no parent_digest, version [1, 0], and the
+    pack's whole-file digest (dropped in 1.2)."""
     for mpath in path.glob("e*.json"):
         doc = load_json(mpath)
         doc.pop("parent_digest", None)
+        pack = doc["files"]["pack"]
+        pack["blake3"] = blake3.blake3((path / pack["name"]).read_bytes()).hexdigest()
         write_signed(mpath, dict(doc, version=[1, 0]))
 
 

@@ -151,6 +151,25 @@ def test_flipped_page_names_the_page(copy):
     assert np.array_equal(got[other], expected[DAMAGED][other])
 
 
+def test_bytes_no_record_covers_are_damage(copy):
+    """Format 1.2 keeps no whole-file digest of a pack: verify checks instead
+    that its images fill it back to back. Bytes appended (the manifest's size
+    forged to match) are named, and restores of the epoch stay exact."""
+    path, expected = copy
+    mpath = path / fmt.manifest_name(DAMAGED)
+    doc = load_json(mpath)
+    assert doc["version"] == [1, 2] and "blake3" not in doc["files"]["pack"]
+    pack = path / doc["files"]["pack"]["name"]
+    size = pack.stat().st_size
+    pack.write_bytes(pack.read_bytes() + bytes(PS))
+    doc["files"]["pack"]["size"] = size + PS
+    write_signed(mpath, doc)
+    relink(path)
+    with pytest.raises(CorruptionError, match=rf"{pack.name}: bytes from {size} are not a page image"):
+        Store(path).verify()
+    assert np.array_equal(read(Store(path), DAMAGED), expected[DAMAGED])
+
+
 # -- versions ----------------------------------------------------------------------------
 def test_store_header_from_the_future(copy):
     path, _ = copy

@@ -289,7 +289,7 @@ struct mck_fork_result {
 	uint64_t zero;             /* all-zero pages (never stored) */
 	uint64_t pack_size;        /* bytes, header included */
 	uint64_t idx_size;
-	uint8_t pack_digest[32];   /* BLAKE3 of the whole pack file */
+	uint8_t pack_digest[32];   /* all zero: since format 1.2 no digest of the whole pack */
 	uint8_t idx_digest[32];    /* BLAKE3 of the whole index file */
 	/* The child's Private_Clean + Private_Dirty from /proc/self/smaps_rollup,
 	 * read after it wrote and synced the files: memory that exists only

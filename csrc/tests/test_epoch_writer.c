@@ -130,6 +130,9 @@ static void written_free(struct written *o)
 	free(o->idx);
 }
 
+/* the flags write_epoch opens its writers with */
+static unsigned ew_flags;
+
 /* One epoch through the writer: adds of pages[cuts[k]..cuts[k+1]) each. */
 static void write_epoch(struct written *o, const uint8_t *base, uint64_t nrows, size_t ps,
 			uint64_t npages, const uint64_t *pages, const uint64_t *rows,
@@ -137,7 +140,7 @@ static void write_epoch(struct written *o, const uint8_t *base, uint64_t nrows, 
 {
 	uint8_t hdr[MCK_PACK_HEADER_SIZE], idx_hdr[MCK_IDX_HEADER_SIZE];
 	int pfd = open_tmp("e.pack"), ifd = open_tmp("e.idx");
-	struct mck_ew_config cfg = {pfd, ps, npages, incremental, hdr, sizeof(hdr), threads, 0};
+	struct mck_ew_config cfg = {pfd, ps, npages, incremental, hdr, sizeof(hdr), threads, ew_flags};
 	struct mck_ew *w = NULL;
 	uint64_t idx_size = 0;
 
@@ -153,7 +156,11 @@ static void write_epoch(struct written *o, const uint8_t *base, uint64_t nrows, 
 				   cuts[k + 1] - cuts[k]);
 	if (o->rc == 0) {
 		mck_ew_read_stats(w, &o->st);
-		mck_ew_pack_digest(w, o->pack_digest);
+		if (ew_flags & MCK_EW_NO_PACK_DIGEST)
+			CHECK(mck_ew_pack_digest(w, o->pack_digest) == -EINVAL,
+			      "pack digest of a writer that keeps none");
+		else
+			mck_ew_pack_digest(w, o->pack_digest);
 		o->rc = mck_ew_finish(w, ifd, idx_hdr, o->idx_digest, &idx_size);
 	}
 	if (o->rc == 0) {
@@ -449,8 +456,10 @@ static void test_fork_child_writes_the_same(struct test_ctx *ctx)
 		      !memcmp(f.pack, o.pack, o.pack_len) && !memcmp(f.idx, o.idx, o.idx_len),
 		      "%s: the fork child's files differ from the writer's",
 		      inc ? "incremental" : "full");
-		CHECK(!memcmp(res.pack_digest, o.pack_digest, 32) &&
-		      !memcmp(res.idx_digest, o.idx_digest, 32), "digests differ");
+		static const uint8_t none[32];
+
+		CHECK(!memcmp(res.pack_digest, none, 32) && !memcmp(res.idx_digest, o.idx_digest, 32),
+		      "digests: the child keeps no pack digest (format 1.2), the index's as the writer's");
 		free(job.scratch);
 		free(f.pack);
 		free(f.idx);
@@ -460,6 +469,41 @@ static void test_fork_child_writes_the_same(struct test_ctx *ctx)
 	}
 	free(pages);
 	free(a);
+}
+
+/* Format 1.2: a writer without the pack's digest writes the same files, for
+ * 1 and 3 threads, compressed or not (the digest pass is all it drops). */
+static void test_no_pack_digest(struct test_ctx *ctx)
+{
+	size_t ps = 4096, n = 700;
+	uint8_t *base = calloc(n, ps);
+	uint64_t *pages = calloc(n, sizeof(*pages));
+	size_t cuts[] = {0, 1, 300, n};
+
+	(void)ctx;
+	for (size_t i = 0; i < n; i++) {
+		pages[i] = i;
+		if (i % 7)
+			memset(base + i * ps, (int)(i % 5 + 1), ps); /* zero and repeated pages */
+		base[i * ps] = (uint8_t)(i % 11 ? 1 : i);
+	}
+	for (int threads = 1; threads <= 3; threads += 2) {
+		struct written a, b;
+
+		ew_flags = 0;
+		write_epoch(&a, base, n, ps, n, pages, NULL, 1, threads, cuts, 4);
+		ew_flags = MCK_EW_NO_PACK_DIGEST;
+		write_epoch(&b, base, n, ps, n, pages, NULL, 1, threads, cuts, 4);
+		ew_flags = 0;
+		CHECK(a.rc == 0 && b.rc == 0 && a.pack_len == b.pack_len && a.idx_len == b.idx_len &&
+		      !memcmp(a.pack, b.pack, a.pack_len) && !memcmp(a.idx, b.idx, a.idx_len) &&
+		      !memcmp(a.idx_digest, b.idx_digest, 32),
+		      "%d threads: the files differ without the pack digest", threads);
+		written_free(&a);
+		written_free(&b);
+	}
+	free(base);
+	free(pages);
 }
 
 static void test_bad_pages(struct test_ctx *ctx)
@@ -570,6 +614,7 @@ static const struct test_case tests[] = {
 	{"zero_pages", test_zero_pages, {NULL}},
 	{"dedup_across_adds", test_dedup_across_adds, {NULL}},
 	{"fork_child_writes_the_same", test_fork_child_writes_the_same, {NULL}},
+	{"no_pack_digest", test_no_pack_digest, {NULL}},
 	{"bad_pages", test_bad_pages, {NULL}},
 	{"failed_write_sticks", test_failed_write_sticks, {NULL}},
 	{"no_thread_outlives_an_add", test_no_thread_outlives_an_add, {NULL}},

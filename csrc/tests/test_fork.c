@@ -154,8 +154,8 @@ static void check_files(const char *what, struct files *f, const uint8_t *ref,
 	      "%s: sizes: pack %zu vs %llu, idx %zu vs %llu", what, plen,
 	      (unsigned long long)res->pack_size, ilen, (unsigned long long)res->idx_size);
 	CHECK(!memcmp(pack, f->hdr, HDR_LEN), "%s: pack header changed", what);
-	mck_blake3_pages(pack, plen, 1, d);
-	CHECK(!memcmp(d, res->pack_digest, 32), "%s: pack digest", what);
+	memset(d, 0, sizeof(d));
+	CHECK(!memcmp(d, res->pack_digest, 32), "%s: no pack digest (format 1.2)", what);
 	mck_blake3_pages(idx, ilen, 1, d);
 	CHECK(!memcmp(d, res->idx_digest, 32), "%s: idx digest", what);
 	uint64_t count;

@@ -27,7 +27,7 @@ cdef dict _fork_result(c.mck_fork_result *r, int rc):
         "stage": _FORK_STAGES.get(r.stage, str(r.stage)),
         "records": r.records, "stored": r.stored, "dedup": r.dedup, "zero": r.zero,
         "pack_size": r.pack_size, "idx_size": r.idx_size,
-        "pack_digest": bytes(r.pack_digest[:32]), "idx_digest": bytes(r.idx_digest[:32]),
+        "idx_digest": bytes(r.idx_digest[:32]),
         "extra_bytes": r.extra_bytes, "child_s": r.child_seconds,
         "pid": r.pid, "exit_code": r.exit_code, "signal": r.term_signal,
         "reported": bool(r.reported),
@@ -40,7 +40,7 @@ cdef class ForkChild:
     read() (GIL released) waits for the child's result and returns it as a
     dict: ok, error (errno), stage ("ok", "setup", "pack", "index", "sync",
     "report", or "died": no whole result came), the counts (records, stored,
-    dedup, zero), pack_size/idx_size, pack_digest/idx_digest (32 bytes each),
+    dedup, zero), pack_size/idx_size, idx_digest (32 bytes),
     extra_bytes, child_s, pid, exit_code (-1 if killed or not yet reaped),
     signal, reported. A child that reported is left to exit on its own (its
     files are durable already); one that did not is reaped by read().

@@ -10,6 +10,7 @@ cdef extern from "epoch_writer.h" nogil:
         MCK_IDX_RECORD_SIZE
         MCK_IDX_HEADER_SIZE
         MCK_EW_NO_EARLY_FLUSH
+        MCK_EW_NO_PACK_DIGEST
 
     struct mck_idx_record:
         uint64_t page
@@ -47,7 +48,7 @@ cdef extern from "epoch_writer.h" nogil:
                    const uint64_t *rows, size_t n)
     void mck_ew_read_stats(const mck_ew *w, mck_ew_stats *st)
     const mck_idx_record *mck_ew_records(const mck_ew *w, uint64_t *n)
-    void mck_ew_pack_digest(const mck_ew *w, uint8_t *out)
+    int mck_ew_pack_digest(const mck_ew *w, uint8_t *out)
     int mck_ew_finish(mck_ew *w, int idx_fd, const uint8_t *idx_header, uint8_t *idx_digest,
                       uint64_t *idx_size)
     void mck_ew_close(mck_ew *w)

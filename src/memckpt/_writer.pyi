@@ -5,6 +5,7 @@ from typing_extensions import Self, disjoint_base
 
 RECORD_SIZE: int
 NO_EARLY_FLUSH: int
+NO_PACK_DIGEST: int
 
 def codecs() -> int: ...
 def cpus_available() -> int: ...

@@ -16,6 +16,7 @@ import numpy as np
 
 RECORD_SIZE = c.MCK_IDX_RECORD_SIZE
 NO_EARLY_FLUSH = c.MCK_EW_NO_EARLY_FLUSH
+NO_PACK_DIGEST = c.MCK_EW_NO_PACK_DIGEST
 
 
 def codecs():
@@ -131,10 +132,12 @@ cdef class PackWriter:
         return bytes(out)
 
     def pack_digest(self):
-        """BLAKE3 of the pack as written so far (32 bytes)."""
+        """BLAKE3 of the pack as written so far (32 bytes); ValueError for a
+        writer opened with NO_PACK_DIGEST."""
         self._open()
         cdef uint8_t out[32]
-        c.mck_ew_pack_digest(self.w, out)
+        if c.mck_ew_pack_digest(self.w, out) < 0:
+            raise ValueError("this writer keeps no pack digest (opened with NO_PACK_DIGEST)")
         return out[:32]
 
     def finish(self, int idx_fd, bytes idx_header not None):

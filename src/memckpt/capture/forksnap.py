@@ -27,8 +27,7 @@ import numpy as np
 from .. import _core
 from ..errors import ForkChildError
 
-_ADOPT_KEYS = ("records", "stored", "dedup", "zero", "pack_size", "idx_size",
-               "pack_digest", "idx_digest")
+_ADOPT_KEYS = ("records", "stored", "dedup", "zero", "pack_size", "idx_size", "idx_digest")
 _STAGE_WORDS = {
     "setup": "setting itself up", "pack": "writing the pack", "index": "writing the index",
     "sync": "syncing the pack and index", "report": "reporting its result",

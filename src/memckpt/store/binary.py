@@ -20,8 +20,12 @@ from ..errors import CorruptionError, FormatError, MemckptError
 FORMAT_MAJOR = 1
 #: 1.1 added ``parent_digest`` (the manifest ties an epoch to its parent's
 #: content) and ``compacted.identity`` (which keeps those ties valid when
-#: compaction rewrites a parent's manifest)
-FORMAT_MINOR = 1
+#: compaction rewrites a parent's manifest); 1.2 dropped the pack file's
+#: whole-file digest (``files.pack.blake3``): every image in a pack is covered
+#: by its record's digest, the records by the index's digest, so that second
+#: pass over every byte written only cost the writer time. A 1.0/1.1 reader
+#: refuses a 1.2 manifest (it requires the field) instead of misreading it.
+FORMAT_MINOR = 2
 VERSION = [FORMAT_MAJOR, FORMAT_MINOR]
 #: The minor version the index and pack headers say: their layouts have not
 #: changed since 1.0, so files a 1.0 reader checks byte for byte stay 1.0.

@@ -57,7 +57,7 @@ class _Commit(_Packing):
         self._durable_at = time.perf_counter()
         self._files = {
             "idx": {"name": self._idx_name, "size": len(idx), "blake3": blake3.blake3(idx).hexdigest()},
-            "pack": {"name": self._pack_name, "size": self._off, "blake3": self._pack_hash.hexdigest()},
+            "pack": {"name": self._pack_name, "size": self._off},
         }
 
     def _finish_c(self) -> None:
@@ -74,8 +74,7 @@ class _Commit(_Packing):
         self._durable_at = time.perf_counter()
         self._files = {
             "idx": {"name": self._idx_name, "size": size, "blake3": digest.hex()},
-            "pack": {"name": self._pack_name, "size": self._off,
-                     "blake3": self._cw.pack_digest().hex()},
+            "pack": {"name": self._pack_name, "size": self._off},
         }
 
     def _manifest_doc(self, *, pages_dirty: int, pause_s: float | None, label: str | None,

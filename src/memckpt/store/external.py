@@ -94,13 +94,13 @@ class _External:
         os.close(fd)
 
     def adopt(self, *, records: int, stored: int, dedup: int, zero: int, pack_size: int,
-              idx_size: int, pack_digest: bytes, idx_digest: bytes) -> None:
+              idx_size: int, idx_digest: bytes) -> None:
         """Take the files another writer made of this epoch, after it made them
         durable. Checks what can be checked without reading the pages: the
         sizes on disk and that the counts agree with them; the whole index
         (its digest, and every record as a reader would check it). The pack's
-        digest is the writer's (Store.verify rechecks it). A mismatch aborts
-        the epoch and raises CorruptionError."""
+        images are checked against their records' digests by every read (and
+        Store.verify). A mismatch aborts the epoch and raises CorruptionError."""
         self._check_open()
         if self._idx_fd is None:
             raise ValueError(f"epoch {self.epoch}: adopt() needs external_target() first")
@@ -111,9 +111,8 @@ class _External:
             vals = {k: _index_arg(v, k) for k, v in (("records", records), ("stored", stored),
                                                       ("dedup", dedup), ("zero", zero),
                                                       ("pack_size", pack_size), ("idx_size", idx_size))}
-            for k, v in (("pack_digest", pack_digest), ("idx_digest", idx_digest)):
-                if not isinstance(v, (bytes, bytearray)) or len(v) != 32:
-                    raise ValueError(f"{k} must be 32 bytes")
+            if not isinstance(idx_digest, (bytes, bytearray)) or len(idx_digest) != 32:
+                raise ValueError("idx_digest must be 32 bytes")
             assert self._pack_fd is not None
             on_disk = (os.fstat(self._pack_fd).st_size, os.fstat(self._idx_fd).st_size)
             if on_disk != (vals["pack_size"], vals["idx_size"]):
@@ -145,8 +144,7 @@ class _External:
         self._dedup, self._zero = vals["dedup"], vals["zero"]
         self._off = vals["pack_size"]
         self._durable_at = time.perf_counter()
-        self._adopted = {"pack_digest": bytes(pack_digest).hex(), "idx_digest": bytes(idx_digest).hex(),
-                         "idx_size": vals["idx_size"]}
+        self._adopted = {"idx_digest": bytes(idx_digest).hex(), "idx_size": vals["idx_size"]}
 
     def _finish_adopted(self) -> None:
         """_finish_files for adopted files: they are durable already (the
@@ -160,5 +158,5 @@ class _External:
         self._files = {
             "idx": {"name": self._idx_name, "size": self._adopted["idx_size"],
                     "blake3": self._adopted["idx_digest"]},
-            "pack": {"name": self._pack_name, "size": self._off, "blake3": self._adopted["pack_digest"]},
+            "pack": {"name": self._pack_name, "size": self._off},
         }

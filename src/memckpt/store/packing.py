@@ -28,7 +28,6 @@ class _Packing(_External):
     _seen: dict[bytes, Any]
     _compressor: Any
     _cflag: int
-    _pack_hash: Any
     _cw: Any = None  # memckpt._writer.PackWriter of an uncompressed epoch, else None
 
     # -- pages ----------------------------------------------------------------------------
@@ -221,10 +220,7 @@ class _Packing(_External):
         return bufs, start
 
     def _write_job(self, job: tuple[list[Any], int]) -> None:
-        """Write one chunk's new stored bytes at their offset, and hash them
-        into the pack's file digest (jobs run in pack order)."""
+        """Write one chunk's new stored bytes at their offset."""
         bufs, offset = job
         if bufs:
             _pwritev_all(self._pack_fd, bufs, offset)  # type: ignore[arg-type]
-            for b in bufs:
-                self._pack_hash.update(b)

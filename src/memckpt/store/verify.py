@@ -141,18 +141,10 @@ class _Verifier(_Reader):
         where = f"epoch {epoch}: {doc['files']['pack']['name']}"
         fd = self._open_pack(epoch, doc)
         try:
-            # the whole file, against the manifest's digest
-            h = blake3.blake3()
-            buf = bytearray(min(_VERIFY_BATCH_BYTES, max(doc["files"]["pack"]["size"], 1)))
-            pos, size = 0, doc["files"]["pack"]["size"]
-            while pos < size:
-                n = os.preadv(fd, [buf], pos)
-                if n == 0:
-                    raise CorruptionError(f"{where}: file ends early (at byte {pos}); truncated?")
-                h.update(memoryview(buf)[:n])
-                pos += n
-            if h.hexdigest() != doc["files"]["pack"]["blake3"]:
-                raise CorruptionError(f"{where}: BLAKE3 digest mismatch (the file is damaged)")
+            if "blake3" not in doc["files"]["pack"]:  # 1.2: the images' digests alone
+                self._check_coverage(epoch, fd, doc, stored, where)
+            else:
+                self._check_pack_digest(fd, doc, where)
             tick(doc["files"]["idx"]["size"] + fmt.PACK_HEADER_SIZE)
             # and every page, against its own digest
             batch = max(1, _VERIFY_BATCH_BYTES // self.page_size)
@@ -165,3 +157,38 @@ class _Verifier(_Reader):
         finally:
             os.close(fd)
         return link
+
+    def _check_pack_digest(self, fd: int, doc: dict[str, Any], where: str) -> None:
+        """A pack of format 1.0/1.1: the whole file against the manifest's digest."""
+        h = blake3.blake3()
+        buf = bytearray(min(_VERIFY_BATCH_BYTES, max(doc["files"]["pack"]["size"], 1)))
+        pos, size = 0, doc["files"]["pack"]["size"]
+        while pos < size:
+            n = os.preadv(fd, [buf], pos)
+            if n == 0:
+                raise CorruptionError(f"{where}: file ends early (at byte {pos}); truncated?")
+            h.update(memoryview(buf)[:n])
+            pos += n
+        if h.hexdigest() != doc["files"]["pack"]["blake3"]:
+            raise CorruptionError(f"{where}: BLAKE3 digest mismatch (the file is damaged)")
+
+    def _check_coverage(self, epoch: int, fd: int, doc: dict[str, Any], stored: np.ndarray,
+                        where: str) -> None:
+        """A pack of format 1.2 has no whole-file digest: its header is checked
+        against the manifest (_open_pack), each image against its record's
+        digest (the caller), and here that the images fill the file from the
+        header's end to its last byte, back to back: no byte is uncovered."""
+        hsize = fmt.parse_pack_header(os.pread(fd, fmt.PACK_HEADER_SIZE, 0), epoch=epoch,
+                                      page_size=self.page_size, minor=doc["version"][1], where=where)
+        size = doc["files"]["pack"]["size"]
+        if len(stored):
+            off, first = np.unique(stored["offset"], return_index=True)
+            end = off + stored["length"][first].astype(np.uint64)
+            gaps = np.flatnonzero(off[1:] != end[:-1])
+            if off[0] != hsize or len(gaps) or int(end[-1]) != size:
+                at = (hsize if off[0] != hsize else int(end[gaps[0]]) if len(gaps) else int(end[-1]))
+                raise CorruptionError(f"{where}: bytes from {at} are not a page image of the index "
+                                      f"(images must fill the pack, {size} bytes, back to back)")
+        elif size != hsize:
+            raise CorruptionError(f"{where}: {size - hsize} bytes after the header, but the index "
+                                  "stores no page")

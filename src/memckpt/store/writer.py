@@ -11,7 +11,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-import blake3
 import numpy as np
 
 from .. import _forksafe, _signals, _writer
@@ -83,7 +82,6 @@ class EpochWriter(_Commit):
         except BaseException:
             self.abort()
             raise
-        self._pack_hash = blake3.blake3(hdr)
         self._off = len(hdr)
         self._cw = None
         # the C writer takes every epoch whose codec this build has (all, with
@@ -94,6 +92,7 @@ class EpochWriter(_Commit):
                 self._cw = _writer.PackWriter(self._pack_fd, self.page_size, npages,
                                               kind == "incremental", hdr,
                                               threads=0 if threads is None else threads,
+                                              flags=_writer.NO_PACK_DIGEST,
                                               compress=self._cflag, level=fmt.ZSTD_LEVEL)
             except BaseException:
                 self.abort()
