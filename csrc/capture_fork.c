@@ -7,12 +7,16 @@
  * stdio's, the interpreter's): no allocation, no stdio, no locks, no Python;
  * only system calls and the async-signal-safe memcpy/memcmp/memset, and the
  * core's BLAKE3, which allocates nothing. It leaves only by _exit(), which
- * runs no atexit handler and flushes no parent stdio buffer a second time. */
+ * runs no atexit handler and flushes no parent stdio buffer a second time.
+ * For a large epoch it forks one helper process of its own to hash half the
+ * pages (hash_pages): the child has one thread, so that fork is safe. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -155,10 +159,63 @@ static uint64_t private_bytes(void)
 	return total;
 }
 
+/* Below this many bytes of nonzero pages the child hashes them alone: a
+ * helper costs a fork of the child (its page tables: ~10-40 ms for a process
+ * of a few GiB), about what hashing 64 MiB costs here. */
+#define FORK_SPLIT_BYTES ((uint64_t)128 << 20)
+
+/* The digests of the k nonzero pages, on two CPUs when there are two and k
+ * is large: a helper process forked from this child (the child is single
+ * threaded, so a fork here is safe; the helper sees the same copy-on-write
+ * image) hashes the second half into a shared mapping while the child hashes
+ * the first. No thread: the child may not start one (see the top). A helper
+ * that cannot be forked costs nothing (the child hashes it all); one that
+ * dies fails the epoch (-ECHILD). */
+static int hash_pages(const struct mck_fork_job *job, struct fork_scratch *s, size_t k)
+{
+	const uint8_t *base = job->base;
+	size_t ps = job->page_size, half = k / 2, len = (k - half) * 32;
+	cpu_set_t cpus;
+	uint8_t *shared;
+	pid_t me = getpid(), pid;
+	int status, rc = 0;
+
+	if ((uint64_t)k * ps < FORK_SPLIT_BYTES ||
+	    sched_getaffinity(0, sizeof(cpus), &cpus) < 0 || CPU_COUNT(&cpus) < 2) {
+		mck_blake3_pages_at(base, ps, s->nonzero, k, s->digests);
+		return 0;
+	}
+	shared = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	pid = shared == MAP_FAILED ? -1 : mck_raw_fork();
+	if (pid == 0) {
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != me)
+			_exit(1);
+		mck_blake3_pages_at(base, ps, s->nonzero + half, k - half, shared);
+		_exit(0);
+	}
+	mck_blake3_pages_at(base, ps, s->nonzero, pid < 0 ? k : half, s->digests);
+	if (pid < 0) {
+		if (shared != MAP_FAILED)
+			munmap(shared, len);
+		return 0;
+	}
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR) {
+			rc = -errno;
+			break;
+		}
+	if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+		rc = -ECHILD;
+	if (rc == 0)
+		memcpy(s->digests + 32 * half, shared, len);
+	munmap(shared, len);
+	return rc;
+}
+
 /* Hash, elide, dedup and place the pages: records and counts, no I/O, by
  * the rules of pack_pages.h (the epoch writer's, step for step). */
-static void place_pages(const struct mck_fork_job *job, struct fork_scratch *s,
-			struct mck_fork_result *res, uint64_t *pack_end)
+static int place_pages(const struct mck_fork_job *job, struct fork_scratch *s,
+		       struct mck_fork_result *res, uint64_t *pack_end)
 {
 	const uint8_t *base = job->base;
 	size_t ps = job->page_size, k = 0, r = 0, j = 0;
@@ -175,7 +232,10 @@ static void place_pages(const struct mck_fork_job *job, struct fork_scratch *s,
 		else
 			any_zero = true;
 	}
-	mck_blake3_pages_at(base, ps, s->nonzero, k, s->digests);
+	int rc = hash_pages(job, s, k);
+
+	if (rc < 0)
+		return rc;
 	if (job->incremental && any_zero)
 		mck_zero_digest(ps, zero_digest);
 	memset(s->table, 0, s->table_cap * sizeof(uint64_t));
@@ -196,6 +256,7 @@ static void place_pages(const struct mck_fork_job *job, struct fork_scratch *s,
 	}
 	res->records = r;
 	*pack_end = off;
+	return 0;
 }
 
 /* Write the new pages (those whose offset is the next free one: dedup hits
@@ -231,6 +292,10 @@ static int write_pack(const struct mck_fork_job *job, struct fork_scratch *s,
 			rc = mck_write_all_iov(job->pack_fd, s->iov, cnt, batch_off);
 			if (rc < 0)
 				return rc;
+			/* its writeback starts now: the final fdatasync finds
+			 * little left (best effort, as in the epoch writer) */
+			sync_file_range(job->pack_fd, (off_t)batch_off, (off_t)(next - batch_off),
+					SYNC_FILE_RANGE_WRITE);
 			batch_off = next;
 			cnt = 0;
 		}
@@ -285,9 +350,11 @@ static _Noreturn void child_main(const struct mck_fork_job *job, int result_fd,
 	close_other_fds(job->pack_fd, job->idx_fd, result_fd);
 
 	scratch_layout(job, &s);
-	place_pages(job, &s, &res, &pack_end);
-
 	stage = MCK_FORK_STAGE_PACK;
+	rc = place_pages(job, &s, &res, &pack_end);
+	if (rc < 0)
+		goto fail;
+
 	rc = write_pack(job, &s, res.records);
 	if (rc < 0)
 		goto fail;

@@ -156,6 +156,26 @@ def test_full_and_incremental_epochs_match_add_pages_bit_for_bit(tmp_path, arena
     fresh.verify()
 
 
+def test_a_large_epoch_hashed_by_two_processes_is_the_same_epoch(tmp_path, scratch):
+    """Past 128 MiB of nonzero pages (FORK_SPLIT_BYTES in capture_fork.c) the
+    child forks a helper that hashes the second half of the pages while it
+    hashes the first: the files are still byte for byte add_pages's, of the
+    instant of the fork while the parent rewrites every page."""
+    npages = (160 << 20) // 4096
+    with memckpt.Arena(npages * 4096) as big:
+        pv = pages_view(big, big.array("a", big.nbytes, np.uint8))
+        fill(np.random.default_rng(7), pv)
+        assert np.count_nonzero(pv.any(axis=1)) * 4096 > 128 << 20
+        snapshot = pv.copy()
+        fs = Store(tmp_path / "fork", create=True)
+        ref = Store(tmp_path / "ref", create=True)
+        allp = np.arange(npages, dtype=np.uint64)
+        info = fork_epoch(fs, big, allp, "full", None, scratch, during=lambda: pv.fill(0xCD))
+        add_pages_epoch(ref, big.layout(), snapshot, allp, "full", None)
+        assert files_of(fs, info.epoch) == files_of(ref, info.epoch)
+        assert np.array_equal(read(Store(tmp_path / "fork"), info.epoch, pv), snapshot)
+
+
 def test_parent_threads_writing_during_fork_see_one_instant(tmp_path, arena, scratch):
     """A thread sweeps the pages in order writing its sweep number into every
     word, through the fork and the child's whole run: an instant's snapshot
