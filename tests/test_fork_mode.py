@@ -15,6 +15,7 @@ the epoch's pack and index from its copy-on-write image.
 from __future__ import annotations
 
 import errno
+import gc
 import glob
 import os
 import shutil
@@ -249,12 +250,12 @@ def test_child_killed_mid_write_keeps_the_last_epoch(tmp_path, scratch):
 
         pv[:, 20] += 1
         w = store.begin(kind="incremental", parent=first.epoch, layout=arena.layout(), npages=arena.npages)
-        pack = store.path / w._pack_name
+        pack_fd = w._pack_fd  # begun in the Store's spare: no name until commit
         snap = ForkSnapshot(w, arena._region, arena.page_size, allp, scratch=scratch.get(len(allp)))
         deadline = time.monotonic() + 10
-        while pack.stat().st_size <= 32 and time.monotonic() < deadline:
+        while os.fstat(pack_fd).st_size <= 32 and time.monotonic() < deadline:
             pass
-        caught = pack.stat().st_size > 32
+        caught = os.fstat(pack_fd).st_size > 32
         os.kill(snap.pid, signal.SIGKILL)
         try:
             snap.finish()
@@ -399,6 +400,7 @@ def test_a_thousand_checkpoints_leave_no_child_and_no_fd(fast_dir):
         with memckpt.Checkpointer(arena, fast_dir / "st", mode="fork", full_every=50) as ck:
             pv[:] = 1
             ck.checkpoint().result()
+            gc.collect()  # earlier tests' objects holding fds go now, not mid-count
             fds = fd_count()
             for i in range(999):
                 p = rng.choice(8, 3, replace=False)

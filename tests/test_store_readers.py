@@ -137,6 +137,7 @@ _FS_SCRIPT = textwrap.dedent(r"""
     if how == "build":
         s = Store(where + "/st", create=True, page_size=PS)
         expected = build_chain(s, npages=32, nepochs=3)
+        s.close()  # its spare pack file (an unnamed inode) too, before the fill counts inodes
         np.savez(where + "/../expected.npz", **{str(k): v for k, v in expected.items()})
         os.unlink(where + "/st/lock")
         if len(sys.argv) < 5 or sys.argv[4] != "fill":
@@ -479,6 +480,8 @@ def test_the_writer_sweeps_at_its_first_write_and_after_a_failed_epoch(copy, mon
     write_epoch(s, expected[3], [0], parent=3)          # the first write sweeps
     assert not any((path / n).exists() for n in junk)
     # an epoch whose abort was cut short leaves its files: the next write sweeps them
+    # (a pack created by name: without the Store's spare, whose file has no name)
+    s._spare.close()
     w = s.begin("incremental", parent=4, npages=expected[3].shape[0])
     w.add_pages(np.array([1], np.uint64), expected[3][1:2])
     left = w._pack_name
@@ -493,6 +496,39 @@ def test_the_writer_sweeps_at_its_first_write_and_after_a_failed_epoch(copy, mon
     s.prune(keep_last=100)                   # nothing failed since: no sweep (it reads every manifest)
     assert junk2.exists()
     s.verify()
+
+
+def test_the_spare_pack_is_named_at_commit_and_leaves_nothing_otherwise(copy):
+    """After a commit the Store keeps an unnamed file for the next epoch's
+    pack (store/spare.py): the next begin() takes it, the commit names it
+    (and makes the next spare); an abort, or a Store dropped, leaves no file."""
+    path, expected = copy
+    s = Store(path)
+    e = write_epoch(s, expected[3], [0], parent=3)
+    names = set(os.listdir(path))
+    w = s.begin("incremental", parent=e, npages=expected[3].shape[0])
+    assert w._pack_unnamed and not (path / w._pack_name).exists()
+    w.add_pages(np.array([1], np.uint64), expected[3][1:2])
+    w.abort()
+    assert set(os.listdir(path)) == names  # the aborted epoch: no file at all
+    w = s.begin("incremental", parent=e, npages=expected[3].shape[0])
+    assert not w._pack_unnamed  # the spare went with the aborted epoch: created by name
+    w.add_pages(np.array([1], np.uint64), expected[3][1:2])
+    info = w.commit(pages_dirty=1, pause_s=0.0)
+    w = s.begin("incremental", parent=info.epoch, npages=expected[3].shape[0])
+    assert w._pack_unnamed
+    w.add_pages(np.array([2], np.uint64), expected[3][2:3])
+    info = w.commit(pages_dirty=1, pause_s=0.0)
+    assert (path / s.manifest(info.epoch)["files"]["pack"]["name"]).is_file()
+    s.verify()
+    want = expected[3].copy()
+    assert np.array_equal(read(Store(path), info.epoch), want)
+    fd = s._spare._fd
+    assert fd is not None and os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)")
+    s.close()
+    assert s._spare._fd is None
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 # -- item 9: readers beside a writer that checkpoints, prunes and compacts --------------------

@@ -17,6 +17,7 @@ from . import format as fmt
 from .catalog import _info_from
 from .io import _O_CREATE, _fsync_dir, _index_arg, _jsonable, _open_file, _write_all, _write_durable
 from .packing import _Packing
+from .spare import name_file
 
 
 class _Commit(_Packing):
@@ -26,11 +27,19 @@ class _Commit(_Packing):
     parent: int | None
     layout: dict[str, Any]
     _tmp_name: str
+    _pack_unnamed: bool
 
     if TYPE_CHECKING:  # EpochWriter's own
         def _close(self) -> None: ...
 
     # -- commit ---------------------------------------------------------------------------
+    def _name_pack(self) -> None:
+        """A pack begun in the Store's spare gets its name now: after it is
+        durable, before the manifest names it (store/spare.py)."""
+        if self._pack_unnamed and self._pack_fd is not None:
+            name_file(self._pack_fd, self._store.path / self._pack_name)
+            self._pack_unnamed = False
+
     def _finish_files(self) -> None:
         """Make pack and index durable (the epoch is still uncommitted)."""
         if self._idx_fd is not None:  # fork mode: see external_target()
@@ -39,12 +48,11 @@ class _Commit(_Packing):
             return self._finish_adopted()
         if self._cw is not None:
             return self._finish_c()
+        assert self._pack_fd is not None
+        os.fdatasync(self._pack_fd)
+        self._name_pack()
         fd, self._pack_fd = self._pack_fd, None
-        assert fd is not None
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        os.close(fd)
         recs = np.concatenate(self._recs) if self._recs else np.zeros(0, dtype=fmt.RECORD_DTYPE)
         idx = fmt.idx_header(self.epoch, self.page_size, len(recs)) + recs.tobytes()
         ifd = _open_file(self._store.path / self._idx_name, _O_CREATE,
@@ -68,6 +76,7 @@ class _Commit(_Packing):
             size, digest = self._cw.finish(ifd, fmt.idx_header(self.epoch, self.page_size, 0))
         finally:
             os.close(ifd)
+        self._name_pack()
         fd, self._pack_fd = self._pack_fd, None
         if fd is not None:
             os.close(fd)
@@ -137,6 +146,7 @@ class _Commit(_Packing):
             self._committed = True  # from here on the epoch exists, whatever fails next
             try:
                 _fsync_dir(store.path)
+                store._spare.make(store.path)  # the next epoch's pack, off its caller's path
             finally:
                 try:
                     # before the lock goes: the head is this Store's while it holds it

@@ -42,6 +42,7 @@ class _External:
     _files: dict[str, Any]
 
     if TYPE_CHECKING:  # EpochWriter's own
+        def _name_pack(self) -> None: ...
         def _check_open(self) -> None: ...
         def abort(self) -> None: ...
         def _where(self, exc: OSError, name: str) -> OSError: ...
@@ -150,6 +151,7 @@ class _External:
         """_finish_files for adopted files: they are durable already (the
         writer fdatasynced both before it reported)."""
         assert self._adopted is not None
+        self._name_pack()
         for attr in ("_pack_fd", "_idx_fd"):
             fd = getattr(self, attr)
             setattr(self, attr, None)

@@ -36,6 +36,7 @@ from . import format as fmt
 from .catalog import _Link
 from .io import _MissingFile, _index_arg, _jsonable
 from .maintenance import _Maintenance
+from .spare import Spare
 from .urls import local_path
 from .writer import EpochWriter
 
@@ -68,6 +69,7 @@ class Store(_Maintenance):
         self._index_bytes = 0
         # chain links by epoch: never evicted with the manifests (see _Link)
         self._links: dict[int, _Link] = {}
+        self._spare = Spare()  # the next epoch's pack file, made after each commit
         if page_size is not None and not fmt.valid_page_size(page_size):
             raise ValueError(f"page_size {page_size!r} must be a power of two in "
                              f"{fmt.MIN_PAGE_SIZE}..{fmt.MAX_PAGE_SIZE}")
@@ -101,9 +103,10 @@ class Store(_Maintenance):
         return f"<memckpt.Store {str(self.path)!r}>"
 
     def close(self) -> None:
-        """Drop cached manifests and indexes. A Store holds no file open
-        between calls (a writer holds its own files and the lock), so this is
-        all there is to close; the Store stays usable."""
+        """Drop cached manifests and indexes, and close the spare pack file
+        (store/spare.py: the only file a Store holds open between calls; a
+        writer holds its own files and the lock); the Store stays usable."""
+        self._spare.close()
         self._drop_caches()
         with self._cache_lock:
             self._links.clear()

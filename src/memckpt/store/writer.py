@@ -71,8 +71,12 @@ class EpochWriter(_Commit):
             lz4b = fmt.codec("lz4")
             self._compressor = lambda b: lz4b.compress(b, store_size=False)
         self._pack_fd: int | None = None
-        self._pack_fd = _open_file(store.path / self._pack_name, _O_CREATE,
-                                   f"epoch {epoch}: {self._pack_name}")
+        # the Store's spare (store/spare.py): an unnamed file, named at commit
+        self._pack_fd = store._spare.take()
+        self._pack_unnamed = self._pack_fd is not None
+        if self._pack_fd is None:
+            self._pack_fd = _open_file(store.path / self._pack_name, _O_CREATE,
+                                       f"epoch {epoch}: {self._pack_name}")
         with store._writers_cv:  # from here on, abort() (or commit) takes it out again
             store._open_writers.add(self)
         _forksafe.register(self)
