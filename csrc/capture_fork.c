@@ -8,13 +8,15 @@
  * only system calls and the async-signal-safe memcpy/memcmp/memset, and the
  * core's BLAKE3, which allocates nothing. It leaves only by _exit(), which
  * runs no atexit handler and flushes no parent stdio buffer a second time.
- * For a large epoch it forks one helper process of its own to hash half the
- * pages (hash_pages): the child has one thread, so that fork is safe. */
+ * For a large epoch it forks one helper process of its own to hash pages
+ * beside it (start_work): the child has one thread, so that fork is safe. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -49,8 +51,8 @@ _Static_assert(sizeof(struct mck_fork_result) <= PIPE_BUF, "one atomic pipe writ
 /* ---- scratch layout ------------------------------------------------------ */
 
 struct fork_scratch {
-	uint8_t *digests;           /* 32 bytes per nonzero page */
-	uint64_t *nonzero;          /* their page numbers */
+	uint8_t *digests;           /* 32 bytes a page (alone: struct fork_work's) */
+	uint64_t *nonzero;          /* 8 bytes a page (alone: its nonzero flags) */
 	struct mck_idx_record *recs;   /* n records at most */
 	uint64_t *table;            /* dedup: record index + 1, 0 = empty */
 	size_t table_cap;           /* a power of two >= 2n */
@@ -159,156 +161,254 @@ static uint64_t private_bytes(void)
 	return total;
 }
 
-/* Below this many bytes of nonzero pages the child hashes them alone: a
- * helper costs a fork of the child (its page tables: ~10-40 ms for a process
- * of a few GiB), about what hashing 64 MiB costs here. */
+/* The pages go in windows: each window's zero tests and digests (the CPU),
+ * then its placement (serial, in page order) and the pwritev of its new
+ * pages, whose writeback starts at once. With two CPUs and a large epoch a
+ * helper process forked from this child (the child has one thread, so a fork
+ * here is safe; the helper sees the same copy-on-write image) hashes windows
+ * too, claimed one at a time from a counter in a shared mapping, so the
+ * digests of later windows are made while the child writes earlier ones. No
+ * thread: the child may not start one (see the top). */
+#define FORK_WINDOW 2048 /* pages: 8 MiB of 4 KiB pages */
+/* Below this many bytes the child works alone: a helper costs a fork of the
+ * child (its page tables: ~10-40 ms for a process of a few GiB), about what
+ * hashing 64 MiB costs here. */
 #define FORK_SPLIT_BYTES ((uint64_t)128 << 20)
 
-/* The digests of the k nonzero pages, on two CPUs when there are two and k
- * is large: a helper process forked from this child (the child is single
- * threaded, so a fork here is safe; the helper sees the same copy-on-write
- * image) hashes the second half into a shared mapping while the child hashes
- * the first. No thread: the child may not start one (see the top). A helper
- * that cannot be forked costs nothing (the child hashes it all); one that
- * dies fails the epoch (-ECHILD). */
-static int hash_pages(const struct mck_fork_job *job, struct fork_scratch *s, size_t k)
-{
-	const uint8_t *base = job->base;
-	size_t ps = job->page_size, half = k / 2, len = (k - half) * 32;
-	cpu_set_t cpus;
-	uint8_t *shared;
-	pid_t me = getpid(), pid;
-	int status, rc = 0;
+struct fork_work {
+	const struct mck_fork_job *job;
+	size_t nwin;
+	uint8_t *nz;              /* 1 a page of the job: nonzero */
+	uint8_t *digests;         /* 32 a page: window w's nonzero pages' digests, packed from w's first slot */
+	_Atomic uint64_t *claimed; /* helper mode: windows handed out so far */
+	_Atomic unsigned char *done; /* helper mode: 1 a window, set once hashed */
+	pid_t helper;             /* -1: none */
+	void *map;                /* the shared mapping (helper mode) */
+	size_t map_len;
+};
 
-	if ((uint64_t)k * ps < FORK_SPLIT_BYTES ||
-	    sched_getaffinity(0, sizeof(cpus), &cpus) < 0 || CPU_COUNT(&cpus) < 2) {
-		mck_blake3_pages_at(base, ps, s->nonzero, k, s->digests);
-		return 0;
+static void hash_window(struct fork_work *fw, size_t w)
+{
+	const struct mck_fork_job *job = fw->job;
+	const uint8_t *base = job->base;
+	size_t ps = job->page_size, lo = w * FORK_WINDOW, k = 0;
+	size_t hi = lo + FORK_WINDOW < job->n ? lo + FORK_WINDOW : job->n;
+	uint64_t nonzero[FORK_WINDOW];
+
+	for (size_t i = lo; i < hi; i++) {
+		fw->nz[i] = !mck_page_is_zero(base + job->pages[i] * ps, ps);
+		if (fw->nz[i])
+			nonzero[k++] = job->pages[i];
 	}
-	shared = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	pid = shared == MAP_FAILED ? -1 : mck_raw_fork();
-	if (pid == 0) {
+	mck_blake3_pages_at(base, ps, nonzero, k, fw->digests + 32 * lo);
+	if (fw->done)
+		atomic_store_explicit(&fw->done[w], 1, memory_order_release);
+}
+
+/* Hash the windows nobody claimed yet, one at a time; true if one was. */
+static bool claim_and_hash(struct fork_work *fw)
+{
+	uint64_t w = atomic_fetch_add_explicit(fw->claimed, 1, memory_order_relaxed);
+
+	if (w >= fw->nwin)
+		return false;
+	hash_window(fw, (size_t)w);
+	return true;
+}
+
+/* Set up the work; helper mode when the epoch is large and two CPUs are
+ * ours, and the shared mapping and the fork succeed (else the child works
+ * alone, in the scratch: costing nothing). */
+static void start_work(struct fork_work *fw, const struct mck_fork_job *job, struct fork_scratch *s)
+{
+	cpu_set_t cpus;
+	pid_t me = getpid();
+
+	fw->job = job;
+	fw->nwin = (job->n + FORK_WINDOW - 1) / FORK_WINDOW;
+	fw->nz = (uint8_t *)s->nonzero; /* n * 8 bytes: n are enough */
+	fw->digests = s->digests;
+	fw->claimed = NULL;
+	fw->done = NULL;
+	fw->helper = -1;
+	fw->map = MAP_FAILED;
+	if ((uint64_t)job->n * job->page_size < FORK_SPLIT_BYTES || fw->nwin < 2 ||
+	    sched_getaffinity(0, sizeof(cpus), &cpus) < 0 || CPU_COUNT(&cpus) < 2)
+		return;
+	fw->map_len = 64 + fw->nwin + job->n * 33;
+	fw->map = mmap(NULL, fw->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (fw->map == MAP_FAILED)
+		return;
+	fw->claimed = (_Atomic uint64_t *)fw->map;
+	fw->done = (_Atomic unsigned char *)((uint8_t *)fw->map + 64);
+	fw->nz = (uint8_t *)fw->map + 64 + fw->nwin;
+	fw->digests = fw->nz + job->n;
+	fw->helper = mck_raw_fork();
+	if (fw->helper == 0) {
 		if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != me)
 			_exit(1);
-		mck_blake3_pages_at(base, ps, s->nonzero + half, k - half, shared);
+		while (claim_and_hash(fw))
+			;
 		_exit(0);
 	}
-	mck_blake3_pages_at(base, ps, s->nonzero, pid < 0 ? k : half, s->digests);
-	if (pid < 0) {
-		if (shared != MAP_FAILED)
-			munmap(shared, len);
+	if (fw->helper < 0) { /* alone after all: back to the scratch */
+		munmap(fw->map, fw->map_len);
+		fw->map = MAP_FAILED;
+		fw->claimed = NULL;
+		fw->done = NULL;
+		fw->nz = (uint8_t *)s->nonzero;
+		fw->digests = s->digests;
+	}
+}
+
+/* Window w hashed, by this child if it must: 0, or -ECHILD if the helper
+ * died holding it. */
+static int window_ready(struct fork_work *fw, size_t w)
+{
+	if (!fw->done) {
+		hash_window(fw, w);
 		return 0;
 	}
-	while (waitpid(pid, &status, 0) < 0)
-		if (errno != EINTR) {
-			rc = -errno;
+	while (!atomic_load_explicit(&fw->done[w], memory_order_acquire)) {
+		int status;
+
+		if (claim_and_hash(fw))
+			continue; /* one more window hashed here meanwhile */
+		/* gone (reaped here, or by the kernel when SIGCHLD is ignored:
+		 * ECHILD): it can no longer finish w */
+		if (waitpid(fw->helper, &status, WNOHANG) != 0) {
+			fw->helper = -1;
+			if (!atomic_load_explicit(&fw->done[w], memory_order_acquire))
+				return -ECHILD;
 			break;
 		}
-	if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
-		rc = -ECHILD;
-	if (rc == 0)
-		memcpy(s->digests + 32 * half, shared, len);
-	munmap(shared, len);
+		struct timespec nap = {0, 20000}; /* the helper is hashing w: 20 us */
+
+		nanosleep(&nap, NULL);
+	}
+	return 0;
+}
+
+/* Reap the helper (killed first if the epoch failed) and drop the mapping.
+ * Its exit status does not matter: every window placed was marked done. */
+static int end_work(struct fork_work *fw, int rc)
+{
+	if (fw->helper > 0) {
+		if (rc < 0)
+			kill(fw->helper, SIGKILL);
+		while (waitpid(fw->helper, NULL, 0) < 0 && errno == EINTR)
+			;
+	}
+	if (fw->map != MAP_FAILED)
+		munmap(fw->map, fw->map_len);
 	return rc;
 }
 
-/* Hash, elide, dedup and place the pages: records and counts, no I/O, by
- * the rules of pack_pages.h (the epoch writer's, step for step). */
-static int place_pages(const struct mck_fork_job *job, struct fork_scratch *s,
-		       struct mck_fork_result *res, uint64_t *pack_end)
+/* The pack's writes: runs of new pages (those placed at the next free
+ * offset: dedup hits point backwards) gathered in s->iov, written at each
+ * window's end. */
+struct pack_out {
+	uint64_t next;     /* the next new page's offset */
+	uint64_t batch_off; /* where s->iov's bytes go */
+	int cnt;
+};
+
+static int pack_flush(const struct mck_fork_job *job, struct fork_scratch *s, struct pack_out *o)
 {
-	const uint8_t *base = job->base;
-	size_t ps = job->page_size, k = 0, r = 0, j = 0;
-	uint64_t off = job->pack_off;
-	struct mck_dedup table = {s->table, s->table_cap};
-	uint8_t zero_digest[32];
-	bool any_zero = false;
+	int rc;
 
-	for (size_t i = 0; i < job->n; i++) {
-		uint64_t p = job->pages[i];
-
-		if (!mck_page_is_zero(base + p * ps, ps))
-			s->nonzero[k++] = p;
-		else
-			any_zero = true;
-	}
-	int rc = hash_pages(job, s, k);
-
+	if (!o->cnt)
+		return 0;
+	rc = mck_write_all_iov(job->pack_fd, s->iov, o->cnt, o->batch_off);
 	if (rc < 0)
 		return rc;
-	if (job->incremental && any_zero)
-		mck_zero_digest(ps, zero_digest);
-	memset(s->table, 0, s->table_cap * sizeof(uint64_t));
-
-	for (size_t i = 0; i < job->n; i++) {
-		uint64_t p = job->pages[i];
-
-		if (j < k && s->nonzero[j] == p) {
-			if (mck_place_page(&table, s->recs, r++, p, s->digests + 32 * j++, ps, &off))
-				res->stored++;
-			else
-				res->dedup++;
-		} else {
-			res->zero++;
-			if (job->incremental)
-				mck_zero_record(&s->recs[r++], p, zero_digest);
-		}
-	}
-	res->records = r;
-	*pack_end = off;
+	/* its writeback starts now: the final fdatasync finds little left
+	 * (best effort, as in the epoch writer) */
+	sync_file_range(job->pack_fd, (off_t)o->batch_off, (off_t)(o->next - o->batch_off),
+			SYNC_FILE_RANGE_WRITE);
+	o->batch_off = o->next;
+	o->cnt = 0;
 	return 0;
 }
 
-/* Write the new pages (those whose offset is the next free one: dedup hits
- * point backwards), in runs of adjacent pages. No digest of the whole pack:
- * since format 1.2 each image is covered by its record's digest alone.
- * Only this epoch's records: the scratch is reused, and past `records` it
- * holds an earlier epoch's (a full epoch records no zero page, so it can hold
- * fewer records than pages). */
-static int write_pack(const struct mck_fork_job *job, struct fork_scratch *s,
-		      uint64_t records)
+static int pack_add(const struct mck_fork_job *job, struct fork_scratch *s, struct pack_out *o,
+		    const struct mck_idx_record *rec)
 {
-	const uint8_t *base = job->base;
 	size_t ps = job->page_size;
-	uint64_t next = job->pack_off, batch_off = job->pack_off;
-	int cnt = 0, rc;
+	uint8_t *addr;
 
-	for (uint64_t i = 0; i <= records; i++) {
-		const struct mck_idx_record *rec = i < records ? &s->recs[i] : NULL;
-		int is_new = rec && !(rec->flags & MCK_PAGE_ZERO) && rec->offset == next;
-		uint8_t *addr = is_new ? (uint8_t *)base + rec->page * ps : NULL;
+	if ((rec->flags & MCK_PAGE_ZERO) || rec->offset != o->next)
+		return 0;
+	addr = (uint8_t *)job->base + rec->page * ps;
+	if (o->cnt) {
+		struct iovec *last = &s->iov[o->cnt - 1];
 
-		if (is_new && cnt > 0) {
-			struct iovec *last = &s->iov[cnt - 1];
+		if ((uint8_t *)last->iov_base + last->iov_len == addr && last->iov_len + ps <= MCK_IOV_CAP) {
+			last->iov_len += ps;
+			o->next += ps;
+			return 0;
+		}
+	}
+	if (o->cnt == MCK_IOV_MAX) {
+		int rc = pack_flush(job, s, o);
 
-			if ((uint8_t *)last->iov_base + last->iov_len == addr &&
-			    last->iov_len + ps <= MCK_IOV_CAP) {
-				last->iov_len += ps;
-				next += ps;
-				continue;
+		if (rc < 0)
+			return rc;
+	}
+	s->iov[o->cnt].iov_base = addr;
+	s->iov[o->cnt++].iov_len = ps;
+	o->next += ps;
+	return 0;
+}
+
+/* Elide, hash, dedup, place and write the pages, window by window, by the
+ * rules of pack_pages.h (the epoch writer's, step for step): records and
+ * counts in res, the pack's end in *pack_end. Only this epoch's records are
+ * written to: the scratch is reused, and past res->records it holds an
+ * earlier epoch's. No digest of the whole pack: since format 1.2 each image
+ * is covered by its record's digest alone. */
+static int write_pages(const struct mck_fork_job *job, struct fork_scratch *s,
+		       struct mck_fork_result *res, uint64_t *pack_end)
+{
+	struct mck_dedup table = {s->table, s->table_cap};
+	struct pack_out out = {job->pack_off, job->pack_off, 0};
+	struct fork_work fw;
+	size_t ps = job->page_size;
+	uint64_t r = 0, off = job->pack_off;
+	uint8_t zero_digest[32];
+	int rc = 0;
+
+	if (job->incremental)
+		mck_zero_digest(ps, zero_digest);
+	memset(s->table, 0, s->table_cap * sizeof(uint64_t));
+	start_work(&fw, job, s);
+	for (size_t w = 0; w < fw.nwin && rc == 0; w++) {
+		size_t lo = w * FORK_WINDOW, hi = lo + FORK_WINDOW < job->n ? lo + FORK_WINDOW : job->n;
+		size_t j = lo; /* the next digest slot of the window */
+
+		rc = window_ready(&fw, w);
+		for (size_t i = lo; i < hi && rc == 0; i++) {
+			uint64_t p = job->pages[i];
+
+			if (fw.nz[i]) {
+				if (mck_place_page(&table, s->recs, r, p, fw.digests + 32 * j++, ps, &off))
+					res->stored++;
+				else
+					res->dedup++;
+				rc = pack_add(job, s, &out, &s->recs[r++]);
+			} else {
+				res->zero++;
+				if (job->incremental)
+					mck_zero_record(&s->recs[r++], p, zero_digest);
 			}
 		}
-		if (cnt > 0 && (!rec || (is_new && cnt == MCK_IOV_MAX))) {
-			rc = mck_write_all_iov(job->pack_fd, s->iov, cnt, batch_off);
-			if (rc < 0)
-				return rc;
-			/* its writeback starts now: the final fdatasync finds
-			 * little left (best effort, as in the epoch writer) */
-			sync_file_range(job->pack_fd, (off_t)batch_off, (off_t)(next - batch_off),
-					SYNC_FILE_RANGE_WRITE);
-			batch_off = next;
-			cnt = 0;
-		}
-		if (is_new) {
-			s->iov[cnt].iov_base = addr;
-			s->iov[cnt].iov_len = ps;
-			cnt++;
-			next += ps;
-		}
-		if (!rec)
-			break;
+		if (rc == 0)
+			rc = pack_flush(job, s, &out);
 	}
-	return 0;
+	rc = end_work(&fw, rc);
+	res->records = r;
+	*pack_end = off;
+	return rc;
 }
 
 static int report(int fd, const struct mck_fork_result *res)
@@ -351,11 +451,7 @@ static _Noreturn void child_main(const struct mck_fork_job *job, int result_fd,
 
 	scratch_layout(job, &s);
 	stage = MCK_FORK_STAGE_PACK;
-	rc = place_pages(job, &s, &res, &pack_end);
-	if (rc < 0)
-		goto fail;
-
-	rc = write_pack(job, &s, res.records);
+	rc = write_pages(job, &s, &res, &pack_end);
 	if (rc < 0)
 		goto fail;
 	res.pack_size = pack_end;
