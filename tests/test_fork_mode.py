@@ -278,6 +278,48 @@ def test_child_killed_mid_write_keeps_the_last_epoch(tmp_path, scratch):
         assert again.epoch == w.epoch and np.array_equal(read(store, again.epoch, pv), pv)
 
 
+def test_the_childs_helper_killed_fails_the_epoch_cleanly(tmp_path, scratch):
+    """The helper process a large epoch's child forks (capture_fork.c,
+    start_work) killed while windows are left: the child reports ECHILD at
+    stage "pack", the epoch is dropped with its files, the last epoch stays."""
+    npages = (192 << 20) // 4096
+    with memckpt.Arena(npages * 4096) as big:
+        pv = pages_view(big, big.array("a", big.nbytes, np.uint8))
+        fill(np.random.default_rng(3), pv)
+        store = Store(tmp_path / "st", create=True)
+        allp = np.arange(npages, dtype=np.uint64)
+        first = fork_epoch(store, big, allp[:16], "full", None, scratch)
+        for trial in range(5):
+            w = store.begin(kind="full", parent=first.epoch, layout=big.layout(), npages=npages)
+            snap = ForkSnapshot(w, big._region, big.page_size, allp, scratch=scratch.get(npages))
+            helper, deadline = None, time.monotonic() + 5
+            while helper is None and time.monotonic() < deadline:
+                try:
+                    kids = Path(f"/proc/{snap.pid}/task/{snap.pid}/children").read_text().split()
+                except FileNotFoundError:
+                    break  # the child is done already
+                helper = int(kids[0]) if kids else None
+            if helper is not None:
+                os.kill(helper, signal.SIGKILL)
+            try:
+                snap.finish()
+                killed = False
+            except ForkChildError as exc:
+                killed = True
+                assert exc.stage == "pack" and exc.errno == errno.ECHILD, exc
+                assert f"epoch {w.epoch}" in str(exc)
+            finally:
+                snap.release()
+            if killed:
+                break
+            w.abort()  # the child finished first: try again
+        else:
+            pytest.skip("the child finished before its helper could be killed, 5 times")
+        assert store.latest() == first.epoch
+        assert not list(store.path.glob(f"e{w.epoch:08d}*")), "the failed epoch's files were left"
+        store.verify()
+
+
 def test_child_failure_is_reported_with_stage_and_errno(tmp_path, arena, scratch):
     pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
     pv[:] = 5
