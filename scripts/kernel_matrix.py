@@ -76,7 +76,7 @@ PROBE = "probe_report"
 KERNEL_ROW = "(kernel)"  # the per-kernel row: boot, timings, harness failures
 SKIP_EXIT = 77
 DEFAULT_TIMEOUT = 240.0  # whole qemu run, host side
-DEFAULT_TEST_TIMEOUT = 90.0  # one binary, inside the guest (TCG is ~10x slower)
+DEFAULT_TEST_TIMEOUT = 120.0  # one binary, inside the guest (TCG is ~10x slower: test_epoch_writer ~70 s alone)
 BUSYBOX = Path("/bin/busybox")
 # applets /init uses; busybox is its own shell
 BUSYBOX_APPLETS = ("sh", "mount", "uname", "timeout", "cat", "echo", "nproc",

@@ -472,13 +472,13 @@ static void test_fork_child_writes_the_same(struct test_ctx *ctx)
 }
 
 /* Format 1.2: a writer without the pack's digest writes the same files, for
- * 1 and 3 threads, compressed or not (the digest pass is all it drops). */
+ * 1 and 2 threads (the digest pass is all it drops). */
 static void test_no_pack_digest(struct test_ctx *ctx)
 {
-	size_t ps = 4096, n = 700;
+	size_t ps = 4096, n = 260; /* small: the kernel matrix runs this under TCG */
 	uint8_t *base = calloc(n, ps);
 	uint64_t *pages = calloc(n, sizeof(*pages));
-	size_t cuts[] = {0, 1, 300, n};
+	size_t cuts[] = {0, 1, 100, n};
 
 	(void)ctx;
 	for (size_t i = 0; i < n; i++) {
@@ -487,7 +487,7 @@ static void test_no_pack_digest(struct test_ctx *ctx)
 			memset(base + i * ps, (int)(i % 5 + 1), ps); /* zero and repeated pages */
 		base[i * ps] = (uint8_t)(i % 11 ? 1 : i);
 	}
-	for (int threads = 1; threads <= 3; threads += 2) {
+	for (int threads = 1; threads <= 2; threads++) {
 		struct written a, b;
 
 		ew_flags = 0;
