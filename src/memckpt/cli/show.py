@@ -5,6 +5,7 @@ import argparse
 import math
 from typing import Any
 
+from ..checkpoint.auto import summary as auto_summary
 from . import overhead
 from .base import Command, json_arg, store_arg
 from .output import fmt_bytes, fmt_seconds, fmt_when, table
@@ -38,6 +39,8 @@ def show(store: Any, epoch: int) -> dict[str, Any]:
         "children_info": [{"epoch": c.epoch, "kind": c.kind} for c in children],
         "layout": store.layout(epoch),
         "manifest": store.manifest(epoch),
+        # mode="auto": the pair chosen and why (checkpoint/auto.py), or None
+        "auto": (info.extra or {}).get("auto"),
     }
 
 
@@ -92,6 +95,8 @@ def format_show(rep: dict[str, Any]) -> str:
         elif key == "follows":
             val = f"epoch {val} (the previous chain's head, when this full epoch was taken)"
         rows.append([key.replace("_", " "), val])
+    if rep.get("auto") is not None:
+        rows += [list(r) for r in auto_summary(rep["auto"])]
     arrays = [[a["name"], dtype_name(a),
                "x".join(map(str, a["shape"])) or "scalar", a["offset"] // page_size,
                math.ceil(a["nbytes"] / page_size), fmt_bytes(a["nbytes"])]
