@@ -184,3 +184,19 @@ def test_workload_errors_name_what_is_wrong(tmp_path, capsys, monkeypatch, args,
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["bench", *args]) == 1
     assert words in capsys.readouterr().err
+
+
+def test_workload_module_is_found_in_the_current_directory(tmp_path):
+    """The `memckpt` script's sys.path starts at its bin/ directory, not the current
+    one: MODULE is still found there, as `python -m` would find it."""
+    from pathlib import Path
+    script = Path(sys.executable).with_name("memckpt")
+    if not script.exists():
+        pytest.skip(f"no memckpt script beside {sys.executable}")
+    (tmp_path / "wlstep_cwd.py").write_text(STEP_MODULE)
+    p = subprocess.run([str(script), "bench", "--workload", "wlstep_cwd:make", "--size-mib", "1",
+                        "--rounds", "1", "--steps", "1", "--backends", AVAILABLE[0], "--modes",
+                        "copy", "--json"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert [r["mode"] for r in json.loads(p.stdout)["rows"]] == ["copy"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import sys
 from typing import Any
 
 from .base import CliError, Command, json_arg, positive
@@ -46,10 +48,15 @@ def _duration(flag: str, text: str | None) -> float | None:
 def load_target(target: str) -> Any:
     """FUNCTION of MODULE:FUNCTION, imported: the user's own code, named on the
     command line (as `python -m MODULE` would run it); never anything read from
-    a store. `memckpt calibrate` and `memckpt bench --workload` use it."""
+    a store. `memckpt calibrate` and `memckpt bench --workload` use it. MODULE
+    is found as `python -m` finds one: the current directory first (the
+    `memckpt` script's own sys.path starts at its bin/ directory), then
+    PYTHONPATH and the installed packages."""
     mod, sep, fn = target.partition(":")
     if not sep or not mod or not fn:
         raise CliError(f"give MODULE:FUNCTION (e.g. mysim:make_step), not {target!r}")
+    if not {"", os.getcwd()} & set(sys.path):
+        sys.path.insert(0, os.getcwd())
     try:
         m = importlib.import_module(mod)
     except ImportError as e:
