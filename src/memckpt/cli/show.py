@@ -115,7 +115,8 @@ COMMAND = Command(
     help="explain one epoch: kind, chain, counts, timings, layout",
     description="Explain one epoch: its kind and parent, the chain a restore reads, the tracker and "
                 "capture mode, how many pages were dirty and stored, bytes on disk, pause and total "
-                "time, and the arena's layout (its named arrays).",
+                "time, the arena's layout (its named arrays), and for a Checkpointer made with "
+                "mode='auto' the pair chosen, why, and each pair's measured cost.",
     examples="  memckpt show memckpt-demo 3\n  memckpt show memckpt-demo latest\n"
              "  memckpt show memckpt-demo -1 --json | jq .layout\n"
              "  memckpt show memckpt-demo --overhead --mtbf 6h --json")
