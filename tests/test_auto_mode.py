@@ -109,6 +109,10 @@ def test_no_calibration_is_the_default_and_says_so(tmp_path, capsys) -> None:
     assert memckpt.Store(tmp_path / "s").info(1).extra["auto"] == rec
     out = _show(capsys, tmp_path / "s")
     assert f"{kernel_pick}/copy (default): no calibration: default" in out
+    with memckpt.Checkpointer(arena, tmp_path / "u", tracker="compare", mode="auto") as ck:
+        assert (ck.tracker.backend, ck.mode) == ("compare", "copy")
+        assert ck.auto["why"].startswith("no calibration: default: mode 'copy'")
+        assert "tracker 'compare' as given" in ck.auto["why"]
     # without mode="auto" nor a calibration nothing is chosen, nothing recorded
     with memckpt.Checkpointer(arena, tmp_path / "t") as ck:
         assert ck.auto is None

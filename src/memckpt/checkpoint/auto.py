@@ -47,8 +47,9 @@ def choose(arena: Arena, tracker: str, mode: str, calibration: Any,
             "tracker": tracker, "mode": DEFAULT_MODE, "source": "default",
             "asked": {"tracker": tracker, "mode": mode},
             "why": f"no calibration: default: mode {DEFAULT_MODE!r} (the Checkpointer's "
-                   f"default) and the tracker the kernel's features pick; calibrate on the "
-                   f"step to choose by cost (docs/tuning.md)"}
+                   f"default) and " + ("the tracker the kernel's features pick" if tracker == "auto"
+                                       else f"tracker {tracker!r} as given")
+                   + "; calibrate on the step to choose by cost (docs/tuning.md)"}
     if tracker != "auto" and mode != "auto":
         raise ValueError(f"calibration= chooses the tracker or the mode, but both were given "
                          f"(tracker={tracker!r}, mode={mode!r}): pass tracker='auto' or "
@@ -87,7 +88,8 @@ def _calibration(c: Any, arena: Arena, allowed: Callable[[str, str], bool]
         return c, "calibration", "the calibration", None
     if isinstance(c, (str, os.PathLike)):
         name = os.fspath(c)
-        return load_calibration(name), "calibration file", f"calibration file {name}", name
+        return (load_calibration(name), "calibration file", f"calibration file {name}",
+                os.path.abspath(name))
     if callable(c):
         run = "calibration run at start"
         return _short(c, arena, allowed), run, f"the {run}", None
