@@ -250,3 +250,25 @@ def test_calibration_round_trips_through_its_json() -> None:
         cost_fraction=float("inf"))])
     back = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
     assert back == cal
+
+
+def test_the_short_calibration_leaves_untouched_pages_unpopulated(tmp_path) -> None:
+    """Putting the arena back writes only the pages the calibration's steps changed:
+    a page the program never touched still holds no memory afterwards (a sparse
+    arena stays sparse), and every page holds its bytes from before."""
+    arena = memckpt.Arena(256 * PS)
+    a = arena.array("a", 256 * PS // 8)
+    a[: 64 * PS // 8] = 5.0  # the first 64 pages populated, the rest never touched
+
+    def step() -> None:
+        a[: 16 * PS // 8: PS // 8] += 1.0  # one word of each of the first 16 pages
+
+    before = a.copy()
+    assert sorted(arena._region.populated()) == list(range(64))
+    with memckpt.Checkpointer(arena, tmp_path / "s", tracker="compare", mode="auto",
+                              calibration=step) as ck:
+        assert ck.auto["source"] == "calibration run at start"
+        assert np.array_equal(a, before)
+        assert sorted(arena._region.populated()) == list(range(64))
+    del a, step
+    arena.close()

@@ -106,8 +106,22 @@ def _short(step: Callable[[], Any], arena: Arena, allowed: Callable[[str, str], 
         pairs = [p for p in pairs_available() if allowed(*p)]
         return calibrate(step, arena, pairs=pairs, **SHORT)  # type: ignore[arg-type]
     finally:
-        view[:] = saved
+        _put_back(view, saved, arena.page_size)
         del view, saved
+
+
+def _put_back(view: np.ndarray, saved: np.ndarray, page_size: int) -> None:
+    """Write back the pages that differ from ``saved``, and only those: a page
+    the program never touched stays unpopulated (no memory, no read in a full
+    epoch). Compared a chunk at a time (the comparison's own memory stays small)."""
+    step = max(1, (64 << 20) // page_size) * page_size
+    for off in range(0, view.size, step):
+        cur, old = view[off:off + step], saved[off:off + step]
+        if np.array_equal(cur, old):
+            continue
+        c, o = cur.reshape(-1, page_size), old.reshape(-1, page_size)
+        changed = (c != o).any(axis=1)
+        c[changed] = o[changed]
 
 
 def _names(pairs: list[PairCost]) -> str:
