@@ -272,3 +272,35 @@ def test_the_short_calibration_leaves_untouched_pages_unpopulated(tmp_path) -> N
         assert sorted(arena._region.populated()) == list(range(64))
     del a, step
     arena.close()
+
+
+def test_the_overhead_account_takes_the_recorded_tracking_slowdown(tmp_path, capsys) -> None:
+    """The account's tracking term, "estimated from the calibration" (issue 16):
+    with no --tracking-slowdown it is the chosen pair's measured slowdown between
+    checkpoints, as the epochs record it; a given one overrides it; no calibration,
+    no estimate."""
+    from memckpt.checkpoint.stats import account
+    arena = memckpt.Arena(8 * PS)
+    x = arena.array("x", 8 * PS // 8)
+    here = pairs_available()
+    cal = _cal([(t, m, 0.01 * (i + 1)) for i, (t, m) in enumerate(here)])  # wall_slowdown = cost
+    slow = cal.best.wall_slowdown
+    with memckpt.Checkpointer(arena, tmp_path / "s", mode="auto", calibration=cal) as ck:
+        for i in range(4):
+            x[i] = i
+            ck.checkpoint().result()
+        st = ck.stats()
+    assert st.tracking_from == "calibration"
+    assert st.tracking_fraction == pytest.approx(
+        (st.wall_s - st.call_total_s) * slow / (1 + slow) / st.wall_s)
+    es = memckpt.Store(tmp_path / "s").epochs()
+    assert account(es, tracking_slowdown=0.5).tracking_from == "given"
+    assert main(["show", str(tmp_path / "s"), "--overhead"]) == 0
+    assert "estimated from the calibration the epochs record" in capsys.readouterr().out
+    with memckpt.Checkpointer(arena, tmp_path / "d", mode="auto") as ck:  # the default
+        ck.checkpoint().result()
+        ck.checkpoint().result()
+        st = ck.stats()
+    assert st.tracking_fraction is None and st.tracking_from is None
+    del x
+    arena.close()

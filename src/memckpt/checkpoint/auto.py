@@ -74,6 +74,9 @@ def choose(arena: Arena, tracker: str, mode: str, calibration: Any,
     return best.tracker, best.mode, {
         "tracker": best.tracker, "mode": best.mode, "source": kind,
         "asked": {"tracker": tracker, "mode": mode}, "why": explain(best),
+        # the pair's wall-clock slowdown of the steps between checkpoints, as measured
+        # (at the calibration's interval): the overhead account's tracking term
+        "tracking_slowdown": max(0.0, best.wall_slowdown),
         "calibration": {"file": file, "created": cal.created, "host": cal.host,
                         "kernel": cal.kernel, "interval_steps": cal.interval_steps,
                         "rounds": cal.rounds, "mtbf_s": cal.mtbf_s, "interval_s": cal.interval_s},
@@ -135,7 +138,7 @@ def _pair_record(p: PairCost) -> dict[str, Any]:
         return {"tracker": p.tracker, "mode": p.mode, "error": p.error}
     return {"tracker": p.tracker, "mode": p.mode, "cost_s": p.cost_s,
             "cost_fraction": p.cost_fraction, "interval_s": p.interval_s,
-            "pause_s": p.pause_s, "total_s": p.total_s}
+            "pause_s": p.pause_s, "total_s": p.total_s, "wall_slowdown": p.wall_slowdown}
 
 
 def summary(rec: Any) -> list[tuple[str, str]]:
