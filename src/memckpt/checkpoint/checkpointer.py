@@ -161,7 +161,8 @@ class Checkpointer(CheckpointerView):
         it: the next epoch is an increment on ``epoch`` (a checkpointer handed
         an arena from :func:`memckpt.restore` starts with a full epoch: it
         cannot know nothing wrote to it). ``lazy``: restored lazily, pages
-        served on first touch (memckpt.restore(lazy=True)). The interval and
+        served on first touch (memckpt.restore(lazy=True)). ``mode="auto"`` and
+        ``calibration``: as the constructor's. The interval and
         the rest: see :func:`memckpt.checkpoint.resume.resume`."""
         return resume(cls, store, epoch, tracker=tracker, compress=compress,
                       full_every=full_every, interval=interval, mtbf=mtbf, rpo=rpo,
