@@ -11,7 +11,12 @@ The account of the ``ckpt`` blocks' epochs (``sum(call_s)``: the program was
 stopped in checkpoint() this long) is compared with the measured difference
 ``ckpt - armed``; the tracker's slowdown ``armed / bare - 1`` is the
 calibration's number, and ``account + tracking`` is compared with
-``ckpt - bare``. Medians over blocks, and totals.
+``ckpt - bare``. Medians over blocks, and totals. Beside it, an account with
+no calibration (``ratio_live_cpu``): the calls, plus the CPU the other
+threads (persist, writers) took in the checkpointed blocks beyond the
+untracked ones, plus the main thread's CPU outside the calls beyond the
+untracked blocks' (on a machine with no idle core, CPU another thread takes
+comes out of the program's wall time).
 
     python bench/bench_overhead.py [--mib 64] [--touch 0.05] [--interval 0.05]
         [--steps 200] [--rounds 8] [--mode copy] [--work-ms 2] [--json FILE]
@@ -105,6 +110,16 @@ def main() -> None:
         wall2 = sum(times["ckpt"][h:])
         acct2 = calls2 + (wall2 - calls2) * slow / (1 + slow)
         meas2 = wall2 - sum(times["bare"][h:])
+        # the alternative measured live, no calibration: the calls plus the CPU the
+        # other threads (persist, writer) took in the same blocks, beyond what they
+        # took in the untracked ones (on a machine with no idle core that CPU comes
+        # out of the program's share), plus the main thread's CPU outside the calls
+        # beyond the untracked blocks' (the tracker's faults)
+        others = [p - c for p, c in zip(pcpu["ckpt"][h:], cpu["ckpt"][h:])]
+        others_bare = [p - c for p, c in zip(pcpu["bare"][h:], cpu["bare"][h:])]
+        persist2 = sum(others) - sum(others_bare)
+        faults2 = max(0.0, sum(cpu["ckpt"][h:]) - sum(called[h:]) - sum(cpu["bare"][h:]))
+        live2 = calls2 + persist2 + faults2
         rep = {
             "args": vars(a), "backend": ck.tracker.backend,
             "block_s_median": {k: statistics.median(v) for k, v in times.items()},
@@ -118,7 +133,9 @@ def main() -> None:
             "second_half": {"measured_ckpt_minus_bare_s": meas2, "account_call_s": calls2,
                             "account_with_tracking_s": acct2,
                             "ratio_account_to_measured": acct2 / meas2,
-                            "ratio_calls_only": calls2 / meas2},
+                            "ratio_calls_only": calls2 / meas2,
+                            "other_threads_cpu_s": persist2, "main_cpu_outside_calls_s": faults2,
+                            "account_live_cpu_s": live2, "ratio_live_cpu": live2 / meas2},
             "last_block_account": acc.to_dict() if acc else None,
         }
     for ar in arenas:

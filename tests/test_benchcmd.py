@@ -124,3 +124,79 @@ def test_plot_without_matplotlib_names_pip_install(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install matplotlib" in err
     assert not (tmp_path / "b.png").exists()
+
+
+# -- memckpt bench --workload MODULE:FUNCTION (issue 16) --------------------------------------
+STEP_MODULE = (
+    "import numpy as np\n"
+    "def make(arena):\n"
+    "    a = arena.array('a', (arena.nbytes // 8,))\n"
+    "    def step():\n"
+    "        a[::1024] += 1.0\n"  # every other page (8 KiB apart)
+    "    return step\n"
+    "def broken(arena):\n"
+    "    return 42\n")
+
+
+def test_workload_measures_every_pair_on_the_users_step(tmp_path, capsys, monkeypatch):
+    from memckpt.calibrate import ALL_MODES, pairs_available
+    (tmp_path / "wlstep.py").write_text(STEP_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["bench", "--workload", "wlstep:make", "--size-mib", "4", "--rounds", "2",
+                 "--steps", "2", "--dir", str(tmp_path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    want = pairs_available(ALL_MODES)
+    assert sorted((r["tracker"], r["mode"]) for r in rep["rows"]) == sorted(want)
+    assert "sync" in {m for _, m in want}  # the baseline mode is measured too
+    pages = 4 * 2**20 // memckpt.features().page_size
+    base = rep["peers_s"]["np.save+fsync"]
+    assert base > 0 and set(rep["peers_s"]) == set(bench_measure.PEERS) - {"blake3-pages+fsync"}
+    for r in rep["rows"]:
+        assert r["error"] is None, r
+        assert r["total_s"] >= r["pause_s"] > 0 and r["call_s"] >= r["pause_s"], r
+        assert r["pages_dirty"] == pages // 2, r  # the step writes every other page
+        assert r["epoch_bytes"] > 0 and r["cost_s"] >= 0
+        assert r["baseline_over_total"] == pytest.approx(base / r["total_s"])
+    assert [r["cost_fraction"] for r in rep["rows"]] == sorted(r["cost_fraction"]
+                                                               for r in rep["rows"])
+    assert rep["config"] == {"size_mib": 4, "steps": 2, "rounds": 2,
+                             "pairs": [list(p) for p in want], "dir": str(tmp_path)}
+    # the table, narrowed to one backend in two modes
+    assert main(["bench", "--workload", "wlstep:make", "--size-mib", "4", "--rounds", "1",
+                 "--steps", "1", "--backends", AVAILABLE[0], "--modes", "copy", "sync"]) == 0
+    out = capsys.readouterr().out
+    assert "memckpt bench --workload wlstep:make: 4 MiB arena" in out
+    assert "np.save+fsync of every array" in out
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith(AVAILABLE[0] + " ")]
+    assert sorted(r[1] for r in rows) == ["copy", "sync"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--workload", "wlstep:nope"], "wlstep has no nope"),
+    (["--workload", "wlstep"], "give MODULE:FUNCTION"),
+    (["--workload", "no_such_module_x:make"], "cannot import no_such_module_x"),
+    (["--workload", "wlstep:broken", "--size-mib", "1"], "returned int, not a step"),
+    (["--workload", "wlstep:make", "--ratios", "1"], "--ratios is for the standard matrix"),
+    (["--workload", "wlstep:make", "--modes", "warp"], "unknown capture mode 'warp'"),
+])
+def test_workload_errors_name_what_is_wrong(tmp_path, capsys, monkeypatch, args, words):
+    (tmp_path / "wlstep.py").write_text(STEP_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["bench", *args]) == 1
+    assert words in capsys.readouterr().err
+
+
+def test_workload_module_is_found_in_the_current_directory(tmp_path):
+    """The `memckpt` script's sys.path starts at its bin/ directory, not the current
+    one: MODULE is still found there, as `python -m` would find it."""
+    from pathlib import Path
+    script = Path(sys.executable).with_name("memckpt")
+    if not script.exists():
+        pytest.skip(f"no memckpt script beside {sys.executable}")
+    (tmp_path / "wlstep_cwd.py").write_text(STEP_MODULE)
+    p = subprocess.run([str(script), "bench", "--workload", "wlstep_cwd:make", "--size-mib", "1",
+                        "--rounds", "1", "--steps", "1", "--backends", AVAILABLE[0], "--modes",
+                        "copy", "--json"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert [r["mode"] for r in json.loads(p.stdout)["rows"]] == ["copy"]

@@ -116,3 +116,33 @@ def test_cli_calibrate(tmp_path, capsys, monkeypatch) -> None:
     assert "picked" in capsys.readouterr().out
     assert main(["calibrate", "mystep:nope"]) == 1
     assert "mystep has no nope" in capsys.readouterr().err
+
+
+def test_cli_calibrate_save_feeds_the_checkpointer(tmp_path, capsys, monkeypatch) -> None:
+    """`memckpt calibrate --save FILE`, then Checkpointer(mode="auto", calibration=FILE)."""
+    from memckpt.calibrate import load_calibration
+    (tmp_path / "mystep2.py").write_text(
+        "def make(arena):\n"
+        "    a = arena.array('a', (arena.nbytes // 8,))\n"
+        "    def step():\n"
+        "        a[::512] += 1.0\n"
+        "    return step\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pair = f"{_avail('uffd-async', 'uffd-sync', 'mprotect')[0]}/copy"
+    saved = tmp_path / "cal.json"
+    assert main(["calibrate", "mystep2:make", "--mib", "4", "--steps", "2", "--rounds", "1",
+                 "--pairs", f"{pair},compare/copy", "--save", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert f"calibration={str(saved)!r}" in out
+    cal = load_calibration(saved)
+    assert sorted(f"{p.tracker}/{p.mode}" for p in cal.pairs) == sorted([pair, "compare/copy"])
+    assert cal.host and cal.created and cal.why
+    arena = memckpt.Arena(4 * memckpt.features().page_size)
+    arena.array("a", 16)
+    with memckpt.Checkpointer(arena, tmp_path / "s", mode="auto", calibration=saved) as ck:
+        assert (ck.tracker.backend, ck.mode) == (cal.best.tracker, cal.best.mode)
+        assert ck.checkpoint().result().extra["auto"]["why"] == cal.why
+    arena.close()
+    assert main(["calibrate", "mystep2:make", "--mib", "4", "--steps", "1", "--rounds", "1",
+                 "--pairs", pair, "--save", str(tmp_path / "no" / "dir.json")]) == 1
+    assert "--save" in capsys.readouterr().err

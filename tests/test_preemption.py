@@ -298,9 +298,12 @@ def test_install_checks_and_uninstall(tmp_path: Path) -> None:
         before = signal.getsignal(signal.SIGTERM)
         with memckpt.on_preemption(ck, grace=5) as pre:
             assert signal.getsignal(signal.SIGTERM) == pre._on_signal
-            assert "maybe_checkpoint" in vars(ck)
+            assert ck._preempt is pre  # maybe_checkpoint() is its step boundary
+            with pytest.raises(RuntimeError, match="already has a preemption handler"):
+                memckpt.on_preemption(ck, grace=5)
+            assert signal.getsignal(signal.SIGTERM) == pre._on_signal
             assert pre.status == SIGTERM_STATUS
         assert signal.getsignal(signal.SIGTERM) == before
-        assert "maybe_checkpoint" not in vars(ck)
+        assert ck._preempt is None
         assert signal.set_wakeup_fd(-1) == -1
     arena.close()

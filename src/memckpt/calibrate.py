@@ -36,7 +36,10 @@ least ``cost / tau``.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
+import platform
 import shutil
 import statistics
 import tempfile
@@ -48,9 +51,10 @@ from .arena import Arena
 from .kernel import trackers
 from .tuning import daly_interval, expected_lost_work
 
-__all__ = ["Calibration", "PairCost", "calibrate", "pairs_available"]
+__all__ = ["Calibration", "PairCost", "calibrate", "load_calibration", "pairs_available"]
 
 MODES = ("copy", "fork", "background")
+ALL_MODES = MODES + ("sync",)  # memckpt bench --workload measures the baseline too
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class PairCost:
     cost_s: float            # per interval
     cost_fraction: float     # cost_s / interval_s
     error: str | None = None  # why the pair could not be measured (then the costs are inf)
+    epoch_bytes: int | None = None  # median bytes on disk of an interval's epoch
+    pages_dirty: int | None = None  # median pages an interval's epoch held
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,9 @@ class Calibration:
     mtbf_s: float | None
     interval_s: float | None
     why: str = field(default="")
+    created: float | None = None  # Unix time of the measurement
+    host: str | None = None       # the machine's name (platform.node())
+    kernel: str | None = None     # its kernel release
 
     @property
     def best(self) -> PairCost:
@@ -100,12 +109,88 @@ class Calibration:
         d["best"] = {"tracker": b.tracker, "mode": b.mode, "cost_fraction": b.cost_fraction}
         return d
 
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "the calibration") -> Calibration:
+        """The inverse of :meth:`to_dict` (what ``memckpt calibrate --json``
+        prints); ValueError naming ``source`` and the field if it is not one."""
+        if not isinstance(d, dict) or not isinstance(d.get("pairs"), list) or not d["pairs"]:
+            raise ValueError(f"{source} is not a calibration (the JSON `memckpt calibrate --json` "
+                             f"writes): it has no list of measured pairs")
+        pairs = []
+        for i, p in enumerate(d["pairs"]):
+            try:
+                pairs.append(_pair_from(p))
+            except (TypeError, ValueError, KeyError) as e:
+                raise ValueError(f"{source}: pair {i} is damaged ({type(e).__name__}: {e})") from None
+        try:
+            return cls(pairs, int(d["interval_steps"]), int(d["rounds"]), _num(d.get("mtbf_s")),
+                       _num(d.get("interval_s")), str(d.get("why") or ""),
+                       _num(d.get("created")), _str(d.get("host")), _str(d.get("kernel")))
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{source} is damaged ({type(e).__name__}: {e})") from None
 
-def pairs_available() -> list[tuple[str, str]]:
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{v!r} is not a number")
+    return float(v)
+
+
+def _str(v: Any) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise TypeError(f"{v!r} is not a string")
+    return v
+
+
+def _pair_from(p: Any) -> PairCost:
+    if not isinstance(p, dict):
+        raise TypeError(f"{p!r} is not an object")
+    for k in ("tracker", "mode"):
+        if not isinstance(p.get(k), str):
+            raise KeyError(k)
+    inf = float("inf")
+    nums = {k: (inf if p.get(k) is None else _num(p[k]))
+            for k in ("step_s", "slowdown", "wall_slowdown", "pause_s", "call_s", "total_s",
+                      "interval_s", "cost_s", "cost_fraction")}
+    if p.get("error") is None and any(math.isnan(v) for v in nums.values()):  # type: ignore[arg-type]
+        raise ValueError("a cost is NaN")
+    ints = {k: (None if p.get(k) is None else int(p[k]))
+            for k in ("extra_bytes", "epoch_bytes", "pages_dirty")}
+    return PairCost(p["tracker"], p["mode"], error=_str(p.get("error")),
+                    **nums, **ints)  # type: ignore[arg-type]
+
+
+def load_calibration(path: str | os.PathLike[str]) -> Calibration:
+    """A calibration saved as JSON (``memckpt calibrate --json > FILE``, or
+    ``--save FILE``); ValueError naming the file if it cannot be one."""
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"calibration file {name}: cannot read it ({e})") from None
+    try:
+        d = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"calibration file {name} is not valid JSON ({e}): write it with "
+                         f"`memckpt calibrate MODULE:FUNCTION --save {name}`") from None
+    return Calibration.from_dict(d, f"calibration file {name}")
+
+
+def explain(p: PairCost) -> str:
+    """One sentence: what the pair costs the work."""
+    return (f"{p.tracker}/{p.mode}: checkpointing costs {100 * p.cost_fraction:.3g}% of the "
+            f"work ({p.cost_s * 1e3:.3g} ms of CPU per {p.interval_s:.3g} s interval; pause "
+            f"{p.pause_s * 1e3:.3g} ms, durable after {p.total_s * 1e3:.3g} ms)")
+
+
+def pairs_available(modes: Sequence[str] = MODES) -> list[tuple[str, str]]:
     """Every (tracker, mode) pair this kernel can run (background needs uffd-sync)."""
     names = [t.name for t in trackers() if t.available]
-    out = [(t, m) for t in names for m in MODES if m != "background"]
-    if "uffd-sync" in names:
+    out = [(t, m) for t in names for m in modes if m != "background"]
+    if "uffd-sync" in names and "background" in modes:
         out.append(("uffd-sync", "background"))
     return out
 
@@ -145,6 +230,8 @@ class _Run:
     pauses: list[float] = field(default_factory=list)
     calls: list[float] = field(default_factory=list)
     totals: list[float] = field(default_factory=list)
+    bytes: list[int] = field(default_factory=list)
+    dirty: list[int] = field(default_factory=list)
     extra: int | None = None
     rounds: int = 0
 
@@ -156,6 +243,8 @@ class _Run:
         self.pauses += o.pauses
         self.calls += o.calls
         self.totals += o.totals
+        self.bytes += o.bytes
+        self.dirty += o.dirty
         self.extra = max(filter(None, (self.extra, o.extra)), default=None)
         self.rounds += o.rounds
 
@@ -168,6 +257,9 @@ def _measure(step: Callable[[], Any], arena: Arena, tracker: str, mode: str, *, 
     d = tempfile.mkdtemp(prefix=f"{tracker}-{mode}-", dir=root)
     r = _Run(rounds=rounds)
     try:
+        # one step first: a fork pair before this one left the pages copy-on-write
+        # (the first write to each faults once), which the untracked intervals must not pay
+        step()
         c0 = _cpu()
         for _ in range(rounds):  # no tracker is open yet
             t = time.perf_counter()
@@ -191,7 +283,10 @@ def _measure(step: Callable[[], Any], arena: Arena, tracker: str, mode: str, *, 
                 r.pauses.append(p.pause_s)
                 r.calls.append(p.call_s or 0.0)
                 pendings.append(p)
-            r.totals = [p.result().total_s for p in pendings]
+            infos = [p.result() for p in pendings]
+            r.totals = [i.total_s for i in infos]
+            r.bytes = [i.bytes_on_disk for i in infos]
+            r.dirty = [i.pages_dirty for i in infos]
             r.tracked_cpu = _cpu() - c0
             after = _rss()
             if peak_ok and before is not None and after is not None:
@@ -248,13 +343,11 @@ def calibrate(step: Callable[[], Any], arena: Arena, *, interval_steps: int = 5,
         shutil.rmtree(root, ignore_errors=True)
     cal = Calibration(out, interval_steps, rounds, mtbf, interval)
     try:
-        b = cal.best
-        why = (f"{b.tracker}/{b.mode}: checkpointing costs {100 * b.cost_fraction:.3g}% of the "
-               f"work ({b.cost_s * 1e3:.3g} ms of CPU per {b.interval_s:.3g} s interval; pause "
-               f"{b.pause_s * 1e3:.3g} ms, durable after {b.total_s * 1e3:.3g} ms)")
+        why = explain(cal.best)
     except RuntimeError as e:
         why = str(e)
-    return Calibration(out, interval_steps, rounds, mtbf, interval, why)
+    return Calibration(out, interval_steps, rounds, mtbf, interval, why, time.time(),
+                       platform.node(), platform.release())
 
 
 def _cost(tracker: str, mode: str, r: _Run | str, n: int, own: float,
@@ -276,4 +369,6 @@ def _cost(tracker: str, mode: str, r: _Run | str, n: int, own: float,
     if mtbf is not None:
         cost += tau / mtbf * expected_lost_work(tau, total, mtbf)
     return PairCost(tracker, mode, bare / n, slow, min(r.work_wall) / bare - 1,
-                    statistics.median(r.pauses), call, total, r.extra, tau, cost, cost / tau)
+                    statistics.median(r.pauses), call, total, r.extra, tau, cost, cost / tau,
+                    epoch_bytes=int(statistics.median(r.bytes)),
+                    pages_dirty=int(statistics.median(r.dirty)))

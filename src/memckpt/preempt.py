@@ -47,7 +47,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from . import _forksafe
 
@@ -127,6 +127,9 @@ class Preemption:
 
     # -- install / uninstall --------------------------------------------------------
     def _install(self) -> None:
+        if self.checkpointer._preempt is not None:
+            raise RuntimeError(f"{self.checkpointer!r} already has a preemption handler "
+                               f"({self.checkpointer._preempt!r}): close() it first")
         self._r, self._w = os.pipe()
         os.set_blocking(self._w, False)
         self._old_handlers: dict[int, Any] = {}
@@ -139,17 +142,8 @@ class Preemption:
             os.close(self._r)
             os.close(self._w)
             raise
-        ck = self.checkpointer
-        self._orig_maybe: Callable[..., Any] | None = ck.maybe_checkpoint
-
-        def maybe_checkpoint(label: str | None = None) -> Any:
-            if self.signum is not None:
-                self.at_boundary()
-            assert self._orig_maybe is not None
-            return self._orig_maybe(label)
-
-        # The step boundary (instance attribute: the class stays as it is)
-        ck.maybe_checkpoint = maybe_checkpoint  # type: ignore[method-assign]
+        # the step boundary: Checkpointer.maybe_checkpoint calls at_boundary() first
+        self.checkpointer._preempt = self
         self._thread = threading.Thread(target=self._watch, name="memckpt-preempt", daemon=True)
         self._thread.start()
         _forksafe.register(self)
@@ -161,7 +155,8 @@ class Preemption:
         self._old_handlers = {}
 
     def close(self) -> None:
-        """Uninstall: the program's handlers, wakeup fd and ``maybe_checkpoint`` come back."""
+        """Uninstall: the program's handlers and wakeup fd come back, and
+        ``maybe_checkpoint`` is no longer a boundary."""
         if self._closed:
             return
         self._closed = True
@@ -172,8 +167,8 @@ class Preemption:
             os.write(self._w, b"\0")  # wakes the watchdog, which sees _closed and ends
         except OSError:
             pass
-        self.checkpointer.__dict__.pop("maybe_checkpoint", None)
-        self._orig_maybe = None
+        if self.checkpointer._preempt is self:
+            self.checkpointer._preempt = None
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(1.0)
         if not self._thread.is_alive():

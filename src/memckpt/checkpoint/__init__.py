@@ -12,6 +12,8 @@ module                 what it holds
 ``rollback.py``        :meth:`Checkpointer.rollback`'s write-back
 ``resume.py``          :meth:`Checkpointer.resume`
 ``options.py``         the constructor's arguments, checked
+``auto.py``            ``mode="auto"``: the pair a calibration picks, and why
+``view.py``            the read-only properties
 =====================  ==========================================================
 
 The snapshot itself is a capture mode's (:mod:`memckpt.capture`), the

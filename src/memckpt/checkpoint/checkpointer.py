@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _forksafe, _signals
 from ..arena import Arena
@@ -35,7 +35,7 @@ from ..epoch import EpochInfo
 from ..restore import StoreLike, open_store
 from ..store.contract import StoreContract
 from ..tracker import DirtyTracker
-from ..tuning import Recommendation
+from .auto import choose
 from .head import Head
 from .options import check_args
 from .aftercommit import AfterCommit
@@ -44,8 +44,13 @@ from .resume import resume
 from .rollback import RollbackInfo, rollback
 from .schedule import Schedule
 from .stats import Overhead, stats_of
+from .view import CheckpointerView
 
-class Checkpointer:
+if TYPE_CHECKING:
+    from ..preempt import Preemption
+
+
+class Checkpointer(CheckpointerView):
     """Checkpoint ``arena`` into ``store`` (a :class:`memckpt.Store` or a path,
     created if missing), tracking its writes with a :class:`DirtyTracker`
     (``tracker`` is a backend name or ``"auto"``).
@@ -64,7 +69,11 @@ class Checkpointer:
     :meth:`resume` restores one into a new arena and continues its chain.
 
     ``mode`` is the capture mode (see the module docstring): ``"copy"`` (the
-    default), ``"fork"``, ``"background"`` or ``"sync"``. ``staging`` bounds
+    default), ``"fork"``, ``"background"``, ``"sync"``, or ``"auto"``: the pair
+    ``calibration`` (a :class:`memckpt.Calibration`, the path of one saved as
+    JSON, or the step, calibrated briefly first) measured cheapest, else mode
+    copy; the choice and why go into each epoch's ``extra["auto"]``
+    (:attr:`auto`; checkpoint/auto.py, docs/tuning.md). ``staging`` bounds
     the bytes mode ``"copy"`` stages per epoch (default: the arena's size,
     i.e. at most one copy of the arena); the dirty pages beyond it are
     written during the pause instead. ``threads``: the threads writing an
@@ -92,15 +101,17 @@ class Checkpointer:
                  rpo: float | str | None = None, restart: float | str = 0,
                  mode: str = "copy", staging: int | None = None,
                  keep_last: int | None = None, threads: int | None = None,
-                 replicate_to: Any = None, storage_options: dict[str, Any] | None = None) -> None:
+                 replicate_to: Any = None, storage_options: dict[str, Any] | None = None,
+                 calibration: Any = None) -> None:
         # the interval's arguments first: a mistake there costs no tracker or store
         self._schedule = Schedule(interval, mtbf, rpo, restart)
         if not isinstance(arena, Arena):
             raise TypeError(f"arena must be a memckpt.Arena, not {type(arena).__name__}")
         check_args(mode, compress, full_every, staging, keep_last, threads)
-        tracker = tracker_for(mode, tracker)
         if arena.closed:
             raise ValueError("the arena is closed")
+        tracker, mode, self._auto = choose(arena, tracker, mode, calibration, compress)
+        tracker = tracker_for(mode, tracker)
         self._owner_pid = os.getpid()  # the process whose epochs these are: see _detach_in_child
         self._store: StoreContract
         self._store, self._owns_store = open_store(store, create=True)
@@ -108,6 +119,9 @@ class Checkpointer:
         self._arena = arena
         self._mode = mode
         self._tracker = DirtyTracker(arena, tracker)
+        if self._auto is not None and self._auto["source"] == "default":
+            self._auto.update(tracker=self._tracker.backend, tracker_why=self._tracker.reason)
+        self._preempt: Preemption | None = None  # memckpt.on_preemption's, at maybe_checkpoint
         try:
             self._ctx = Context.over(arena, self._tracker, staging)
         except BaseException:
@@ -141,66 +155,20 @@ class Checkpointer:
                mode: str = "copy", staging: int | None = None,
                keep_last: int | None = None, threads: int | None = None,
                replicate_to: Any = None, storage_options: dict[str, Any] | None = None,
-               lazy: bool = False) -> Checkpointer:
+               lazy: bool = False, calibration: Any = None) -> Checkpointer:
         """Restore ``epoch`` (default: the latest) of ``store`` into a new arena
         (:attr:`arena`, the caller's like any arena) and continue checkpointing
         it: the next epoch is an increment on ``epoch`` (a checkpointer handed
         an arena from :func:`memckpt.restore` starts with a full epoch: it
         cannot know nothing wrote to it). ``lazy``: restored lazily, pages
-        served on first touch (memckpt.restore(lazy=True)). The interval and
+        served on first touch (memckpt.restore(lazy=True)). ``mode="auto"`` and
+        ``calibration``: as the constructor's. The interval and
         the rest: see :func:`memckpt.checkpoint.resume.resume`."""
         return resume(cls, store, epoch, tracker=tracker, compress=compress,
                       full_every=full_every, interval=interval, mtbf=mtbf, rpo=rpo,
                       restart=restart, mode=mode, staging=staging, keep_last=keep_last,
                       threads=threads, replicate_to=replicate_to,
-                      storage_options=storage_options, lazy=lazy)
-
-    # -- properties ----------------------------------------------------------------
-    @property
-    def arena(self) -> Arena:
-        return self._arena
-
-    @property
-    def store(self) -> StoreContract:
-        return self._store
-
-    @property
-    def tracker(self) -> DirtyTracker:
-        return self._tracker
-
-    @property
-    def head(self) -> int | None:
-        """The epoch the arena held at the last checkpoint or rollback (the next's parent)."""
-        return self._head.epoch
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def mode(self) -> str:
-        """The capture mode: "copy", "fork", "background" or "sync"."""
-        return self._mode
-
-    @property
-    def interval(self) -> float | None:
-        """Seconds from a checkpoint's end to the next :meth:`maybe_checkpoint` takes, or None."""
-        return self._schedule.interval
-
-    @property
-    def recommendation(self) -> Recommendation | None:
-        """With "auto", the :class:`~memckpt.tuning.Recommendation` behind :attr:`interval`."""
-        return self._schedule.recommendation
-
-    @property
-    def checkpoint_cost(self) -> float | None:
-        """What "auto" tunes for: the median ``total_s`` of the last few increments."""
-        return self._schedule.cost
-
-    @property
-    def replicator(self) -> Any:
-        """``replicate_to``'s Replicator (``records``: each epoch's ``remote_lag_s``), or None."""
-        return self._after.replicator
+                      storage_options=storage_options, lazy=lazy, calibration=calibration)
 
     # -- checkpoint ------------------------------------------------------------------
     def maybe_checkpoint(self, label: str | None = None) -> PendingEpoch | None:
@@ -209,6 +177,8 @@ class Checkpointer:
         checkpoint is more recent than :attr:`interval`. The first call checkpoints, and
         so does the first with "auto" before a cost is measured; any :meth:`checkpoint`
         restarts the interval. ValueError if made without ``interval``."""
+        if self._preempt is not None:  # a step boundary: memckpt.on_preemption's final epoch
+            self._preempt.at_boundary()
         if not self._schedule.is_due():
             return None
         if not self._schedule.enabled:
@@ -252,6 +222,8 @@ class Checkpointer:
         """Capture an epoch and hand it to its persist (signals deferred)."""
         cap = self._capture(label, clock)
         cap.extra["wait_s"] = waited  # before PendingEpoch(cap), which reads it
+        if self._auto is not None:
+            cap.extra["auto"] = self._auto
         pending = PendingEpoch(cap)
         # the pending holds the capture from here: a traceback through this frame
         # (mode "sync" raises here) must not keep the writer alive

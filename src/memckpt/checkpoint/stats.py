@@ -18,7 +18,10 @@ epoch's durability (or ``now``, for a live checkpointer). The share of it the
 program was stopped by checkpointing is ``sum(call_s) / wall``; the tracker's
 cost between checkpoints does not show in any epoch, so it comes from a
 calibration (``tracking_slowdown``: the fraction a step is slower with the
-tracker armed) when one is given.
+tracker armed) when one is given, else from the calibration a
+``Checkpointer(mode="auto", calibration=...)`` recorded in the epochs
+(``extra["auto"]["tracking_slowdown"]``: the chosen pair's measured
+slowdown between checkpoints, at the calibration's interval).
 
 Work lost: a failure at time ``t`` loses what the program did since the pause
 of the newest epoch durable at ``t``. Averaged over the run (failures uniform
@@ -78,6 +81,7 @@ class Overhead:
     wait_fraction: float
     call_fraction: float
     tracking_fraction: float | None
+    tracking_from: str | None  # "given", "calibration" (recorded in the epochs), or None
     overhead_fraction: float
     pause_p50_s: float | None
     pause_p90_s: float | None
@@ -137,6 +141,10 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
     waits = [float(e.extra.get("wait_s", 0.0) or 0.0) for e in es]
     call_total = sum(calls)
     tracking = None
+    tracking_from = "given" if tracking_slowdown is not None else None
+    if tracking_slowdown is None:
+        tracking_slowdown = recorded_tracking_slowdown(es)
+        tracking_from = "calibration" if tracking_slowdown is not None else None
     if tracking_slowdown is not None:
         tracking = max(0.0, (wall - call_total) * tracking_slowdown / (1 + tracking_slowdown)) / wall
     achieved = [b[0] - a[2] for a, b in zip(times, times[1:])]
@@ -153,7 +161,7 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
         full_epochs=sum(e.kind == "full" for e in es), wall_s=wall,
         pause_total_s=sum(pauses), wait_total_s=sum(waits), call_total_s=call_total,
         pause_fraction=sum(pauses) / wall, wait_fraction=sum(waits) / wall,
-        call_fraction=call_total / wall, tracking_fraction=tracking,
+        call_fraction=call_total / wall, tracking_fraction=tracking, tracking_from=tracking_from,
         overhead_fraction=call_total / wall + (tracking or 0.0),
         pause_p50_s=_pct(pauses, 0.5), pause_p90_s=_pct(pauses, 0.9),
         pause_p99_s=_pct(pauses, 0.99), pause_max_s=max(pauses),
@@ -164,6 +172,16 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
         interval_ratio=ach / interval if ach is not None and interval else None,
         lost_work_mean_s=mean_loss, lost_work_worst_s=worst_loss, lost_work_model_s=model,
         mtbf_s=mtbf)
+
+
+def recorded_tracking_slowdown(epochs: Sequence[EpochInfo]) -> float | None:
+    """The tracking slowdown the latest epoch's ``extra["auto"]`` recorded from a
+    calibration (checkpoint/auto.py), or None (no calibration: nothing measured)."""
+    rec = epochs[-1].extra.get("auto") if epochs else None
+    v = rec.get("tracking_slowdown") if isinstance(rec, dict) else None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+        return None
+    return float(v)
 
 
 def _lost_work(es: list[EpochInfo], times: list[tuple[float, float, float]],

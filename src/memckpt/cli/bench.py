@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import bench_run
+from . import bench_run, bench_workload
 from .base import Command, json_arg, percent, positive, progress_arg
 from .bench_measure import PEERS
 from .output import fmt_seconds, progress_wanted, pyplot, table
@@ -41,11 +41,20 @@ def arguments(b: argparse.ArgumentParser) -> None:
                    help="skip the program-slowdown runs")
     b.add_argument("--plot", metavar="FILE.png", default=None,
                    help="draw the checkpoint totals and the peers' times (needs matplotlib)")
+    b.add_argument("--workload", metavar="MODULE:FUNCTION", default=None,
+                   help="measure every tracker x mode on your own step instead: FUNCTION(arena) "
+                        "makes its arrays in the arena and returns the step (as for `memckpt "
+                        "calibrate`); --size-mib is the arena's (default: 64), --rounds the "
+                        "intervals per pair")
+    b.add_argument("--steps", type=positive, default=5, metavar="N",
+                   help="with --workload: steps between two checkpoints (default: 5)")
     json_arg(b)
     progress_arg(b)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.workload is not None:
+        return bench_workload.run(args)
     if args.plot is not None:
         pyplot()  # fail now, not after the work
     rep = bench_run.run(sizes_mib=args.size_mib, ratios=args.ratios, full=args.full,
@@ -97,6 +106,8 @@ def _x(v: float) -> str:
 
 
 def format_bench(rep: dict[str, Any]) -> str:
+    if "workload" in rep:
+        return bench_workload.format_workload(rep)
     c, m = rep["config"], rep["machine"]
     out = [f"memckpt bench: {', '.join(f'{s} MiB' for s in c['sizes_mib'])} arena; "
            f"{', '.join(f'{p:g}%' for p in c['ratios_pct'])} of its pages written between "
@@ -171,4 +182,6 @@ COMMAND = Command(
              "  memckpt bench --full --dir /scratch          the whole matrix, stores on /scratch\n"
              "  memckpt bench --size-mib 8 --rounds 1        a quick smoke run (seconds)\n"
              "  memckpt bench --json | jq '.rows[] | select(.backend == \"uffd-async\")'\n"
-             "  memckpt bench --plot bench.png               (needs matplotlib)")
+             "  memckpt bench --plot bench.png               (needs matplotlib)\n"
+             "  memckpt bench --workload mysim:make_step --size-mib 256 --steps 10\n"
+             "                                               every pair on your own step")

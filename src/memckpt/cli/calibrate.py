@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import sys
 from typing import Any
 
 from .base import CliError, Command, json_arg, positive
@@ -26,6 +29,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", help="cost the pairs at this interval (e.g. 5m)")
     p.add_argument("--workdir", help="where the trial stores go (default: the temporary "
                                      "directory; use the disk the real store will be on)")
+    p.add_argument("--save", metavar="FILE.json",
+                   help="also write the calibration to FILE.json, for "
+                        "Checkpointer(mode='auto', calibration='FILE.json')")
     json_arg(p)
 
 
@@ -39,10 +45,18 @@ def _duration(flag: str, text: str | None) -> float | None:
         raise CliError(f"{flag}: {e}") from None
 
 
-def _load(target: str) -> Any:
+def load_target(target: str) -> Any:
+    """FUNCTION of MODULE:FUNCTION, imported: the user's own code, named on the
+    command line (as `python -m MODULE` would run it); never anything read from
+    a store. `memckpt calibrate` and `memckpt bench --workload` use it. MODULE
+    is found as `python -m` finds one: the current directory first (the
+    `memckpt` script's own sys.path starts at its bin/ directory), then
+    PYTHONPATH and the installed packages."""
     mod, sep, fn = target.partition(":")
     if not sep or not mod or not fn:
         raise CliError(f"give MODULE:FUNCTION (e.g. mysim:make_step), not {target!r}")
+    if not {"", os.getcwd()} & set(sys.path):
+        sys.path.insert(0, os.getcwd())
     try:
         m = importlib.import_module(mod)
     except ImportError as e:
@@ -56,7 +70,7 @@ def _load(target: str) -> Any:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..arena import Arena
     from ..calibrate import calibrate
-    make = _load(args.target)
+    load_target(args.target)  # a wrong name fails before the arena is made
     pairs = None
     if args.pairs:
         try:
@@ -66,10 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError(f"--pairs: give TRACKER/MODE,..., not {args.pairs!r}") from None
     arena = Arena(args.mib << 20)
     try:
-        step = make(arena)
-        if not callable(step):
-            raise CliError(f"{args.target}(arena) returned {type(step).__name__}, not a step "
-                           f"(a callable with no arguments)")
+        step = make_step(args.target, arena)
         cal = calibrate(step, arena, interval_steps=args.steps, rounds=args.rounds,
                         pairs=pairs,  # type: ignore[arg-type]
                         mtbf=_duration("--mtbf", args.mtbf),
@@ -82,7 +93,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pass
     rep = cal.to_dict()
     rep["target"] = args.target
+    if args.save:
+        try:
+            with open(args.save, "w", encoding="utf-8") as f:
+                json.dump(rep, f, indent=1)
+        except OSError as e:
+            raise CliError(f"--save {args.save}: {e.strerror or e}") from None
+        rep["saved"] = args.save
     return rep
+
+
+def make_step(target: str, arena: Any) -> Any:
+    """FUNCTION(arena), checked to return a step."""
+    step = load_target(target)(arena)
+    if not callable(step):
+        raise CliError(f"{target}(arena) returned {type(step).__name__}, not a step "
+                       f"(a callable with no arguments)")
+    return step
 
 
 def format_calibration(rep: dict[str, Any]) -> str:
@@ -105,7 +132,8 @@ def format_calibration(rep: dict[str, Any]) -> str:
         "",
         f"picked {b['tracker']}/{b['mode']}: {rep['why']}",
         f"  use: Checkpointer(arena, store, tracker={b['tracker']!r}, mode={b['mode']!r})",
-    ])
+    ] + ([f"  or: Checkpointer(arena, store, mode='auto', calibration={rep['saved']!r}) "
+          f"(saved there)"] if rep.get("saved") else []))
 
 
 COMMAND = Command(
@@ -116,4 +144,6 @@ COMMAND = Command(
                 "checkpoint, persist), the pause, the time to durable and the extra memory; pick "
                 "the pair with the least cost per interval (docs/tuning.md).",
     examples="  memckpt calibrate mysim:make_step --mib 256\n"
-             "  memckpt calibrate mysim:make_step --pairs uffd-async/copy,compare/copy --json")
+             "  memckpt calibrate mysim:make_step --pairs uffd-async/copy,compare/copy --json\n"
+             "  memckpt calibrate mysim:make_step --save cal.json   then "
+             "Checkpointer(..., mode='auto', calibration='cal.json')")

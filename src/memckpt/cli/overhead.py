@@ -40,7 +40,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="the target interval to compare the achieved one with (e.g. 5m)")
     g.add_argument("--tracking-slowdown", type=_fraction, metavar="FRACTION",
                    help="the tracker's cost between checkpoints, from a calibration "
-                        "(e.g. 0.006 or 0.6%%)")
+                        "(e.g. 0.006 or 0.6%%; default: the one a Checkpointer with "
+                        "mode='auto' and a calibration recorded in the epochs, if any)")
     g.add_argument("--all", action="store_true", dest="all_runs",
                    help="account every epoch of the store as one run")
 
@@ -75,6 +76,15 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.3g}%"
 
 
+def _tracking(o: dict[str, Any]) -> str:
+    if o["tracking_fraction"] is None:
+        return "- (give --tracking-slowdown from a calibration)"
+    if o.get("tracking_from") == "calibration":
+        return (f"{_pct(o['tracking_fraction'])} (estimated from the calibration the epochs "
+                f"record: memckpt show STORE; --tracking-slowdown overrides it)")
+    return _pct(o["tracking_fraction"])
+
+
 def format_overhead(rep: dict[str, Any]) -> str:
     o = rep["overhead"]
     s = fmt_seconds
@@ -86,8 +96,7 @@ def format_overhead(rep: dict[str, Any]) -> str:
         ["  of it waiting (backpressure)",
          f"{_pct(o['wait_fraction'])} ({s(o['wait_total_s'])}: the epoch before was still "
          f"persisting)"],
-        ["tracking between checkpoints", _pct(o["tracking_fraction"]) if o["tracking_fraction"]
-         is not None else "- (give --tracking-slowdown from a calibration)"],
+        ["tracking between checkpoints", _tracking(o)],
         ["overhead", _pct(o["overhead_fraction"])],
         ["pause p50 / p90 / p99 / max", " / ".join(s(o[k]) for k in
                                                   ("pause_p50_s", "pause_p90_s", "pause_p99_s",

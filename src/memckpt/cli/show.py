@@ -5,6 +5,7 @@ import argparse
 import math
 from typing import Any
 
+from ..checkpoint.auto import summary as auto_summary
 from . import overhead
 from .base import Command, json_arg, store_arg
 from .output import fmt_bytes, fmt_seconds, fmt_when, table
@@ -38,6 +39,8 @@ def show(store: Any, epoch: int) -> dict[str, Any]:
         "children_info": [{"epoch": c.epoch, "kind": c.kind} for c in children],
         "layout": store.layout(epoch),
         "manifest": store.manifest(epoch),
+        # mode="auto": the pair chosen and why (checkpoint/auto.py), or None
+        "auto": (info.extra or {}).get("auto"),
     }
 
 
@@ -92,6 +95,8 @@ def format_show(rep: dict[str, Any]) -> str:
         elif key == "follows":
             val = f"epoch {val} (the previous chain's head, when this full epoch was taken)"
         rows.append([key.replace("_", " "), val])
+    if rep.get("auto") is not None:
+        rows += [list(r) for r in auto_summary(rep["auto"])]
     arrays = [[a["name"], dtype_name(a),
                "x".join(map(str, a["shape"])) or "scalar", a["offset"] // page_size,
                math.ceil(a["nbytes"] / page_size), fmt_bytes(a["nbytes"])]
@@ -110,7 +115,8 @@ COMMAND = Command(
     help="explain one epoch: kind, chain, counts, timings, layout",
     description="Explain one epoch: its kind and parent, the chain a restore reads, the tracker and "
                 "capture mode, how many pages were dirty and stored, bytes on disk, pause and total "
-                "time, and the arena's layout (its named arrays).",
+                "time, the arena's layout (its named arrays), and for a Checkpointer made with "
+                "mode='auto' the pair chosen, why, and each pair's measured cost.",
     examples="  memckpt show memckpt-demo 3\n  memckpt show memckpt-demo latest\n"
              "  memckpt show memckpt-demo -1 --json | jq .layout\n"
              "  memckpt show memckpt-demo --overhead --mtbf 6h --json")
