@@ -102,7 +102,9 @@ def restore(store: StoreLike, epoch: int | None = None, *, verify: bool = True,
         return arena
     with _closed_on_error(arena):
         pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(arena.npages, arena.page_size)
-        # a fresh arena: sparse stays sparse
-        st.read_into(epoch, pages, out_is_zero=True, verify=verify, threads=threads)
+        # a fresh arena: sparse stays sparse; the blocks the epoch fills wholly
+        # come as 2 MiB pages, split back to 4 KiB for tracking (csrc/read_fill.c)
+        st.read_into(epoch, pages, out_is_zero=True, verify=verify, threads=threads,
+                     fill_huge=not arena.hugepages)
         del pages
     return arena
