@@ -108,10 +108,10 @@ int mck_read_plan_run(struct mck_read_plan *plan, uint64_t first, uint64_t last,
  * A fresh 4 KiB page's first touch costs more than reading and hashing it;
  * populating a block costs less than faulting it in page by page, and with
  * MCK_READ_FILL_HUGE the block is asked for as one 2 MiB page (the region
- * advised MADV_HUGEPAGE meanwhile), which costs a sixth of that where the
- * kernel has one at hand. A block whose 2 MiB page costs more CPU than
- * its 4 KiB pages would (the kernel compacting memory to find one) ends
- * the huge pages for the rest of the read. Blocks partly filled, and the
+ * advised MADV_HUGEPAGE meanwhile), which costs a quarter of that where
+ * the kernel has one at hand; 2 MiB pages that cost more CPU than 4 KiB
+ * pages would (the kernel compacting memory to find them) are given up for
+ * the rest of the read. Blocks partly filled, and the
  * pages the caller writes after, get 4 KiB pages: a sparse arena stays
  * sparse. Best effort: a kernel without MADV_POPULATE_WRITE (< 5.14)
  * leaves the faults to the read. The blocks prefaulted, or -errno (thread
