@@ -611,6 +611,96 @@ static void test_small_pages(struct test_ctx *ctx)
 	chain_free(&c);
 }
 
+/* Sum of a smaps field (kB) over the VMAs that overlap [p, p + len), and how many there are. */
+static long smaps_kb(const void *p, size_t len, const char *field, int *nvmas)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	uintptr_t lo = (uintptr_t)p, hi = lo + len;
+	char line[512];
+	size_t flen = strlen(field);
+	long sum = 0;
+	int in = 0;
+
+	*nvmas = 0;
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2 && strchr(line, ':') > strchr(line, ' ')) {
+			in = s < hi && e > lo;
+			*nvmas += in;
+		} else if (in && !strncmp(line, field, flen) && line[flen] == ':') {
+			sum += atol(line + flen + 1);
+		}
+	}
+	fclose(f);
+	return sum;
+}
+
+/* A fresh region filled with MCK_READ_FILL_HUGE: its whole 2 MiB blocks
+ * prefaulted (as huge pages where the kernel has them), read, then split:
+ * the bytes are the model's, no huge page is left, the region is one VMA
+ * again, and the pages no epoch holds were not faulted in. */
+static void test_fill_huge(struct test_ctx *ctx)
+{
+	const uint64_t per = (2u << 20) / 4096, npages = 5 * per + per / 2;
+	struct chain c;
+	struct mck_region r;
+	struct mck_read_plan *plan;
+	struct mck_read_fault f;
+	uint8_t *page = xcalloc(1, 4096);
+	uint64_t huge = 0;
+	long huge_kb, rss_kb;
+	int rc, nvmas;
+
+	(void)ctx;
+	chain_init(&c, 4096, npages);
+	chain_source(&c);
+	/* blocks 0, 2, 3, 4 whole; block 1 misses a page; the tail is half a block */
+	for (uint64_t p = 0; p < npages; p++) {
+		if (p == per + 17 || p >= 5 * per + 3)
+			continue;
+		random_page(page, 4096);
+		put_raw(&c, 0, p, page);
+	}
+	free(page);
+	if (mck_region_create(&r, npages * 4096, 0) < 0) {
+		CHECK(0, "region");
+		chain_free(&c);
+		return;
+	}
+	CHECK((uintptr_t)r.addr % (2u << 20) == 0, "a region of 2 MiB or more is 2 MiB aligned");
+	rc = mck_read_plan_build(&plan, chain_sources(&c), c.nsources, r.addr, 4096, npages, NULL, 0,
+				 MCK_READ_VERIFY | MCK_READ_OUT_ZERO | MCK_READ_FILL_HUGE, &f);
+	CHECK(rc == 0, "plan: %s", strerror(-rc));
+	if (rc == 0) {
+		rc = mck_read_plan_prefault(plan, 2, &huge);
+		CHECK(rc == 4, "prefault: %d blocks (want the 4 whole ones)", rc);
+		CHECK(huge <= 4, "%llu blocks asked for as huge pages", (unsigned long long)huge);
+		huge_kb = smaps_kb(r.addr, r.len, "AnonHugePages", &nvmas);
+		rc = mck_read_plan_run(plan, 0, mck_read_plan_units(plan), 2, &f);
+		CHECK(rc == 0, "run: %s (fault %d)", strerror(-rc), f.kind);
+		rc = mck_read_plan_split_huge(plan);
+		CHECK(rc == 0, "split: %s", strerror(-rc));
+		mck_read_plan_free(plan);
+		printf("  fill_huge: %ld kB in huge pages after the prefault\n", huge_kb);
+		CHECK(huge_kb <= 4 * 2048, "%ld kB huge: more than the whole blocks", huge_kb);
+		CHECK(smaps_kb(r.addr, r.len, "AnonHugePages", &nvmas) == 0, "huge pages left after the split");
+		CHECK(nvmas == 1, "the region is %d VMAs after the split", nvmas);
+		rss_kb = smaps_kb(r.addr, r.len, "Rss", &nvmas);
+		/* 4 whole blocks, block 1's 511 pages, the tail's 3 */
+		CHECK(rss_kb == (long)(4 * per + per - 1 + 3) * 4, "Rss %ld kB", rss_kb);
+		{
+			struct dest d = {.p = r.addr, .len = r.len};
+
+			CHECK(pages_wrong(&c, &d, NULL, 0, 0) == 0, "fill_huge: bytes differ");
+		}
+	}
+	mck_region_destroy(&r);
+	chain_free(&c);
+}
+
 static const struct test_case tests[] = {
 	{"full_epoch", test_full_epoch, {NULL}},
 	{"chain_newest_wins", test_chain_newest_wins, {NULL}},
@@ -620,6 +710,7 @@ static const struct test_case tests[] = {
 	{"bad_records", test_bad_records, {NULL}},
 	{"coded", test_coded, {need_codecs}},
 	{"small_pages", test_small_pages, {NULL}},
+	{"fill_huge", test_fill_huge, {NULL}},
 };
 
 int main(int argc, char **argv)
