@@ -40,8 +40,13 @@
 /* a thread more per this many blocks at least (starting one costs ~50 us) */
 #define THREAD_MIN_BLOCKS 8
 
-/* The blocks of dest the plan fills wholly. */
+/* The blocks of dest the plan fills wholly. The advice goes to the whole of
+ * dest (a region is one VMA): advising part of it would split the VMA
+ * before its first page fault gave it an anon_vma, and on older kernels
+ * (6.1) the parts, each given its own anon_vma later, never merge again. */
 struct blocks {
+	uint8_t *dest;
+	size_t len;
 	uint8_t *lo;            /* the first 2 MiB boundary in dest */
 	size_t span;            /* bytes from lo to the last boundary in dest */
 	uint64_t *list;         /* block numbers from lo, ascending */
@@ -55,7 +60,7 @@ struct prefault {
 	atomic_int huge;        /* blocks are asked for as 2 MiB pages */
 	atomic_llong huge_ns;   /* thread CPU time of their populate, all threads */
 	atomic_int stop;        /* no MADV_POPULATE_WRITE here */
-	int advised;            /* lo..span is advised MADV_HUGEPAGE */
+	int advised;            /* dest is advised MADV_HUGEPAGE */
 	atomic_int rc;          /* the first failure */
 };
 
@@ -80,6 +85,8 @@ static int dense_blocks(const struct mck_read_plan *p, struct blocks *b)
 	uint32_t *count;
 
 	memset(b, 0, sizeof(*b));
+	b->dest = p->dest;
+	b->len = p->npages * p->page_size;
 	if (!(p->flags & MCK_READ_OUT_ZERO) || !p->npages || p->page_size > FILL_BLOCK ||
 	    FILL_BLOCK % p->page_size || hi <= lo)
 		return 0;
@@ -126,7 +133,7 @@ static void end_huge(struct prefault *f)
 {
 	if (!atomic_exchange(&f->huge, 0) || !f->advised)
 		return;
-	if (madvise(f->b->lo, f->b->span, MADV_NOHUGEPAGE) < 0) {
+	if (madvise(f->b->dest, f->b->len, MADV_NOHUGEPAGE) < 0) {
 		int none = 0;
 
 		atomic_compare_exchange_strong(&f->rc, &none, -errno);
@@ -187,7 +194,7 @@ int mck_read_plan_prefault(struct mck_read_plan *p, unsigned nthreads, uint64_t 
 	atomic_init(&f.stop, 0);
 	atomic_init(&f.rc, 0);
 	/* (EINVAL: a kernel without transparent huge pages; 4 KiB pages then) */
-	f.advised = (p->flags & MCK_READ_FILL_HUGE) && madvise(b.lo, b.span, MADV_HUGEPAGE) == 0;
+	f.advised = (p->flags & MCK_READ_FILL_HUGE) && madvise(b.dest, b.len, MADV_HUGEPAGE) == 0;
 	atomic_init(&f.huge, f.advised);
 	if (!nthreads) {
 		nthreads = mck_read_cpus();
@@ -227,7 +234,7 @@ int mck_read_plan_split_huge(struct mck_read_plan *p)
 		if (madvise(at, ps, MADV_NOHUGEPAGE) < 0)
 			rc = -errno;
 	}
-	if (rc == 0 && b.n && madvise(b.lo, b.span, MADV_NOHUGEPAGE) < 0 && errno != EINVAL)
+	if (rc == 0 && b.n && madvise(b.dest, b.len, MADV_NOHUGEPAGE) < 0 && errno != EINVAL)
 		rc = -errno;
 	free(b.list);
 	return rc;
