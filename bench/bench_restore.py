@@ -329,9 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| size | " + " | ".join(names) + " | outside the read ÷ restore |")
     print("|" + "---|" * (len(names) + 2))
     for mib, m, _ in rows:
-        fixed = sum(m["phase " + k] for k in ("open + manifest", "index", "arena", "plan"))
+        outside = sum(m["phase " + k] for k in ("open + manifest", "index", "arena", "plan"))
         print(f"| {mib} MiB | " + " | ".join(_ms(m["phase " + k]) for k in names)
-              + f" | {fixed / m['restore verify=True']:.2f} |")
+              + f" | {outside / m['restore verify=True']:.2f} |")
     print()
     print("Into memory already there (Store.read_into: rollback, memckpt restore --out):")
     head = ["size", "read, warm buffer (floor)", "read_into verify=True", "read_into verify=False",
