@@ -13,15 +13,24 @@ warm for both, each round times, in turn:
   read into less), and into a buffer already faulted in (the copy from the
   page cache alone);
 - memckpt.restore(path) with verify=True (the default) and verify=False,
-  a new Store each time (as a new process would);
+  a new Store each time (as a new process would); and the same read into a
+  new arena without the 2 MiB fill (Store.read_into(out_is_zero=True,
+  fill_huge=False): every block populated as 4 KiB pages, the way restore
+  filled an arena before csrc/read_fill.c);
 - Store.read_into of the same epoch into an arena's pages that are already
   there (rollback's case, and `memckpt restore --out`'s), verify=True and
   verify=False.
 
 Rounds interleave the methods so that a noisy neighbour hits all of them;
 the table gives medians and ratios of medians. Every restore of the first
-round is checked bit for bit against the array. A last line gives a restore's
-fixed cost: the median restore of a one-page arena.
+round is checked bit for bit against the array.
+
+Where a restore's time goes: the same steps restore() takes, timed one by one
+(open the store and read the manifest, load and check the index, make the
+arena, plan, prefault the blocks, read + hash, split the 2 MiB pages), and
+the read again with verify=False (the digest's share is the difference).
+A last line gives a restore's fixed cost: the median restore of a one-page
+arena.
 
     .venv/bin/python bench/bench_restore.py                   # 64, 512, 1024 MiB
     .venv/bin/python bench/bench_restore.py --size 64 --runs 11
@@ -29,6 +38,7 @@ fixed cost: the median restore of a one-page arena.
 from __future__ import annotations
 
 import argparse
+import importlib
 import mmap
 import os
 import statistics
@@ -42,6 +52,9 @@ import numpy as np
 
 import memckpt
 from memckpt.store import Store
+
+# the module (memckpt.restore is the function)
+arena_from_layout = importlib.import_module("memckpt.restore").arena_from_layout
 
 
 def _fresh_read(path: Path, nbytes: int) -> Callable[[], float]:
@@ -142,6 +155,78 @@ def _restore(store: Path, want: np.ndarray, verify: bool, check: list[bool]) -> 
     return run
 
 
+def _restore_4k(store: Path, want: np.ndarray, check: list[bool]) -> Callable[[], float]:
+    def run() -> float:
+        t = time.perf_counter()
+        st = Store(store)
+        epoch = st.latest()
+        arena = arena_from_layout(st.layout(epoch))
+        pages = np.frombuffer(arena.buffer(), np.uint8).reshape(arena.npages, arena.page_size)
+        st.read_into(epoch, pages, out_is_zero=True, fill_huge=False)
+        dt = time.perf_counter() - t
+        if check[0] and not np.array_equal(pages.reshape(-1)[:want.nbytes], want.view(np.uint8)):
+            sys.exit(f"read_into of {store} into 4 KiB pages differs from the array")
+        del pages
+        st.close()
+        arena.close()
+        return dt
+    return run
+
+
+def _phases(store: Path, want: np.ndarray, check: list[bool]) -> Callable[[], dict[str, float]]:
+    """restore()'s steps, each timed (the store's own parsing and checks)."""
+    from memckpt import _reader
+
+    def run() -> dict[str, float]:
+        out: dict[str, float] = {}
+        clock = [time.perf_counter()]
+
+        def lap(name: str) -> None:
+            now = time.perf_counter()
+            out[name] = out.get(name, 0.0) + now - clock[0]
+            clock[0] = now
+
+        st = Store(store)
+        epoch = st.latest()
+        layout = st.layout(epoch)
+        doc = st._doc(epoch)
+        lap("open + manifest")
+        recs = st._index(epoch, doc=doc)
+        fd = st._open_pack(epoch, doc)
+        lap("index")
+        arena = arena_from_layout(layout)
+        pages = np.frombuffer(arena.buffer(), np.uint8).reshape(arena.npages, arena.page_size)
+        lap("arena")
+        try:
+            plan = _reader.ReadPlan([(fd, recs, doc["files"]["pack"]["size"])], pages,
+                                    out_is_zero=True, fill_huge=True)
+            lap("plan")
+            plan.prefault()
+            lap("prefault")
+            plan.run()
+            lap("read + hash")
+            plan.split_huge()
+            lap("split")
+            if check[0] and not np.array_equal(pages.reshape(-1)[:want.nbytes],
+                                               want.view(np.uint8)):
+                sys.exit(f"the phased read of {store} differs from the array")
+            # the same pages again, now resident: the read alone, then with the digest
+            for verify, name in ((False, "read, verify=False"), (True, "read + hash, warm")):
+                again = _reader.ReadPlan([(fd, recs, doc["files"]["pack"]["size"])], pages,
+                                         verify=verify)
+                clock[0] = time.perf_counter()
+                again.run()
+                lap(name)
+                del again
+        finally:
+            os.close(fd)
+        del pages, plan
+        st.close()
+        arena.close()
+        return out
+    return run
+
+
 def _make(work: Path, mib: int) -> tuple[Path, Path, Path, np.ndarray]:
     n = (mib << 20) // 8
     x = np.random.default_rng(mib).standard_normal(n)
@@ -176,7 +261,7 @@ def _fixed_cost(work: Path, runs: int) -> float:
 
 
 def _ms(s: float) -> str:
-    return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e3:.1f} ms" if s >= 0.01 else f"{s * 1e3:.2f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,15 +284,21 @@ def main(argv: list[str] | None = None) -> int:
                 "read, warm buffer": _warm_read(pack, os.path.getsize(pack)),
                 "restore verify=True": _restore(store, x, True, check),
                 "restore verify=False": _restore(store, x, False, check),
+                "restore, 4 KiB pages": _restore_4k(store, x, check),
                 "read_into warm, verify=True": _read_into_warm(store, x, True, check),
                 "read_into warm, verify=False": _read_into_warm(store, x, False, check),
             }
             times: dict[str, list[float]] = {k: [] for k in methods}
+            phased = _phases(store, x, check)
+            phases: dict[str, list[float]] = {}
             for r in range(args.runs):
                 for name, fn in methods.items():
                     times[name].append(fn())
+                for name, dt in phased().items():
+                    phases.setdefault(name, []).append(dt)
                 check[0] = False
             med = {k: statistics.median(v) for k, v in times.items()}
+            med.update({"phase " + k: statistics.median(v) for k, v in phases.items()})
             rows.append((mib, med, {k: (min(v), max(v)) for k, v in times.items()}))
             del x, methods
         fixed = _fixed_cost(work, args.runs)
@@ -216,15 +307,31 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("Into fresh memory (memckpt.restore):")
     head = ["size", "np.load", "np.load, 4 KiB pages", "read, fresh memory (floor)",
-            "restore verify=True", "restore verify=False", "verify=True ÷ np.load",
-            "verify=True ÷ np.load 4 KiB", "verify=True ÷ floor", "verify=False ÷ floor"]
+            "restore verify=True", "restore verify=False", "restore, 4 KiB pages",
+            "verify=True ÷ np.load", "verify=True ÷ np.load 4 KiB", "verify=True ÷ floor",
+            "verify=False ÷ floor", "4 KiB pages ÷ np.load", "GB/s (verify=True)",
+            "GB/s (floor)"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for mib, m, _ in rows:
         v, nv, fr = m["restore verify=True"], m["restore verify=False"], m["read, fresh memory"]
+        k4 = m["restore, 4 KiB pages"]
         print(f"| {mib} MiB | {_ms(m['np.load'])} | {_ms(m['np.load, 4 KiB pages'])} | {_ms(fr)} "
-              f"| {_ms(v)} | {_ms(nv)} | {v / m['np.load']:.2f}x "
-              f"| {v / m['np.load, 4 KiB pages']:.2f}x | {v / fr:.2f}x | {nv / fr:.2f}x |")
+              f"| {_ms(v)} | {_ms(nv)} | {_ms(k4)} | {v / m['np.load']:.2f}x "
+              f"| {v / m['np.load, 4 KiB pages']:.2f}x | {v / fr:.2f}x | {nv / fr:.2f}x "
+              f"| {k4 / m['np.load']:.2f}x | {(mib << 20) / v / 1e9:.2f} "
+              f"| {(mib << 20) / fr / 1e9:.2f} |")
+    print()
+    print("Where restore's time goes (its steps timed one by one, medians; "
+          "the digest's share: read + hash, warm minus read, verify=False):")
+    names = ["open + manifest", "index", "arena", "plan", "prefault", "read + hash", "split",
+             "read, verify=False", "read + hash, warm"]
+    print("| size | " + " | ".join(names) + " | outside the read ÷ restore |")
+    print("|" + "---|" * (len(names) + 2))
+    for mib, m, _ in rows:
+        outside = sum(m["phase " + k] for k in ("open + manifest", "index", "arena", "plan"))
+        print(f"| {mib} MiB | " + " | ".join(_ms(m["phase " + k]) for k in names)
+              + f" | {outside / m['restore verify=True']:.2f} |")
     print()
     print("Into memory already there (Store.read_into: rollback, memckpt restore --out):")
     head = ["size", "read, warm buffer (floor)", "read_into verify=True", "read_into verify=False",

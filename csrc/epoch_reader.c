@@ -9,8 +9,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
-#include <sched.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,12 +20,12 @@
 #include "memckpt.h"
 #include "page_codec.h"
 #include "read_plan.h"
+#include "read_threads.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
 
-#define MAX_THREADS 64
 /* A thread more only for this much work or more each: starting and joining
  * one costs tens of microseconds, and on a busy machine its first slice may
  * come milliseconds later, while one thread reads this much in about that. */
@@ -37,8 +35,6 @@
  * page by page through copy-to-user (measured on this project's VMs:
  * 512 MiB in ~150 ms against ~320 ms). */
 #define POPULATE_MIN_PAGES 4
-
-static const int sync_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP};
 
 static atomic_int populate_works = 1; /* cleared once a kernel says EINVAL */
 
@@ -303,23 +299,9 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-static unsigned cpus_here(void)
-{
-	cpu_set_t set;
-	long n;
-
-	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
-		return (unsigned)CPU_COUNT(&set);
-	n = sysconf(_SC_NPROCESSORS_ONLN);
-	return n > 0 ? (unsigned)n : 1;
-}
-
 int mck_read_plan_run(struct mck_read_plan *p, uint64_t first, uint64_t last,
 		      unsigned nthreads, struct mck_read_fault *fault)
 {
-	pthread_t tid[MAX_THREADS];
-	sigset_t all, old;
-	unsigned started = 0;
 	struct run r;
 
 	memset(fault, 0, sizeof(*fault));
@@ -330,12 +312,10 @@ int mck_read_plan_run(struct mck_read_plan *p, uint64_t first, uint64_t last,
 	if (!nthreads) {
 		uint64_t work = (p->done[last] - p->done[first]) * p->page_size / THREAD_MIN_BYTES;
 
-		nthreads = cpus_here();
+		nthreads = mck_read_cpus();
 		if (nthreads > work)
 			nthreads = work ? (unsigned)work : 1;
 	}
-	if (nthreads > MAX_THREADS)
-		nthreads = MAX_THREADS;
 	if (nthreads > last - first)
 		nthreads = (unsigned)(last - first);
 	memset(&r, 0, sizeof(r));
@@ -346,19 +326,7 @@ int mck_read_plan_run(struct mck_read_plan *p, uint64_t first, uint64_t last,
 	r.fault_unit = UINT64_MAX;
 	pthread_mutex_init(&r.lock, NULL);
 
-	/* the program's signals go to its own threads; a fault in a worker
-	 * (a write into a page the program protected) is still delivered */
-	sigfillset(&all);
-	for (size_t i = 0; i < sizeof(sync_signals) / sizeof(sync_signals[0]); i++)
-		sigdelset(&all, sync_signals[i]);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	for (; started + 1 < nthreads; started++)
-		if (pthread_create(&tid[started], NULL, worker, &r) != 0)
-			break; /* fewer threads: the ones there do the work */
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	worker(&r);
-	for (unsigned i = 0; i < started; i++)
-		pthread_join(tid[i], NULL);
+	mck_read_on_threads(worker, &r, nthreads);
 	pthread_mutex_destroy(&r.lock);
 
 	if (r.fault_unit != UINT64_MAX) {

@@ -11,14 +11,19 @@
 int mck_region_create(struct mck_region *r, size_t len, unsigned flags)
 {
 	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
-	size_t align = flags & MCK_REGION_HUGEPAGES ? MCK_HUGE_SIZE : ps;
+	size_t unit = flags & MCK_REGION_HUGEPAGES ? MCK_HUGE_SIZE : ps;
+	/* A body of 2 MiB or more starts on a 2 MiB boundary, huge pages or
+	 * not: a restore may back it with huge pages while it fills it
+	 * (epoch_reader.h, MCK_READ_FILL_HUGE), which the kernel does only
+	 * for 2 MiB-aligned blocks. It costs address space only. */
+	size_t align = unit > ps || len >= MCK_HUGE_SIZE ? MCK_HUGE_SIZE : ps;
 	size_t body, map_len;
 	uint8_t *base, *addr;
 
 	memset(r, 0, sizeof(*r));
 	if (!len || flags & ~(unsigned)MCK_REGION_HUGEPAGES)
 		return -EINVAL;
-	body = (len + align - 1) / align * align;
+	body = (len + unit - 1) / unit * unit;
 	if (body < len)
 		return -EOVERFLOW;
 	/* one guard page each side, and slack to align the body */

@@ -174,3 +174,19 @@ def test_progress_in_batches(tmp_path, monkeypatch):
     assert all(t == NPAGES for _, t in calls)
     done = [d for d, _ in calls]
     assert done == sorted(done) and done[-1] == NPAGES
+
+
+@pytest.mark.parametrize("layout", [{}, {"nbytes": 2 * PS, "arrays": []}])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_restore_of_an_epoch_without_an_arena_layout(tmp_path, layout, lazy):
+    """An epoch written with Store.begin(layout=...) has pages but no arena to
+    rebuild: restore says so and points to Store.read_into (which reads it)."""
+    s = Store(tmp_path / "st", create=True, page_size=PS)
+    w = s.begin("full", layout=layout, npages=2)
+    w.add_pages(np.arange(2, dtype=np.uint64), np.full((2, PS), 3, np.uint8))
+    e = w.commit(pages_dirty=2, pause_s=0.0).epoch
+    with pytest.raises(memckpt.FormatError, match=r"epoch 1 of store .*'page_size'.*Store\.read_into"):
+        memckpt.restore(s, lazy=lazy)
+    out = np.zeros((2, PS), np.uint8)
+    s.read_into(e, out)
+    assert (out == 3).all()

@@ -60,6 +60,12 @@ struct mck_read_fault {
 					 * to read are populated before the read */
 #define MCK_READ_DEFER_CODED (1u << 2)  /* leave compressed pages to the caller even
 					 * when this build decodes them */
+#define MCK_READ_FILL_HUGE (1u << 3)    /* with OUT_ZERO: dest is memory of this process's
+					 * own, advised MADV_NOHUGEPAGE (a memckpt region
+					 * tracked at 4 KiB) and in no one's hands yet:
+					 * mck_read_plan_prefault may back it with 2 MiB
+					 * pages, which mck_read_plan_split_huge returns
+					 * to 4 KiB page-table entries */
 
 struct mck_read_plan;
 
@@ -95,6 +101,31 @@ uint64_t mck_read_plan_deferred(const struct mck_read_plan *plan, uint32_t *sour
  * failed read). */
 int mck_read_plan_run(struct mck_read_plan *plan, uint64_t first, uint64_t last,
 		      unsigned nthreads, struct mck_read_fault *fault);
+
+/* Fault in, before running the plan, the 2 MiB blocks of dest that the
+ * plan fills wholly (MCK_READ_OUT_ZERO plans; the others are left alone),
+ * with MADV_POPULATE_WRITE on nthreads threads (0: as mck_read_plan_run).
+ * A fresh 4 KiB page's first touch costs more than reading and hashing it;
+ * populating a block costs less than faulting it in page by page, and with
+ * MCK_READ_FILL_HUGE the block is asked for as one 2 MiB page (the region
+ * advised MADV_HUGEPAGE meanwhile), which costs a quarter of that where
+ * the kernel has one at hand; 2 MiB pages that cost more CPU than 4 KiB
+ * pages would (the kernel compacting memory to find them) are given up for
+ * the rest of the read. Blocks partly filled, and the
+ * pages the caller writes after, get 4 KiB pages: a sparse arena stays
+ * sparse. Best effort: a kernel without MADV_POPULATE_WRITE (< 5.14)
+ * leaves the faults to the read. The blocks prefaulted, or -errno (thread
+ * or memory trouble, or a failed madvise of the advice). *huge (if not
+ * NULL): the blocks asked for as 2 MiB pages (the kernel may have given
+ * 4 KiB ones). */
+int mck_read_plan_prefault(struct mck_read_plan *plan, unsigned nthreads, uint64_t *huge);
+
+/* With MCK_READ_FILL_HUGE, after the read: every block prefaulted is
+ * mapped by 4 KiB page-table entries again (a huge one is split, its
+ * bytes kept), so that dirty tracking sees 4 KiB pages, and dest is left
+ * advised MADV_NOHUGEPAGE. 0 (also without the flag: nothing to do), or
+ * -errno (-ENOMEM: the process's mapping count limit). */
+int mck_read_plan_split_huge(struct mck_read_plan *plan);
 
 void mck_read_plan_free(struct mck_read_plan *plan);
 

@@ -88,7 +88,7 @@ enum mck_region_flags {
 };
 
 struct mck_region {
-	void *addr;       /* page-aligned (2 MiB aligned with MCK_REGION_HUGEPAGES) */
+	void *addr;       /* page-aligned; 2 MiB aligned if len >= 2 MiB or MCK_REGION_HUGEPAGES */
 	size_t len;       /* a multiple of the page size */
 	unsigned flags;
 	void *map_base;   /* the whole mapping, guard pages and alignment slack included */

@@ -611,6 +611,160 @@ static void test_small_pages(struct test_ctx *ctx)
 	chain_free(&c);
 }
 
+/* Sum of a smaps field (kB) over the VMAs that overlap [p, p + len), and how many there are. */
+static long smaps_kb(const void *p, size_t len, const char *field, int *nvmas)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	uintptr_t lo = (uintptr_t)p, hi = lo + len;
+	char line[512];
+	size_t flen = strlen(field);
+	long sum = 0;
+	int in = 0;
+
+	*nvmas = 0;
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2 && strchr(line, ':') > strchr(line, ' ')) {
+			in = s < hi && e > lo;
+			*nvmas += in;
+		} else if (in && !strncmp(line, field, flen) && line[flen] == ':') {
+			sum += atol(line + flen + 1);
+		}
+	}
+	fclose(f);
+	return sum;
+}
+
+/* The chain of test_fill_huge: blocks 0, 2, 3, 4 whole; block 1 misses a
+ * page; the tail is half a block, 3 pages of it stored. */
+static void fill_chain(struct chain *c, uint64_t npages)
+{
+	const uint64_t per = (2u << 20) / 4096;
+	uint8_t *page = xcalloc(1, 4096);
+
+	chain_init(c, 4096, npages);
+	chain_source(c);
+	for (uint64_t p = 0; p < npages; p++) {
+		if (p == per + 17 || p >= 5 * per + 3)
+			continue;
+		random_page(page, 4096);
+		put_raw(c, 0, p, page);
+	}
+	free(page);
+}
+
+/* A fresh region read with MCK_READ_FILL_HUGE: prefault, run, split. 0 or
+ * -errno; *huge_kb: the 2 MiB pages there after the prefault. */
+static int fill_region(struct chain *c, struct mck_region *r, long *huge_kb)
+{
+	struct mck_read_plan *plan;
+	struct mck_read_fault f;
+	uint64_t huge = 0;
+	int rc, nvmas;
+
+	rc = mck_region_create(r, c->npages * 4096, 0);
+	if (rc < 0)
+		return rc;
+	rc = mck_read_plan_build(&plan, chain_sources(c), c->nsources, r->addr, 4096, c->npages,
+				 NULL, 0, MCK_READ_VERIFY | MCK_READ_OUT_ZERO | MCK_READ_FILL_HUGE, &f);
+	if (rc < 0)
+		return rc;
+	rc = mck_read_plan_prefault(plan, 2, &huge);
+	CHECK(rc == 4, "prefault: %d blocks (want the 4 whole ones)", rc);
+	CHECK(huge <= 4, "%llu blocks asked for as huge pages", (unsigned long long)huge);
+	*huge_kb = smaps_kb(r->addr, r->len, "AnonHugePages", &nvmas);
+	rc = mck_read_plan_run(plan, 0, mck_read_plan_units(plan), 2, &f);
+	CHECK(rc == 0, "run: %s (fault %d)", strerror(-rc), f.kind);
+	if (rc == 0)
+		rc = mck_read_plan_split_huge(plan);
+	mck_read_plan_free(plan);
+	return rc;
+}
+
+/* Tracker b on a freshly filled region: exactly the 4 KiB pages written.
+ * Soft-dirty too, here (no VMA change after it is armed): a 2 MiB page left
+ * unsplit would report all 512 of its pages. Each tracker gets its own
+ * region: the faults of one (uffd-sync, mprotect) split the pages they
+ * write, which would hide what the next one sees. */
+static void tracker_exact_after_fill(struct chain *c, int b)
+{
+	struct mck_region r;
+	struct mck_tracker *t;
+	uint64_t *got = xcalloc(c->npages, sizeof(*got));
+	uint64_t want[12];
+	size_t nwant = 0;
+	long huge_kb = 0;
+	int64_t n;
+	int rc = fill_region(c, &r, &huge_kb);
+
+	CHECK(rc == 0, "fill for %s: %s", mck_backend_name(b), strerror(-rc));
+	if (rc == 0 && mck_tracker_open(&t, b, r.addr, r.len) == 0) {
+		mck_tracker_collect(t, got, c->npages);
+		/* pages inside whole blocks (0, 2, 3: huge during the fill), sorted, distinct */
+		for (uint64_t blk = 0; blk < 4; blk += (blk == 0 ? 2 : 1))
+			for (uint64_t k = 0; k < 3; k++)
+				want[nwant++] = blk * 512 + 7 + k * 100 + rnd(&rng_state) % 50;
+		for (size_t i = 0; i < nwant; i++)
+			((volatile uint64_t *)((uint8_t *)r.addr + want[i] * 4096))[3] += 1;
+		n = mck_tracker_collect(t, got, c->npages);
+		CHECK(n == (int64_t)nwant, "fill_huge: %s reports %lld pages, %zu written (%ld kB were huge)",
+		      mck_backend_name(b), (long long)n, nwant, huge_kb);
+		for (int64_t i = 0; n == (int64_t)nwant && i < n; i++)
+			CHECK(got[i] == want[i], "fill_huge: %s reports page %llu, not %llu",
+			      mck_backend_name(b), (unsigned long long)got[i],
+			      (unsigned long long)want[i]);
+		CHECK(mck_tracker_close(t) == 0, "fill_huge: close %s", mck_backend_name(b));
+	} else if (rc == 0) {
+		CHECK(0, "fill_huge: open %s", mck_backend_name(b));
+	}
+	mck_region_destroy(&r);
+	free(got);
+}
+
+/* A fresh region filled with MCK_READ_FILL_HUGE: its whole 2 MiB blocks
+ * prefaulted (as huge pages where the kernel has them), read, then split:
+ * the bytes are the model's, no huge page is left, the region is one VMA
+ * again, the pages no epoch holds were not faulted in, and every tracker
+ * this kernel has sees exactly the 4 KiB pages written after. */
+static void test_fill_huge(struct test_ctx *ctx)
+{
+	const uint64_t per = (2u << 20) / 4096, npages = 5 * per + per / 2;
+	struct chain c;
+	struct mck_region r;
+	long huge_kb = 0, rss_kb;
+	char why[200];
+	int rc, nvmas;
+
+	(void)ctx;
+	fill_chain(&c, npages);
+	rc = fill_region(&c, &r, &huge_kb);
+	CHECK(rc == 0, "fill: %s", strerror(-rc));
+	if (rc == 0) {
+		struct dest d = {.p = r.addr, .len = r.len};
+
+		CHECK((uintptr_t)r.addr % (2u << 20) == 0, "a region of 2 MiB or more is 2 MiB aligned");
+		printf("  fill_huge: %ld kB in huge pages after the prefault\n", huge_kb);
+		CHECK(huge_kb <= 4 * 2048, "%ld kB huge: more than the whole blocks", huge_kb);
+		CHECK(smaps_kb(r.addr, r.len, "AnonHugePages", &nvmas) == 0, "huge pages left after the split");
+		CHECK(nvmas == 1, "the region is %d VMAs after the split", nvmas);
+		rss_kb = smaps_kb(r.addr, r.len, "Rss", &nvmas);
+		/* 4 whole blocks, block 1's 511 pages, the tail's 3 */
+		CHECK(rss_kb == (long)(4 * per + per - 1 + 3) * 4, "Rss %ld kB", rss_kb);
+		CHECK(pages_wrong(&c, &d, NULL, 0, 0) == 0, "fill_huge: bytes differ");
+		mck_region_destroy(&r);
+	}
+	for (int b = 0; b < MCK_BACKEND_COUNT; b++) {
+		if (mck_backend_status(b, why, sizeof(why)) == 1)
+			tracker_exact_after_fill(&c, b);
+		else
+			printf("  fill_huge: %s unavailable here: %s\n", mck_backend_name(b), why);
+	}
+	chain_free(&c);
+}
+
 static const struct test_case tests[] = {
 	{"full_epoch", test_full_epoch, {NULL}},
 	{"chain_newest_wins", test_chain_newest_wins, {NULL}},
@@ -620,6 +774,7 @@ static const struct test_case tests[] = {
 	{"bad_records", test_bad_records, {NULL}},
 	{"coded", test_coded, {need_codecs}},
 	{"small_pages", test_small_pages, {NULL}},
+	{"fill_huge", test_fill_huge, {NULL}},
 };
 
 int main(int argc, char **argv)

@@ -39,6 +39,7 @@ cdef extern from "epoch_reader.h" nogil:
         MCK_READ_VERIFY
         MCK_READ_OUT_ZERO
         MCK_READ_DEFER_CODED
+        MCK_READ_FILL_HUGE
 
     struct mck_read_plan:
         pass
@@ -53,5 +54,7 @@ cdef extern from "epoch_reader.h" nogil:
                                     uint64_t *record, uint64_t cap)
     int mck_read_plan_run(mck_read_plan *plan, uint64_t first, uint64_t last,
                           unsigned nthreads, mck_read_fault *fault)
+    int mck_read_plan_prefault(mck_read_plan *plan, unsigned nthreads, uint64_t *huge)
+    int mck_read_plan_split_huge(mck_read_plan *plan)
     void mck_read_plan_free(mck_read_plan *plan)
     unsigned mck_read_codecs()

@@ -69,7 +69,11 @@ cdef class ReadPlan:
     writeable) from sources, oldest first: (fd, records, pack_size) with
     records the index's record array (56-byte records, page order). want:
     None, or the page numbers to read (strictly increasing). Keeps
-    references to everything it reads or writes until closed."""
+    references to everything it reads or writes until closed.
+
+    fill_huge (with out_is_zero): out is the whole of a fresh memckpt arena
+    tracked at 4 KiB, in no one's hands yet: prefault() may back it with
+    2 MiB pages, which split_huge() returns to 4 KiB page-table entries."""
 
     cdef c.mck_read_plan *plan
     cdef c.mck_read_source *sources
@@ -77,7 +81,7 @@ cdef class ReadPlan:
     cdef bint busy
 
     def __init__(self, sources, out, want=None, *, bint verify=True, bint out_is_zero=False,
-                 bint defer_coded=False):
+                 bint defer_coded=False, bint fill_huge=False):
         cdef uint8_t[:, ::1] o = out
         cdef const uint8_t[::1] rv
         cdef const uint64_t[::1] wv
@@ -120,6 +124,10 @@ cdef class ReadPlan:
             flags |= c.MCK_READ_OUT_ZERO
         if defer_coded:
             flags |= c.MCK_READ_DEFER_CODED
+        if fill_huge:
+            if not out_is_zero:
+                raise ValueError("fill_huge is for a fresh arena: it needs out_is_zero=True")
+            flags |= c.MCK_READ_FILL_HUGE
         with nogil:
             rc = c.mck_read_plan_build(&self.plan, self.sources, n, dest, ps, npages,
                                        wp, nwant, flags, &fault)
@@ -168,6 +176,29 @@ cdef class ReadPlan:
         if n:
             c.mck_read_plan_deferred(self.plan, &sv[0], &rv[0], n)
         return src, rec
+
+    def prefault(self, unsigned threads=0):
+        """Fault in the 2 MiB blocks of out the plan fills wholly (an
+        out_is_zero plan; else nothing), on `threads` threads (0: as run()),
+        GIL released: (blocks, blocks asked for as 2 MiB pages)."""
+        self._planned()
+        cdef uint64_t huge = 0
+        cdef int rc
+        with nogil:
+            rc = c.mck_read_plan_prefault(self.plan, threads, &huge)
+        if rc < 0:
+            raise OSError(-rc, f"faulting in the arena: {strerror(-rc).decode()}")
+        return rc, huge
+
+    def split_huge(self):
+        """With fill_huge: the blocks prefault() backed with 2 MiB pages are
+        mapped by 4 KiB page-table entries again, out advised MADV_NOHUGEPAGE."""
+        self._planned()
+        cdef int rc
+        with nogil:
+            rc = c.mck_read_plan_split_huge(self.plan)
+        if rc < 0:
+            raise OSError(-rc, f"splitting the arena's huge pages: {strerror(-rc).decode()}")
 
     def run(self, first=0, last=None, unsigned threads=0):
         """Read units [first, last) (default: to the end) on `threads` threads

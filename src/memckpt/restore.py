@@ -30,9 +30,20 @@ def _closed_on_error(arena: Arena) -> Iterator[None]:
         raise
 
 
-def arena_from_layout(layout: dict[str, Any]) -> Arena:
+# what Arena.layout() records and an arena cannot be rebuilt without
+_LAYOUT_KEYS = ("page_size", "nbytes", "arrays")
+
+
+def arena_from_layout(layout: dict[str, Any], where: str = "the layout") -> Arena:
     """An empty arena with ``layout``'s arrays (from ``Arena.layout()``), each
-    at the offset recorded; FormatError if this machine cannot lay it out so."""
+    at the offset recorded; FormatError if this machine cannot lay it out so,
+    or if ``layout`` is no arena's (``where`` names it in the error)."""
+    missing = [k for k in _LAYOUT_KEYS if not isinstance(layout, dict) or k not in layout]
+    if missing:
+        raise FormatError(
+            f"{where} holds no arena's layout (it has no {', '.join(repr(k) for k in missing)}): "
+            "it was written with Store.begin(layout=...) rather than by a Checkpointer, so "
+            "memckpt.restore cannot rebuild its arena; read its pages with Store.read_into")
     page_size = features().page_size
     if layout["page_size"] != page_size:
         raise FormatError(f"the epoch was taken with pages of {layout['page_size']} bytes; "
@@ -93,7 +104,7 @@ def restore(store: StoreLike, epoch: int | None = None, *, verify: bool = True,
         epoch = st.latest()
         if epoch is None:
             raise MemckptError(f"store {st.path} holds no committed epoch")
-    arena = arena_from_layout(st.layout(epoch))
+    arena = arena_from_layout(st.layout(epoch), f"epoch {epoch} of store {st.path}")
     if lazy:
         from .lazy import restore_lazy
         with _closed_on_error(arena):
@@ -102,7 +113,9 @@ def restore(store: StoreLike, epoch: int | None = None, *, verify: bool = True,
         return arena
     with _closed_on_error(arena):
         pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(arena.npages, arena.page_size)
-        # a fresh arena: sparse stays sparse
-        st.read_into(epoch, pages, out_is_zero=True, verify=verify, threads=threads)
+        # a fresh arena: sparse stays sparse; the blocks the epoch fills wholly
+        # come as 2 MiB pages, split back to 4 KiB for tracking (csrc/read_fill.c)
+        st.read_into(epoch, pages, out_is_zero=True, verify=verify, threads=threads,
+                     fill_huge=not arena.hugepages)
         del pages
     return arena

@@ -72,7 +72,9 @@ holds Store and EpochWriter to: see the end of local.py):
         # is then unspecified). verify=False skips the digests (for a store
         # checked already with verify()); threads=N reads on N threads
         # (default: the CPUs the process may use); out_is_zero=True: out reads
-        # as zero already (a fresh mapping), zero pages are left untouched.
+        # as zero already (a fresh mapping), zero pages are left untouched;
+        # fill_huge=True (with out_is_zero): out is a fresh memckpt arena, which
+        # the read may back with 2 MiB pages meanwhile (split to 4 KiB after).
     store.changed_pages(a, b) -> np.ndarray[uint64] | None
         # pages whose content differs between epochs a and b, from the indexes
         # alone (no data read; pages both chains rewrote to the same content, by
@@ -209,7 +211,7 @@ class StoreContract(Protocol):
     def read_into(self, epoch: int, out: np.ndarray, pages: Any = None, *,
                   progress: Callable[[int, int], None] | None = None,
                   out_is_zero: bool = False, verify: bool = True,
-                  threads: int | None = None) -> None: ...
+                  threads: int | None = None, fill_huge: bool = False) -> None: ...
     def changed_pages(self, a: int, b: int) -> np.ndarray | None: ...
 
     def verify(self, epoch: int | None = None, *,

@@ -41,13 +41,27 @@ class EpochRead:
     def run(self, fds: list[int], indexes: list[np.ndarray], pack_sizes: list[int],
             out: np.ndarray, req: np.ndarray | None, *, verify: bool, out_is_zero: bool,
             threads: int | None, progress: Callable[[int, int], None] | None,
-            fetch: Fetch, defer_coded: bool = False) -> None:
+            fetch: Fetch, defer_coded: bool = False, fill_huge: bool = False) -> None:
         sources = list(zip(fds, indexes, pack_sizes))
         try:
             plan = _reader.ReadPlan(sources, out, req, verify=verify, out_is_zero=out_is_zero,
-                                    defer_coded=defer_coded)
+                                    defer_coded=defer_coded, fill_huge=fill_huge)
         except _reader.ReadFault as f:
             raise self._error(f) from None
+        try:
+            self._run(plan, indexes, out, req, threads, progress, fetch, out_is_zero)
+        except BaseException:
+            try:
+                plan.split_huge()
+            except OSError:
+                pass  # the read's own failure is the one to report
+            raise
+        plan.split_huge()  # (nothing to do without fill_huge)
+
+    def _run(self, plan: Any, indexes: list[np.ndarray], out: np.ndarray,
+             req: np.ndarray | None, threads: int | None,
+             progress: Callable[[int, int], None] | None, fetch: Fetch,
+             out_is_zero: bool) -> None:
         total = out.shape[0] if req is None else len(req)
         src, rec = plan.deferred()
         done = [total - plan.pages() - len(src)]  # zero pages a fresh `out` holds already
@@ -63,6 +77,8 @@ class EpochRead:
         nthreads = 0 if threads is None else int(threads)
         if threads is not None and nthreads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
+        if out_is_zero:
+            plan.prefault(nthreads)  # fresh memory: faulted in by blocks, not page by page
         for lo, hi in self._batches(plan, out.shape[1], progress is not None):
             try:
                 plan.run(lo, hi, nthreads)

@@ -200,7 +200,7 @@ class _Reader(_Catalog):
     def read_into(self, epoch: int, out: np.ndarray, pages: Any = None, *,
                   progress: Callable[[int, int], None] | None = None,
                   out_is_zero: bool = False, verify: bool = True,
-                  threads: int | None = None) -> None:
+                  threads: int | None = None, fill_huge: bool = False) -> None:
         """See memckpt.store.contract; progress(done, total) is called as pages are filled.
 
         ``out_is_zero=True`` promises that ``out`` reads as zeros already (a
@@ -210,7 +210,13 @@ class _Reader(_Catalog):
         (csrc/epoch_reader.c) on ``threads`` threads (default: the CPUs this
         process may use), each page checked against its BLAKE3 digest unless
         ``verify=False`` (for stores checked already with ``memckpt verify``:
-        a damaged page is then not detected)."""
+        a damaged page is then not detected).
+
+        ``fill_huge=True`` (with out_is_zero) says more: ``out`` is the whole
+        of a fresh memckpt arena tracked at 4 KiB that no one uses yet. The
+        2 MiB blocks the read fills wholly are then faulted in as 2 MiB
+        pages before the read (where the kernel has them at hand), and split
+        back into 4 KiB page-table entries after it (csrc/read_fill.c)."""
         if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 2:
             raise TypeError("out must be a 2-D uint8 numpy array of (npages, page_size)")
         if not out.flags.c_contiguous or not out.flags.writeable:
@@ -222,7 +228,8 @@ class _Reader(_Catalog):
             before = set(self.epoch_numbers())
             used: dict[int, Any] = {}
             try:
-                self._read_into(epoch, out, req, progress, out_is_zero, used, verify, threads)
+                self._read_into(epoch, out, req, progress, out_is_zero, used, verify, threads,
+                                fill_huge)
                 return
             except (CorruptionError, FormatError, EpochNotFound) as exc:
                 # a prune or compaction in another process may have retired
@@ -269,7 +276,8 @@ class _Reader(_Catalog):
         return after
     def _read_into(self, epoch: int, out: np.ndarray, req: np.ndarray | None,
                    progress: Callable[[int, int], None] | None, out_is_zero: bool,
-                   used: dict[int, Any], verify: bool, threads: int | None) -> None:
+                   used: dict[int, Any], verify: bool, threads: int | None,
+                   fill_huge: bool = False) -> None:
         chain = self.chain(epoch)
         used.update((e, self._manifest_key(e)) for e in chain)
         docs = [self._doc(e) for e in chain]
@@ -294,7 +302,7 @@ class _Reader(_Catalog):
             EpochRead(chain, names, epoch).run(
                 fds, indexes, [f["pack"]["size"] for f in files], out, req, verify=verify,
                 out_is_zero=out_is_zero, threads=threads, progress=progress, fetch=fetch,
-                defer_coded=_eager.DEFER_CODED)
+                defer_coded=_eager.DEFER_CODED, fill_huge=fill_huge)
         finally:
             for fd in fds:
                 os.close(fd)

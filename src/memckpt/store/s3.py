@@ -265,7 +265,7 @@ class S3Store(_S3Writing):
     def read_into(self, epoch: int, out: np.ndarray, pages: Any = None, *,
                   progress: Callable[[int, int], None] | None = None,
                   out_is_zero: bool = False, verify: bool = True,
-                  threads: int | None = None) -> None:
+                  threads: int | None = None, fill_huge: bool = False) -> None:
         """See memckpt.store.contract: the page runs the read needs are
         fetched with ranged GETs, then read and checked as a local store's."""
         listing = self._listing()
@@ -284,7 +284,8 @@ class S3Store(_S3Writing):
                 recs = recs[(recs["flags"] & fmt.FLAG_ZERO) == 0]
                 self._fetch_ranges(d["files"]["pack"]["name"], _runs(recs))
         self._named(self._local.read_into, epoch, out, pages, progress=progress,
-                    out_is_zero=out_is_zero, verify=verify, threads=threads)
+                    out_is_zero=out_is_zero, verify=verify, threads=threads,
+                    fill_huge=fill_huge)
 
     def changed_pages(self, a: int, b: int) -> np.ndarray | None:
         listing = self._listing()
