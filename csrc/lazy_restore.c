@@ -476,6 +476,20 @@ static void note_chunk(struct mck_lazy *l, uint64_t c)
 		;
 }
 
+/* A fault's handler (and the program) first: a woken handler preempts a
+ * drain thread of lower priority at once, where it would otherwise wait for
+ * one of them to use up its slice. Best effort. */
+static void lower_priority(void)
+{
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+	int nice;
+
+	errno = 0;
+	nice = getpriority(PRIO_PROCESS, (id_t)tid);
+	if (errno == 0 && nice + DRAIN_NICE <= 19)
+		(void)!setpriority(PRIO_PROCESS, (id_t)tid, nice + DRAIN_NICE);
+}
+
 static void *worker(void *arg)
 {
 	struct mck_lazy *l = arg;
@@ -484,18 +498,8 @@ static void *worker(void *arg)
 	uint64_t gen;
 	struct scratch sc;
 	int rc;
-	pid_t tid = (pid_t)syscall(SYS_gettid);
 
-	/* a fault's handler (and the program) first: a woken handler preempts
-	 * a drain thread of lower priority at once, where it would otherwise
-	 * wait for one of them to use up its slice. Best effort. */
-	errno = 0;
-	{
-		int nice = getpriority(PRIO_PROCESS, (id_t)tid);
-
-		if (errno == 0 && nice + DRAIN_NICE <= 19)
-			(void)!setpriority(PRIO_PROCESS, (id_t)tid, nice + DRAIN_NICE);
-	}
+	lower_priority();
 	/* the drain waits for its plan (built while faults are served already),
 	 * and for a held drain's release */
 	pthread_mutex_lock(&l->lock);
@@ -1156,6 +1160,12 @@ static void *preparer(void *arg)
 	int rc = 0;
 
 	memset(&f, 0, sizeof(f));
+	lower_priority(); /* the handler (and the program) first, as the drain */
+	/* a held server (tests) serves faults only by lookup until released */
+	pthread_mutex_lock(&l->lock);
+	while (l->hold && !atomic_load(&l->closing) && !atomic_load(&l->abandoned))
+		pthread_cond_wait(&l->cond, &l->lock);
+	pthread_mutex_unlock(&l->lock);
 	for (uint32_t s = 0; l->indexes && s < l->nsources && rc == 0; s++)
 		rc = mck_lazy_check_index(&l->indexes[s], &l->sources[s], s, l->ps, l->npages, &f);
 	if (rc == 0)

@@ -91,7 +91,8 @@ int mck_lazy_check_index(const struct mck_lazy_index *ix, const struct mck_read_
  * -ENOTSUP: the plan leaves compressed pages to the caller;
  * -EOPNOTSUPP: the kernel lacks userfaultfd MISSING or UFFDIO_POISON. */
 #define MCK_LAZY_VERIFY (1u << 0)  /* check each page's digest before it is mapped */
-#define MCK_LAZY_HOLD (1u << 1)    /* tests: the drain waits for mck_lazy_release */
+#define MCK_LAZY_HOLD (1u << 1)    /* tests: the drain (and mck_lazy_open's check and
+				    * plan) wait for mck_lazy_release */
 
 int mck_lazy_start(struct mck_lazy **out, struct mck_read_plan *plan, const uint64_t *order,
 		   uint64_t norder, unsigned nthreads, unsigned flags);

@@ -275,3 +275,72 @@ def test_cli_restore_lazy_reports_its_figures(tmp_path, capsys):
     assert np.array_equal(np.load(out)["state"], expected[2])
     assert main(["restore", str(st.path), "--lazy", "--out", str(out)]) == 0
     assert "lazy: first access after" in capsys.readouterr().out
+
+
+# -- served before the indexes are checked (restore returns before reading them) -------
+
+def _damage_index(st: Store, epoch: int, record: int) -> str:
+    """Flip a byte of a record's digest in epoch's index (its header intact); its name."""
+    name = st._doc(epoch)["files"]["idx"]["name"]
+    p = st.path / name
+    data = bytearray(p.read_bytes())
+    data[48 + record * 56 + 40] ^= 0xFF
+    p.write_bytes(bytes(data))
+    return name
+
+
+@pytest.mark.parametrize("compress", [None, "zstd"])
+def test_faults_served_before_the_index_check_equal_eager(tmp_path, compress):
+    st, expected = random_chain(tmp_path / "s", seed=21, compress=compress, npages=1200)
+    e = max(expected)
+    assert len(st.chain(e)) >= 3  # a fault looks its page up in each source, newest first
+    want = expected[e]
+    arena, h = _held(st, e)  # held: the index check and the plan wait for release()
+    srv = h._test_server()
+    errors = _touch_threads(arena, want, seed=3, per_thread=400)
+    assert not srv.planned and srv.stats()["drained"] == 0
+    assert srv.stats()["served"] > 0
+    # the check, the plan and the drain then run under the touches
+    errors += _touch_threads(arena, want, seed=4, after=srv.release)
+    stats = h.wait(60)
+    assert not errors, f"wrong content at {errors[:5]}"
+    assert stats.bad_pages == 0 and stats.drain_s is not None
+    assert np.array_equal(_pages(arena), want)
+    assert np.array_equal(_pages(arena), _pages(memckpt.restore(st, e)))
+
+
+def test_damaged_index_found_after_return_is_corruption_error(tmp_path):
+    st, _ = random_chain(tmp_path / "s", seed=5, compress=None, npages=300, nepochs=1)
+    name = _damage_index(st, 1, len(st._index(1)) - 1)
+    a = memckpt.restore(Store(st.path), 1, lazy=True)  # returns: only the header was read
+    with pytest.raises(CorruptionError, match=f"{name}: BLAKE3 digest mismatch.*poisoned"):
+        a.lazy.wait(30)  # not a hang
+    with pytest.raises(CorruptionError, match="do not trust this arena"):
+        a.lazy.check()
+    a.close()
+
+
+def test_damaged_index_poisons_what_was_not_served(tmp_path):
+    st, expected = random_chain(tmp_path / "s", seed=5, compress=None, npages=300, nepochs=1)
+    name = _damage_index(st, 1, len(st._index(1)) - 1)
+    r = _child(st.path, 1, "badindex", 200)
+    assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr)
+    lines = r.stdout.splitlines()
+    want0 = int(expected[1][0].astype(np.int64).sum())
+    assert lines[0] == f"served {want0}"  # checked against its record's digest: right bytes
+    assert "CorruptionError" in lines[1] and f"{name}: BLAKE3 digest mismatch" in lines[1]
+    assert lines[2:] == [f"served again {want0}", "touching"]  # and no value for page 200
+    assert "every page not served yet is poisoned" in r.stderr
+
+
+def test_prune_and_compact_remove_a_retired_epochs_touch_record(tmp_path):
+    st, _ = random_chain(tmp_path / "s", seed=9, compress=None, npages=64, nepochs=6)
+    for e in range(1, 7):
+        assert write_touch(st.path, e, 64, np.array([1, 2], np.uint64))
+    w = Store(st.path)
+    w.compact(2, 3)  # 2 retired into 3
+    assert not (st.path / touch_name(2)).exists()
+    assert (st.path / touch_name(3)).exists() and (st.path / touch_name(1)).exists()
+    w.prune(keep_last=1, rebase=True)
+    left = sorted(p.name for p in st.path.glob("*.touch"))
+    assert left == [touch_name(e) for e in w.epoch_numbers()]
