@@ -71,6 +71,21 @@ struct uffdio_poison {
 /* A fault maps at most this many pages: the faulting one and the pending
  * ones after it in its unit (64 KiB: the latency of one page plus ~15 us) */
 #define FAULT_AROUND 16u
+/* A fault at the front of the prefetch order (in a unit of the prefetch list
+ * no drain thread took yet) right after the last one there: the program is
+ * reading the recorded order faster than the drain. The handler then serves
+ * the units that follow in the order in one batch (one copy a run of
+ * consecutive pages), doubling from BATCH_MIN to BATCH_MAX pages while such
+ * faults go on, and the drain's cursor jumps past the batch: the program
+ * faults once a batch, not once a unit or once FAULT_AROUND pages. */
+#define BATCH_MIN_PAGES 256u
+#define BATCH_MAX_PAGES 4096u
+#define FRONT_SLACK 8u                  /* "right after": within so many units */
+/* Before the plan (the first tens of ms at 4 GiB, while the indexes are
+ * checked), the same by lookup: a fault at the page right after the last
+ * run served, on a page of the prefetch list, serves a run growing from
+ * 4 * FAULT_AROUND to AROUND_MAX pages (contiguous records of one source). */
+#define AROUND_MAX 1024u
 
 enum { PENDING = 0, MAPPED, DROPPED, BAD };
 
@@ -95,6 +110,14 @@ struct mck_lazy {
 	pid_t pid;
 
 	uint32_t *unit_of;                  /* page -> unit */
+	uint32_t *pos_of;                   /* unit -> its place in order */
+	_Atomic uint8_t *claimed;           /* unit -> taken by a drain thread or the handler */
+	uint64_t nprefetch;                 /* order[0, nprefetch): the prefetch list's units */
+	uint8_t *batch_buf;                 /* the handler's, for batches at the front */
+	uint64_t *pref_bits;                /* page -> in the prefetch list (NULL: none) */
+	struct mck_read_entry *run;         /* the handler's: AROUND_MAX entries */
+	uint64_t run_end, around;           /* the handler's: after its last run, its size */
+	uint64_t batch, front_next;         /* the handler's: its batch size, where it ended */
 	_Atomic uint8_t *state;             /* page -> PENDING.. */
 	uint64_t *order;                    /* units, in drain order */
 	atomic_uint_fast64_t next;          /* into order */
@@ -111,6 +134,7 @@ struct mck_lazy {
 	uint64_t *touched, ntouched, touched_cap;
 	uint64_t *lat, nlat, lat_cap;
 	uint64_t drained_ns;
+	atomic_uint_fast64_t planned_ns;
 
 	atomic_uint_fast64_t n_fault_msgs, n_drained, n_served, n_eexist, n_eagain, n_removed,
 		n_bad, n_bytes, chunk_min, chunk_max;
@@ -123,6 +147,7 @@ struct mck_lazy {
 
 	/* the background check and plan (mck_lazy_open) */
 	struct mck_lazy_index *indexes;     /* NULL: checked already */
+	int *digest_ok;                     /* per index: 1, 0 (damaged), -errno */
 	uint64_t *porder, nporder;          /* the drain order asked for, until planned */
 	int own_plan;                       /* the plan was built here: freed here */
 	int index_damaged;                  /* under lock */
@@ -358,9 +383,15 @@ static void bad_page(struct mck_lazy *l, uint64_t p, const struct mck_read_fault
 
 /* ---- the drain -------------------------------------------------------------------- */
 
+struct queue;
+static int read_msgs(struct mck_lazy *l, struct queue *q);
+
 /* Map the run of pages [p, p+n) from src (NULL: zeros), the ones still
- * pending. 0, or -errno that stops the drain (the arena is gone). */
-static int map_run(struct mck_lazy *l, uint64_t p, uint64_t n, const uint8_t *src)
+ * pending. 0, or -errno that stops the drain (the arena is gone). q: the
+ * handler's queue when the handler calls (it reads a pending remove event
+ * itself), NULL from a drain thread. */
+static int map_run(struct mck_lazy *l, uint64_t p, uint64_t n, const uint8_t *src,
+		   struct queue *q)
 {
 	uint64_t i = 0;
 
@@ -391,7 +422,10 @@ static int map_run(struct mck_lazy *l, uint64_t p, uint64_t n, const uint8_t *sr
 			 * write side), then the pages it dropped are skipped */
 			atomic_fetch_add(&l->n_eagain, 1);
 			pthread_rwlock_unlock(&l->maplock);
-			sched_yield();
+			if (q && (rc = read_msgs(l, q)) < 0)
+				return rc;
+			if (!q)
+				sched_yield();
 			pthread_rwlock_rdlock(&l->maplock);
 		} else {
 			pthread_rwlock_unlock(&l->maplock);
@@ -413,45 +447,76 @@ static int any_pending(struct mck_lazy *l, const struct mck_read_unit *u)
 	return 0;
 }
 
-static int drain_unit(struct mck_lazy *l, const struct mck_read_unit *u, struct scratch *sc)
+/* Read, decode and check unit u's pages into dst (a page each entry, in
+ * entry order; zeros for a ZERO unit); a page that fails is poisoned (and so
+ * no longer PENDING: never mapped from dst). */
+static void load_unit(struct mck_lazy *l, const struct mck_read_unit *u, struct scratch *sc,
+		      uint8_t *dst)
 {
 	const struct mck_read_entry *e = &l->plan->entries[u->first];
 	struct mck_read_fault f;
-	uint32_t k, start;
+	uint32_t k;
 
-	if (!any_pending(l, u))
-		return 0;
-	if (u->kind == MCK_UNIT_ZERO)
-		return map_run(l, u->first, u->n, NULL);
+	if (u->kind == MCK_UNIT_ZERO) {
+		memset(dst, 0, (size_t)u->n * l->ps);
+		return;
+	}
 	if (pread_fully(l, l->plan->sources[u->source].fd, sc->buf, u->bytes, u->offset, u->source,
 			&e[0], &f) < 0) {
 		for (k = 0; k < u->n; k++)
 			bad_page(l, e[k].page, &f);
-		return 0;
+		return;
 	}
 	for (k = 0; k < u->n; k++) {
 		const struct mck_idx_record *r = mck_plan_record(l->plan, u->source, e[k].record);
 
 		if (decode(l, sc, u->source, &e[k], sc->buf + (r->offset - u->offset),
-			   sc->pages + (size_t)k * l->ps, &f) < 0)
+			   dst + (size_t)k * l->ps, &f) < 0)
 			bad_page(l, e[k].page, &f);
 	}
 	if (l->verify)
-		mck_blake3_pages(sc->pages, l->ps, u->n, sc->digests);
+		mck_blake3_pages(dst, l->ps, u->n, sc->digests);
 	for (k = 0; k < u->n; k++)
 		if (check(l, u->source, &e[k], sc->digests + (size_t)k * MCK_BLAKE3_LEN, &f) < 0)
 			bad_page(l, e[k].page, &f);
+}
+
+static int drain_unit(struct mck_lazy *l, const struct mck_read_unit *u, struct scratch *sc,
+		      struct queue *q)
+{
+	const struct mck_read_entry *e = &l->plan->entries[u->first];
+	uint32_t k, start;
+
+	if (!any_pending(l, u))
+		return 0;
+	if (u->kind == MCK_UNIT_ZERO)
+		return map_run(l, u->first, u->n, NULL, q);
+	load_unit(l, u, sc, sc->pages);
 	/* runs of consecutive pages (bad ones are not PENDING: skipped) */
 	for (start = 0, k = 1; k <= u->n; k++) {
 		if (k < u->n && e[k].page == e[k - 1].page + 1)
 			continue;
-		int rc = map_run(l, e[start].page, k - start, sc->pages + (size_t)start * l->ps);
+		int rc = map_run(l, e[start].page, k - start, sc->pages + (size_t)start * l->ps, q);
 
 		if (rc < 0)
 			return rc;
 		start = k;
 	}
 	return 0;
+}
+
+/* Unit ui is done (drained, or served whole by the handler). */
+static void unit_done(struct mck_lazy *l)
+{
+	if (atomic_fetch_sub(&l->units_left, 1) == 1)
+		(void)!write(l->efd, &(uint64_t){1}, sizeof(uint64_t));
+}
+
+/* Whoever claims a unit first drains it (a drain thread, or the handler
+ * serving a batch at the front of the prefetch order). */
+static int claim(struct mck_lazy *l, uint64_t ui)
+{
+	return !atomic_exchange(&l->claimed[ui], 1);
 }
 
 static void stopped(struct mck_lazy *l, int err)
@@ -514,22 +579,25 @@ static void *worker(void *arg)
 	gen = atomic_load(&l->fault_gen);
 	rc = scratch_open(&sc, p->unit_pages, l->ps, p->coded);
 	while (rc == 0 && !atomic_load(&l->closing) && !atomic_load(&l->abandoned)) {
-		uint64_t claim = chunk / p->unit_pages ? chunk / p->unit_pages : 1;
-		uint64_t i = atomic_fetch_add(&l->next, claim), end = i + claim, g;
+		uint64_t take = chunk / p->unit_pages ? chunk / p->unit_pages : 1;
+		uint64_t i = atomic_fetch_add(&l->next, take), end = i + take, g;
 
-		if (i >= nunits)
+		if (i >= nunits) {
+			/* the units the cursor jumped over (it follows the handler's
+			 * batches at the front of the prefetch order) */
+			for (i = 0; i < nunits && rc == 0 && !atomic_load(&l->closing); i++)
+				if (claim(l, l->order[i]) &&
+				    (rc = drain_unit(l, &p->units[l->order[i]], &sc, NULL)) == 0)
+					unit_done(l);
 			break;
+		}
 		if (end > nunits)
 			end = nunits;
 		note_chunk(l, chunk);
-		for (; i < end && rc == 0; i++) {
-			rc = drain_unit(l, &p->units[l->order[i]], &sc);
-			if (rc == 0 && atomic_fetch_sub(&l->units_left, 1) == 1) {
-				uint64_t one = 1;
-
-				(void)!write(l->efd, &one, sizeof(one));
-			}
-		}
+		for (; i < end && rc == 0; i++)
+			if (claim(l, l->order[i]) &&
+			    (rc = drain_unit(l, &p->units[l->order[i]], &sc, NULL)) == 0)
+				unit_done(l);
 		g = atomic_load(&l->fault_gen);
 		if (g != gen) {
 			gen = g;
@@ -666,7 +734,7 @@ static int newest_is(const struct mck_lazy *l, uint64_t p, uint32_t s)
  * follow p whose records follow i in the source, stored right after (one
  * read), and are the chain's newest for their page. */
 static uint32_t around(struct mck_lazy *l, uint64_t p, uint32_t s, uint64_t i,
-		       struct mck_read_entry *e)
+		       struct mck_read_entry *e, uint32_t max)
 {
 	const struct mck_idx_record *r = record_of(l, s, 0);
 	uint64_t n = l->sources[s].nrecords;
@@ -675,7 +743,7 @@ static uint32_t around(struct mck_lazy *l, uint64_t p, uint32_t s, uint64_t i,
 
 	e[0].page = p;
 	e[0].record = i;
-	while (m < FAULT_AROUND && i + m < n && r[i + m].page == p + m &&
+	while (m < max && i + m < n && r[i + m].page == p + m &&
 	       !(r[i + m].flags & MCK_PAGE_ZERO) &&
 	       r[i + m].offset == r[i + m - 1].offset + r[i + m - 1].length &&
 	       atomic_load(&l->state[p + m]) == PENDING &&
@@ -689,14 +757,14 @@ static uint32_t around(struct mck_lazy *l, uint64_t p, uint32_t s, uint64_t i,
 }
 
 /* Pages after p (zero like it: no record or a ZERO one) to zero with it. */
-static uint32_t zero_around(struct mck_lazy *l, uint64_t p)
+static uint32_t zero_around(struct mck_lazy *l, uint64_t p, uint32_t max)
 {
 	uint32_t m = 1, s;
 	uint64_t i;
 	const struct mck_idx_record *r;
 	struct mck_read_fault f;
 
-	while (m < FAULT_AROUND && p + m < l->npages &&
+	while (m < max && p + m < l->npages &&
 	       atomic_load(&l->state[p + m]) == PENDING &&
 	       lookup(l, p + m, l->nsources, &s, &i, &r, &f) == 0 &&
 	       (!r || (r->flags & MCK_PAGE_ZERO)))
@@ -754,24 +822,31 @@ static int serve(struct mck_lazy *l, uint64_t p, struct queue *q)
 		return 0;
 	}
 	if (st == PENDING) {
-		struct mck_read_entry e[FAULT_AROUND];
 		const struct mck_idx_record *r;
 		struct mck_read_fault f;
-		uint32_t s;
-		uint64_t i;
+		uint32_t s = 0, max = FAULT_AROUND;
+		uint64_t i = 0;
 
 		if (lookup(l, p, l->nsources, &s, &i, &r, &f) < 0) {
 			bad_page(l, p, &f);
 			return 0; /* poisoned: the toucher gets SIGBUS */
 		}
+		/* reading the prefetch list in page order before the plan: grow */
+		if (l->pref_bits && p == l->run_end && !atomic_load(&l->planned) &&
+		    (l->pref_bits[p / 64] >> (p % 64) & 1))
+			l->around = max = l->around * 2 > AROUND_MAX ? AROUND_MAX
+				: l->around * 2 < 4 * FAULT_AROUND ? 4 * FAULT_AROUND : (uint32_t)l->around * 2;
+		else
+			l->around = FAULT_AROUND;
 		if (!r || (r->flags & MCK_PAGE_ZERO)) {
-			n = zero_around(l, p);
+			n = zero_around(l, p, max);
 		} else {
-			n = fetch_run(l, s, e, around(l, p, s, i, e));
+			n = fetch_run(l, s, l->run, around(l, p, s, i, l->run, max));
 			if (!n)
 				return 0;
 			src = l->hs.pages;
 		}
+		l->run_end = p + n;
 	}
 	for (;;) {
 		uint64_t done;
@@ -799,6 +874,84 @@ static int serve(struct mck_lazy *l, uint64_t p, struct queue *q)
 		if (atomic_load(&l->state[p]) == DROPPED)
 			src = NULL; /* dropped by the program meanwhile: it reads zeros */
 	}
+}
+
+/* Map the handler's batch run (pages [first, first+n) in batch_buf, from
+ * nunits units): every unit of it done. */
+static int flush_batch(struct mck_lazy *l, uint64_t first, uint64_t *n, uint64_t *nunits,
+		       struct queue *q)
+{
+	int rc = *n ? map_run(l, first, *n, l->batch_buf, q) : 0;
+
+	for (; rc == 0 && *nunits; --*nunits)
+		unit_done(l);
+	*n = 0;
+	return rc;
+}
+
+/* A fault on page p at the front of the prefetch order, right after the
+ * last one there: serve a batch of the units that follow in the order (see
+ * BATCH_MIN_PAGES). 1 if served so, 0 if p is not such a fault, -errno. */
+static int front(struct mck_lazy *l, uint64_t p, struct queue *q)
+{
+	const struct mck_read_plan *pl = l->plan;
+	uint64_t ui, pos, j, run_first = 0, run_n = 0, run_units = 0, got = 0, nx;
+	int rc = 0;
+
+	if (!atomic_load(&l->planned) || !l->nprefetch || atomic_load(&l->state[p]) != PENDING)
+		return 0;
+	ui = l->unit_of[p];
+	pos = l->pos_of[ui];
+	if (pos >= l->nprefetch)
+		return 0;
+	if (!l->front_next || pos + 1 < l->front_next || pos > l->front_next + FRONT_SLACK) {
+		l->batch = 0; /* not where the last one ended: an ordinary fault */
+		l->front_next = pos + 1;
+		return 0;
+	}
+	if (atomic_load(&l->claimed[ui])) {
+		/* at a unit a drain thread is on: p now, the batch from the next */
+		rc = serve(l, p, q);
+		if (rc < 0)
+			return rc;
+		pos++;
+	}
+	if (!l->batch_buf) {
+		l->batch_buf = aligned_alloc(l->ps, (BATCH_MAX_PAGES + (size_t)l->unit_pages) * l->ps);
+		if (!l->batch_buf)
+			return 0;
+	}
+	l->batch = l->batch ? (l->batch * 2 > BATCH_MAX_PAGES ? BATCH_MAX_PAGES : l->batch * 2)
+			    : BATCH_MIN_PAGES;
+	for (j = pos; j < l->nprefetch && got < l->batch && rc == 0; j++) {
+		uint64_t uj = l->order[j];
+		const struct mck_read_unit *u = &pl->units[uj];
+		uint64_t first = u->kind == MCK_UNIT_ZERO ? u->first : pl->entries[u->first].page;
+
+		if (!claim(l, uj))
+			continue; /* a drain thread's */
+		got += u->n;
+		if (run_n && first != run_first + run_n)
+			rc = flush_batch(l, run_first, &run_n, &run_units, q);
+		if (rc == 0 && !u->contiguous) {
+			if ((rc = drain_unit(l, u, &l->hs, q)) == 0)
+				unit_done(l);
+			continue;
+		}
+		if (!run_n)
+			run_first = first;
+		load_unit(l, u, &l->hs, l->batch_buf + run_n * l->ps);
+		run_n += u->n;
+		run_units++;
+	}
+	if (rc == 0)
+		rc = flush_batch(l, run_first, &run_n, &run_units, q);
+	l->front_next = j;
+	/* the drain goes on after the batch: ahead of the program */
+	nx = atomic_load(&l->next);
+	while (nx < j && !atomic_compare_exchange_weak(&l->next, &nx, j))
+		;
+	return rc < 0 ? rc : 1;
 }
 
 static void first_touch(struct mck_lazy *l, uint64_t p, uint64_t t0)
@@ -918,7 +1071,9 @@ static void *handler(void *arg)
 			for (unsigned i = 0; rc == 0 && i < q.n; i++) {
 				uint64_t p = q.q[i].page, t = q.q[i].t;
 
-				rc = serve(l, p, &q);
+				rc = front(l, p, &q);
+				if (rc >= 0)
+					rc = serve(l, p, &q); /* (p is mapped: a wake) */
 				first_touch(l, p, t);
 				atomic_fetch_add(&l->fault_gen, 1);
 			}
@@ -989,7 +1144,9 @@ static int build_order(struct mck_lazy *l, const uint64_t *pref, uint64_t npref)
 	uint8_t *seen = calloc(nunits ? nunits : 1, 1);
 
 	l->order = malloc((nunits ? nunits : 1) * sizeof(*l->order));
-	if (!seen || !l->order) {
+	l->pos_of = malloc((nunits ? nunits : 1) * sizeof(*l->pos_of));
+	l->claimed = calloc(nunits ? nunits : 1, 1);
+	if (!seen || !l->order || !l->pos_of || !l->claimed) {
 		free(seen);
 		return -ENOMEM;
 	}
@@ -1004,10 +1161,13 @@ static int build_order(struct mck_lazy *l, const uint64_t *pref, uint64_t npref)
 			l->order[n++] = u;
 		}
 	}
+	l->nprefetch = npref ? n : 0;
 	for (uint64_t u = 0; u < nunits; u++)
 		if (!seen[u])
 			l->order[n++] = u;
 	free(seen);
+	for (uint64_t i = 0; i < nunits; i++)
+		l->pos_of[l->order[i]] = (uint32_t)i;
 	return 0;
 }
 
@@ -1108,12 +1268,18 @@ static void free_lazy(struct mck_lazy *l)
 		close(l->efd);
 	scratch_close(&l->hs);
 	free(l->unit_of);
+	free(l->pos_of);
+	free((void *)l->claimed);
+	free(l->batch_buf);
+	free(l->pref_bits);
+	free(l->run);
 	free((void *)l->state);
 	free(l->order);
 	free(l->touched_bits);
 	free(l->touched);
 	free(l->lat);
 	free(l->indexes);
+	free(l->digest_ok);
 	free(l->porder);
 	if (l->own_plan)
 		mck_read_plan_free(l->plan);
@@ -1140,6 +1306,7 @@ static int set_plan(struct mck_lazy *l, struct mck_read_plan *plan, const uint64
 	if (rc < 0)
 		return rc;
 	atomic_fetch_add(&l->units_left, plan->nunits);
+	atomic_store(&l->planned_ns, now_ns());
 	pthread_mutex_lock(&l->lock);
 	atomic_store(&l->planned, 1);
 	pthread_cond_broadcast(&l->cond);
@@ -1150,6 +1317,15 @@ static int set_plan(struct mck_lazy *l, struct mck_read_plan *plan, const uint64
 	return 0;
 }
 
+static void *hash_indexes(void *arg)
+{
+	struct mck_lazy *l = arg;
+
+	for (uint32_t s = 0; s < l->nsources; s++)
+		l->digest_ok[s] = mck_lazy_index_digest(&l->indexes[s]);
+	return NULL;
+}
+
 /* The server's own thread: each index checked whole, the plan built, the
  * drain let go; or the restore abandoned, with the reason kept. */
 static void *preparer(void *arg)
@@ -1157,20 +1333,51 @@ static void *preparer(void *arg)
 	struct mck_lazy *l = arg;
 	struct mck_read_plan *plan = NULL;
 	struct mck_read_fault f;
-	int rc = 0;
+	pthread_t hasher;
+	int rc = 0, hashing = 0;
 
 	memset(&f, 0, sizeof(f));
-	lower_priority(); /* the handler (and the program) first, as the drain */
+	/* the handler first: a first fault is served at once, beside the two
+	 * threads checking (the hasher stays at the process's priority: at nice
+	 * +5 both would get a small share of a busy machine) */
+	lower_priority();
 	/* a held server (tests) serves faults only by lookup until released */
 	pthread_mutex_lock(&l->lock);
 	while (l->hold && !atomic_load(&l->closing) && !atomic_load(&l->abandoned))
 		pthread_cond_wait(&l->cond, &l->lock);
 	pthread_mutex_unlock(&l->lock);
-	for (uint32_t s = 0; l->indexes && s < l->nsources && rc == 0; s++)
-		rc = mck_lazy_check_index(&l->indexes[s], &l->sources[s], s, l->ps, l->npages, &f);
+	/* the digests on a thread of their own, the records and the plan here */
+	if (l->indexes && pthread_create(&hasher, NULL, hash_indexes, l) == 0)
+		hashing = 1;
+	for (uint32_t s = 0; l->indexes && s < l->nsources && rc == 0; s++) {
+		struct mck_lazy_index records_only = {.data = NULL};
+
+		if (!hashing)
+			l->digest_ok[s] = mck_lazy_index_digest(&l->indexes[s]);
+		rc = mck_lazy_check_index(&records_only, &l->sources[s], s, l->ps, l->npages, &f);
+	}
 	if (rc == 0)
 		rc = mck_read_plan_build(&plan, l->sources, l->nsources, l->base, l->ps, l->npages,
 					 NULL, 0, 0, &f);
+	if (hashing)
+		pthread_join(hasher, NULL);
+	for (uint32_t s = 0; l->indexes && s < l->nsources; s++)
+		if (l->digest_ok[s] != 1) {
+			memset(&f, 0, sizeof(f));
+			f.source = s;
+			f.record = MCK_LAZY_WHOLE_FILE;
+			f.kind = l->digest_ok[s] == 0 ? MCK_READ_FAULT_RECORD : MCK_READ_FAULT_IO;
+			f.err = l->digest_ok[s] == 0 ? 0 : l->digest_ok[s];
+			snprintf(f.why, sizeof(f.why), "%s", l->digest_ok[s] == 0
+				 ? "BLAKE3 digest mismatch (the file is damaged)"
+				 : "its digest could not be computed");
+			rc = -EBADMSG;
+			break;
+		}
+	if (rc < 0 && plan) {
+		mck_read_plan_free(plan);
+		plan = NULL;
+	}
 	if (rc == 0) {
 		l->own_plan = 1;
 		rc = set_plan(l, plan, l->porder, l->nporder);
@@ -1204,7 +1411,8 @@ static int start_preparer(struct mck_lazy *l, const struct mck_lazy_index *index
 
 	if (indexes) {
 		l->indexes = malloc(l->nsources * sizeof(*l->indexes) + 1);
-		if (!l->indexes)
+		l->digest_ok = calloc(l->nsources + 1, sizeof(*l->digest_ok));
+		if (!l->indexes || !l->digest_ok)
 			return -ENOMEM;
 		memcpy(l->indexes, indexes, l->nsources * sizeof(*l->indexes));
 	}
@@ -1270,7 +1478,15 @@ static int open_common(struct mck_lazy **out, const struct mck_read_source *sour
 	l->touched_bits = calloc((l->npages + 7) / 8, 1);
 	rc = l->efd < 0 ? -errno : (!l->state || !l->touched_bits) ? -ENOMEM : 0;
 	if (rc == 0)
-		rc = scratch_open(&l->hs, l->unit_pages, l->ps, mck_codec_flags() != 0);
+		rc = scratch_open(&l->hs, l->unit_pages > AROUND_MAX ? l->unit_pages : AROUND_MAX,
+				  l->ps, mck_codec_flags() != 0);
+	if (rc == 0 && !(l->run = malloc(AROUND_MAX * sizeof(*l->run))))
+		rc = -ENOMEM;
+	if (rc == 0 && norder && !(l->pref_bits = calloc((npages + 63) / 64, 8)))
+		rc = -ENOMEM;
+	for (uint64_t k = 0; rc == 0 && k < norder; k++)
+		if (order[k] < npages)
+			l->pref_bits[order[k] / 64] |= 1ull << (order[k] % 64);
 	if (rc == 0 && plan)
 		rc = set_plan(l, plan, order, norder);
 	if (rc == 0)
@@ -1390,6 +1606,7 @@ void mck_lazy_get_stats(struct mck_lazy *l, struct mck_lazy_stats *st)
 	if (st->chunk_min == UINT64_MAX)
 		st->chunk_min = 0;
 	st->start_ns = l->start_ns;
+	st->planned_ns = atomic_load(&l->planned_ns);
 	pthread_mutex_lock(&l->lock);
 	st->faults = l->ntouched;
 	st->drained_ns = l->drained_ns;

@@ -28,6 +28,7 @@ struct mck_lazy_stats {
 	uint64_t bytes_read;      /* from the packs */
 	uint64_t chunk_min, chunk_max; /* the drain's chunk sizes seen, in pages */
 	uint64_t start_ns;        /* CLOCK_MONOTONIC at start */
+	uint64_t planned_ns;      /* when the indexes were checked and the plan built (0: not yet) */
 	uint64_t drained_ns;      /* when the drain finished (0: not yet) */
 	int state;                /* MCK_LAZY_* */
 	int err;                  /* -errno of a failure that stopped it */
@@ -77,6 +78,9 @@ int mck_lazy_index_fault(struct mck_lazy *l, struct mck_read_fault *f);
 
 /* 1 once the indexes are checked and the plan built (the drain may run). */
 int mck_lazy_planned(struct mck_lazy *l);
+
+/* 1 if ix's bytes have its digest (or ix->data is NULL), 0 if not, -ENOMEM. */
+int mck_lazy_index_digest(const struct mck_lazy_index *ix);
 
 /* One index checked whole (lazy_index.c): ix's digest (if ix->data), then
  * every record of src: followable, pages strictly increasing, ZERO ones

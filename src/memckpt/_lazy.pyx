@@ -118,7 +118,7 @@ cdef class LazyServer:
                     drained=st.drained, served=st.served, eexist=st.eexist, eagain=st.eagain,
                     removed=st.removed, bad=st.bad, bytes_read=st.bytes_read,
                     chunk_min=st.chunk_min, chunk_max=st.chunk_max, start_ns=st.start_ns,
-                    drained_ns=st.drained_ns, state=st.state, err=-st.err)
+                    planned_ns=st.planned_ns, drained_ns=st.drained_ns, state=st.state, err=-st.err)
 
     def first_fault(self):
         """A ReadFault for the first damaged page found, or None."""

@@ -21,6 +21,7 @@ cdef extern from "lazy_restore.h" nogil:
         uint64_t chunk_min
         uint64_t chunk_max
         uint64_t start_ns
+        uint64_t planned_ns
         uint64_t drained_ns
         int state
         int err

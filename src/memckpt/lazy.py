@@ -30,6 +30,7 @@ class LazyStats:
     faults: int                 # pages the program touched before the drain mapped them
     fault_latency_median_s: float | None
     fault_latency_p99_s: float | None
+    plan_s: float | None        # from the server's start to the indexes checked, the drain planned
     drain_s: float | None       # from the start of the restore to every page mapped
     drain_bytes_per_s: float | None
     bytes_read: int
@@ -136,6 +137,7 @@ class LazyRestore:
             time_to_first_access_s=self._ttfa, faults=st["faults"],
             fault_latency_median_s=float(np.median(lat)) / 1e9 if len(lat) else None,
             fault_latency_p99_s=float(np.percentile(lat, 99)) / 1e9 if len(lat) else None,
+            plan_s=(st["planned_ns"] - st["start_ns"]) / 1e9 if st["planned_ns"] else None,
             drain_s=drain, drain_bytes_per_s=nbytes / drain if drain else None,
             bytes_read=st["bytes_read"], bad_pages=st["bad"], removed_pages=st["removed"],
             eexist=st["eexist"], eagain=st["eagain"],
