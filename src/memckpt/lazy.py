@@ -68,6 +68,7 @@ class LazyRestore:
         self._final: LazyStats | None = None
         self._fault: Any = None
         self._index_fault: Any = None
+        self._final_served: int | None = None
         self._lock = threading.Lock()
         self._server: Any = None
         # the finisher records the first-touch order, closes the packs and
@@ -112,6 +113,7 @@ class LazyRestore:
         touched = srv.touched()
         self._fault = srv.first_fault()
         self._index_fault = srv.index_fault()
+        self._final_served = st["served"]
         with self._lock:
             srv.close()
             self._server = srv = None
@@ -125,7 +127,6 @@ class LazyRestore:
             new = touched[~np.isin(touched, old)]
             written = write_touch(self._path, self.epoch, st["npages"],
                                   np.concatenate([old, new]))
-        self._final_served = st["served"]
         self._final = self._stats(st, lat, written)
         self._done.set()
 
@@ -185,7 +186,7 @@ class LazyRestore:
             return OSError(f.err, f"lazy restore of epoch {self.epoch}: epoch {epoch}: "
                                   f"{name}: {f.why}")
         what = f.why if f.record == _lazy.WHOLE_FILE else f"record {f.record} (page {f.page}) {f.why}"
-        if served is None and self._final is not None:
+        if served is None:
             served = self._final_served
         return CorruptionError(
             f"lazy restore of epoch {self.epoch}: epoch {epoch}: {name}: {what}, found while "
