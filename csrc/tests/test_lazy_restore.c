@@ -272,7 +272,7 @@ static void test_dead_handler_aborts(struct test_ctx *ctx)
 static uint8_t *index_file(struct fixture *fx, struct mck_lazy_index *ix)
 {
 	size_t size = 48 + sizeof(fx->recs);
-	uint8_t *buf = aligned_alloc(64, size);
+	uint8_t *buf = aligned_alloc(64, (size + 63) & ~(size_t)63);
 	struct mck_blake3 h;
 
 	CHECK(buf != NULL, "alloc");
