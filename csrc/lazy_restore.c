@@ -931,6 +931,10 @@ static int front(struct mck_lazy *l, uint64_t p, struct queue *q)
 		if (!claim(l, uj))
 			continue; /* a drain thread's */
 		got += u->n;
+		if (!any_pending(l, u)) {
+			unit_done(l); /* served by faults already */
+			continue;
+		}
 		if (run_n && first != run_first + run_n)
 			rc = flush_batch(l, run_first, &run_n, &run_units, q);
 		if (rc == 0 && !u->contiguous) {
