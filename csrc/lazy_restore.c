@@ -71,6 +71,21 @@ struct uffdio_poison {
 /* A fault maps at most this many pages: the faulting one and the pending
  * ones after it in its unit (64 KiB: the latency of one page plus ~15 us) */
 #define FAULT_AROUND 16u
+/* A fault at the front of the prefetch order (in a unit of the prefetch list
+ * no drain thread took yet) right after the last one there: the program is
+ * reading the recorded order faster than the drain. The handler then serves
+ * the units that follow in the order in one batch (one copy a run of
+ * consecutive pages), doubling from BATCH_MIN to BATCH_MAX pages while such
+ * faults go on, and the drain's cursor jumps past the batch: the program
+ * faults once a batch, not once a unit or once FAULT_AROUND pages. */
+#define BATCH_MIN_PAGES 256u
+#define BATCH_MAX_PAGES 4096u
+#define FRONT_SLACK 8u                  /* "right after": within so many units */
+/* Before the plan (the first tens of ms at 4 GiB, while the indexes are
+ * checked), the same by lookup: a fault at the page right after the last
+ * run served, on a page of the prefetch list, serves a run growing from
+ * 4 * FAULT_AROUND to AROUND_MAX pages (contiguous records of one source). */
+#define AROUND_MAX 1024u
 
 enum { PENDING = 0, MAPPED, DROPPED, BAD };
 
@@ -82,7 +97,11 @@ struct scratch {
 };
 
 struct mck_lazy {
-	struct mck_read_plan *plan;
+	const struct mck_read_source *sources; /* faults are resolved in these */
+	uint32_t nsources;
+	uint32_t unit_pages;
+	struct mck_read_plan *plan;         /* the drain's: set once, before `planned` */
+	atomic_int planned, abandoned;
 	uint8_t *base;
 	size_t ps;
 	uint64_t npages;
@@ -91,6 +110,14 @@ struct mck_lazy {
 	pid_t pid;
 
 	uint32_t *unit_of;                  /* page -> unit */
+	uint32_t *pos_of;                   /* unit -> its place in order */
+	_Atomic uint8_t *claimed;           /* unit -> taken by a drain thread or the handler */
+	uint64_t nprefetch;                 /* order[0, nprefetch): the prefetch list's units */
+	uint8_t *batch_buf;                 /* the handler's, for batches at the front */
+	uint64_t *pref_bits;                /* page -> in the prefetch list (NULL: none) */
+	struct mck_read_entry *run;         /* the handler's: AROUND_MAX entries */
+	uint64_t run_end, around;           /* the handler's: after its last run, its size */
+	uint64_t batch, front_next;         /* the handler's: its batch size, where it ended */
 	_Atomic uint8_t *state;             /* page -> PENDING.. */
 	uint64_t *order;                    /* units, in drain order */
 	atomic_uint_fast64_t next;          /* into order */
@@ -107,15 +134,24 @@ struct mck_lazy {
 	uint64_t *touched, ntouched, touched_cap;
 	uint64_t *lat, nlat, lat_cap;
 	uint64_t drained_ns;
+	atomic_uint_fast64_t planned_ns;
 
 	atomic_uint_fast64_t n_fault_msgs, n_drained, n_served, n_eexist, n_eagain, n_removed,
 		n_bad, n_bytes, chunk_min, chunk_max;
 	uint64_t start_ns;
 
 	struct scratch hs;                  /* the handler's */
-	pthread_t handler, workers[MAX_WORKERS];
+	pthread_t handler, workers[MAX_WORKERS], preparer;
 	unsigned nworkers;
-	int handler_started;
+	int handler_started, preparer_started;
+
+	/* the background check and plan (mck_lazy_open) */
+	struct mck_lazy_index *indexes;     /* NULL: checked already */
+	int *digest_ok;                     /* per index: 1, 0 (damaged), -errno */
+	uint64_t *porder, nporder;          /* the drain order asked for, until planned */
+	int own_plan;                       /* the plan was built here: freed here */
+	int index_damaged;                  /* under lock */
+	struct mck_read_fault ifault;
 	struct mck_lazy *next_live;
 };
 
@@ -211,17 +247,24 @@ static void wake(struct mck_lazy *l, uint64_t p)
 
 /* ---- reading and checking ------------------------------------------------------ */
 
-static int scratch_open(struct scratch *sc, const struct mck_read_plan *p)
+static const struct mck_idx_record *record_of(const struct mck_lazy *l, uint32_t source,
+					      uint64_t i)
 {
-	size_t n = (size_t)p->unit_pages * p->page_size;
+	return (const struct mck_idx_record *)l->sources[source].records + i;
+}
+
+/* Room for npages pages; a decoder if `coded`. */
+static int scratch_open(struct scratch *sc, uint32_t npages, size_t ps, int coded)
+{
+	size_t n = (size_t)npages * ps;
 
 	memset(sc, 0, sizeof(*sc));
-	sc->buf = aligned_alloc(p->page_size, n);
-	sc->pages = aligned_alloc(p->page_size, n);
-	sc->digests = malloc((size_t)p->unit_pages * MCK_BLAKE3_LEN);
+	sc->buf = aligned_alloc(ps, n);
+	sc->pages = aligned_alloc(ps, n);
+	sc->digests = malloc((size_t)npages * MCK_BLAKE3_LEN);
 	if (!sc->buf || !sc->pages || !sc->digests)
 		return -ENOMEM;
-	return p->coded ? mck_codec_open(&sc->codec) : 0;
+	return coded ? mck_codec_open(&sc->codec) : 0;
 }
 
 static void scratch_close(struct scratch *sc)
@@ -273,7 +316,7 @@ static int decode(struct mck_lazy *l, struct scratch *sc, uint32_t source,
 		  const struct mck_read_entry *e, const uint8_t *src, uint8_t *dst,
 		  struct mck_read_fault *f)
 {
-	const struct mck_idx_record *r = mck_plan_record(l->plan, source, e->record);
+	const struct mck_idx_record *r = record_of(l, source, e->record);
 	char why[sizeof(f->why)];
 	int rc;
 
@@ -298,7 +341,7 @@ static int decode(struct mck_lazy *l, struct scratch *sc, uint32_t source,
 static int check(struct mck_lazy *l, uint32_t source, const struct mck_read_entry *e,
 		 const uint8_t *digest, struct mck_read_fault *f)
 {
-	const struct mck_idx_record *r = mck_plan_record(l->plan, source, e->record);
+	const struct mck_idx_record *r = record_of(l, source, e->record);
 
 	if (!l->verify || memcmp(digest, r->digest, MCK_BLAKE3_LEN) == 0)
 		return 0;
@@ -340,9 +383,15 @@ static void bad_page(struct mck_lazy *l, uint64_t p, const struct mck_read_fault
 
 /* ---- the drain -------------------------------------------------------------------- */
 
+struct queue;
+static int read_msgs(struct mck_lazy *l, struct queue *q);
+
 /* Map the run of pages [p, p+n) from src (NULL: zeros), the ones still
- * pending. 0, or -errno that stops the drain (the arena is gone). */
-static int map_run(struct mck_lazy *l, uint64_t p, uint64_t n, const uint8_t *src)
+ * pending. 0, or -errno that stops the drain (the arena is gone). q: the
+ * handler's queue when the handler calls (it reads a pending remove event
+ * itself), NULL from a drain thread. */
+static int map_run(struct mck_lazy *l, uint64_t p, uint64_t n, const uint8_t *src,
+		   struct queue *q)
 {
 	uint64_t i = 0;
 
@@ -373,7 +422,10 @@ static int map_run(struct mck_lazy *l, uint64_t p, uint64_t n, const uint8_t *sr
 			 * write side), then the pages it dropped are skipped */
 			atomic_fetch_add(&l->n_eagain, 1);
 			pthread_rwlock_unlock(&l->maplock);
-			sched_yield();
+			if (q && (rc = read_msgs(l, q)) < 0)
+				return rc;
+			if (!q)
+				sched_yield();
 			pthread_rwlock_rdlock(&l->maplock);
 		} else {
 			pthread_rwlock_unlock(&l->maplock);
@@ -395,45 +447,76 @@ static int any_pending(struct mck_lazy *l, const struct mck_read_unit *u)
 	return 0;
 }
 
-static int drain_unit(struct mck_lazy *l, const struct mck_read_unit *u, struct scratch *sc)
+/* Read, decode and check unit u's pages into dst (a page each entry, in
+ * entry order; zeros for a ZERO unit); a page that fails is poisoned (and so
+ * no longer PENDING: never mapped from dst). */
+static void load_unit(struct mck_lazy *l, const struct mck_read_unit *u, struct scratch *sc,
+		      uint8_t *dst)
 {
 	const struct mck_read_entry *e = &l->plan->entries[u->first];
 	struct mck_read_fault f;
-	uint32_t k, start;
+	uint32_t k;
 
-	if (!any_pending(l, u))
-		return 0;
-	if (u->kind == MCK_UNIT_ZERO)
-		return map_run(l, u->first, u->n, NULL);
+	if (u->kind == MCK_UNIT_ZERO) {
+		memset(dst, 0, (size_t)u->n * l->ps);
+		return;
+	}
 	if (pread_fully(l, l->plan->sources[u->source].fd, sc->buf, u->bytes, u->offset, u->source,
 			&e[0], &f) < 0) {
 		for (k = 0; k < u->n; k++)
 			bad_page(l, e[k].page, &f);
-		return 0;
+		return;
 	}
 	for (k = 0; k < u->n; k++) {
 		const struct mck_idx_record *r = mck_plan_record(l->plan, u->source, e[k].record);
 
 		if (decode(l, sc, u->source, &e[k], sc->buf + (r->offset - u->offset),
-			   sc->pages + (size_t)k * l->ps, &f) < 0)
+			   dst + (size_t)k * l->ps, &f) < 0)
 			bad_page(l, e[k].page, &f);
 	}
 	if (l->verify)
-		mck_blake3_pages(sc->pages, l->ps, u->n, sc->digests);
+		mck_blake3_pages(dst, l->ps, u->n, sc->digests);
 	for (k = 0; k < u->n; k++)
 		if (check(l, u->source, &e[k], sc->digests + (size_t)k * MCK_BLAKE3_LEN, &f) < 0)
 			bad_page(l, e[k].page, &f);
+}
+
+static int drain_unit(struct mck_lazy *l, const struct mck_read_unit *u, struct scratch *sc,
+		      struct queue *q)
+{
+	const struct mck_read_entry *e = &l->plan->entries[u->first];
+	uint32_t k, start;
+
+	if (!any_pending(l, u))
+		return 0;
+	if (u->kind == MCK_UNIT_ZERO)
+		return map_run(l, u->first, u->n, NULL, q);
+	load_unit(l, u, sc, sc->pages);
 	/* runs of consecutive pages (bad ones are not PENDING: skipped) */
 	for (start = 0, k = 1; k <= u->n; k++) {
 		if (k < u->n && e[k].page == e[k - 1].page + 1)
 			continue;
-		int rc = map_run(l, e[start].page, k - start, sc->pages + (size_t)start * l->ps);
+		int rc = map_run(l, e[start].page, k - start, sc->pages + (size_t)start * l->ps, q);
 
 		if (rc < 0)
 			return rc;
 		start = k;
 	}
 	return 0;
+}
+
+/* Unit ui is done (drained, or served whole by the handler). */
+static void unit_done(struct mck_lazy *l)
+{
+	if (atomic_fetch_sub(&l->units_left, 1) == 1)
+		(void)!write(l->efd, &(uint64_t){1}, sizeof(uint64_t));
+}
+
+/* Whoever claims a unit first drains it (a drain thread, or the handler
+ * serving a batch at the front of the prefetch order). */
+static int claim(struct mck_lazy *l, uint64_t ui)
+{
+	return !atomic_exchange(&l->claimed[ui], 1);
 }
 
 static void stopped(struct mck_lazy *l, int err)
@@ -458,47 +541,63 @@ static void note_chunk(struct mck_lazy *l, uint64_t c)
 		;
 }
 
+/* A fault's handler (and the program) first: a woken handler preempts a
+ * drain thread of lower priority at once, where it would otherwise wait for
+ * one of them to use up its slice. Best effort. */
+static void lower_priority(void)
+{
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+	int nice;
+
+	errno = 0;
+	nice = getpriority(PRIO_PROCESS, (id_t)tid);
+	if (errno == 0 && nice + DRAIN_NICE <= 19)
+		(void)!setpriority(PRIO_PROCESS, (id_t)tid, nice + DRAIN_NICE);
+}
+
 static void *worker(void *arg)
 {
 	struct mck_lazy *l = arg;
-	struct mck_read_plan *p = l->plan;
-	uint64_t nunits = p->nunits, chunk = CHUNK_MIN_PAGES * 4;
-	uint64_t gen = atomic_load(&l->fault_gen);
+	struct mck_read_plan *p;
+	uint64_t nunits, chunk = CHUNK_MIN_PAGES * 4;
+	uint64_t gen;
 	struct scratch sc;
-	int rc = scratch_open(&sc, p);
-	pid_t tid = (pid_t)syscall(SYS_gettid);
+	int rc;
 
-	/* a fault's handler (and the program) first: a woken handler preempts
-	 * a drain thread of lower priority at once, where it would otherwise
-	 * wait for one of them to use up its slice. Best effort. */
-	errno = 0;
-	{
-		int nice = getpriority(PRIO_PROCESS, (id_t)tid);
-
-		if (errno == 0 && nice + DRAIN_NICE <= 19)
-			(void)!setpriority(PRIO_PROCESS, (id_t)tid, nice + DRAIN_NICE);
-	}
+	lower_priority();
+	/* the drain waits for its plan (built while faults are served already),
+	 * and for a held drain's release */
 	pthread_mutex_lock(&l->lock);
-	while (l->hold && !atomic_load(&l->closing))
+	while ((l->hold || !atomic_load(&l->planned)) && !atomic_load(&l->closing) &&
+	       !atomic_load(&l->abandoned))
 		pthread_cond_wait(&l->cond, &l->lock);
 	pthread_mutex_unlock(&l->lock);
-	while (rc == 0 && !atomic_load(&l->closing)) {
-		uint64_t claim = chunk / p->unit_pages ? chunk / p->unit_pages : 1;
-		uint64_t i = atomic_fetch_add(&l->next, claim), end = i + claim, g;
+	if (!atomic_load(&l->planned))
+		return NULL; /* closed or abandoned before a plan */
+	p = l->plan;
+	nunits = p->nunits;
+	gen = atomic_load(&l->fault_gen);
+	rc = scratch_open(&sc, p->unit_pages, l->ps, p->coded);
+	while (rc == 0 && !atomic_load(&l->closing) && !atomic_load(&l->abandoned)) {
+		uint64_t take = chunk / p->unit_pages ? chunk / p->unit_pages : 1;
+		uint64_t i = atomic_fetch_add(&l->next, take), end = i + take, g;
 
-		if (i >= nunits)
+		if (i >= nunits) {
+			/* the units the cursor jumped over (it follows the handler's
+			 * batches at the front of the prefetch order) */
+			for (i = 0; i < nunits && rc == 0 && !atomic_load(&l->closing); i++)
+				if (claim(l, l->order[i]) &&
+				    (rc = drain_unit(l, &p->units[l->order[i]], &sc, NULL)) == 0)
+					unit_done(l);
 			break;
+		}
 		if (end > nunits)
 			end = nunits;
 		note_chunk(l, chunk);
-		for (; i < end && rc == 0; i++) {
-			rc = drain_unit(l, &p->units[l->order[i]], &sc);
-			if (rc == 0 && atomic_fetch_sub(&l->units_left, 1) == 1) {
-				uint64_t one = 1;
-
-				(void)!write(l->efd, &one, sizeof(one));
-			}
-		}
+		for (; i < end && rc == 0; i++)
+			if (claim(l, l->order[i]) &&
+			    (rc = drain_unit(l, &p->units[l->order[i]], &sc, NULL)) == 0)
+				unit_done(l);
 		g = atomic_load(&l->fault_gen);
 		if (g != gen) {
 			gen = g;
@@ -588,51 +687,110 @@ static int read_msgs(struct mck_lazy *l, struct queue *q)
 	return err < 0 ? err : got > 0 ? (int)(got / (ssize_t)sizeof(msg[0])) : 0;
 }
 
-/* The unit entry for page p of unit u. */
-static const struct mck_read_entry *entry_of(const struct mck_lazy *l,
-					     const struct mck_read_unit *u, uint64_t p)
+/* Where page p is in the chain: the newest source with a record for it
+ * (binary search: records are in page order), checked to be a record the
+ * reader can follow; *rec NULL: no source has one (the page is zero). This
+ * needs no plan: faults are served by it from the moment the server starts,
+ * while the plan is built and the indexes checked in the background. */
+static int lookup(const struct mck_lazy *l, uint64_t p, uint32_t newest, uint32_t *src,
+		  uint64_t *idx, const struct mck_idx_record **rec, struct mck_read_fault *f)
 {
-	const struct mck_read_entry *e = &l->plan->entries[u->first];
+	for (uint32_t s = newest; s-- > 0;) {
+		const struct mck_idx_record *r = l->sources[s].records;
+		uint64_t lo = 0, hi = l->sources[s].nrecords;
 
-	for (uint32_t k = 0; k < u->n; k++)
-		if (e[k].page == p)
-			return &e[k];
-	return NULL;
+		while (lo < hi) {
+			uint64_t mid = lo + (hi - lo) / 2;
+
+			if (r[mid].page < p)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo < l->sources[s].nrecords && r[lo].page == p) {
+			*src = s;
+			*idx = lo;
+			*rec = &r[lo];
+			return mck_read_check_record(&l->sources[s], s, lo, l->ps, l->npages, f);
+		}
+	}
+	*rec = NULL;
+	return 0;
 }
 
-/* For a fault on page p (entry k of unit u): how many of the entries from
- * k on to serve with it, pages that follow p and are still pending. */
-static uint32_t around(struct mck_lazy *l, const struct mck_read_unit *u, uint32_t k)
+/* No source newer than s has a record for page p. */
+static int newest_is(const struct mck_lazy *l, uint64_t p, uint32_t s)
 {
-	const struct mck_read_entry *e = &l->plan->entries[u->first];
+	uint32_t s2;
+	uint64_t i2;
+	const struct mck_idx_record *r2;
+	struct mck_read_fault f;
+
+	return lookup(l, p, l->nsources, &s2, &i2, &r2, &f) == 0 && r2 && s2 == s;
+}
+
+/* For a fault on page p, record i of source s (stored bytes): the entries
+ * to serve with it into e[], up to FAULT_AROUND: the pending pages that
+ * follow p whose records follow i in the source, stored right after (one
+ * read), and are the chain's newest for their page. */
+static uint32_t around(struct mck_lazy *l, uint64_t p, uint32_t s, uint64_t i,
+		       struct mck_read_entry *e, uint32_t max)
+{
+	const struct mck_idx_record *r = record_of(l, s, 0);
+	uint64_t n = l->sources[s].nrecords;
+	struct mck_read_fault f;
 	uint32_t m = 1;
 
-	while (k + m < u->n && m < FAULT_AROUND && e[k + m].page == e[k + m - 1].page + 1 &&
-	       atomic_load(&l->state[e[k + m].page]) == PENDING)
+	e[0].page = p;
+	e[0].record = i;
+	while (m < max && i + m < n && r[i + m].page == p + m &&
+	       !(r[i + m].flags & MCK_PAGE_ZERO) &&
+	       r[i + m].offset == r[i + m - 1].offset + r[i + m - 1].length &&
+	       atomic_load(&l->state[p + m]) == PENDING &&
+	       mck_read_check_record(&l->sources[s], s, i + m, l->ps, l->npages, &f) == 0 &&
+	       (s + 1 == l->nsources || newest_is(l, p + m, s))) {
+		e[m].page = p + m;
+		e[m].record = i + m;
+		m++;
+	}
+	return m;
+}
+
+/* Pages after p (zero like it: no record or a ZERO one) to zero with it. */
+static uint32_t zero_around(struct mck_lazy *l, uint64_t p, uint32_t max)
+{
+	uint32_t m = 1, s;
+	uint64_t i;
+	const struct mck_idx_record *r;
+	struct mck_read_fault f;
+
+	while (m < max && p + m < l->npages &&
+	       atomic_load(&l->state[p + m]) == PENDING &&
+	       lookup(l, p + m, l->nsources, &s, &i, &r, &f) == 0 &&
+	       (!r || (r->flags & MCK_PAGE_ZERO)))
 		m++;
 	return m;
 }
 
-/* Read, decode and check entries [k, k+m) of unit u into the handler's
- * scratch; the entries that pass, from k (0: the faulting page failed). */
-static uint32_t fetch_around(struct mck_lazy *l, const struct mck_read_unit *u, uint32_t k,
-			     uint32_t m)
+/* Read, decode and check entries e[0, m) of source s (stored back to back)
+ * into the handler's scratch; the entries that pass, from the first (0:
+ * the faulting page failed). */
+static uint32_t fetch_run(struct mck_lazy *l, uint32_t s, const struct mck_read_entry *e,
+			  uint32_t m)
 {
-	const struct mck_read_entry *e = &l->plan->entries[u->first + k];
-	const struct mck_idx_record *r0 = mck_plan_record(l->plan, u->source, e[0].record);
-	const struct mck_idx_record *rl = mck_plan_record(l->plan, u->source, e[m - 1].record);
+	const struct mck_idx_record *r0 = record_of(l, s, e[0].record);
+	const struct mck_idx_record *rl = record_of(l, s, e[m - 1].record);
 	struct mck_read_fault f;
 
-	/* a unit's records are stored back to back: one read */
-	if (pread_fully(l, l->plan->sources[u->source].fd, l->hs.buf,
-			rl->offset + rl->length - r0->offset, r0->offset, u->source, e, &f) < 0) {
+	if (pread_fully(l, l->sources[s].fd, l->hs.buf, rl->offset + rl->length - r0->offset,
+			r0->offset, s, e, &f) < 0) {
 		bad_page(l, e[0].page, &f);
 		return 0;
 	}
 	for (uint32_t i = 0; i < m; i++) {
-		const struct mck_idx_record *r = mck_plan_record(l->plan, u->source, e[i].record);
+		const struct mck_idx_record *r = record_of(l, s, e[i].record);
 
-		if (decode(l, &l->hs, u->source, &e[i], l->hs.buf + (r->offset - r0->offset),
+		if (decode(l, &l->hs, s, &e[i], l->hs.buf + (r->offset - r0->offset),
 			   l->hs.pages + (size_t)i * l->ps, &f) < 0) {
 			bad_page(l, e[i].page, &f);
 			m = i;
@@ -641,8 +799,7 @@ static uint32_t fetch_around(struct mck_lazy *l, const struct mck_read_unit *u, 
 	if (l->verify && m) {
 		mck_blake3_pages(l->hs.pages, l->ps, m, l->hs.digests);
 		for (uint32_t i = 0; i < m; i++)
-			if (check(l, u->source, &e[i], l->hs.digests + (size_t)i * MCK_BLAKE3_LEN,
-				  &f) < 0) {
+			if (check(l, s, &e[i], l->hs.digests + (size_t)i * MCK_BLAKE3_LEN, &f) < 0) {
 				bad_page(l, e[i].page, &f);
 				m = i;
 			}
@@ -651,27 +808,45 @@ static uint32_t fetch_around(struct mck_lazy *l, const struct mck_read_unit *u, 
 }
 
 /* Map page p for a fault, checked, with up to FAULT_AROUND pending pages
- * that follow it in its unit (a program touching pages in order faults
- * once per run, not once per page). */
+ * that follow it (a program touching pages in order faults once per run,
+ * not once per page). */
 static int serve(struct mck_lazy *l, uint64_t p, struct queue *q)
 {
-	const struct mck_read_unit *u = &l->plan->units[l->unit_of[p]];
 	const uint8_t *src = NULL;
-	uint8_t s = atomic_load(&l->state[p]);
+	uint8_t st = atomic_load(&l->state[p]);
 	uint64_t n = 1;
 	int rc;
 
-	if (s == MAPPED || s == BAD) {
+	if (st == MAPPED || st == BAD) {
 		wake(l, p);
 		return 0;
 	}
-	if (s == PENDING && u->kind != MCK_UNIT_ZERO) {
-		uint32_t k = (uint32_t)(entry_of(l, u, p) - &l->plan->entries[u->first]);
+	if (st == PENDING) {
+		const struct mck_idx_record *r;
+		struct mck_read_fault f;
+		uint32_t s = 0, max = FAULT_AROUND;
+		uint64_t i = 0;
 
-		n = fetch_around(l, u, k, around(l, u, k));
-		if (!n)
+		if (lookup(l, p, l->nsources, &s, &i, &r, &f) < 0) {
+			bad_page(l, p, &f);
 			return 0; /* poisoned: the toucher gets SIGBUS */
-		src = l->hs.pages;
+		}
+		/* reading the prefetch list in page order before the plan: grow */
+		if (l->pref_bits && p == l->run_end && !atomic_load(&l->planned) &&
+		    (l->pref_bits[p / 64] >> (p % 64) & 1))
+			l->around = max = l->around * 2 > AROUND_MAX ? AROUND_MAX
+				: l->around * 2 < 4 * FAULT_AROUND ? 4 * FAULT_AROUND : (uint32_t)l->around * 2;
+		else
+			l->around = FAULT_AROUND;
+		if (!r || (r->flags & MCK_PAGE_ZERO)) {
+			n = zero_around(l, p, max);
+		} else {
+			n = fetch_run(l, s, l->run, around(l, p, s, i, l->run, max));
+			if (!n)
+				return 0;
+			src = l->hs.pages;
+		}
+		l->run_end = p + n;
 	}
 	for (;;) {
 		uint64_t done;
@@ -699,6 +874,88 @@ static int serve(struct mck_lazy *l, uint64_t p, struct queue *q)
 		if (atomic_load(&l->state[p]) == DROPPED)
 			src = NULL; /* dropped by the program meanwhile: it reads zeros */
 	}
+}
+
+/* Map the handler's batch run (pages [first, first+n) in batch_buf, from
+ * nunits units): every unit of it done. */
+static int flush_batch(struct mck_lazy *l, uint64_t first, uint64_t *n, uint64_t *nunits,
+		       struct queue *q)
+{
+	int rc = *n ? map_run(l, first, *n, l->batch_buf, q) : 0;
+
+	for (; rc == 0 && *nunits; --*nunits)
+		unit_done(l);
+	*n = 0;
+	return rc;
+}
+
+/* A fault on page p at the front of the prefetch order, right after the
+ * last one there: serve a batch of the units that follow in the order (see
+ * BATCH_MIN_PAGES). 1 if served so, 0 if p is not such a fault, -errno. */
+static int front(struct mck_lazy *l, uint64_t p, struct queue *q)
+{
+	const struct mck_read_plan *pl = l->plan;
+	uint64_t ui, pos, j, run_first = 0, run_n = 0, run_units = 0, got = 0, nx;
+	int rc = 0;
+
+	if (!atomic_load(&l->planned) || !l->nprefetch || atomic_load(&l->state[p]) != PENDING)
+		return 0;
+	ui = l->unit_of[p];
+	pos = l->pos_of[ui];
+	if (pos >= l->nprefetch)
+		return 0;
+	if (!l->front_next || pos + 1 < l->front_next || pos > l->front_next + FRONT_SLACK) {
+		l->batch = 0; /* not where the last one ended: an ordinary fault */
+		l->front_next = pos + 1;
+		return 0;
+	}
+	if (atomic_load(&l->claimed[ui])) {
+		/* at a unit a drain thread is on: p now, the batch from the next */
+		rc = serve(l, p, q);
+		if (rc < 0)
+			return rc;
+		pos++;
+	}
+	if (!l->batch_buf) {
+		l->batch_buf = aligned_alloc(l->ps, (BATCH_MAX_PAGES + (size_t)l->unit_pages) * l->ps);
+		if (!l->batch_buf)
+			return 0;
+	}
+	l->batch = l->batch ? (l->batch * 2 > BATCH_MAX_PAGES ? BATCH_MAX_PAGES : l->batch * 2)
+			    : BATCH_MIN_PAGES;
+	for (j = pos; j < l->nprefetch && got < l->batch && rc == 0; j++) {
+		uint64_t uj = l->order[j];
+		const struct mck_read_unit *u = &pl->units[uj];
+		uint64_t first = u->kind == MCK_UNIT_ZERO ? u->first : pl->entries[u->first].page;
+
+		if (!claim(l, uj))
+			continue; /* a drain thread's */
+		got += u->n;
+		if (!any_pending(l, u)) {
+			unit_done(l); /* served by faults already */
+			continue;
+		}
+		if (run_n && first != run_first + run_n)
+			rc = flush_batch(l, run_first, &run_n, &run_units, q);
+		if (rc == 0 && !u->contiguous) {
+			if ((rc = drain_unit(l, u, &l->hs, q)) == 0)
+				unit_done(l);
+			continue;
+		}
+		if (!run_n)
+			run_first = first;
+		load_unit(l, u, &l->hs, l->batch_buf + run_n * l->ps);
+		run_n += u->n;
+		run_units++;
+	}
+	if (rc == 0)
+		rc = flush_batch(l, run_first, &run_n, &run_units, q);
+	l->front_next = j;
+	/* the drain goes on after the batch: ahead of the program */
+	nx = atomic_load(&l->next);
+	while (nx < j && !atomic_compare_exchange_weak(&l->next, &nx, j))
+		;
+	return rc < 0 ? rc : 1;
 }
 
 static void first_touch(struct mck_lazy *l, uint64_t p, uint64_t t0)
@@ -735,6 +992,58 @@ static void finish(struct mck_lazy *l)
 	pthread_mutex_unlock(&l->lock);
 }
 
+/* The restore is abandoned: every page still pending is poisoned (runs of
+ * them, one ioctl a run). */
+static void poison_pending(struct mck_lazy *l)
+{
+	uint64_t p = 0;
+
+	while (p < l->npages) {
+		uint64_t q = p;
+		uint8_t want = PENDING;
+
+		while (q < l->npages && atomic_compare_exchange_strong(&l->state[q], &want, BAD)) {
+			q++;
+			want = PENDING;
+		}
+		if (q == p) {
+			p++;
+			continue;
+		}
+		atomic_fetch_add(&l->n_bad, q - p);
+		if (!l->poison) {
+			dprintf(2, "memckpt: lazy restore: this kernel cannot poison a page "
+				"(UFFDIO_POISON); aborting rather than leave pages that cannot be "
+				"served\n");
+			abort();
+		}
+		while (p < q) {
+			struct uffdio_poison ps = {
+				.range = {.start = (uintptr_t)page_addr(l, p), .len = (q - p) * l->ps}};
+
+			if (ioctl(l->fd, UFFDIO_POISON, &ps) == 0)
+				break;
+			if (errno == ENOENT)
+				return; /* the arena is gone */
+			if (errno == EAGAIN) {
+				struct queue qu = {.n = 0};
+
+				(void)read_msgs(l, &qu); /* a remove event first; faults wait */
+				continue;
+			}
+			if (errno != EEXIST) {
+				dprintf(2, "memckpt: lazy restore: UFFDIO_POISON of pages %llu-%llu failed "
+					"(%s); aborting\n", (unsigned long long)p,
+					(unsigned long long)q - 1, strerror(errno));
+				abort();
+			}
+			/* (a page there already: past it) */
+			p += (ps.updated > 0 ? (uint64_t)ps.updated / l->ps : 0) + 1;
+		}
+		p = q;
+	}
+}
+
 static void *handler(void *arg)
 {
 	struct mck_lazy *l = arg;
@@ -766,7 +1075,9 @@ static void *handler(void *arg)
 			for (unsigned i = 0; rc == 0 && i < q.n; i++) {
 				uint64_t p = q.q[i].page, t = q.q[i].t;
 
-				rc = serve(l, p, &q);
+				rc = front(l, p, &q);
+				if (rc >= 0)
+					rc = serve(l, p, &q); /* (p is mapped: a wake) */
 				first_touch(l, p, t);
 				atomic_fetch_add(&l->fault_gen, 1);
 			}
@@ -787,6 +1098,11 @@ static void *handler(void *arg)
 			uint64_t v;
 
 			(void)!read(l->efd, &v, sizeof(v));
+		}
+		if (atomic_load(&l->abandoned)) {
+			poison_pending(l);
+			atomic_store(&l->units_left, 0);
+			break;
 		}
 		if (!atomic_load(&l->units_left) || atomic_load(&l->closing))
 			break;
@@ -832,7 +1148,9 @@ static int build_order(struct mck_lazy *l, const uint64_t *pref, uint64_t npref)
 	uint8_t *seen = calloc(nunits ? nunits : 1, 1);
 
 	l->order = malloc((nunits ? nunits : 1) * sizeof(*l->order));
-	if (!seen || !l->order) {
+	l->pos_of = malloc((nunits ? nunits : 1) * sizeof(*l->pos_of));
+	l->claimed = calloc(nunits ? nunits : 1, 1);
+	if (!seen || !l->order || !l->pos_of || !l->claimed) {
 		free(seen);
 		return -ENOMEM;
 	}
@@ -847,10 +1165,13 @@ static int build_order(struct mck_lazy *l, const uint64_t *pref, uint64_t npref)
 			l->order[n++] = u;
 		}
 	}
+	l->nprefetch = npref ? n : 0;
 	for (uint64_t u = 0; u < nunits; u++)
 		if (!seen[u])
 			l->order[n++] = u;
 	free(seen);
+	for (uint64_t i = 0; i < nunits; i++)
+		l->pos_of[l->order[i]] = (uint32_t)i;
 	return 0;
 }
 
@@ -951,43 +1272,202 @@ static void free_lazy(struct mck_lazy *l)
 		close(l->efd);
 	scratch_close(&l->hs);
 	free(l->unit_of);
+	free(l->pos_of);
+	free((void *)l->claimed);
+	free(l->batch_buf);
+	free(l->pref_bits);
+	free(l->run);
 	free((void *)l->state);
 	free(l->order);
 	free(l->touched_bits);
 	free(l->touched);
 	free(l->lat);
+	free(l->indexes);
+	free(l->digest_ok);
+	free(l->porder);
+	if (l->own_plan)
+		mck_read_plan_free(l->plan);
 	pthread_rwlock_destroy(&l->maplock);
 	pthread_mutex_destroy(&l->lock);
 	pthread_cond_destroy(&l->cond);
 	free(l);
 }
 
-int mck_lazy_start(struct mck_lazy **out, struct mck_read_plan *plan, const uint64_t *order,
-		   uint64_t norder, unsigned nthreads, unsigned flags)
+/* The drain's plan (and its order): the drain may begin. */
+static int set_plan(struct mck_lazy *l, struct mck_read_plan *plan, const uint64_t *order,
+		    uint64_t norder)
+{
+	int rc;
+
+	if (plan->ndeferred)
+		return -ENOTSUP;
+	if (plan->npages != l->npages || plan->dest != l->base || plan->page_size != l->ps)
+		return -EINVAL;
+	l->plan = plan;
+	rc = map_units(l);
+	if (rc == 0)
+		rc = build_order(l, order, norder);
+	if (rc < 0)
+		return rc;
+	atomic_fetch_add(&l->units_left, plan->nunits);
+	atomic_store(&l->planned_ns, now_ns());
+	pthread_mutex_lock(&l->lock);
+	atomic_store(&l->planned, 1);
+	pthread_cond_broadcast(&l->cond);
+	pthread_mutex_unlock(&l->lock);
+	/* the plan's own count, held since the start (the handler ends at 0) */
+	if (atomic_fetch_sub(&l->units_left, 1) == 1)
+		(void)!write(l->efd, &(uint64_t){1}, sizeof(uint64_t));
+	return 0;
+}
+
+static void *hash_indexes(void *arg)
+{
+	struct mck_lazy *l = arg;
+
+	for (uint32_t s = 0; s < l->nsources; s++)
+		l->digest_ok[s] = mck_lazy_index_digest(&l->indexes[s]);
+	return NULL;
+}
+
+/* The server's own thread: each index checked whole, the plan built, the
+ * drain let go; or the restore abandoned, with the reason kept. */
+static void *preparer(void *arg)
+{
+	struct mck_lazy *l = arg;
+	struct mck_read_plan *plan = NULL;
+	struct mck_read_fault f;
+	pthread_t hasher;
+	int rc = 0, hashing = 0;
+
+	memset(&f, 0, sizeof(f));
+	/* the handler first: a first fault is served at once, beside the two
+	 * threads checking (the hasher stays at the process's priority: at nice
+	 * +5 both would get a small share of a busy machine) */
+	lower_priority();
+	/* a held server (tests) serves faults only by lookup until released */
+	pthread_mutex_lock(&l->lock);
+	while (l->hold && !atomic_load(&l->closing) && !atomic_load(&l->abandoned))
+		pthread_cond_wait(&l->cond, &l->lock);
+	pthread_mutex_unlock(&l->lock);
+	/* the digests on a thread of their own, the records and the plan here */
+	if (l->indexes && pthread_create(&hasher, NULL, hash_indexes, l) == 0)
+		hashing = 1;
+	for (uint32_t s = 0; l->indexes && s < l->nsources && rc == 0; s++) {
+		struct mck_lazy_index records_only = {.data = NULL};
+
+		if (!hashing)
+			l->digest_ok[s] = mck_lazy_index_digest(&l->indexes[s]);
+		rc = mck_lazy_check_index(&records_only, &l->sources[s], s, l->ps, l->npages, &f);
+	}
+	if (rc == 0)
+		rc = mck_read_plan_build(&plan, l->sources, l->nsources, l->base, l->ps, l->npages,
+					 NULL, 0, 0, &f);
+	if (hashing)
+		pthread_join(hasher, NULL);
+	for (uint32_t s = 0; l->indexes && s < l->nsources; s++)
+		if (l->digest_ok[s] != 1) {
+			memset(&f, 0, sizeof(f));
+			f.source = s;
+			f.record = MCK_LAZY_WHOLE_FILE;
+			f.kind = l->digest_ok[s] == 0 ? MCK_READ_FAULT_RECORD : MCK_READ_FAULT_IO;
+			f.err = l->digest_ok[s] == 0 ? 0 : l->digest_ok[s];
+			snprintf(f.why, sizeof(f.why), "%s", l->digest_ok[s] == 0
+				 ? "BLAKE3 digest mismatch (the file is damaged)"
+				 : "its digest could not be computed");
+			rc = -EBADMSG;
+			break;
+		}
+	if (rc < 0 && plan) {
+		mck_read_plan_free(plan);
+		plan = NULL;
+	}
+	if (rc == 0) {
+		l->own_plan = 1;
+		rc = set_plan(l, plan, l->porder, l->nporder);
+	}
+	free(l->porder);
+	l->porder = NULL;
+	if (rc == 0)
+		return NULL;
+	if (f.kind == MCK_READ_FAULT_NONE) {
+		f.kind = MCK_READ_FAULT_IO;
+		f.err = rc;
+		snprintf(f.why, sizeof(f.why), "planning the drain failed (%s)", strerror(-rc));
+	}
+	pthread_mutex_lock(&l->lock);
+	l->ifault = f;
+	l->index_damaged = 1;
+	pthread_mutex_unlock(&l->lock);
+	dprintf(2, "memckpt: lazy restore: the index at chain position %u cannot be used (%s); "
+		"the %llu pages served from it so far were each checked against their record's "
+		"digest, every page not served yet is poisoned (a touch raises SIGBUS)\n",
+		f.source, f.why, (unsigned long long)atomic_load(&l->n_served));
+	mck_lazy_abandon(l);
+	return NULL;
+}
+
+static int start_preparer(struct mck_lazy *l, const struct mck_lazy_index *indexes,
+			  const uint64_t *order, uint64_t norder)
+{
+	sigset_t all, old;
+	int rc;
+
+	if (indexes) {
+		l->indexes = malloc(l->nsources * sizeof(*l->indexes) + 1);
+		l->digest_ok = calloc(l->nsources + 1, sizeof(*l->digest_ok));
+		if (!l->indexes || !l->digest_ok)
+			return -ENOMEM;
+		memcpy(l->indexes, indexes, l->nsources * sizeof(*l->indexes));
+	}
+	if (norder) {
+		l->porder = malloc(norder * sizeof(*order));
+		if (!l->porder)
+			return -ENOMEM;
+		memcpy(l->porder, order, norder * sizeof(*order));
+		l->nporder = norder;
+	}
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	rc = -pthread_create(&l->preparer, NULL, preparer, l);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	l->preparer_started = rc == 0;
+	return rc;
+}
+
+static int open_common(struct mck_lazy **out, const struct mck_read_source *sources,
+		       uint32_t nsources, const struct mck_lazy_index *indexes, void *dest,
+		       size_t page_size, uint64_t npages, struct mck_read_plan *plan,
+		       const uint64_t *order, uint64_t norder, unsigned nthreads, unsigned flags)
 {
 	struct mck_lazy *l;
 	pthread_rwlockattr_t ra;
 	int rc;
 
 	*out = NULL;
-	if (plan->ndeferred)
-		return -ENOTSUP;
-	if (!plan->npages)
+	if (!npages || !page_size || !dest || (nsources && !sources) || (norder && !order))
 		return -EINVAL;
+	if (npages > SIZE_MAX / page_size)
+		return -EOVERFLOW;
+	for (uint32_t s = 0; s < nsources; s++)
+		if (sources[s].nrecords && !sources[s].records)
+			return -EINVAL;
 	pthread_once(&atfork_once, register_atfork);
 	l = calloc(1, sizeof(*l));
 	if (!l)
 		return -ENOMEM;
-	l->plan = plan;
-	l->base = plan->dest;
-	l->ps = plan->page_size;
-	l->npages = plan->npages;
+	l->sources = sources;
+	l->nsources = nsources;
+	l->unit_pages = page_size >= MCK_UNIT_BYTES ? 1 : (uint32_t)(MCK_UNIT_BYTES / page_size);
+	l->base = dest;
+	l->ps = page_size;
+	l->npages = npages;
 	l->verify = !!(flags & MCK_LAZY_VERIFY);
 	l->hold = !!(flags & MCK_LAZY_HOLD);
 	l->pid = getpid();
 	l->fd = l->keep_fd = -1;
 	l->start_ns = now_ns();
-	atomic_init(&l->units_left, plan->nunits);
+	atomic_init(&l->units_left, 1); /* the plan's count: until it is set */
 	atomic_init(&l->chunk_min, UINT64_MAX);
 	pthread_rwlockattr_init(&ra);
 	/* the handler's reads must not starve behind a stream of drain copies */
@@ -997,22 +1477,34 @@ int mck_lazy_start(struct mck_lazy **out, struct mck_read_plan *plan, const uint
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->cond, NULL);
 	l->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	/* (calloc of these is fresh zero pages: nothing is touched until used) */
 	l->state = calloc(l->npages, 1);
 	l->touched_bits = calloc((l->npages + 7) / 8, 1);
 	rc = l->efd < 0 ? -errno : (!l->state || !l->touched_bits) ? -ENOMEM : 0;
 	if (rc == 0)
-		rc = scratch_open(&l->hs, plan);
-	if (rc == 0)
-		rc = map_units(l);
-	if (rc == 0)
-		rc = build_order(l, order, norder);
+		rc = scratch_open(&l->hs, l->unit_pages > AROUND_MAX ? l->unit_pages : AROUND_MAX,
+				  l->ps, mck_codec_flags() != 0);
+	if (rc == 0 && !(l->run = malloc(AROUND_MAX * sizeof(*l->run))))
+		rc = -ENOMEM;
+	if (rc == 0 && norder && !(l->pref_bits = calloc((npages + 63) / 64, 8)))
+		rc = -ENOMEM;
+	for (uint64_t k = 0; rc == 0 && k < norder; k++)
+		if (order[k] < npages)
+			l->pref_bits[order[k] / 64] |= 1ull << (order[k] % 64);
+	if (rc == 0 && plan)
+		rc = set_plan(l, plan, order, norder);
 	if (rc == 0)
 		rc = open_uffd(l);
 	if (rc == 0)
 		rc = start_threads(l, nthreads);
+	if (rc == 0 && !plan)
+		rc = start_preparer(l, indexes, order, norder);
 	if (rc < 0) {
 		if (l->handler_started) {
 			atomic_store(&l->closing, 1);
+			pthread_mutex_lock(&l->lock);
+			pthread_cond_broadcast(&l->cond);
+			pthread_mutex_unlock(&l->lock);
 			for (unsigned i = 0; i < l->nworkers; i++)
 				pthread_join(l->workers[i], NULL);
 			atomic_store(&l->units_left, 0);
@@ -1028,6 +1520,51 @@ int mck_lazy_start(struct mck_lazy **out, struct mck_read_plan *plan, const uint
 	pthread_mutex_unlock(&live_lock);
 	*out = l;
 	return 0;
+}
+
+int mck_lazy_open(struct mck_lazy **out, const struct mck_read_source *sources,
+		  uint32_t nsources, const struct mck_lazy_index *indexes, void *dest,
+		  size_t page_size, uint64_t npages, const uint64_t *order, uint64_t norder,
+		  unsigned nthreads, unsigned flags)
+{
+	return open_common(out, sources, nsources, indexes, dest, page_size, npages, NULL, order,
+			   norder, nthreads, flags);
+}
+
+int mck_lazy_start(struct mck_lazy **out, struct mck_read_plan *plan, const uint64_t *order,
+		   uint64_t norder, unsigned nthreads, unsigned flags)
+{
+	*out = NULL;
+	if (plan->ndeferred)
+		return -ENOTSUP;
+	return open_common(out, plan->sources, plan->nsources, NULL, plan->dest, plan->page_size,
+			   plan->npages, plan, order, norder, nthreads, flags);
+}
+
+void mck_lazy_abandon(struct mck_lazy *l)
+{
+	pthread_mutex_lock(&l->lock);
+	atomic_store(&l->abandoned, 1);
+	pthread_cond_broadcast(&l->cond);
+	pthread_mutex_unlock(&l->lock);
+	(void)!write(l->efd, &(uint64_t){1}, sizeof(uint64_t));
+}
+
+int mck_lazy_index_fault(struct mck_lazy *l, struct mck_read_fault *f)
+{
+	int bad;
+
+	pthread_mutex_lock(&l->lock);
+	bad = l->index_damaged;
+	if (bad)
+		*f = l->ifault;
+	pthread_mutex_unlock(&l->lock);
+	return bad;
+}
+
+int mck_lazy_planned(struct mck_lazy *l)
+{
+	return atomic_load(&l->planned);
 }
 
 int mck_lazy_wait(struct mck_lazy *l, int timeout_ms)
@@ -1073,6 +1610,7 @@ void mck_lazy_get_stats(struct mck_lazy *l, struct mck_lazy_stats *st)
 	if (st->chunk_min == UINT64_MAX)
 		st->chunk_min = 0;
 	st->start_ns = l->start_ns;
+	st->planned_ns = atomic_load(&l->planned_ns);
 	pthread_mutex_lock(&l->lock);
 	st->faults = l->ntouched;
 	st->drained_ns = l->drained_ns;
@@ -1145,6 +1683,8 @@ void mck_lazy_close(struct mck_lazy *l)
 	pthread_mutex_unlock(&live_lock);
 	if (l->pid == getpid()) {
 		mck_lazy_release(l);
+		if (l->preparer_started)
+			pthread_join(l->preparer, NULL); /* planned, or abandoned */
 		/* the drain runs to its end: a page left missing would read zeros */
 		for (unsigned i = 0; i < l->nworkers; i++)
 			pthread_join(l->workers[i], NULL);

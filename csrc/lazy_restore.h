@@ -28,6 +28,7 @@ struct mck_lazy_stats {
 	uint64_t bytes_read;      /* from the packs */
 	uint64_t chunk_min, chunk_max; /* the drain's chunk sizes seen, in pages */
 	uint64_t start_ns;        /* CLOCK_MONOTONIC at start */
+	uint64_t planned_ns;      /* when the indexes were checked and the plan built (0: not yet) */
 	uint64_t drained_ns;      /* when the drain finished (0: not yet) */
 	int state;                /* MCK_LAZY_* */
 	int err;                  /* -errno of a failure that stopped it */
@@ -37,13 +38,65 @@ struct mck_lazy_stats {
 #define MCK_LAZY_DRAINED 1    /* every page mapped; the range unregistered */
 #define MCK_LAZY_STOPPED 2    /* stopped early: the arena was unmapped */
 
-/* Start serving the arena (plan->dest, npages pages). order: pages whose
+/* An index file to check whole in the background: its bytes (a mapping of
+ * the file) and the BLAKE3 its manifest gives. */
+struct mck_lazy_index {
+	const uint8_t *data;
+	uint64_t size;
+	uint8_t digest[32];
+};
+
+/* record of a fault that is about a whole index file (its digest) */
+#define MCK_LAZY_WHOLE_FILE UINT64_MAX
+
+/* Start serving the arena dest (npages pages of page_size, every one
+ * missing) from sources (oldest first, as for mck_read_plan_build) at once,
+ * before any plan: a fault finds its page's record by binary search in each
+ * source's records, newest source first (records are in page order), and
+ * the page is checked against that record's digest before it is mapped. A
+ * thread of the server meanwhile checks each index whole (indexes[i] for
+ * source i; indexes NULL: checked already), builds the plan and only then
+ * lets the drain begin (order, nthreads, flags: as for mck_lazy_start). An
+ * index found damaged then abandons the restore (mck_lazy_abandon) and is
+ * told by mck_lazy_index_fault. The sources, their records and the index
+ * bytes must stay until mck_lazy_close; order is copied. */
+int mck_lazy_open(struct mck_lazy **out, const struct mck_read_source *sources,
+		  uint32_t nsources, const struct mck_lazy_index *indexes, void *dest,
+		  size_t page_size, uint64_t npages, const uint64_t *order, uint64_t norder,
+		  unsigned nthreads, unsigned flags);
+
+/* The sources cannot be trusted: every page not mapped yet is poisoned (a
+ * touch raises SIGBUS; on a kernel that cannot poison, the process aborts
+ * with the reason), the drain never starts, the server ends (state
+ * DRAINED, with the pages poisoned). Pages mapped before stay as they are. */
+void mck_lazy_abandon(struct mck_lazy *l);
+
+/* 1 and *f if an index was found damaged (f->source: its chain position,
+ * f->record: the record, or MCK_LAZY_WHOLE_FILE for its digest; f->why);
+ * 0 if not (or not checked yet). */
+int mck_lazy_index_fault(struct mck_lazy *l, struct mck_read_fault *f);
+
+/* 1 once the indexes are checked and the plan built (the drain may run). */
+int mck_lazy_planned(struct mck_lazy *l);
+
+/* 1 if ix's bytes have its digest (or ix->data is NULL), 0 if not, -ENOMEM. */
+int mck_lazy_index_digest(const struct mck_lazy_index *ix);
+
+/* One index checked whole (lazy_index.c): ix's digest (if ix->data), then
+ * every record of src: followable, pages strictly increasing, ZERO ones
+ * well formed. 0, -EBADMSG with f, -ENOMEM. */
+int mck_lazy_check_index(const struct mck_lazy_index *ix, const struct mck_read_source *src,
+			 uint32_t s, size_t page_size, uint64_t npages, struct mck_read_fault *f);
+
+/* Start serving the arena (plan->dest, npages pages) with a plan built
+ * already (no background check). order: pages whose
  * units drain first, in that order (any page numbers; out of range ones
  * are ignored); nthreads drain threads (0: the CPUs this process may use).
  * -ENOTSUP: the plan leaves compressed pages to the caller;
  * -EOPNOTSUPP: the kernel lacks userfaultfd MISSING or UFFDIO_POISON. */
 #define MCK_LAZY_VERIFY (1u << 0)  /* check each page's digest before it is mapped */
-#define MCK_LAZY_HOLD (1u << 1)    /* tests: the drain waits for mck_lazy_release */
+#define MCK_LAZY_HOLD (1u << 1)    /* tests: the drain (and mck_lazy_open's check and
+				    * plan) wait for mck_lazy_release */
 
 int mck_lazy_start(struct mck_lazy **out, struct mck_read_plan *plan, const uint64_t *order,
 		   uint64_t norder, unsigned nthreads, unsigned flags);

@@ -61,15 +61,16 @@ static int record_fault(struct mck_read_fault *f, uint32_t source, uint64_t reco
 /* A record the reader can follow without leaving the arena or the pack
  * (the store's parser checks the same and more; this keeps the C safe on
  * its own). */
-static int check_record(const struct mck_read_plan *p, uint32_t s, uint64_t i,
-			const struct mck_idx_record *r, struct mck_read_fault *f)
+int mck_read_check_record(const struct mck_read_source *src, uint32_t s, uint64_t i,
+			  size_t page_size, uint64_t npages, struct mck_read_fault *f)
 {
-	uint64_t pack = p->sources[s].pack_size;
+	const struct mck_idx_record *r = (const struct mck_idx_record *)src->records + i;
+	uint64_t pack = src->pack_size;
 	char why[96];
 
-	if (r->page >= p->npages) {
+	if (r->page >= npages) {
 		snprintf(why, sizeof(why), "is beyond the arena's %llu pages",
-			 (unsigned long long)p->npages);
+			 (unsigned long long)npages);
 		return record_fault(f, s, i, r, why);
 	}
 	if (r->flags & ~KNOWN_FLAGS)
@@ -79,7 +80,7 @@ static int check_record(const struct mck_read_plan *p, uint32_t s, uint64_t i,
 			: record_fault(f, s, i, r, "is flagged zero and compressed");
 	if ((r->flags & MCK_PAGE_COMPRESSED) == MCK_PAGE_COMPRESSED)
 		return record_fault(f, s, i, r, "is flagged both zstd and lz4");
-	if (r->flags ? (r->length == 0 || r->length > p->page_size) : r->length != p->page_size)
+	if (r->flags ? (r->length == 0 || r->length > page_size) : r->length != page_size)
 		return record_fault(f, s, i, r, "has a stored length that is not a page's");
 	if (r->offset < MCK_PACK_HEADER_SIZE || r->offset > pack || r->length > pack - r->offset) {
 		snprintf(why, sizeof(why), "points outside the pack's %llu bytes",
@@ -87,6 +88,12 @@ static int check_record(const struct mck_read_plan *p, uint32_t s, uint64_t i,
 		return record_fault(f, s, i, r, why);
 	}
 	return 0;
+}
+
+static int check_record(const struct mck_read_plan *p, uint32_t s, uint64_t i,
+			struct mck_read_fault *f)
+{
+	return mck_read_check_record(&p->sources[s], s, i, p->page_size, p->npages, f);
 }
 
 static int add_unit(struct mck_read_plan *p, const struct mck_read_unit *u)
@@ -166,7 +173,7 @@ static int take_pages(struct mck_read_plan *p, uint64_t *taken, uint64_t *zero,
 		for (uint64_t i = 0; i < p->sources[s].nrecords; i++) {
 			const struct mck_idx_record *r = &recs[i];
 
-			rc = check_record(p, s, i, r, fault);
+			rc = check_record(p, s, i, fault);
 			if (rc < 0)
 				return rc;
 			/* (a unit grows only by bytes that follow its own, so

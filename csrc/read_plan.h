@@ -57,6 +57,12 @@ struct mck_read_plan {
 	int coded;              /* some unit is CODED: threads need scratch and a decoder */
 };
 
+/* Record i of source s (at chain position s) is one a reader can follow:
+ * within the arena's npages and the pack, known flags, a page's length.
+ * 0, or -EBADMSG with f saying what is wrong (MCK_READ_FAULT_RECORD). */
+int mck_read_check_record(const struct mck_read_source *src, uint32_t s, uint64_t i,
+			  size_t page_size, uint64_t npages, struct mck_read_fault *f);
+
 static inline const struct mck_idx_record *mck_plan_record(const struct mck_read_plan *p,
 							   uint32_t source, uint64_t record)
 {

@@ -6,6 +6,9 @@ one thing that must end in a clear failure, never a hang:
   wait           let the drain run and wait (a damaged page: CorruptionError)
   kill PAGE      the handler dies, then page PAGE is touched (abort)
   closefd PAGE   the handler's userfaultfd is closed, then page PAGE is touched (abort)
+  badindex PAGE  (the epoch's index damaged) page 0 is touched while the index is not
+                 checked yet (served), then the check runs and wait() raises
+                 CorruptionError, page 0 still reads; then PAGE is touched (SIGBUS)
 """
 from __future__ import annotations
 
@@ -37,6 +40,14 @@ def main() -> int:
             print(f"CorruptionError: {exc}", flush=True)
             return 3
         return 0
+    if what == "badindex":
+        print("served", int(pages[0].sum()), flush=True)
+        srv.release()
+        try:
+            h.wait(30)
+        except CorruptionError as exc:
+            print(f"CorruptionError: {exc}", flush=True)
+        print("served again", int(pages[0].sum()), flush=True)
     if what == "kill":
         srv.kill_handler()
         time.sleep(0.2)  # (the abort may come before the touch: either is the outcome)

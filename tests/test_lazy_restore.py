@@ -275,3 +275,95 @@ def test_cli_restore_lazy_reports_its_figures(tmp_path, capsys):
     assert np.array_equal(np.load(out)["state"], expected[2])
     assert main(["restore", str(st.path), "--lazy", "--out", str(out)]) == 0
     assert "lazy: first access after" in capsys.readouterr().out
+
+
+# -- served before the indexes are checked (restore returns before reading them) -------
+
+def _damage_index(st: Store, epoch: int, record: int) -> str:
+    """Flip a byte of a record's digest in epoch's index (its header intact); its name."""
+    name = st._doc(epoch)["files"]["idx"]["name"]
+    p = st.path / name
+    data = bytearray(p.read_bytes())
+    data[48 + record * 56 + 40] ^= 0xFF
+    p.write_bytes(bytes(data))
+    return name
+
+
+@pytest.mark.parametrize("compress", [None, "zstd"])
+def test_faults_served_before_the_index_check_equal_eager(tmp_path, compress):
+    st, expected = random_chain(tmp_path / "s", seed=21, compress=compress, npages=1200)
+    e = max(expected)
+    assert len(st.chain(e)) >= 3  # a fault looks its page up in each source, newest first
+    want = expected[e]
+    arena, h = _held(st, e)  # held: the index check and the plan wait for release()
+    srv = h._test_server()
+    errors = _touch_threads(arena, want, seed=3, per_thread=400)
+    assert not srv.planned and srv.stats()["drained"] == 0
+    assert srv.stats()["served"] > 0
+    # the check, the plan and the drain then run under the touches
+    errors += _touch_threads(arena, want, seed=4, after=srv.release)
+    stats = h.wait(60)
+    assert not errors, f"wrong content at {errors[:5]}"
+    assert stats.bad_pages == 0 and stats.drain_s is not None
+    assert np.array_equal(_pages(arena), want)
+    assert np.array_equal(_pages(arena), _pages(memckpt.restore(st, e)))
+
+
+def test_damaged_index_found_after_return_is_corruption_error(tmp_path):
+    st, _ = random_chain(tmp_path / "s", seed=5, compress=None, npages=300, nepochs=1)
+    name = _damage_index(st, 1, len(st._index(1)) - 1)
+    a = memckpt.restore(Store(st.path), 1, lazy=True)  # returns: only the header was read
+    with pytest.raises(CorruptionError, match=f"{name}: BLAKE3 digest mismatch.*poisoned"):
+        a.lazy.wait(30)  # not a hang
+    with pytest.raises(CorruptionError, match="do not trust this arena"):
+        a.lazy.check()
+    a.close()
+
+
+def test_damaged_index_poisons_what_was_not_served(tmp_path):
+    st, expected = random_chain(tmp_path / "s", seed=5, compress=None, npages=300, nepochs=1)
+    name = _damage_index(st, 1, len(st._index(1)) - 1)
+    r = _child(st.path, 1, "badindex", 200)
+    assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr)
+    lines = r.stdout.splitlines()
+    want0 = int(expected[1][0].astype(np.int64).sum())
+    assert lines[0] == f"served {want0}"  # checked against its record's digest: right bytes
+    assert "CorruptionError" in lines[1] and f"{name}: BLAKE3 digest mismatch" in lines[1]
+    assert lines[2:] == [f"served again {want0}", "touching"]  # and no value for page 200
+    assert "every page not served yet is poisoned" in r.stderr
+
+
+def test_prune_and_compact_remove_a_retired_epochs_touch_record(tmp_path):
+    st, _ = random_chain(tmp_path / "s", seed=9, compress=None, npages=64, nepochs=6)
+    for e in range(1, 7):
+        assert write_touch(st.path, e, 64, np.array([1, 2], np.uint64))
+    w = Store(st.path)
+    w.compact(2, 3)  # 2 retired into 3
+    assert not (st.path / touch_name(2)).exists()
+    assert (st.path / touch_name(3)).exists() and (st.path / touch_name(1)).exists()
+    w.prune(keep_last=1, rebase=True)
+    left = sorted(p.name for p in st.path.glob("*.touch"))
+    assert left == [touch_name(e) for e in w.epoch_numbers()]
+
+
+def test_a_reader_faster_than_the_drain_is_served_in_batches(tmp_path):
+    """With a recorded order, a sequential reader faults once a growing run,
+    not once every 16 pages: by lookup before the plan (held here), then in
+    batches at the front of the drain order; bit for bit either way."""
+    npages = 6000
+    st = Store(tmp_path / "s", create=True, page_size=PS)
+    want = np.random.default_rng(17).integers(0, 256, (npages, PS), dtype=np.uint8)
+    want[[1500, 4000]] = 0  # (a zero page in each region: a run ends there)
+    commit(st, want, None, kind="full", parent=None, compress=None)
+    regions = [np.arange(1000, 3000), np.arange(3500, 5400)]
+    assert write_touch(st.path, 1, npages, np.concatenate(regions).astype(np.uint64))
+    arena, h = _held(st, 1, prefetch="recorded")
+    pages = _pages(arena)
+    assert _core.hash_pages(pages[1000:3000]).tobytes() == \
+        _core.hash_pages(want[1000:3000]).tobytes()  # one pass, before any plan
+    held = h._test_server().stats()
+    assert held["drained"] == 0 and held["faults"] <= 2000 // 64, held  # runs grew
+    h._test_server().release()  # then batches at the front, racing the drain
+    assert np.array_equal(pages[3500:5400], want[3500:5400])
+    h.wait(60)
+    assert np.array_equal(pages, want)

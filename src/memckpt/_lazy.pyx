@@ -7,87 +7,87 @@ drain threads; the constructor returns at once. Damage found is kept in C and
 read back as a memckpt._reader.ReadFault (the store's layer words it)."""
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport strerror
+from libc.string cimport memcpy, strerror
 
 cimport memckpt._epoch_reader as r
 cimport memckpt._lazy_restore as c
+from memckpt._read_sources cimport read_sources
 
 import numpy as np
 
-from memckpt._reader import RECORD_SIZE, ReadFault
+from memckpt._reader import RECORD_SIZE, ReadFault  # noqa: F401 (RECORD_SIZE: re-exported)
 
 RUNNING = c.MCK_LAZY_RUNNING
 DRAINED = c.MCK_LAZY_DRAINED
 STOPPED = c.MCK_LAZY_STOPPED
+WHOLE_FILE = c.MCK_LAZY_WHOLE_FILE
 
 
 cdef class LazyServer:
     """Serve ``sources`` (oldest first: (fd, records, pack_size), as for
     _reader.ReadPlan) into ``out`` (uint8 (npages, page_size), the arena's
-    pages, none touched yet). ``order``: pages whose units drain first.
+    pages, none touched yet), at once: faults are resolved in the records
+    while a thread of the server checks ``indexes`` (None: checked already;
+    else one (buffer, digest) a source: the whole index file's bytes and its
+    BLAKE3) and plans the drain. ``order``: pages whose units drain first.
     ``threads``: drain threads (0: the CPUs). ``hold``: the drain waits for
     release() (tests)."""
 
-    cdef r.mck_read_plan *plan
     cdef r.mck_read_source *sources
+    cdef c.mck_lazy_index *indexes
     cdef c.mck_lazy *lazy
     cdef object keep
 
-    def __init__(self, sources, out, order=None, *, bint verify=True, unsigned threads=0,
-                 bint hold=False):
+    def __init__(self, sources, out, order=None, *, indexes=None, bint verify=True,
+                 unsigned threads=0, bint hold=False):
         cdef uint8_t[:, ::1] o = out
-        cdef const uint8_t[::1] rv
+        cdef const uint8_t[::1] iv
         cdef const uint64_t[::1] ov
         cdef const uint64_t *op = NULL
         cdef uint64_t norder = 0
         cdef uint32_t n = len(sources), i
-        cdef r.mck_read_fault fault
         cdef int rc
         cdef unsigned flags = (c.MCK_LAZY_VERIFY if verify else 0) | (c.MCK_LAZY_HOLD if hold else 0)
         cdef void *dest = &o[0, 0] if o.shape[0] else NULL
         cdef size_t ps = <size_t>o.shape[1]
         cdef uint64_t npages = <uint64_t>o.shape[0]
-        if self.plan != NULL:
+        if self.sources != NULL:
             raise RuntimeError("a LazyServer starts once")
         self.keep = [out]
-        self.sources = <r.mck_read_source *>calloc(n if n else 1, sizeof(r.mck_read_source))
-        if self.sources == NULL:
-            raise MemoryError()
-        for i in range(n):
-            fd, recs, pack_size = sources[i]
-            if recs.dtype.itemsize != RECORD_SIZE or recs.ndim != 1:
-                raise ValueError(f"source {i}: records must be a 1-D array of "
-                                 f"{RECORD_SIZE}-byte records")
-            raw = np.ascontiguousarray(recs).view(np.uint8)
-            self.keep.append(raw)
-            rv = raw
-            self.sources[i].fd = fd
-            self.sources[i].records = &rv[0] if rv.shape[0] else NULL
-            self.sources[i].nrecords = <uint64_t>recs.shape[0]
-            self.sources[i].pack_size = pack_size
+        self.sources = read_sources(sources, self.keep)
+        if indexes is not None:
+            if len(indexes) != n:
+                raise ValueError(f"{len(indexes)} indexes for {n} sources")
+            self.indexes = <c.mck_lazy_index *>calloc(n if n else 1, sizeof(c.mck_lazy_index))
+            if self.indexes == NULL:
+                raise MemoryError()
+            for i in range(n):
+                data, digest = indexes[i]
+                if len(digest) != 32:
+                    raise ValueError(f"index {i}: a BLAKE3 digest is 32 bytes")
+                memcpy(self.indexes[i].digest, <const char *>digest, 32)
+                if data is None:
+                    continue  # checked already: its records are, again, in C
+                self.keep.append(data)
+                iv = data
+                self.indexes[i].data = &iv[0] if iv.shape[0] else NULL
+                self.indexes[i].size = <uint64_t>iv.shape[0]
         if order is not None:
             w = np.ascontiguousarray(order, dtype=np.uint64)
-            self.keep.append(w)
             ov = w
             norder = <uint64_t>ov.shape[0]
             op = &ov[0] if norder else NULL
         with nogil:
-            rc = r.mck_read_plan_build(&self.plan, self.sources, n, dest, ps, npages,
-                                       NULL, 0, 0, &fault)
-        if rc != 0:
-            if fault.kind != r.MCK_READ_FAULT_NONE:
-                raise _fault(&fault)
-            raise OSError(-rc, f"planning the lazy read: {strerror(-rc).decode()}")
-        with nogil:
-            rc = c.mck_lazy_start(&self.lazy, self.plan, op, norder, threads, flags)
+            rc = c.mck_lazy_open(&self.lazy, self.sources, n, self.indexes, dest, ps, npages,
+                                 op, norder, threads, flags)
         if rc != 0:
             raise OSError(-rc, f"starting the lazy restore: {strerror(-rc).decode()}")
 
     def __dealloc__(self):
         with nogil:
             c.mck_lazy_close(self.lazy)
-        r.mck_read_plan_free(self.plan)
         free(self.sources)
+        free(self.indexes)
 
     cdef int _live(self) except -1:
         if self.lazy == NULL:
@@ -118,7 +118,7 @@ cdef class LazyServer:
                     drained=st.drained, served=st.served, eexist=st.eexist, eagain=st.eagain,
                     removed=st.removed, bad=st.bad, bytes_read=st.bytes_read,
                     chunk_min=st.chunk_min, chunk_max=st.chunk_max, start_ns=st.start_ns,
-                    drained_ns=st.drained_ns, state=st.state, err=-st.err)
+                    planned_ns=st.planned_ns, drained_ns=st.drained_ns, state=st.state, err=-st.err)
 
     def first_fault(self):
         """A ReadFault for the first damaged page found, or None."""
@@ -126,6 +126,21 @@ cdef class LazyServer:
         cdef r.mck_read_fault f
         c.mck_lazy_first_fault(self.lazy, &f)
         return None if f.kind == r.MCK_READ_FAULT_NONE else _fault(&f)
+
+    def index_fault(self):
+        """A ReadFault for an index found damaged in the background (record
+        WHOLE_FILE: its digest), or None (none, or not checked yet)."""
+        self._live()
+        cdef r.mck_read_fault f
+        if not c.mck_lazy_index_fault(self.lazy, &f):
+            return None
+        return _fault(&f)
+
+    @property
+    def planned(self):
+        """True once the indexes are checked and the drain planned."""
+        self._live()
+        return bool(c.mck_lazy_planned(self.lazy))
 
     def touched(self):
         """uint64 array: the pages the program touched, in order of first touch."""

@@ -7,10 +7,11 @@ ReadFault saying what and where (the store's layer words the error); any
 other -errno is an OSError.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport free
 from libc.string cimport strerror
 
 cimport memckpt._epoch_reader as c
+from memckpt._read_sources cimport read_sources
 
 import numpy as np
 
@@ -83,11 +84,10 @@ cdef class ReadPlan:
     def __init__(self, sources, out, want=None, *, bint verify=True, bint out_is_zero=False,
                  bint defer_coded=False, bint fill_huge=False):
         cdef uint8_t[:, ::1] o = out
-        cdef const uint8_t[::1] rv
         cdef const uint64_t[::1] wv
         cdef const uint64_t *wp = NULL
         cdef uint64_t nwant = 0
-        cdef uint32_t n = len(sources), i
+        cdef uint32_t n = len(sources)
         cdef unsigned flags = 0
         cdef c.mck_read_fault fault
         cdef int rc
@@ -97,21 +97,7 @@ cdef class ReadPlan:
         if self.plan != NULL or self.sources != NULL:
             raise RuntimeError("a ReadPlan is planned once")
         self.keep = [out]
-        self.sources = <c.mck_read_source *>calloc(n if n else 1, sizeof(c.mck_read_source))
-        if self.sources == NULL:
-            raise MemoryError()
-        for i in range(n):
-            fd, recs, pack_size = sources[i]
-            if recs.dtype.itemsize != RECORD_SIZE or recs.ndim != 1:
-                raise ValueError(f"source {i}: records must be a 1-D array of "
-                                 f"{RECORD_SIZE}-byte records")
-            raw = np.ascontiguousarray(recs).view(np.uint8)
-            self.keep.append(raw)
-            rv = raw
-            self.sources[i].fd = fd
-            self.sources[i].records = &rv[0] if rv.shape[0] else NULL
-            self.sources[i].nrecords = <uint64_t>recs.shape[0]
-            self.sources[i].pack_size = pack_size
+        self.sources = read_sources(sources, self.keep)
         if want is not None:
             w = np.ascontiguousarray(want, dtype=np.uint64)
             self.keep.append(w)

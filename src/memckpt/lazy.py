@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _lazy
+from . import _lazy, _reader
 from .arena import Arena
 from .errors import CorruptionError
 from .store.eager import EpochRead
@@ -30,6 +30,7 @@ class LazyStats:
     faults: int                 # pages the program touched before the drain mapped them
     fault_latency_median_s: float | None
     fault_latency_p99_s: float | None
+    plan_s: float | None        # from the server's start to the indexes checked, the drain planned
     drain_s: float | None       # from the start of the restore to every page mapped
     drain_bytes_per_s: float | None
     bytes_read: int
@@ -66,6 +67,8 @@ class LazyRestore:
         self._done = threading.Event()
         self._final: LazyStats | None = None
         self._fault: Any = None
+        self._index_fault: Any = None
+        self._final_served: int | None = None
         self._lock = threading.Lock()
         self._server: Any = None
         # the finisher records the first-touch order, closes the packs and
@@ -77,7 +80,8 @@ class LazyRestore:
                          daemon=True).start()
         pages = np.frombuffer(arena.buffer(), dtype=np.uint8).reshape(npages, arena.page_size)
         try:
-            self._server = _lazy.LazyServer(self._src.sources, pages, order, verify=verify,
+            self._server = _lazy.LazyServer(self._src.sources, pages, order,
+                                            indexes=self._src.indexes, verify=verify,
                                             threads=int(threads or 0), hold=hold)
         except BaseException:
             self._src.close()
@@ -108,12 +112,15 @@ class LazyRestore:
         lat = srv.latencies()
         touched = srv.touched()
         self._fault = srv.first_fault()
+        self._index_fault = srv.index_fault()
+        self._final_served = st["served"]
         with self._lock:
             srv.close()
             self._server = srv = None
         self._src.close()
+        self._src.release()
         written = None
-        if len(touched) and self._fault is None:
+        if len(touched) and self._fault is None and self._index_fault is None:
             # the new order after the old: pages the prefetch mapped before
             # the program touched them fault no more, and must stay recorded
             old = self._recorded if self._recorded is not None else np.empty(0, np.uint64)
@@ -131,6 +138,7 @@ class LazyRestore:
             time_to_first_access_s=self._ttfa, faults=st["faults"],
             fault_latency_median_s=float(np.median(lat)) / 1e9 if len(lat) else None,
             fault_latency_p99_s=float(np.percentile(lat, 99)) / 1e9 if len(lat) else None,
+            plan_s=(st["planned_ns"] - st["start_ns"]) / 1e9 if st["planned_ns"] else None,
             drain_s=drain, drain_bytes_per_s=nbytes / drain if drain else None,
             bytes_read=st["bytes_read"], bad_pages=st["bad"], removed_pages=st["removed"],
             eexist=st["eexist"], eagain=st["eagain"],
@@ -153,16 +161,38 @@ class LazyRestore:
         return self._final
 
     def check(self) -> None:
-        """CorruptionError (or the store's error) if a damaged page was found so far."""
+        """CorruptionError (or the store's error) if a damaged page, or a
+        damaged index, was found so far."""
         with self._lock:
             srv = self._server
             fault = srv.first_fault() if srv is not None else self._fault
+            ifault = srv.index_fault() if srv is not None else self._index_fault
+            served = srv.stats()["served"] if srv is not None else None
+        if ifault is not None:
+            raise self._index_error(ifault, served)
         if fault is not None:
             err = self._read._error(fault)
             if isinstance(err, CorruptionError):
                 raise CorruptionError(f"lazy restore: {err} (the page is poisoned: a touch of "
                                       f"it raises SIGBUS)")
             raise err
+
+    def _index_error(self, f: Any, served: int | None) -> Exception:
+        """The error for an index found damaged after restore() returned (the
+        server poisoned every page not served by then)."""
+        epoch = self._src.chain[f.source] if f.source < len(self._src.chain) else self.epoch
+        name = self._src.names[f.source][1] if f.source < len(self._src.names) else "?"
+        if f.kind == _reader.FAULT_IO:
+            return OSError(f.err, f"lazy restore of epoch {self.epoch}: epoch {epoch}: "
+                                  f"{name}: {f.why}")
+        what = f.why if f.record == _lazy.WHOLE_FILE else f"record {f.record} (page {f.page}) {f.why}"
+        if served is None:
+            served = self._final_served
+        return CorruptionError(
+            f"lazy restore of epoch {self.epoch}: epoch {epoch}: {name}: {what}, found while "
+            f"the arena was being served: every page not served by then is poisoned (a touch "
+            f"raises SIGBUS); the {served} pages served before matched their records' digests, "
+            f"but those records come from a damaged index: do not trust this arena")
 
     def stats(self) -> LazyStats:
         """The figures so far (the final ones once drained)."""

@@ -172,6 +172,22 @@ def parse_index(buf: bytes | bytearray, *, epoch: int, page_size: int, npages: i
                 where: str) -> np.ndarray:
     """Parse and validate an index file's bytes into a read-only record array
     (RECORD_DTYPE fields; extra trailing bytes of a newer minor's records are dropped)."""
+    hsize, rsize, count = parse_index_header(buf, len(buf), epoch=epoch, page_size=page_size,
+                                             npages=npages, where=where)
+    if rsize == RECORD_SIZE:
+        recs = np.frombuffer(buf, dtype=RECORD_DTYPE, count=count, offset=hsize)
+    else:  # a newer minor version's longer records: keep the fields we know
+        raw = np.frombuffer(buf, dtype=np.uint8, count=count * rsize, offset=hsize)
+        recs = np.ascontiguousarray(raw.reshape(count, rsize)[:, :RECORD_SIZE]).view(RECORD_DTYPE)[:, 0]
+    check_records(recs, page_size=page_size, npages=npages, pack_size=pack_size, where=where)
+    recs.flags.writeable = False
+    return recs
+
+
+def parse_index_header(buf: Any, size: int, *, epoch: int, page_size: int, npages: int,
+                       where: str) -> tuple[int, int, int]:
+    """(header size, record size, count) of an index file of ``size`` bytes
+    from its first bytes ``buf``, checked against its manifest."""
     if len(buf) < IDX_HEADER_SIZE:
         raise CorruptionError(f"{where}: index header cut short ({len(buf)} of {IDX_HEADER_SIZE} bytes)")
     magic, major, minor, hsize, rsize, ps, ep, count, _res = IDX_HEADER.unpack_from(buf)
@@ -184,17 +200,10 @@ def parse_index(buf: bytes | bytearray, *, epoch: int, page_size: int, npages: i
     if ps != page_size or ep != epoch:
         raise CorruptionError(f"{where}: index header (epoch {ep}, page size {ps}) does not "
                               f"match its manifest (epoch {epoch}, page size {page_size})")
-    if count > npages or hsize + count * rsize != len(buf):
-        raise CorruptionError(f"{where}: index of {len(buf)} bytes cannot hold {count} records "
+    if count > npages or hsize + count * rsize != size:
+        raise CorruptionError(f"{where}: index of {size} bytes cannot hold {count} records "
                               f"of {rsize} bytes after a {hsize}-byte header")
-    if rsize == RECORD_SIZE:
-        recs = np.frombuffer(buf, dtype=RECORD_DTYPE, count=count, offset=hsize)
-    else:  # a newer minor version's longer records: keep the fields we know
-        raw = np.frombuffer(buf, dtype=np.uint8, count=count * rsize, offset=hsize)
-        recs = np.ascontiguousarray(raw.reshape(count, rsize)[:, :RECORD_SIZE]).view(RECORD_DTYPE)[:, 0]
-    check_records(recs, page_size=page_size, npages=npages, pack_size=pack_size, where=where)
-    recs.flags.writeable = False
-    return recs
+    return hsize, rsize, count
 
 
 def check_records(recs: np.ndarray, *, page_size: int, npages: int, pack_size: int,

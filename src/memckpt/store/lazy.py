@@ -9,6 +9,7 @@ and anything wrong with it (absent, short, damaged, for another manifest of
 the same epoch number after a compaction) reads as no record at all."""
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from typing import Any
@@ -16,7 +17,9 @@ from typing import Any
 import blake3
 import numpy as np
 
+from ..errors import CorruptionError
 from . import format as fmt
+from .binary import IDX_HEADER_SIZE, RECORD_DTYPE, RECORD_SIZE, parse_index_header
 
 TOUCH_MAGIC = b"MCKTOUCH"
 TOUCH_VERSION = 1
@@ -28,33 +31,82 @@ TOUCH_MAX = 1 << 20
 
 class LazySources:
     """The chain of ``epoch`` opened for a lazy read: ``sources`` for
-    memckpt._lazy.LazyServer, ``names`` (pack, idx) and ``chain`` for its
-    errors. ``close()`` closes the packs."""
+    memckpt._lazy.LazyServer, ``indexes`` (one (bytes, BLAKE3) a source, for
+    the server to check whole in the background; None: checked here),
+    ``names`` (pack, idx) and ``chain`` for its errors. ``close()`` closes
+    the packs and lets go of the index mappings.
+
+    What is checked before the restore returns: the manifests and the chain's
+    ties, each index's size and header against its manifest, each pack's
+    header. An index's digest and records are checked by the server's own
+    thread while it serves faults already (docs/restore.md): each of its
+    records is followed only after C checks it stays inside the arena and the
+    pack, and each page against its record's digest."""
 
     def __init__(self, store: Any, epoch: int) -> None:
-        for attr in ("chain", "_doc", "_index", "_open_pack"):
+        for attr in ("chain", "_doc", "_open_data", "_open_pack"):
             if not hasattr(store, attr):
                 raise TypeError(f"a lazy restore reads the packs of a local store; "
                                 f"{type(store).__name__} is not one (use lazy=False)")
         self.chain = store.chain(epoch)
         docs = [store._doc(e) for e in self.chain]
         self.npages = int(docs[-1]["npages"])
-        indexes = [store._index(e, doc=d) for e, d in zip(self.chain, docs)]
         self.names = [(d["files"]["pack"]["name"], d["files"]["idx"]["name"]) for d in docs]
         self.fds: list[int] = []
+        self._maps: list[mmap.mmap] = []
+        self.sources: list[tuple[int, np.ndarray, int]] = []
+        self.indexes: list[tuple[Any, bytes]] | None = []
         try:
             for e, d in zip(self.chain, docs):
+                recs, ix = self._index(store, e, d)
                 self.fds.append(store._open_pack(e, d))
+                self.sources.append((self.fds[-1], recs, int(d["files"]["pack"]["size"])))
+                self.indexes.append(ix)
         except BaseException:
             self.close()
             raise
-        self.sources = [(fd, idx, int(d["files"]["pack"]["size"]))
-                        for fd, idx, d in zip(self.fds, indexes, docs)]
+
+    def _index(self, store: Any, epoch: int, doc: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        """The records of the epoch's index, mapped (header checked), and what
+        the server checks of it in the background."""
+        f = doc["files"]["idx"]
+        where = f"epoch {epoch}: {f['name']}"
+        fd = store._open_data(epoch, doc, "idx")  # (its size is the manifest's)
+        try:
+            head = os.pread(fd, IDX_HEADER_SIZE, 0)
+            hsize, rsize, count = parse_index_header(
+                head, f["size"], epoch=epoch, page_size=store.page_size,
+                npages=doc["npages"], where=where)
+            if count != doc["counts"]["records"]:
+                raise CorruptionError(f"{where}: holds {count} records, the manifest counts "
+                                      f"{doc['counts']['records']}")
+            if rsize != RECORD_SIZE or hsize % 8:
+                # a newer minor's longer records: parsed (copied) and checked here
+                return store._index(epoch, doc=doc), (None, bytes(32))
+            mm = mmap.mmap(fd, f["size"], prot=mmap.PROT_READ) if f["size"] else None
+        finally:
+            os.close(fd)
+        if mm is None:
+            return np.empty(0, RECORD_DTYPE), (None, bytes.fromhex(f["blake3"]))
+        self._maps.append(mm)
+        data = np.frombuffer(mm, dtype=np.uint8)
+        recs = data[hsize:].view(RECORD_DTYPE)
+        return recs, (data, bytes.fromhex(f["blake3"]))
 
     def close(self) -> None:
         fds, self.fds = self.fds, []
         for fd in fds:
             os.close(fd)
+
+    def release(self) -> None:
+        """Let go of the index mappings (once the server is closed)."""
+        self.sources, self.indexes = [], None
+        maps, self._maps = self._maps, []
+        for mm in maps:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # an array still points into it: it goes with the array
 
 
 def touch_name(epoch: int) -> str:

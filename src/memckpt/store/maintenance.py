@@ -18,6 +18,7 @@ from . import format as fmt
 from . import io as _io
 from .head import _Head, _Heads
 from .io import _fsync_dir, _unlink
+from .lazy import touch_name
 from .writer import EpochWriter
 
 if TYPE_CHECKING:
@@ -276,6 +277,7 @@ class _Maintenance(_Sweeper):
             self._forget(e)  # first: a head that still names a retired epoch would build on it
             _unlink(self.path / fmt.manifest_name(e))
             _fsync_dir(self.path)
+            files.append(touch_name(e))  # its first-touch record (store/lazy.py), if any
         for n in os.listdir(self.path):
             p = fmt.parse_data_name(n)
             if p is not None and p[0] in orphans:
