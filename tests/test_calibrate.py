@@ -96,15 +96,19 @@ def test_dense_and_sparse_pick_different_pairs() -> None:
     arena.close()
 
 
-def test_cli_calibrate(tmp_path, capsys, monkeypatch) -> None:
-    (tmp_path / "mystep.py").write_text(
-        "import numpy as np\n"
+def _step_module(where, name: str, monkeypatch) -> None:
+    """A module NAME in ``where`` (importable) whose make(arena) returns a sparse step."""
+    (where / f"{name}.py").write_text(
         "def make(arena):\n"
         "    a = arena.array('a', (arena.nbytes // 8,))\n"
         "    def step():\n"
         "        a[::512] += 1.0\n"
         "    return step\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(where))
+
+
+def test_cli_calibrate(tmp_path, capsys, monkeypatch) -> None:
+    _step_module(tmp_path, "mystep", monkeypatch)
     pair = f"{_avail('uffd-async', 'uffd-sync', 'mprotect')[0]}/copy"
     assert main(["calibrate", "mystep:make", "--mib", "4", "--steps", "3", "--rounds", "2",
                  "--pairs", pair, "--json"]) == 0
@@ -121,13 +125,7 @@ def test_cli_calibrate(tmp_path, capsys, monkeypatch) -> None:
 def test_cli_calibrate_save_feeds_the_checkpointer(tmp_path, capsys, monkeypatch) -> None:
     """`memckpt calibrate --save FILE`, then Checkpointer(mode="auto", calibration=FILE)."""
     from memckpt.calibrate import load_calibration
-    (tmp_path / "mystep2.py").write_text(
-        "def make(arena):\n"
-        "    a = arena.array('a', (arena.nbytes // 8,))\n"
-        "    def step():\n"
-        "        a[::512] += 1.0\n"
-        "    return step\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _step_module(tmp_path, "mystep2", monkeypatch)
     pair = f"{_avail('uffd-async', 'uffd-sync', 'mprotect')[0]}/copy"
     saved = tmp_path / "cal.json"
     assert main(["calibrate", "mystep2:make", "--mib", "4", "--steps", "2", "--rounds", "1",

@@ -134,27 +134,35 @@ static void *touch(void *arg)
 	return NULL;
 }
 
+/* Two threads touching random pages of arena; the pages they found wrong. */
+static int touch_in_two_threads(const uint8_t *arena, const uint8_t *model)
+{
+	struct toucher t[2];
+	pthread_t tid[2];
+
+	for (int i = 0; i < 2; i++) {
+		t[i] = (struct toucher){.arena = arena, .model = model, .seed = rnd(&rng_state) | 1};
+		pthread_create(&tid[i], NULL, touch, &t[i]);
+	}
+	for (int i = 0; i < 2; i++)
+		pthread_join(tid[i], NULL);
+	return t[0].bad + t[1].bad;
+}
+
 static void test_serves_then_drains(struct test_ctx *ctx)
 {
 	struct fixture fx;
 	struct mck_read_plan *plan;
 	struct mck_lazy *l;
 	struct mck_lazy_stats st;
-	struct toucher t[2];
-	pthread_t tid[2];
 	uint8_t *arena;
+	int bad;
 
 	(void)ctx;
 	build(&fx);
 	arena = start(&fx, &plan, &l);
-	for (int i = 0; i < 2; i++) {
-		t[i] = (struct toucher){.arena = arena, .model = fx.model,
-					.seed = rnd(&rng_state) | 1};
-		pthread_create(&tid[i], NULL, touch, &t[i]);
-	}
-	for (int i = 0; i < 2; i++)
-		pthread_join(tid[i], NULL);
-	CHECK(t[0].bad == 0 && t[1].bad == 0, "pages served wrong: %d, %d", t[0].bad, t[1].bad);
+	bad = touch_in_two_threads(arena, fx.model);
+	CHECK(bad == 0, "pages served wrong: %d", bad);
 	mck_lazy_get_stats(l, &st);
 	CHECK(st.faults > 0 && st.drained == 0, "held: faults %llu, drained %llu",
 	      (unsigned long long)st.faults, (unsigned long long)st.drained);
@@ -310,22 +318,15 @@ static void test_open_serves_by_lookup(struct test_ctx *ctx)
 	struct mck_lazy *l;
 	struct mck_lazy_stats st;
 	struct mck_read_fault f;
-	struct toucher t[2];
-	pthread_t tid[2];
 	uint8_t *arena, *buf;
+	int bad;
 
 	(void)ctx;
 	build(&fx);
 	buf = index_file(&fx, &ix);
 	arena = open_held(&fx, &ix, &l);
-	for (int i = 0; i < 2; i++) {
-		t[i] = (struct toucher){.arena = arena, .model = fx.model,
-					.seed = rnd(&rng_state) | 1};
-		pthread_create(&tid[i], NULL, touch, &t[i]);
-	}
-	for (int i = 0; i < 2; i++)
-		pthread_join(tid[i], NULL);
-	CHECK(t[0].bad == 0 && t[1].bad == 0, "pages served wrong: %d, %d", t[0].bad, t[1].bad);
+	bad = touch_in_two_threads(arena, fx.model);
+	CHECK(bad == 0, "pages served wrong: %d", bad);
 	mck_lazy_get_stats(l, &st);
 	CHECK(!mck_lazy_planned(l) && st.served > 0 && st.drained == 0,
 	      "held: planned %d, served %llu, drained %llu", mck_lazy_planned(l),
