@@ -181,14 +181,12 @@ class _Verifier(_Reader):
         hsize = fmt.parse_pack_header(os.pread(fd, fmt.PACK_HEADER_SIZE, 0), epoch=epoch,
                                       page_size=self.page_size, minor=doc["version"][1], where=where)
         size = doc["files"]["pack"]["size"]
-        if len(stored):
-            off, first = np.unique(stored["offset"], return_index=True)
-            end = off + stored["length"][first].astype(np.uint64)
-            gaps = np.flatnonzero(off[1:] != end[:-1])
-            if off[0] != hsize or len(gaps) or int(end[-1]) != size:
-                at = (hsize if off[0] != hsize else int(end[gaps[0]]) if len(gaps) else int(end[-1]))
-                raise CorruptionError(f"{where}: bytes from {at} are not a page image of the index "
-                                      f"(images must fill the pack, {size} bytes, back to back)")
-        elif size != hsize:
-            raise CorruptionError(f"{where}: {size - hsize} bytes after the header, but the index "
-                                  "stores no page")
+        off, first = np.unique(stored["offset"], return_index=True)
+        end = off + stored["length"][first].astype(np.uint64)
+        # where each image must start (the header's end, then the image before's
+        # end), and where the file must end (the last image's end)
+        should = np.concatenate((np.array([hsize], np.uint64), end))
+        bad = np.flatnonzero(should != np.concatenate((off, np.array([size], np.uint64))))
+        if len(bad):
+            raise CorruptionError(f"{where}: bytes from {int(should[bad[0]])} are not a page image "
+                                  f"of the index (images must fill the pack, {size} bytes, back to back)")
