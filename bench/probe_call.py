@@ -1,8 +1,12 @@
 """Where a small checkpoint's call_s goes (issue 12): the median time of
 each step of Checkpointer.checkpoint() for 4-page increments of a 16 MiB
 arena, mode copy (or MODE=fork|sync|background), beside pause_s and call_s.
+Between checkpoints the program "runs" for STEP_MS (a sleep; default 2 ms):
+the next epoch's writer is prepared then, after the commit, on the persist
+thread (store/prepared.py). STEP_MS=0 takes them back to back: the next
+checkpoint then waits for that preparation (wait_s).
 
-    python bench/probe_call.py            # ROUNDS=200 MODE=copy
+    python bench/probe_call.py            # ROUNDS=200 MODE=copy STEP_MS=2
 """
 import os
 import statistics
@@ -16,6 +20,7 @@ import memckpt
 PS = memckpt.features().page_size
 MODE = os.environ.get("MODE", "copy")
 ROUNDS = int(os.environ.get("ROUNDS", "200"))
+STEP_S = float(os.environ.get("STEP_MS", "2")) / 1e3
 
 
 def main() -> None:
@@ -50,8 +55,10 @@ def main() -> None:
                 acc.setdefault("pause_s", []).append(p.pause_s)
                 acc.setdefault("call_s", []).append(p.call_s)
                 p.result()
+                acc.setdefault("wait_s (the epoch before, and its prepare)", []).append(p.wait_s)
+                time.sleep(STEP_S)
         del x
-    print(f"mode {MODE}, {ROUNDS} checkpoints of 4 pages, medians:")
+    print(f"mode {MODE}, {ROUNDS} checkpoints of 4 pages, {STEP_S * 1e3:g} ms apart, medians:")
     for k, v in acc.items():
         print(f"  {k:48s} {statistics.median(v) * 1e3:8.3f} ms")
 

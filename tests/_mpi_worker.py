@@ -105,6 +105,10 @@ def main(argv: list[str]) -> None:
                       bit_exact=bool(np.array_equal(co.arena.arrays()["data"],
                                                     expected(rank, step))))
         _write(out, f"resume-rank-{rank}.json", report)
+        # every rank's report is on disk before any rank steps on to a kill:
+        # a rank slow to write its report (a loaded machine) was killed with
+        # the job before writing it, and the trial could not check its resume
+        comm.Barrier()
     data = co.arena.arrays()["data"]
     for _ in range(steps):
         step += 1

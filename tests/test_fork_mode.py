@@ -48,8 +48,22 @@ def children() -> set[int]:
     return out
 
 
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def fd_count(tmp_path=None) -> int:
+    """The process's open fds; with ``tmp_path``, less those on files in other
+    tests' directories: a Store an earlier test dropped unclosed (its spare or
+    prepared pack file) is closed by whichever thread frees it, maybe now."""
+    if tmp_path is None:
+        return len(os.listdir("/proc/self/fd"))
+    n = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own fd, closed since
+            continue
+        if "pytest-of-" in target and str(tmp_path) not in target:
+            continue
+        n += 1
+    return n
 
 
 def fill(rng: np.random.Generator, pages: np.ndarray) -> None:
@@ -351,7 +365,7 @@ def test_binding_child_lifecycle(tmp_path, arena, scratch):
     pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
     pv[:] = 9
     store = Store(tmp_path / "st", create=True)
-    kids, fds = children(), fd_count()
+    kids, fds = children(), fd_count(tmp_path)
     pages = np.arange(arena.npages, dtype=np.uint64)
     for how in ("wait", "read", "kill", "drop"):
         w = store.begin(kind="full", layout=arena.layout(), npages=arena.npages)
@@ -378,7 +392,7 @@ def test_binding_child_lifecycle(tmp_path, arena, scratch):
         else:
             del ch
         w.abort()
-    assert children() == kids and fd_count() == fds
+    assert children() == kids and fd_count(tmp_path) == fds
     with pytest.raises(ValueError, match="strictly increasing"):
         _core.fork_snapshot(arena._region, arena.page_size, pages[::-1].copy(), False, 1, 32,
                             bytes(32), 1, bytes(48))
@@ -388,7 +402,7 @@ def test_binding_child_lifecycle(tmp_path, arena, scratch):
     with pytest.raises(ValueError, match="smaller than"):
         _core.fork_snapshot(arena._region, arena.page_size, pages, False, 1, 32, bytes(32), 1,
                             bytes(48), bytearray(10))
-    assert children() == kids and fd_count() == fds
+    assert children() == kids and fd_count(tmp_path) == fds
 
 
 def test_store_adopt_checks(tmp_path, arena, scratch):
@@ -442,6 +456,7 @@ def test_a_thousand_checkpoints_leave_no_child_and_no_fd(fast_dir):
         with memckpt.Checkpointer(arena, fast_dir / "st", mode="fork", full_every=50) as ck:
             pv[:] = 1
             ck.checkpoint().result()
+            ck.wait()  # and the next epoch's writer prepared (store/prepared.py)
             gc.collect()  # earlier tests' objects holding fds go now, not mid-count
             fds = fd_count()
             for i in range(999):
@@ -451,6 +466,7 @@ def test_a_thousand_checkpoints_leave_no_child_and_no_fd(fast_dir):
                 assert info.mode == "fork" and info.pages_dirty == (8 if info.kind == "full" else 3)
                 if i % 50 == 49:
                     ck.store.prune(keep_last=1)  # short chains, few files: begin() walks the chain
+            ck.wait()
             assert fd_count() == fds, f"{fds} fds before, {fd_count()} after 1,000 checkpoints"
             assert children() == kids, f"children left: {children() - kids}"
             assert info.epoch == 1000

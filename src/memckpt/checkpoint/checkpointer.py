@@ -232,7 +232,7 @@ class Checkpointer(CheckpointerView):
         pending._resumed = self._schedule.clock()
         self._schedule.restart(pending._resumed)
         self._inflight.launch(pending, self._committed, self._failed,
-                              here=self._mode == "sync")
+                              here=self._mode == "sync", then=self._head.prepare)
         return pending
 
     def _capture(self, label: str | None, clock: CallClock) -> Capture:
@@ -321,6 +321,7 @@ class Checkpointer(CheckpointerView):
             self._after.close()  # the replica, if any, gets every epoch first
             with _signals.deferred():  # closed whole, or not at all
                 self._closed = True
+                self._head.close()  # a prepared writer: its spare file, before the store goes
                 self._let_go()
                 self._tracker.close()
                 if self._owns_store:

@@ -24,6 +24,7 @@ class Head:
         self._threads = threads
         self.epoch: int | None = None
         self.chain_len = 0
+        self._closed = False
 
     def next_kind(self, known: bool = False) -> tuple[str, int | None]:
         """The next epoch's kind and parent. A full epoch's parent is only its
@@ -55,6 +56,26 @@ class Head:
         return self._store.begin(kind=kind, parent=parent, layout=arena.layout(),
                                  page_size=arena.page_size, npages=arena.npages,
                                  compress=self._compress, threads=self._threads)
+
+    def prepare(self) -> None:
+        """After a commit, on the persist thread: have the store make the next
+        epoch's writer ready (store/prepared.py), so that the next begin()
+        takes it instead of doing that work in checkpoint(). Stores without
+        prepare_next (an object store) begin as before."""
+        prepare = getattr(self._store, "prepare_next", None)
+        if prepare is None or self._closed:
+            return
+        kind, parent = self.next_kind(known=True)
+        prepare(kind, parent)
+        if self._closed:  # closed meanwhile: close() may have dropped it before it was made
+            self.close()
+
+    def close(self) -> None:
+        """Let a prepared writer go (the Checkpointer closes; the store may be the caller's)."""
+        self._closed = True
+        drop = getattr(self._store, "drop_prepared", None)
+        if drop is not None:
+            drop()
 
     def _has(self, epoch: int) -> bool:
         try:

@@ -121,9 +121,17 @@ class InFlight:
             raise cur._error
 
     def launch(self, pending: PendingEpoch, committed: Callable[[EpochInfo, Capture, float], None],
-               failed: Callable[[Capture], None], *, here: bool) -> None:
+               failed: Callable[[Capture], None], *, here: bool,
+               then: Callable[[], None] | None = None) -> None:
         """Count ``pending`` in flight and persist it: ``here`` (mode "sync":
-        raises its error) or on the persist thread (checkpoint/worker.py)."""
+        raises its error) or on the persist thread (checkpoint/worker.py),
+        where ``then()`` runs once the epoch committed and its waiters
+        (result()) were woken: work for the next epoch, off its caller's
+        path; the epoch counts as in flight until it is done (the next
+        checkpoint waits for it). The persist thread runs it after letting
+        go of the persist job (and so of ``committed`` and ``failed``: a
+        Checkpointer dropped unclosed is not kept alive by it); its errors
+        are dropped (it is an optimisation)."""
         self.start(pending)
         if here:
             self.persist(pending, committed, failed)
@@ -133,15 +141,18 @@ class InFlight:
             assert pending._info is not None
             pending.pause_s = pending._info.pause_s  # the caller was stopped until durable
             return
-        if not self._thread.submit(functools.partial(self.persist, pending, committed, failed)):
+        if not self._thread.submit(functools.partial(self.persist, pending, committed, failed, then)):
             # "can't start new thread": persist here rather than lose the epoch.
             # (Any other exception from the start comes after the thread
             # started, and it persists the epoch: persisting it here too would
             # commit it twice and count it done twice.)
-            self.persist(pending, committed, failed)
+            after = self.persist(pending, committed, failed, then)
+            if after is not None:
+                after()
 
     def persist(self, pending: PendingEpoch, committed: Callable[[EpochInfo, Capture, float], None],
-                failed: Callable[[Capture], None]) -> None:
+                failed: Callable[[Capture], None],
+                then: Callable[[], None] | None = None) -> Callable[[], None] | None:
         """Persist one capture (on its own thread except in mode "sync"), then
         the checkpointer's bookkeeping (``committed(info, capture, resumed)``,
         resumed being the clock when checkpoint() returned, or
@@ -151,12 +162,34 @@ class InFlight:
         In the caller (mode "sync"), a signal handler's exception (Ctrl-C)
         may stop the persist itself: the epoch is aborted (or, if it got past
         its commit point, stays committed) and its pages go to the next epoch,
-        as for any failed epoch. The bookkeeping after it is never torn."""
+        as for any failed epoch. The bookkeeping after it is never torn.
+        With ``then`` and a commit it returns what to run next (then(), and
+        the end of the count): the caller runs it, once (launch())."""
         with _signals.deferred():  # on the persist thread it does nothing (no handler runs there)
-            self._persist(pending, committed, failed)
+            ok = self._persist(pending, committed, failed, then is not None)
+        if not ok:
+            return None
+        assert then is not None
+
+        def after() -> None:  # see launch(); holds this InFlight and then(), nothing else
+            try:
+                then()
+            except Exception:
+                pass
+            finally:
+                self._done_one()
+        return after
+
+    def _done_one(self) -> None:
+        with self.idle:
+            self.count -= 1
+            self.idle.notify_all()
 
     def _persist(self, pending: PendingEpoch, committed: Callable[[EpochInfo, Capture, float], None],
-                 failed: Callable[[Capture], None]) -> None:
+                 failed: Callable[[Capture], None], then: bool) -> bool:
+        """Persist, bookkeeping, wake the waiters; True if the epoch
+        committed and ``then`` (the caller runs work after it, then
+        _done_one): it still counts as in flight."""
         cap = pending._cap
         assert cap is not None
         info: EpochInfo | None = None
@@ -194,7 +227,10 @@ class InFlight:
                           RuntimeWarning)
         pending._cap = None  # let the pages and the staging buffer go
         cap = None
+        keep = then and info is not None
         with self.idle:
             pending._finish(info, error)
-            self.count -= 1
-            self.idle.notify_all()
+            if not keep:
+                self.count -= 1
+                self.idle.notify_all()
+        return keep

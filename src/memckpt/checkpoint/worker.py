@@ -59,7 +59,7 @@ class PersistThread:
         self.pid = os.getpid()
         _threads.add(self)
 
-    def submit(self, job: Callable[[], None]) -> bool:
+    def submit(self, job: Callable[[], object]) -> bool:
         """Queue ``job``; False if no thread could be started for it (it is
         then taken back: the caller runs it). An exception from
         Thread.start() after the thread started propagates: the thread runs
@@ -81,7 +81,7 @@ class PersistThread:
             return False
         return True
 
-    def _take_back(self, job: Callable[[], None]) -> None:
+    def _take_back(self, job: Callable[[], object]) -> None:
         # no thread runs: nothing else takes from the queue
         kept = []
         while True:
@@ -110,5 +110,10 @@ class PersistThread:
                         self._alive = False
                         return
                 continue
-            job()  # type: ignore[operator]
+            # a job may return more work, run once the job is let go (a
+            # persist lets go of its checkpointer's callbacks: InFlight.launch)
+            then = job()  # type: ignore[operator]
             del job
+            if callable(then):
+                then()  # InFlight's: catches what it runs, and ends the epoch's count
+            del then

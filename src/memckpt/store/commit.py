@@ -31,6 +31,7 @@ class _Commit(_Packing):
 
     if TYPE_CHECKING:  # EpochWriter's own
         def _close(self) -> None: ...
+        def _take_lock(self) -> None: ...
 
     # -- commit ---------------------------------------------------------------------------
     def _name_pack(self) -> None:
@@ -42,6 +43,7 @@ class _Commit(_Packing):
 
     def _finish_files(self) -> None:
         """Make pack and index durable (the epoch is still uncommitted)."""
+        self._take_lock()  # the index is the epoch's first name in the store
         if self._idx_fd is not None:  # fork mode: see external_target()
             if self._adopted is None:
                 raise ValueError(f"epoch {self.epoch}'s files were handed out but never adopted")

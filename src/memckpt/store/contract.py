@@ -24,7 +24,11 @@ holds Store and EpochWriter to: see the end of local.py):
 
     # writing (one writer per store: an exclusive flock on STORE/lock, held by
     # the writer from begin() until commit()/abort(); a second writer gets
-    # StoreLocked (a MemckptError) "store ... is locked by pid N")
+    # StoreLocked (a MemckptError) "store ... is locked by pid N"). A local
+    # Store may also offer prepare_next(kind, parent) -> bool and
+    # drop_prepared(): the next begin() with those arguments (the rest as the
+    # last begin()'s) takes a writer made ready beforehand, which takes the
+    # lock at the epoch's first name instead (docs/format.md; store/prepared.py)
     w = store.begin(kind="full"|"incremental", parent=int|None, layout=dict,
                     page_size=int, npages=int, compress=None|"zstd"|"lz4",
                     threads=None|int)  # threads writing the pages: None = the CPUs available

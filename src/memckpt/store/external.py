@@ -12,6 +12,7 @@ import blake3
 from ..errors import CorruptionError
 from . import format as fmt
 from .io import _O_CREATE, _index_arg, _open_file, _read_fd
+from .spare import name_file, reopen, unnamed_file
 
 if TYPE_CHECKING:
     from .local import Store
@@ -43,6 +44,7 @@ class _External:
 
     if TYPE_CHECKING:  # EpochWriter's own
         def _name_pack(self) -> None: ...
+        def _take_lock(self) -> None: ...
         def _check_open(self) -> None: ...
         def abort(self) -> None: ...
         def _where(self, exc: OSError, name: str) -> OSError: ...
@@ -53,6 +55,8 @@ class _External:
     # adopt() takes its counts, sizes and digests; commit() then writes the
     # manifest exactly as after add_pages. abort() removes both files as ever.
     _idx_fd: int | None = None
+    _idx_unnamed = False  # an O_TMPFILE, named at commit (a prepared writer's: store/prepared.py)
+    _lock_due: bool
     _adopted: dict[str, Any] | None = None
     # the parent's manifest identity (format.manifest_identity), set by
     # begin()/compact() for the manifest's parent_digest
@@ -74,8 +78,14 @@ class _External:
                              "another process writing the files (a fork child) cannot do")
         assert self._pack_fd is not None
         try:
-            self._idx_fd = _open_file(self._store.path / self._idx_name, _O_CREATE,
-                                      f"epoch {self.epoch}: {self._idx_name}")
+            if self._lock_due:
+                # a prepared writer, in the pause of a checkpoint: no lock, no
+                # name; the index is unnamed until commit, as the pack is
+                self._idx_fd = unnamed_file(self._store.path)
+                self._idx_unnamed = True
+            else:
+                self._idx_fd = _open_file(self._store.path / self._idx_name, _O_CREATE,
+                                          f"epoch {self.epoch}: {self._idx_name}")
         except BaseException:
             self.abort()
             raise
@@ -125,8 +135,9 @@ class _External:
                     or vals["idx_size"] != fmt.IDX_HEADER_SIZE + vals["records"] * fmt.RECORD_SIZE):
                 raise CorruptionError(f"{where}: counts {vals} do not add up to the files' sizes")
             # the writer's fd is write-only: read the index through a new one
-            rfd = self._store._open_regular(self._idx_name, where,
-                                            CorruptionError(f"{where}: the index file vanished"))
+            rfd = (reopen(self._idx_fd) if self._idx_unnamed else
+                   self._store._open_regular(self._idx_name, where,
+                                             CorruptionError(f"{where}: the index file vanished")))
             try:
                 raw = _read_fd(rfd, fmt.IDX_HEADER_SIZE + self.npages * fmt.RECORD_SIZE, where)
             finally:
@@ -151,6 +162,9 @@ class _External:
         """_finish_files for adopted files: they are durable already (the
         writer fdatasynced both before it reported)."""
         assert self._adopted is not None
+        if self._idx_unnamed and self._idx_fd is not None:
+            name_file(self._idx_fd, self._store.path / self._idx_name)
+            self._idx_unnamed = False
         self._name_pack()
         for attr in ("_pack_fd", "_idx_fd"):
             fd = getattr(self, attr)

@@ -61,6 +61,7 @@ class _Heads(_Verifier):
 
     _head: _Head | None
     _left: bytes | None   # the line this Store's last lock leaves (or left) in the lock file
+    _lock_gen = 0         # locks this Store took (store/prepared.py: a writer prepared before one is stale)
 
     def _writer_lock(self, role: str) -> locking._Lock:
         """The writer lock, taken for a write of this Store (StoreLocked if
@@ -78,6 +79,7 @@ class _Heads(_Verifier):
         return locking._HeldLock(self.path, role, leave), leave
 
     def _took_lock(self, found: bytes, leave: bytes) -> None:
+        self._lock_gen += 1
         if self._left is None or found != self._left:
             self._head = None  # another writer held the lock since: what it did is unknown
         self._left = leave

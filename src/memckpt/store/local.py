@@ -10,6 +10,7 @@ last of a line of layers, one concern each (see docs/architecture.md):
     verify.py       _Verifier     verify
     head.py         _Heads        the writer's head: the newest epoch, the chains seen whole
     maintenance.py  _Sweeper, _Maintenance   the sweep; compact, prune
+    prepared.py     _Prepared     the next epoch's writer, made ready after a commit
     local.py        Store         construction, close, begin
 
 and EpochWriter (writer.py) is external.py's _External (files written by a
@@ -35,7 +36,7 @@ from ..errors import FormatError
 from . import format as fmt
 from .catalog import _Link
 from .io import _MissingFile, _index_arg, _jsonable
-from .maintenance import _Maintenance
+from .prepared import _BeginArgs, _Prepared
 from .spare import Spare
 from .urls import local_path
 from .writer import EpochWriter
@@ -43,7 +44,7 @@ from .writer import EpochWriter
 __all__ = ["EpochWriter", "Store", "_MissingFile"]
 
 
-class Store(_Maintenance):
+class Store(_Prepared):
     """A directory of immutable checkpoint epochs; see memckpt.store.contract."""
 
     def __init__(self, path: str | os.PathLike[str], create: bool = False, *,
@@ -70,6 +71,7 @@ class Store(_Maintenance):
         # chain links by epoch: never evicted with the manifests (see _Link)
         self._links: dict[int, _Link] = {}
         self._spare = Spare()  # the next epoch's pack file, made after each commit
+        self._init_prepared()  # the next epoch's writer, made after each commit (prepare_next)
         if page_size is not None and not fmt.valid_page_size(page_size):
             raise ValueError(f"page_size {page_size!r} must be a power of two in "
                              f"{fmt.MIN_PAGE_SIZE}..{fmt.MAX_PAGE_SIZE}")
@@ -95,6 +97,7 @@ class Store(_Maintenance):
         the fork. Its open writers are the parent's and detach themselves."""
         self._cache_lock = threading.Lock()
         self._writers_cv = threading.Condition()
+        self._init_prepared()
         # the child's writes are another writer's: what the parent commits
         # next is not in this copy of the head
         self._head = self._left = None
@@ -106,6 +109,7 @@ class Store(_Maintenance):
         """Drop cached manifests and indexes, and close the spare pack file
         (store/spare.py: the only file a Store holds open between calls; a
         writer holds its own files and the lock); the Store stays usable."""
+        self.drop_prepared()
         self._spare.close()
         self._drop_caches()
         with self._cache_lock:
@@ -139,7 +143,12 @@ class Store(_Maintenance):
             raise ValueError("an incremental epoch needs a parent")
         if threads is not None and (_index_arg(threads, "threads") < 1):
             raise ValueError(f"threads must be None (the CPUs available) or >= 1, not {threads!r}")
+        args = _BeginArgs(kind, parent, layout, int(npages), compress,  # type: ignore[arg-type]
+                          None if threads is None else int(threads))
         self._wait_for_writers("begin an epoch")
+        w = self._adopt_prepared(args)  # made after the last commit: no lock yet (prepared.py)
+        if w is not None:
+            return w
         self._check_same_store()  # before the lock file is made in a stranger's directory
         lock = self._writer_lock("write")
         try:
@@ -159,13 +168,13 @@ class Store(_Maintenance):
                 parent_digest = plink.identity
             w = EpochWriter(self, lock, epoch=epoch, gen=0, kind=kind, parent=parent,
                             layout=layout, npages=int(npages), compress=compress,  # type: ignore[arg-type]
-                            parent_digest=parent_digest, threads=threads)
+                            parent_digest=parent_digest, threads=threads,
+                            pack_fd=self._spare.take())
             self._unsettled = (epoch, w.pack_name)
             return w
         except BaseException:
             lock.release()
             raise
-
 
     # the layout begin() checked last, as given and as checked: a checkpointer
     # begins every epoch with the same one, and checking it again costs more

@@ -17,6 +17,7 @@ made and ``begin()`` creates the pack by name as before.
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -43,9 +44,13 @@ class Spare:
             if self._fd is not None and self._pid == os.getpid():
                 return
         try:
-            fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, _FILE_MODE)
-        except OSError:
-            self.disabled = True  # this filesystem has no O_TMPFILE: stop trying
+            fd = unnamed_file(directory)
+        except OSError as exc:
+            # the filesystem (EOPNOTSUPP) or the kernel (EISDIR: an old one
+            # takes the flag for O_DIRECTORY) has no O_TMPFILE: stop trying;
+            # anything else (a full disk, no fds left) may pass: none this time
+            if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                self.disabled = True
             return
         with self._lock:
             old, self._fd, self._pid = self._fd, fd, os.getpid()
@@ -72,6 +77,16 @@ class Spare:
             self.close()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
+
+
+def unnamed_file(directory: Path) -> int:
+    """A new file in ``directory`` with no name (O_TMPFILE), open read-write."""
+    return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, _FILE_MODE)
+
+
+def reopen(fd: int) -> int:
+    """A new read-only fd (its own offset) of the file open as ``fd``, named or not."""
+    return os.open(f"{_PROC_FD}/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def name_file(fd: int, path: Path) -> None:

@@ -29,15 +29,25 @@ class EpochWriter(_Commit):
     one writer per store.
 
     ``parent_digest``: the parent's manifest identity (format.manifest_identity),
-    recorded in the manifest; begin() and compact() know it."""
+    recorded in the manifest; begin() and compact() know it. ``pack_fd``: an
+    unnamed file to write the pack into (the Store's spare, store/spare.py),
+    named at commit; None: the pack is created by name. ``prepared``: made
+    ahead by Store.prepare_next (store/prepared.py), without the lock and
+    with a ``pack_fd``: it names nothing and waits for begin() to adopt it
+    (_adopt); the lock is taken at its first name in the store (_take_lock)."""
 
     def __init__(self, store: Store, lock: _Lock | None, *, epoch: int, gen: int, kind: str,
                  parent: int | None, layout: dict[str, Any], npages: int,
                  compress: str | None, parent_digest: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, pack_fd: int | None = None,
+                 prepared: bool = False) -> None:
         self._store = store
         self._parent_digest = parent_digest
         self._lock = lock
+        # prepared, not yet adopted by a begin(): in no list of open writers
+        self._prepared = prepared
+        # no lock yet, and so no name in the store yet (prepared.py)
+        self._lock_due = prepared
         self._closed = False
         self._committed = False
         self._owner_pid = os.getpid()  # see _detach_in_child
@@ -70,15 +80,15 @@ class EpochWriter(_Commit):
         elif compress == "lz4" and not in_c:
             lz4b = fmt.codec("lz4")
             self._compressor = lambda b: lz4b.compress(b, store_size=False)
-        self._pack_fd: int | None = None
-        # the Store's spare (store/spare.py): an unnamed file, named at commit
-        self._pack_fd = store._spare.take()
-        self._pack_unnamed = self._pack_fd is not None
+        self._pack_fd: int | None = pack_fd
+        self._pack_unnamed = pack_fd is not None
+        if prepared and pack_fd is None:
+            raise ValueError("a prepared writer needs an unnamed pack file")
         if self._pack_fd is None:
             self._pack_fd = _open_file(store.path / self._pack_name, _O_CREATE,
                                        f"epoch {epoch}: {self._pack_name}")
-        with store._writers_cv:  # from here on, abort() (or commit) takes it out again
-            store._open_writers.add(self)
+        if not prepared:
+            self._register()
         _forksafe.register(self)
         try:
             hdr = fmt.pack_header(epoch, self.page_size)
@@ -105,6 +115,24 @@ class EpochWriter(_Commit):
                         else 1)
         self._durable_at = 0.0
         self._files: dict[str, Any] = {}
+
+    def _register(self) -> None:
+        with self._store._writers_cv:  # from here on, abort() (or commit) takes it out again
+            self._store._open_writers.add(self)
+
+    def _adopt(self) -> None:
+        """A prepared writer becomes the calling thread's, as if begun now."""
+        self._prepared = False
+        self._owner = threading.get_ident()
+        self._t0 = time.perf_counter()
+        self._register()
+
+    def _take_lock(self) -> None:
+        """Before this epoch's first name in the store: the writer lock, if
+        it was begun without (prepared; see Store._lock_late)."""
+        if self._lock_due:
+            self._lock = self._store._lock_late(self)
+            self._lock_due = False
 
     def _detach_in_child(self) -> None:
         """In a child of fork() (memckpt._forksafe): the epoch's files and
@@ -207,7 +235,9 @@ class EpochWriter(_Commit):
                 if fd is not None:
                     os.close(fd)
                 store = self._store
-                if not self._committed and self._manifest_names_mine():
+                if self._lock_due:
+                    pass  # never locked: nothing of it has a name (the pack is unnamed)
+                elif not self._committed and self._manifest_names_mine():
                     self._committed = True
                     try:
                         _fsync_dir(store.path)  # the rename's durability, as commit does
@@ -216,7 +246,7 @@ class EpochWriter(_Commit):
                     with store._cache_lock:
                         store._manifests.pop(self.epoch, None)
                     store._head = None  # committed, but the head never saw it: look again
-                if not self._committed:
+                if not self._committed and not self._lock_due:
                     for n in (self._pack_name, self._idx_name, self._tmp_name):
                         _unlink(store.path / n)
             finally:
