@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -134,6 +135,58 @@ def test_another_writers_compaction_of_the_parent_is_followed(tmp_path):
     store.verify()
 
 
+def _hold_lock(path, role: str, seconds: float) -> threading.Thread:
+    """Another writer (its own lock file description) holding the lock a while."""
+    from memckpt.store import locking
+    took = threading.Event()
+
+    def hold():
+        with locking._Lock(path, role, wait=0.0):
+            took.set()
+            time.sleep(seconds)
+    t = threading.Thread(target=hold)
+    t.start()
+    took.wait()
+    return t
+
+
+def test_the_late_lock_waits_out_another_writers_prune(tmp_path):
+    store, state = _store_with_one(tmp_path)
+    assert store.prepare_next("incremental", 1)
+    w = _begin(store, "incremental", 1)
+    state[6] = 2
+    w.add_pages(np.array([6], dtype=np.uint64), state[[6]])
+    t = _hold_lock(store.path, "prune", 0.3)
+    try:
+        assert w.commit(pages_dirty=1, pause_s=0.0).epoch == 2
+    finally:
+        t.join()
+    assert np.array_equal(read(store, 2), state)
+
+
+def test_the_late_lock_gives_up_after_a_while(tmp_path, monkeypatch):
+    from memckpt.store import locking
+    monkeypatch.setattr(locking, "_LOCK_WAIT_S", 0.1)
+    store, state = _store_with_one(tmp_path)
+    assert store.prepare_next("incremental", 1)
+    w = _begin(store, "incremental", 1)
+    w.add_pages(np.array([6], dtype=np.uint64), state[[6]])
+    t = _hold_lock(store.path, "prune", 0.6)
+    try:
+        with pytest.raises(StoreLocked, match=r"locked by this process \(prune\)"):
+            w.commit(pages_dirty=1, pause_s=0.0)
+    finally:
+        t.join()
+    assert store.epoch_numbers() == [1] and _names(store) == {fmt.STORE_HEADER,
+                                                               fmt.manifest_name(1),
+                                                               *_data_names(store, 1)}
+
+
+def _data_names(store: Store, epoch: int) -> set[str]:
+    files = store.manifest(epoch)["files"]
+    return {files["pack"]["name"], files["idx"]["name"]}
+
+
 def test_an_abort_before_the_lock_removes_nothing(tmp_path):
     store, state = _store_with_one(tmp_path)
     assert store.prepare_next("incremental", 1)
@@ -189,9 +242,9 @@ def test_checkpoint_takes_no_lock_in_the_callers_thread(tmp_path, monkeypatch, m
     takers: list[int] = []
     real = Store._writer_lock
 
-    def spy(self, role):
+    def spy(self, role, *args, **kwargs):
         takers.append(threading.get_ident())
-        return real(self, role)
+        return real(self, role, *args, **kwargs)
     monkeypatch.setattr(Store, "_writer_lock", spy)
     with memckpt.Arena(64 * PS) as arena:
         x = arena.array("x", 64 * PS, np.uint8)

@@ -63,12 +63,14 @@ class _Heads(_Verifier):
     _left: bytes | None   # the line this Store's last lock leaves (or left) in the lock file
     _lock_gen = 0         # locks this Store took (store/prepared.py: a writer prepared before one is stale)
 
-    def _writer_lock(self, role: str) -> locking._Lock:
+    def _writer_lock(self, role: str, any_holder: bool = False) -> locking._Lock:
         """The writer lock, taken for a write of this Store (StoreLocked if
-        another writer holds it); the head is dropped unless the lock file
-        holds the line this Store left."""
+        another writer holds it; with ``any_holder``, once it held it for
+        _LOCK_WAIT_S); the head is dropped unless the lock file holds the
+        line this Store left."""
         leave = _token()
-        lock = locking._Lock(self.path, role, wait=locking._LOCK_WAIT_S, leave=leave)
+        lock = locking._Lock(self.path, role, wait=locking._LOCK_WAIT_S, leave=leave,
+                             any_holder=any_holder)
         self._took_lock(lock.found, leave)
         return lock
 

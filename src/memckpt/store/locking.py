@@ -61,7 +61,8 @@ class _Lock:
     (:meth:`_detach_in_child`), and never unlocks or truncates: that would
     be the parent's lock and the parent's pid."""
 
-    def __init__(self, store_path: Path, role: str, *, wait: float, leave: bytes = b"") -> None:
+    def __init__(self, store_path: Path, role: str, *, wait: float, leave: bytes = b"",
+                 any_holder: bool = False) -> None:
         self.fd: int | None = None
         # what the file held when this lock was taken (the line the last
         # holder left), and what release() leaves in it
@@ -96,7 +97,9 @@ class _Lock:
                     what = holder[1] if len(holder) > 1 else ""
                     # a process creating the store, or sweeping it, holds
                     # the lock for a moment: wait it out
-                    if what in ("create", "sweep", "") and time.monotonic() < deadline:
+                    # (any_holder: a writer off its caller's path waits out
+                    # any holder, a prune or compaction of another process)
+                    if (any_holder or what in ("create", "sweep", "")) and time.monotonic() < deadline:
                         time.sleep(0.002)
                         continue
                     who = ("this process" if pid == str(os.getpid()) else f"pid {pid}" if holder

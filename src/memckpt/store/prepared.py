@@ -155,7 +155,8 @@ class _Prepared(_Maintenance):
         prepared (its number the next, its parent the same), else StoreLocked
         (or what the same-store check raises)."""
         self._check_same_store()  # before the lock file is made in a stranger's directory
-        lock = self._writer_lock("write")
+        # on the persist thread: another process's prune or compaction is waited out
+        lock = self._writer_lock("write", any_holder=True)
         try:
             self._sweep_if_due()
             head = self._head_now()
