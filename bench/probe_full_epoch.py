@@ -44,6 +44,9 @@ T0 = [0.0]
 STEPS: list[tuple[str, float, float]] = []
 SAMPLE = int(os.environ.get("SAMPLE", "1"))  # sample the fork children's state every 2 ms
 TALLY: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+# the last /proc/PID/schedstat read of each child and helper: (who, ns on a CPU, ns runnable
+# waiting for one); summed per who at the end
+SCHED: dict[int, tuple[str, int, int]] = {}
 _GENERIC = ("__schedule", "schedule", "io_schedule", "schedule_timeout", "schedule_hrtimeout",
             "do_nanosleep", "hrtimer_nanosleep", "folio_wait", "__folio", "wait_on_page",
             "__x64_sys", "do_syscall", "entry_SYSCALL", "x64_sys_call", "io_schedule_timeout")
@@ -89,7 +92,14 @@ def _sampler(stop: Any, name: list[str]) -> None:
     me = os.getpid()
     while not stop.is_set():
         for pid, depth in _descendants(me):
-            TALLY[f"{name[0]} {'child' if depth == 1 else 'helper'}"][_where(pid)] += 1
+            who = f"{name[0]} {'child' if depth == 1 else 'helper'}"
+            TALLY[who][_where(pid)] += 1
+            try:
+                with open(f"/proc/{pid}/schedstat") as f:
+                    run, wait = (int(x) for x in f.read().split()[:2])
+                SCHED[pid] = (who, run, wait)
+            except (OSError, ValueError):
+                pass
         time.sleep(0.002)
 
 
@@ -198,6 +208,7 @@ def main() -> None:
             if r == 0:
                 rec.clear()
                 TALLY.clear()
+                SCHED.clear()
     finally:
         stop.set()
         arena.close()
@@ -212,6 +223,14 @@ def main() -> None:
 
 
 def _tally() -> None:
+    cpu: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for who, run, wait in SCHED.values():
+        cpu[who][0] += run
+        cpu[who][1] += wait
+        cpu[who][2] += 1
+    for who, (run, wait, n) in sorted(cpu.items()):
+        print(f"## {who}: per process (mean of {n}, last sample): on a CPU {run / n / 1e6:.0f} ms, "
+              f"runnable but waiting for a CPU {wait / n / 1e6:.0f} ms")
     for who, where in sorted(TALLY.items()):
         total = sum(where.values())
         print(f"## {who}: {total} samples (2 ms apart, all rounds)")

@@ -639,6 +639,16 @@ def test_copy_mode_default_staging_takes_full_epochs_by_fork(arena, tmp_path, mo
         for e, w in zip(epochs, want):
             with memckpt.restore(st, e.epoch) as got:
                 assert np.array_equal(pages_view(got, got.arrays()["a"]), w)
+    # called from another thread (which may end before the child is done): staged
+    with memckpt.Checkpointer(arena, tmp_path / "t", threads=memckpt.capture.copy.FORK_PROCESSES) as ck:
+        out = []
+        th = threading.Thread(target=lambda: out.append(ck.checkpoint()))
+        th.start()
+        th.join()
+        e = out[0].result()
+        assert e.kind == "full" and "full_by" not in e.extra and e.extra["staging_bytes"] > 0
+        with memckpt.restore(tmp_path / "t", e.epoch) as got:
+            assert np.array_equal(pages_view(got, got.arrays()["a"]), pv)
 
 
 def test_copy_mode_stages_full_epochs_once_fork_is_refused(arena, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ copy.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -60,12 +61,17 @@ class CopyMode:
         costs less than the copy (FORK_RSS_RATIO), never again after a fork
         failed, and where either ``staging=`` cannot hold the epoch or the
         staged epoch's writer would run on no more threads than the child
-        hashes on (FORK_PROCESSES): a writer on more CPUs makes the staged
-        epoch durable sooner than the child does."""
+        hashes on (FORK_PROCESSES: a writer on more CPUs makes the staged
+        epoch durable sooner than the child does) and the caller is the
+        main thread (the child dies with the thread that forked it: a
+        thread of the program's that ends before the epoch is durable would
+        fail it, where the staged epoch does not care)."""
         if self.name != "copy" or req.kind != "full" or req.writer.compress is not None \
                 or self.fork_refused is not None:
             return False
-        if self.ctx.staging_pages >= self.ctx.npages and req.writer.threads > FORK_PROCESSES:
+        if self.ctx.staging_pages >= self.ctx.npages and (
+                req.writer.threads > FORK_PROCESSES
+                or threading.current_thread() is not threading.main_thread()):
             return False
         return _resident_pages() <= FORK_RSS_RATIO * self.ctx.npages
 
