@@ -614,12 +614,13 @@ def test_copy_mode_takes_full_epochs_by_fork(arena, tmp_path, monkeypatch):
 
 
 def test_copy_mode_default_staging_takes_full_epochs_by_fork(arena, tmp_path, monkeypatch):
-    """With the default staging (the arena's size) a full epoch is taken by
-    fork while the writer runs on no more threads than the child hashes on
-    (FORK_PROCESSES): no staging copy of the arena in the pause. Each epoch
+    """With the default staging (the arena's size) and FORK_PROCESSES set, a
+    full epoch is taken by fork while the writer runs on no more threads than
+    that: no staging copy of the arena in the pause. Each epoch
     restores bit for bit, though the program rewrites every page while the
     child writes."""
     monkeypatch.setattr(memckpt.capture.copy, "FORK_RSS_RATIO", 10**9)  # as for a big arena
+    monkeypatch.setattr(memckpt.capture.copy, "FORK_PROCESSES", 2)  # off by default: turned on
     pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
     fill(np.random.default_rng(18), pv)
     want, epochs = [], []

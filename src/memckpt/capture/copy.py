@@ -35,12 +35,14 @@ from .fork import ForkMode, ForkRefused
 # tables (~0.1 µs a page here), the staging copy the epoch's pages (~0.7 µs
 # a page, faults included); python bench/probe_fork_pause.py
 FORK_RSS_RATIO = 4
-# the processes that hash a fork child's epoch (the child and, from 128 MiB,
-# one helper: csrc/capture_fork.c): with the default staging a full epoch is
-# taken by fork while the staged epoch's writer would run on no more threads
-# than this (bench/probe_full_epoch.py, docs/benchmarks.md "Full epochs of
-# mode copy by fork")
-FORK_PROCESSES = 2
+# with the default staging a full epoch is taken by fork while the staged
+# epoch's writer would run on no more threads than this: 2 for the processes
+# that hash a fork child's epoch (the child and, from 128 MiB, one helper:
+# csrc/capture_fork.c). 0, the default: never (measured on 2 CPUs, the fork's
+# pause is 5-10x shorter but the staged epoch is durable 1.05-1.5x sooner at
+# 1 GiB: bench/bench_write.py, docs/benchmarks.md "Full epochs of mode copy
+# by fork")
+FORK_PROCESSES = 0
 
 
 class CopyMode:
@@ -60,10 +62,9 @@ class CopyMode:
         Only where the child can write it (uncompressed), where the fork
         costs less than the copy (FORK_RSS_RATIO), never again after a fork
         failed, and where either ``staging=`` cannot hold the epoch or the
-        staged epoch's writer would run on no more threads than the child
-        hashes on (FORK_PROCESSES: a writer on more CPUs makes the staged
-        epoch durable sooner than the child does) and the caller is the
-        main thread (the child dies with the thread that forked it: a
+        staged epoch's writer would run on no more threads than
+        FORK_PROCESSES (0 by default: the staged epoch is durable sooner)
+        and the caller is the main thread (the child dies with the thread that forked it: a
         thread of the program's that ends before the epoch is durable would
         fail it, where the staged epoch does not care)."""
         if self.name != "copy" or req.kind != "full" or req.writer.compress is not None \
