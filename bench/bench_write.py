@@ -7,6 +7,10 @@ machine's noise falls on every method alike:
 
 - ``np.save + fsync``: what a user would pick: np.save of the array to a new
   file, flush, fsync.
+- ``np.save + fsync, a second right after a first``: the same, timed as the
+  second of two in a row (the first untimed), as a Checkpointer's later full
+  epoch follows its first: the baseline of "a later full" (a virtual disk may
+  take a second burst of the same size slower than the first).
 - ``write + fdatasync``: the floor: one os.write of the array's bytes to a new
   file, then fdatasync.
 - ``write, early writeback``: the same bytes written 8 MiB at a time, each
@@ -20,12 +24,15 @@ machine's noise falls on every method alike:
 
 - ``Checkpointer ..., first epoch``: what a user sees: a new Checkpointer
   over an arena holding the array (the array copied into it once, untimed),
-  its first checkpoint() until result() (durable), in modes copy (whose full
-  epochs a fork() child writes, when the arena is most of the process),
-  sync (every page written in the pause, from the arena, with the writer's
-  threads) and fork.
+  its first checkpoint() until result() (durable), in modes copy (the
+  default: the arena staged in the pause, then written on the writer's
+  threads), "copy, by fork" (capture/copy.py FORK_PROCESSES = 2: its full
+  epochs written by a fork() child, when the arena is most of the process),
+  sync (every page written in the pause, from the
+  arena, with the writer's threads) and fork.
 - ``Checkpointer ..., a later full``: the same Checkpointer's second
-  checkpoint with full_every=1 (a full epoch again: full_every, rebasing).
+  checkpoint with full_every=1 (a full epoch again: full_every, rebasing);
+  its ratio is given against both baselines.
 
 The store's own epochs run with 1, 2 and all the CPUs available (threads=). Every epoch is
 checked outside the timing: its counts say every page was stored, and a
@@ -39,6 +46,8 @@ starting one method later than the round before.
 
     .venv/bin/python bench/bench_write.py --size 512 --size 1024 --rounds 5
     .venv/bin/python bench/bench_write.py --size 64 --rounds 3      # quick
+    --only np.save,Checkpointer runs only the methods whose names start with
+    one of these (the baselines are always run).
     --dir DIR puts the files there (default: a temporary directory in the
     current one, i.e. the file system of the checkout). Run with a memckpt
     from before the C epoch writer, it measures its staged epoch alone.
@@ -59,6 +68,7 @@ from typing import Callable
 import numpy as np
 
 import memckpt
+from memckpt.capture import copy as copy_capture
 from memckpt.store import Store
 
 try:
@@ -85,6 +95,19 @@ def np_save_fsync(a: np.ndarray, d: Path) -> float:
     dt = time.perf_counter() - t
     p.unlink()
     return dt
+
+
+def np_save_fsync_second(a: np.ndarray, d: Path) -> float:
+    """np.save + fsync timed right after an untimed first one (another file)."""
+    first = d / "first.npy"
+    with open(first, "wb") as f:
+        np.save(f, a)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        return np_save_fsync(a, d)
+    finally:
+        first.unlink()
 
 
 def _timed_new_file(d: Path, write: Callable[[int], None]) -> float:
@@ -152,23 +175,35 @@ def epoch(a: np.ndarray, d: Path, threads: int, staging: np.ndarray | None,
 
 
 PAUSES: dict[str, list[float]] = {}
+FULL_BY: dict[str, set[str]] = {}  # how each Checkpointer method's full epochs were taken
 
 
 def checkpointer_full(arena: memckpt.Arena, d: Path, mode: str, later: bool, name: str,
                       check: bool) -> float:
     """A new Checkpointer's first epoch (or, later: its second, full_every=1),
-    until durable; its pause_s goes to PAUSES[name]."""
+    until durable; its pause_s goes to PAUSES[name]. Mode "copy, by fork":
+    mode copy with its full epochs taken by fork (FORK_PROCESSES = 2)."""
     sp = d / "ck"
     shutil.rmtree(sp, ignore_errors=True)
-    with memckpt.Checkpointer(arena, sp, mode=mode, full_every=1 if later else None) as ck:
-        if later:
-            ck.checkpoint().result()
-        t = time.perf_counter()
-        p = ck.checkpoint()
-        info = p.result()
-        dt = time.perf_counter() - t
+    by_fork = mode == "copy, by fork"
+    procs = copy_capture.FORK_PROCESSES
+    if by_fork:
+        copy_capture.FORK_PROCESSES = 2
+    try:
+        with memckpt.Checkpointer(arena, sp, mode="copy" if by_fork else mode,
+                                  full_every=1 if later else None) as ck:
+            if later:
+                ck.checkpoint().result()
+            t = time.perf_counter()
+            p = ck.checkpoint()
+            info = p.result()
+            dt = time.perf_counter() - t
+    finally:
+        copy_capture.FORK_PROCESSES = procs
     if info.kind != "full":
         raise AssertionError(f"{name}: epoch {info.epoch} is {info.kind}")
+    how = {"sync": "in the pause, from the arena", "fork": "fork"}.get(mode, "staged")
+    FULL_BY.setdefault(name, set()).add(info.extra.get("full_by", how))
     if check:
         with memckpt.restore(sp) as got:
             if not np.array_equal(np.frombuffer(got.buffer(), np.uint8),
@@ -180,7 +215,11 @@ def checkpointer_full(arena: memckpt.Arena, d: Path, mode: str, later: bool, nam
     return dt
 
 
-def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float, float, float]]:
+BASELINES = ("np.save + fsync", "write + fdatasync (floor)")
+
+
+def run_size(mib: int, rounds: int, d: Path,
+             only: list[str] | None = None) -> list[tuple[str, float, float, float]]:
     a = np.random.default_rng(mib).random((mib << 20) // 8)
     a[a == 0] = 0.5  # no zero word: no page can be all zero
     staging = np.empty(((mib << 20) // PS, PS), np.uint8)
@@ -189,6 +228,7 @@ def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float, float, fl
     threads = sorted({1, 2, cpus}) if _writer else []
     methods: list[tuple[str, Callable[[bool], float]]] = [
         ("np.save + fsync", lambda c: np_save_fsync(a, d)),
+        ("np.save + fsync, a second right after a first", lambda c: np_save_fsync_second(a, d)),
         ("write + fdatasync (floor)", lambda c: write_fdatasync(a, d)),
         ("write, early writeback (floor)", lambda c: write_early_writeback(a, d)),
     ]
@@ -202,11 +242,13 @@ def run_size(mib: int, rounds: int, d: Path) -> list[tuple[str, float, float, fl
         methods.append(("epoch, staged (Python writer)", lambda c: epoch(a, d, 1, staging, c)))
     arena = memckpt.Arena(mib << 20)
     arena.array("a", a.shape, a.dtype)[:] = a
-    for mode in ("copy", "sync", "fork"):
+    for mode in ("copy", "copy, by fork", "sync", "fork"):
         for later in (False, True):
             name = f"Checkpointer {mode}, {'a later full' if later else 'first epoch'}"
             methods.append((name, lambda c, m=mode, l=later, n=name:
                             checkpointer_full(arena, d, m, l, n, c)))
+    if only:
+        methods = [(n, f) for n, f in methods if n.startswith(BASELINES) or n.startswith(tuple(only))]
     times: dict[str, list[float]] = {name: [] for name, _ in methods}
     for name, fn in methods:  # a warm-up round each, checked, untimed
         fn(True)
@@ -233,22 +275,25 @@ def _cpu_s() -> float:
 def table(mib: int, rows: list[tuple[str, float, float, float]], rounds: int, load0: float) -> str:
     med = {name: t for name, t, _, _ in rows}
     npsave = med["np.save + fsync"]
+    second = med["np.save + fsync, a second right after a first"]
     floor = med["write + fdatasync (floor)"]
     out = [f"\n{mib} MiB of float64 ({(mib << 20) // PS} pages), {rounds} rounds, "
            f"load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
            "| method | median | min | GB/s (median) | CPU time (median) | × np.save + fsync "
-           "| × write + fdatasync |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+           "| × second np.save + fsync | × write + fdatasync |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, t, lo, c in rows:
         gbs = (mib << 20) / t / 1e9
         out.append(f"| {name} | {t * 1e3:.0f} ms | {lo * 1e3:.0f} ms | {gbs:.2f} | {c * 1e3:.0f} ms | "
-                   f"{t / npsave:.2f}× | {t / floor:.2f}× |")
+                   f"{t / npsave:.2f}× | {t / second:.2f}× | {t / floor:.2f}× |")
     if PAUSES:
-        out += ["", "| Checkpointer | pause_s (median) | × np.save + fsync |", "|---|---:|---:|"]
+        out += ["", "| Checkpointer | pause_s (median) | × np.save + fsync | full epochs taken by |",
+                "|---|---:|---:|---|"]
         for name, v in PAUSES.items():
             out.append(f"| {name} | {statistics.median(v) * 1e3:.1f} ms | "
-                       f"{statistics.median(v) / npsave:.3f}× |")
+                       f"{statistics.median(v) / npsave:.3f}× | {', '.join(sorted(FULL_BY.get(name, ())))} |")
         PAUSES.clear()
+        FULL_BY.clear()
     return "\n".join(out)
 
 
@@ -257,14 +302,17 @@ def main() -> None:
     ap.add_argument("--size", type=int, action="append", help="MiB (repeatable; default 512 and 1024)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--only", default=None,
+                    help="comma-separated name prefixes of the methods to run (baselines always)")
     args = ap.parse_args()
+    only = args.only.split(",") if args.only else None
     sizes = args.size or [512, 1024]
     d = Path(tempfile.mkdtemp(prefix="memckpt-bench-write-", dir=args.dir or Path.cwd()))
     try:
         print(f"# {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} available; files in {d}")
         for mib in sizes:
             load0 = os.getloadavg()[0]
-            print(table(mib, run_size(mib, args.rounds, d), args.rounds, load0), flush=True)
+            print(table(mib, run_size(mib, args.rounds, d, only), args.rounds, load0), flush=True)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

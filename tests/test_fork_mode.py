@@ -597,7 +597,9 @@ def test_copy_mode_takes_full_epochs_by_fork(arena, tmp_path, monkeypatch):
         e = ck.checkpoint().result()
         assert e.kind == "full" and "full_by" not in e.extra and e.extra["staging_bytes"] > 0
     monkeypatch.setattr(memckpt.capture.copy, "FORK_RSS_RATIO", 10**9)  # as for a big arena
-    with memckpt.Checkpointer(arena, tmp_path / "staged", full_every=1) as ck:  # staging: the arena
+    # staging: the arena, and a writer on more threads than the child hashes on: staged
+    with memckpt.Checkpointer(arena, tmp_path / "staged", full_every=1,
+                              threads=memckpt.capture.copy.FORK_PROCESSES + 1) as ck:
         assert "full_by" not in ck.checkpoint().result().extra
     small = 16 * arena.page_size  # a full epoch does not fit: by fork
     with memckpt.Checkpointer(arena, tmp_path / "s", full_every=2, staging=small) as ck:
@@ -625,6 +627,45 @@ def test_copy_mode_takes_full_epochs_by_fork(arena, tmp_path, monkeypatch):
     # compressed: the child cannot compress, so the full epoch is staged
     with memckpt.Checkpointer(arena, tmp_path / "z", compress="zstd", staging=small) as ck:
         assert "full_by" not in ck.checkpoint().result().extra
+
+
+def test_copy_mode_default_staging_takes_full_epochs_by_fork(arena, tmp_path, monkeypatch):
+    """With the default staging (the arena's size) and FORK_PROCESSES set, a
+    full epoch is taken by fork while the writer runs on no more threads than
+    that: no staging copy of the arena in the pause. Each epoch
+    restores bit for bit, though the program rewrites every page while the
+    child writes."""
+    monkeypatch.setattr(memckpt.capture.copy, "FORK_RSS_RATIO", 10**9)  # as for a big arena
+    monkeypatch.setattr(memckpt.capture.copy, "FORK_PROCESSES", 2)  # off by default: turned on
+    pv = pages_view(arena, arena.array("a", arena.nbytes, np.uint8))
+    fill(np.random.default_rng(18), pv)
+    want, epochs = [], []
+    with memckpt.Checkpointer(arena, tmp_path / "s", full_every=2,
+                              threads=memckpt.capture.copy.FORK_PROCESSES) as ck:
+        for step in range(4):  # full (fork), incremental (staged), full (fork), incremental
+            p = ck.checkpoint()
+            want.append(pv.copy())
+            pv[step::3] ^= 0x5C  # while the child (if any) writes
+            epochs.append(p.result())
+    assert [(e.kind, e.mode, e.extra.get("full_by")) for e in epochs] == [
+        ("full", "copy", "fork"), ("incremental", "copy", None)] * 2
+    for e in epochs[::2]:
+        assert "staging_bytes" not in e.extra and e.extra["child_s"] > 0
+    with memckpt.Store(tmp_path / "s") as st:
+        st.verify()
+        for e, w in zip(epochs, want):
+            with memckpt.restore(st, e.epoch) as got:
+                assert np.array_equal(pages_view(got, got.arrays()["a"]), w)
+    # called from another thread (which may end before the child is done): staged
+    with memckpt.Checkpointer(arena, tmp_path / "t", threads=memckpt.capture.copy.FORK_PROCESSES) as ck:
+        out = []
+        th = threading.Thread(target=lambda: out.append(ck.checkpoint()))
+        th.start()
+        th.join()
+        e = out[0].result()
+        assert e.kind == "full" and "full_by" not in e.extra and e.extra["staging_bytes"] > 0
+        with memckpt.restore(tmp_path / "t", e.epoch) as got:
+            assert np.array_equal(pages_view(got, got.arrays()["a"]), pv)
 
 
 def test_copy_mode_stages_full_epochs_once_fork_is_refused(arena, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ copy.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -34,6 +35,14 @@ from .fork import ForkMode, ForkRefused
 # tables (~0.1 µs a page here), the staging copy the epoch's pages (~0.7 µs
 # a page, faults included); python bench/probe_fork_pause.py
 FORK_RSS_RATIO = 4
+# with the default staging a full epoch is taken by fork while the staged
+# epoch's writer would run on no more threads than this: 2 for the processes
+# that hash a fork child's epoch (the child and, from 128 MiB, one helper:
+# csrc/capture_fork.c). 0, the default: never (measured on 2 CPUs, the fork's
+# pause is 5-10x shorter but the staged epoch is durable 1.05-1.5x sooner at
+# 1 GiB: bench/bench_write.py, docs/benchmarks.md "Full epochs of mode copy
+# by fork")
+FORK_PROCESSES = 0
 
 
 class CopyMode:
@@ -46,17 +55,24 @@ class CopyMode:
         self.fork_refused: str | None = None   # why fork() failed once: full epochs staged since
 
     def _by_fork(self, req: Request) -> bool:
-        """Whether mode copy takes this epoch by fork(): a full epoch that
-        ``staging=`` cannot hold is written by a child from its copy-on-write
-        image, as mode fork does (the pause: the collect and the fork), not
-        in the pause. Only where the child can write it (uncompressed) and
-        the fork costs less than the copy (FORK_RSS_RATIO), and never again
-        after a fork failed. With the default staging (the arena's size) a
-        full epoch is staged: the child writes on one thread, and becomes
-        durable 2-5x later than the staged epoch's threaded writer (docs/
-        checkpointing.md)."""
+        """Whether mode copy takes this epoch by fork(): a full epoch written
+        by a child from its copy-on-write image, as mode fork does (the
+        pause: the collect and the fork; no staging), rather than a staging
+        copy of the whole arena in the pause and a threaded write after it.
+        Only where the child can write it (uncompressed), where the fork
+        costs less than the copy (FORK_RSS_RATIO), never again after a fork
+        failed, and where either ``staging=`` cannot hold the epoch or the
+        staged epoch's writer would run on no more threads than
+        FORK_PROCESSES (0 by default: the staged epoch is durable sooner)
+        and the caller is the main thread (the child dies with the thread that forked it: a
+        thread of the program's that ends before the epoch is durable would
+        fail it, where the staged epoch does not care)."""
         if self.name != "copy" or req.kind != "full" or req.writer.compress is not None \
-                or self.fork_refused is not None or self.ctx.staging_pages >= self.ctx.npages:
+                or self.fork_refused is not None:
+            return False
+        if self.ctx.staging_pages >= self.ctx.npages and (
+                req.writer.threads > FORK_PROCESSES
+                or threading.current_thread() is not threading.main_thread()):
             return False
         return _resident_pages() <= FORK_RSS_RATIO * self.ctx.npages
 
