@@ -38,8 +38,9 @@ from typing import Any, Iterable, Sequence
 
 from ..epoch import EpochInfo
 from ..tuning import checkpoint_cost, expected_lost_work
+from .steps import KEYS
 
-__all__ = ["Overhead", "account", "runs", "stats_of"]
+__all__ = ["Overhead", "account", "interference", "runs", "stats_of"]
 
 # Epochs further apart than this many times the median gap (and than a minute)
 # belong to different runs of a program over the same store.
@@ -82,6 +83,10 @@ class Overhead:
     call_fraction: float
     tracking_fraction: float | None
     tracking_from: str | None  # "given", "calibration" (recorded in the epochs), or None
+    interference_s: float | None      # the program's steps slower while an epoch persisted
+    interference_fraction: float | None
+    flight_steps: int                 # steps seen while an epoch persisted (extra["steps"])
+    idle_steps: int                   # ... and while none did: the baseline
     overhead_fraction: float
     pause_p50_s: float | None
     pause_p90_s: float | None
@@ -140,13 +145,15 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
     calls = [e.call_s if e.call_s is not None else t[2] - t[0] for e, t in zip(es, times)]
     waits = [float(e.extra.get("wait_s", 0.0) or 0.0) for e in es]
     call_total = sum(calls)
+    interf, nflight, nidle = interference(es[1:])  # the first's steps came before the wall time
     tracking = None
     tracking_from = "given" if tracking_slowdown is not None else None
     if tracking_slowdown is None:
         tracking_slowdown = recorded_tracking_slowdown(es)
         tracking_from = "calibration" if tracking_slowdown is not None else None
     if tracking_slowdown is not None:
-        tracking = max(0.0, (wall - call_total) * tracking_slowdown / (1 + tracking_slowdown)) / wall
+        between = wall - call_total - (interf or 0.0)  # the steps' time at the tracked speed
+        tracking = max(0.0, between * tracking_slowdown / (1 + tracking_slowdown)) / wall
     achieved = [b[0] - a[2] for a, b in zip(times, times[1:])]
     ach = statistics.median(achieved) if achieved else None
     cost = checkpoint_cost(es, full_if_none=True)
@@ -162,7 +169,9 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
         pause_total_s=sum(pauses), wait_total_s=sum(waits), call_total_s=call_total,
         pause_fraction=sum(pauses) / wall, wait_fraction=sum(waits) / wall,
         call_fraction=call_total / wall, tracking_fraction=tracking, tracking_from=tracking_from,
-        overhead_fraction=call_total / wall + (tracking or 0.0),
+        interference_s=interf, interference_fraction=None if interf is None else interf / wall,
+        flight_steps=nflight, idle_steps=nidle,
+        overhead_fraction=call_total / wall + (tracking or 0.0) + (interf or 0.0) / wall,
         pause_p50_s=_pct(pauses, 0.5), pause_p90_s=_pct(pauses, 0.9),
         pause_p99_s=_pct(pauses, 0.99), pause_max_s=max(pauses),
         call_p50_s=_pct(calls, 0.5), call_p99_s=_pct(calls, 0.99),
@@ -172,6 +181,43 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
         interval_ratio=ach / interval if ach is not None and interval else None,
         lost_work_mean_s=mean_loss, lost_work_worst_s=worst_loss, lost_work_model_s=model,
         mtbf_s=mtbf)
+
+
+def _steps(e: EpochInfo) -> dict[str, float] | None:
+    """An epoch's ``extra["steps"]`` (checkpoint/steps.py), or None if absent or damaged."""
+    rec = e.extra.get("steps")
+    if not isinstance(rec, dict):
+        return None
+    out = {}
+    for k in KEYS:
+        v = rec.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            return None
+        out[k] = float(v)
+    return out
+
+
+def interference(epochs: Sequence[EpochInfo]) -> tuple[float | None, int, int]:
+    """(seconds, in-flight steps, idle steps): how much longer the program's
+    steps took while an epoch persisted than they would have without it, from
+    the step records the epochs carry (checkpoint/steps.py): the off-CPU time
+    (wall - the stepping thread's CPU) of the in-flight steps, less what the
+    idle steps spent off-CPU per second of their CPU times the in-flight
+    steps' CPU (the machine's own load meets the program's work in proportion
+    to it, checkpointing or not; per CPU second, not per step, so that steps
+    of different sizes, and the tracker's faults in the in-flight steps'
+    CPU, do not count as interference). None when there is nothing on either
+    side to compare (no maybe_checkpoint() loop, or every step ran while an
+    epoch persisted)."""
+    recs = [r for r in map(_steps, epochs) if r is not None]
+    nf = int(sum(r["flight_steps"] for r in recs))
+    ni = int(sum(r["idle_steps"] for r in recs))
+    idle_cpu = sum(r["idle_cpu_s"] for r in recs)
+    if not nf or not ni or idle_cpu <= 0:
+        return None, nf, ni
+    off_flight = sum(r["flight_wall_s"] - r["flight_cpu_s"] for r in recs)
+    per_cpu = sum(r["idle_wall_s"] - r["idle_cpu_s"] for r in recs) / idle_cpu
+    return off_flight - per_cpu * sum(r["flight_cpu_s"] for r in recs), nf, ni
 
 
 def recorded_tracking_slowdown(epochs: Sequence[EpochInfo]) -> float | None:
