@@ -128,12 +128,15 @@ def runs(epochs: Iterable[EpochInfo]) -> list[list[EpochInfo]]:
 
 def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
             interval: float | None = None, mtbf: float | None = None,
-            tracking_slowdown: float | None = None) -> Overhead:
+            tracking_slowdown: float | None = None,
+            steps_since: dict[str, Any] | None = None) -> Overhead:
     """The overhead account of ``epochs`` (one run: see :func:`runs`). ``now``
     (Unix time) ends the wall time instead of the last epoch's durability;
     ``interval`` is the target interval (the recommended or configured one);
     ``mtbf`` gives the model's expected loss; ``tracking_slowdown`` the
-    tracker's cost between checkpoints (a fraction of a step)."""
+    tracker's cost between checkpoints (a fraction of a step); ``steps_since``
+    the step record (checkpoint/steps.py) of a live checkpointer since its
+    last epoch, which no manifest holds yet."""
     es = sorted(epochs, key=lambda e: e.epoch)
     if not es:
         raise ValueError("no epochs to account for")
@@ -145,7 +148,8 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
     calls = [e.call_s if e.call_s is not None else t[2] - t[0] for e, t in zip(es, times)]
     waits = [float(e.extra.get("wait_s", 0.0) or 0.0) for e in es]
     call_total = sum(calls)
-    interf, nflight, nidle = interference(es[1:])  # the first's steps came before the wall time
+    # the first epoch's steps came before the wall time
+    interf, nflight, nidle = interference(es[1:], steps_since)
     tracking = None
     tracking_from = "given" if tracking_slowdown is not None else None
     if tracking_slowdown is None:
@@ -183,9 +187,9 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
         mtbf_s=mtbf)
 
 
-def _steps(e: EpochInfo) -> dict[str, float] | None:
-    """An epoch's ``extra["steps"]`` (checkpoint/steps.py), or None if absent or damaged."""
-    rec = e.extra.get("steps")
+def _steps(rec: Any) -> dict[str, float] | None:
+    """A step record (an epoch's ``extra["steps"]``, checkpoint/steps.py), or
+    None if absent or damaged."""
     if not isinstance(rec, dict):
         return None
     out = {}
@@ -197,7 +201,8 @@ def _steps(e: EpochInfo) -> dict[str, float] | None:
     return out
 
 
-def interference(epochs: Sequence[EpochInfo]) -> tuple[float | None, int, int]:
+def interference(epochs: Sequence[EpochInfo], since: dict[str, Any] | None = None,
+                 ) -> tuple[float | None, int, int]:
     """(seconds, in-flight steps, idle steps): how much longer the program's
     steps took while an epoch persisted than they would have without it, from
     the step records the epochs carry (checkpoint/steps.py): the off-CPU time
@@ -209,7 +214,8 @@ def interference(epochs: Sequence[EpochInfo]) -> tuple[float | None, int, int]:
     CPU, do not count as interference). None when there is nothing on either
     side to compare (no maybe_checkpoint() loop, or every step ran while an
     epoch persisted)."""
-    recs = [r for r in map(_steps, epochs) if r is not None]
+    recs = [r for r in map(_steps, [e.extra.get("steps") for e in epochs] + [since])
+            if r is not None]
     nf = int(sum(r["flight_steps"] for r in recs))
     ni = int(sum(r["idle_steps"] for r in recs))
     idle_cpu = sum(r["idle_cpu_s"] for r in recs)
@@ -270,5 +276,7 @@ def stats_of(checkpointer: Any, *, first_epoch: int | None = None, now: float | 
         es = rs[-1] if rs else []
     rec = checkpointer.recommendation
     target = rec.interval_s if rec is not None else checkpointer.interval
+    clock = getattr(getattr(checkpointer, "_schedule", None), "steps", None)
     return account(es, now=time.time() if now is None else now, interval=target, mtbf=mtbf,
-                   tracking_slowdown=tracking_slowdown)
+                   tracking_slowdown=tracking_slowdown,
+                   steps_since=None if clock is None else clock.peek())
