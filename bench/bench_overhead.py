@@ -43,7 +43,7 @@ from typing import Any, Callable
 import numpy as np
 
 import memckpt
-from memckpt.checkpoint.stats import account
+from memckpt.checkpoint.stats import account, interference
 
 
 def sparse_workload(a: argparse.Namespace) -> Callable[[], tuple[memckpt.Arena, Callable[[], None]]]:
@@ -194,19 +194,35 @@ def main() -> None:
         raise SystemExit(f"calibration of {tracker}/{a.mode} failed: {pc.error}")
     slow = max(0.0, pc.step_cpu_slowdown if pc.step_cpu_slowdown is not None
                else pc.wall_slowdown)
-    steps_cpu = 0.0
     for row, (es, end) in zip(rows, blocks):
         o = account(es, now=end, tracking_slowdown=slow)
         recs = [e.extra.get("steps") or {} for e in es[1:]]
         row.update(epochs=len(es), calls=o.call_total_s, waits=o.wait_total_s,
-                   interference=o.interference_s or 0.0,
-                   tracking=(o.tracking_fraction or 0.0) * o.wall_s,
+                   wall=o.wall_s, interference_block=o.interference_s or 0.0,
+                   tracking_block=(o.tracking_fraction or 0.0) * o.wall_s,
                    flight_steps=o.flight_steps, idle_steps=o.idle_steps,
                    persist_total=sum(e.total_s for e in es),
                    **{k: sum(x.get(k, 0) for x in recs) for k in
                       ("flight_wall_s", "flight_cpu_s", "idle_wall_s", "idle_cpu_s")})
         row["steps_cpu"] = row["flight_cpu_s"] + row["idle_cpu_s"]
+        row["account_block"] = row["calls"] + row["interference_block"] + row["tracking_block"]
+    # The account of the run: every checkpointed block's epochs together, as
+    # `memckpt show --overhead` accounts a program's run (each block's first
+    # epoch left out: its record is of the block before). Its interference
+    # rests on every idle step of the run; a block's own few idle steps make a
+    # noisy baseline (kept as *_block, for comparison). The run's term is
+    # handed to the blocks by their in-flight steps, for the per-pair spread.
+    run_interf, _, _ = interference([e for es, _ in blocks for e in es[1:]])
+    per_cpu = (sum(r["idle_wall_s"] - r["idle_cpu_s"] for r in rows)
+               / sum(r["idle_cpu_s"] for r in rows))
+    for row in rows:
+        row["interference"] = row["flight_wall_s"] - row["flight_cpu_s"] \
+            - per_cpu * row["flight_cpu_s"]
+        between = row["wall"] - row["calls"] - row["interference"]
+        row["tracking"] = max(0.0, between * slow / (1 + slow))
         row["account"] = row["calls"] + row["interference"] + row["tracking"]
+    assert run_interf is not None
+    assert abs(sum(r["interference"] for r in rows) - run_interf) <= 1e-6 * max(1.0, abs(run_interf))
     # the calibration's tracking slowdown against the same number measured in the
     # blocks: the ckpt blocks' steps' CPU (the stepping thread's, checkpoint calls
     # left out) against the bare blocks'
@@ -239,6 +255,10 @@ def main() -> None:
         "terms_s_sum": {k: sum(r[k] for r in rows) for k in ("calls", "waits", "interference",
                                                               "tracking")},
         "ratio_sum": sum(acc) / sum(meas),
+        "ratio_sum_per_block_baseline": sum(r["account_block"] for r in rows) / sum(meas),
+        "off_cpu_per_cpu_s": {"idle_steps": per_cpu,
+                              "bare_blocks": sum(r["bare"] - r["bare_cpu"] for r in rows)
+                              / sum(r["bare_cpu"] for r in rows)},
         "ratio_sum_90": [lo, hi],
         "ratio_median": med(acc) / med(meas),
         "ratio_without_interference": (sum(acc) - sum(r["interference"] for r in rows)) / sum(meas),

@@ -14,7 +14,12 @@ reaped children: mode fork's writers) of the tracked intervals, checkpoints
 and persists included, against the untracked ones, minus one. CPU time,
 not wall time: on a shared machine another process's load inflates wall
 time by whatever it is then (the wall-clock slowdown is kept as
-``wall_slowdown``, fastest interval against fastest, for information). Also
+``wall_slowdown``, fastest interval against fastest, for information).
+``step_cpu_slowdown``: the stepping thread's CPU in the steps alone (the
+checkpoint calls left out), median interval against median, minus one: the
+tracker's faults as the program pays them, the overhead account's tracking
+term (checkpoint/stats.py). The untracked intervals run half before and half
+after the tracked ones, so that a drift of the machine's speed meets both. Also
 ``pause_s``, ``call_s`` (what ``checkpoint()`` blocked, the wait for the epoch
 before included), ``total_s`` (until durable), and ``extra_bytes`` (the rise
 of the process's peak resident memory).
