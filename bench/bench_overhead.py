@@ -44,6 +44,7 @@ import numpy as np
 
 import memckpt
 from memckpt.checkpoint.stats import account, interference
+from memckpt.checkpoint.steps import AFTER_KEYS, KEYS as STEP_KEYS
 
 
 def sparse_workload(a: argparse.Namespace) -> Callable[[], tuple[memckpt.Arena, Callable[[], None]]]:
@@ -116,6 +117,11 @@ def _boot(acc: list[float], meas: list[float], n: int = 2000) -> tuple[float, fl
     return _pct(rs, 0.05), _pct(rs, 0.95)
 
 
+def _children() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def _steady(rows: list[dict[str, Any]]) -> dict[str, Any]:
     mb = statistics.median(r["bare"] for r in rows)
     keep = [r for r in rows if abs(r["bare"] / mb - 1) <= 0.15]
@@ -163,7 +169,7 @@ def main() -> None:
             for kind in (("ckpt", "bare") if r % 2 == 0 else ("bare", "ckpt")):
                 ck.wait()
                 first = (ck.head or 0) + 1
-                c0 = time.thread_time()
+                c0, p0, k0 = time.thread_time(), time.process_time(), _children()
                 t0 = time.perf_counter()
                 if kind == "ckpt":
                     ck.checkpoint()
@@ -179,6 +185,10 @@ def main() -> None:
                 if kind == "ckpt":
                     end = time.time()
                     ck.wait()
+                    # the CPU the checkpointing took outside the program's thread: the
+                    # persist and writer threads, and fork children (reaped by now)
+                    row["persist_cpu"] = (time.process_time() - p0 - row["ckpt_cpu"]
+                                          + _children() - k0)
                     blocks.append(([e for e in ck.store.epochs() if e.epoch >= first], end))
             row["measured"] = row["ckpt"] - row["bare"]
             rows.append(row)
@@ -200,11 +210,14 @@ def main() -> None:
         row.update(epochs=len(es), calls=o.call_total_s, waits=o.wait_total_s,
                    wall=o.wall_s, interference_block=o.interference_s or 0.0,
                    tracking_block=(o.tracking_fraction or 0.0) * o.wall_s,
-                   flight_steps=o.flight_steps, idle_steps=o.idle_steps,
+                   flight_steps=o.flight_steps, after_steps=o.after_steps,
+                   idle_steps=o.idle_steps,
                    persist_total=sum(e.total_s for e in es),
                    **{k: sum(x.get(k, 0) for x in recs) for k in
-                      ("flight_wall_s", "flight_cpu_s", "idle_wall_s", "idle_cpu_s")})
-        row["steps_cpu"] = row["flight_cpu_s"] + row["idle_cpu_s"]
+                      ("flight_wall_s", "flight_cpu_s", "idle_wall_s", "idle_cpu_s",
+                       "after_wall_s", "after_cpu_s")})
+        row["steps_cpu"] = row["flight_cpu_s"] + row["idle_cpu_s"] + row["after_cpu_s"]
+        row["records"] = [[x.get(k, 0) for k in STEP_KEYS + AFTER_KEYS] for x in recs]
         row["account_block"] = row["calls"] + row["interference_block"] + row["tracking_block"]
     # The account of the run: every checkpointed block's epochs together, as
     # `memckpt show --overhead` accounts a program's run (each block's first
@@ -212,12 +225,13 @@ def main() -> None:
     # rests on every idle step of the run; a block's own few idle steps make a
     # noisy baseline (kept as *_block, for comparison). The run's term is
     # handed to the blocks by their in-flight steps, for the per-pair spread.
-    run_interf, _, _ = interference([e for es, _ in blocks for e in es[1:]])
+    run_interf, _, _, _ = interference([e for es, _ in blocks for e in es[1:]])
     per_cpu = (sum(r["idle_wall_s"] - r["idle_cpu_s"] for r in rows)
                / sum(r["idle_cpu_s"] for r in rows))
     for row in rows:
-        row["interference"] = row["flight_wall_s"] - row["flight_cpu_s"] \
-            - per_cpu * row["flight_cpu_s"]
+        row["interference"] = (row["flight_wall_s"] - row["flight_cpu_s"]
+                               + row["after_wall_s"] - row["after_cpu_s"]
+                               - per_cpu * (row["flight_cpu_s"] + row["after_cpu_s"]))
         between = row["wall"] - row["calls"] - row["interference"]
         row["tracking"] = max(0.0, between * slow / (1 + slow))
         row["account"] = row["calls"] + row["interference"] + row["tracking"]
@@ -252,6 +266,7 @@ def main() -> None:
                        "sum": sum(meas)},
         "account_s": {"median": med(acc), "q1": _pct(acc, .25), "q3": _pct(acc, .75),
                       "sum": sum(acc)},
+        "persist_cpu_s_sum": sum(r["persist_cpu"] for r in rows),
         "terms_s_sum": {k: sum(r[k] for r in rows) for k in ("calls", "waits", "interference",
                                                               "tracking")},
         "ratio_sum": sum(acc) / sum(meas),
@@ -267,8 +282,8 @@ def main() -> None:
         # machine's load about the same as usual (the others are in the sums above)
         "steady": _steady(rows),
         "epochs_per_block": med(r["epochs"] for r in rows),
-        "flight_idle_steps": [sum(r["flight_steps"] for r in rows),
-                              sum(r["idle_steps"] for r in rows)],
+        "flight_after_idle_steps": [sum(r[k] for r in rows) for k in
+                                    ("flight_steps", "after_steps", "idle_steps")],
         "rows": rows,
     }
     print(json.dumps({k: v for k, v in rep.items() if k != "rows"}, indent=1))

@@ -121,34 +121,43 @@ def test_checkpointer_stats_counts_its_own_epochs(tmp_path) -> None:
 
 # -- the persist interference: the program's steps slower while an epoch persists ----------
 
-def steps(nf: int, fw: float, fc: float, ni: int, iw: float, ic: float) -> dict[str, float]:
+def steps(nf: int, fw: float, fc: float, ni: int, iw: float, ic: float,
+          na: int = 0, aw: float = 0.0, ac: float = 0.0) -> dict[str, float]:
     return {"flight_steps": nf, "flight_wall_s": fw, "flight_cpu_s": fc,
-            "idle_steps": ni, "idle_wall_s": iw, "idle_cpu_s": ic}
+            "idle_steps": ni, "idle_wall_s": iw, "idle_cpu_s": ic,
+            "after_steps": na, "after_wall_s": aw, "after_cpu_s": ac}
 
 
 def test_interference_from_the_step_records() -> None:
-    """The off-CPU time of the steps run while an epoch persisted, beyond what
-    the idle steps spent off-CPU per second of their CPU (checkpoint/steps.py).
-    The first epoch's record is of steps before the run's wall time: left out."""
+    """The off-CPU time of the steps run while an epoch persisted and in the
+    catch-up after it, beyond what the steady steps spent off-CPU per second
+    of their CPU (checkpoint/steps.py). The first epoch's record is of steps
+    before the run's wall time: left out."""
     es = [ep(1, 1e6), ep(2, 1e6 + 10), ep(3, 1e6 + 20)]
     es[0].extra["steps"] = steps(50, 99.0, 1.0, 50, 99.0, 1.0)  # before the wall time
-    # epoch 2's: 3 in flight, 0.9 s wall, 0.3 s CPU; 6 idle, 1.2 s wall, 0.6 s CPU
-    es[1].extra["steps"] = steps(3, 0.9, 0.3, 6, 1.2, 0.6)
-    # epoch 3's: 2 in flight, 0.7 s wall, 0.2 s CPU; 4 idle, 1.0 s wall, 0.5 s CPU
-    es[2].extra["steps"] = steps(2, 0.7, 0.2, 4, 1.0, 0.5)
+    # epoch 2's: 3 in flight, 0.9 s wall, 0.3 s CPU; 6 steady, 1.2 s wall, 0.6 s CPU;
+    # 2 catching up, 0.3 s wall, 0.2 s CPU
+    es[1].extra["steps"] = steps(3, 0.9, 0.3, 6, 1.2, 0.6, 2, 0.3, 0.2)
+    # epoch 3's (written before the catch-up keys: none): 2 in flight, 0.7 s wall,
+    # 0.2 s CPU; 4 steady, 1.0 s wall, 0.5 s CPU
+    rec = steps(2, 0.7, 0.2, 4, 1.0, 0.5)
+    for k in ("after_steps", "after_wall_s", "after_cpu_s"):
+        del rec[k]
+    es[2].extra["steps"] = rec
     a = account(es, tracking_slowdown=0.1)
-    per_cpu = (1.2 - 0.6 + 1.0 - 0.5) / (0.6 + 0.5)  # idle: off-CPU s per CPU s = 1.0
-    want = (0.9 - 0.3 + 0.7 - 0.2) - per_cpu * (0.3 + 0.2)  # 1.1 - 0.5 = 0.6
-    assert a.interference_s == pytest.approx(want) == pytest.approx(0.6)
-    assert a.interference_fraction == pytest.approx(0.6 / a.wall_s)
-    assert (a.flight_steps, a.idle_steps) == (5, 10)
+    per_cpu = (1.2 - 0.6 + 1.0 - 0.5) / (0.6 + 0.5)  # steady: off-CPU s per CPU s = 1.0
+    off = (0.9 - 0.3) + (0.3 - 0.2) + (0.7 - 0.2)    # in flight and catching up: 1.2
+    want = off - per_cpu * (0.3 + 0.2 + 0.2)         # 1.2 - 0.7 = 0.5
+    assert a.interference_s == pytest.approx(want) == pytest.approx(0.5)
+    assert a.interference_fraction == pytest.approx(0.5 / a.wall_s)
+    assert (a.flight_steps, a.after_steps, a.idle_steps) == (5, 2, 10)
     # the tracking term: the tracker's slowdown of the steps' time, which the
     # interference is not part of
-    between = a.wall_s - a.call_total_s - 0.6
+    between = a.wall_s - a.call_total_s - 0.5
     assert a.tracking_fraction == pytest.approx(between * 0.1 / 1.1 / a.wall_s)
     assert a.overhead_fraction == pytest.approx(
-        a.call_fraction + a.tracking_fraction + 0.6 / a.wall_s)
-    assert a.to_dict()["interference_s"] == pytest.approx(0.6)
+        a.call_fraction + a.tracking_fraction + 0.5 / a.wall_s)
+    assert a.to_dict()["interference_s"] == pytest.approx(0.5)
 
 
 def test_interference_needs_both_sides_and_sound_records() -> None:
@@ -156,12 +165,12 @@ def test_interference_needs_both_sides_and_sound_records() -> None:
     a = account(es)  # explicit checkpoint() calls: no steps recorded
     assert a.interference_s is None and a.interference_fraction is None
     assert a.overhead_fraction == pytest.approx(a.call_fraction)
-    es[1].extra["steps"] = steps(4, 1.0, 0.5, 0, 0.0, 0.0)  # every step in flight
+    es[1].extra["steps"] = steps(4, 1.0, 0.5, 0, 0.0, 0.0, 2, 0.2, 0.1)  # no steady step
     a = account(es)
-    assert a.interference_s is None and (a.flight_steps, a.idle_steps) == (4, 0)
+    assert a.interference_s is None and (a.flight_steps, a.after_steps, a.idle_steps) == (4, 2, 0)
     es[2].extra["steps"] = steps(1, 0.3, 0.1, 3, 0.6, 0.3)
-    a = account(es)  # now an idle side: 1 s per CPU s; (0.5 + 0.2) - 1.0 * (0.5 + 0.1)
-    assert a.interference_s == pytest.approx(0.1)
+    # now a steady side: 1 s per CPU s; (0.5 + 0.1 + 0.2) - 1.0 * (0.5 + 0.1 + 0.1)
+    assert account(es).interference_s == pytest.approx(0.1)
     es[2].extra["steps"] = {**steps(1, 0.3, 0.1, 3, 0.6, 0.3), "idle_cpu_s": "x"}  # damaged
     assert account(es).interference_s is None and account(es).idle_steps == 0
 
@@ -197,14 +206,16 @@ def test_the_step_clock_splits_steps_by_the_epoch_in_flight(monkeypatch) -> None
     at(2.2, 1.0)
     c.boundary()  # 1.0 s wall, 0.4 CPU, in flight
     at(2.5, 1.1)
-    c.durable()
+    c.durable()  # in flight for 1.3 s: catching up until 3.8
     at(3.2, 1.5)
     c.boundary()  # began at 2.2, before durable at 2.5: in flight (1.0, 0.5)
     at(4.0, 2.2)
-    c.boundary()  # idle (0.8, 0.7)
+    c.boundary()  # began at 3.2, within 1.3 s of durable: catching up (0.8, 0.7)
     at(4.5, 2.6)
-    c.boundary()  # idle (0.5, 0.4)
-    assert c.peek() == c.take() == pytest.approx(steps(2, 2.0, 0.9, 2, 1.3, 1.1))
+    c.boundary()  # steady (0.5, 0.4)
+    at(5.0, 3.0)
+    c.boundary()  # steady (0.5, 0.4)
+    assert c.peek() == c.take() == pytest.approx(steps(2, 2.0, 0.9, 2, 1.0, 0.8, 1, 0.8, 0.7))
     assert c.take() is None and c.peek() is None
 
 
@@ -226,9 +237,10 @@ def test_a_loop_records_its_steps_in_the_epochs(tmp_path, capsys) -> None:
     infos = memckpt.Store(tmp_path / "s").epochs()
     assert len(infos) >= 3 and "steps" not in infos[0].extra
     recs = [e.extra["steps"] for e in infos[1:]]
-    counted = sum(r["flight_steps"] + r["idle_steps"] for r in recs)
+    kinds = ("flight_steps", "after_steps", "idle_steps")
+    counted = sum(r[k] for r in recs for k in kinds)
     # the first maybe_checkpoint() checkpoints: every later call ends a counted step
-    assert counted + tail["flight_steps"] + tail["idle_steps"] == n - 1
+    assert counted + sum(tail[k] for k in kinds) == n - 1
     for r in recs:
         assert r["flight_wall_s"] >= r["flight_cpu_s"] >= 0 and r["idle_wall_s"] >= 0
     # stats() of the live checkpointer adds the steps since its last epoch
@@ -236,7 +248,8 @@ def test_a_loop_records_its_steps_in_the_epochs(tmp_path, capsys) -> None:
     assert live.idle_steps == sum(r["idle_steps"] for r in recs) + tail["idle_steps"]
     assert main(["show", str(tmp_path / "s"), "--overhead", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)["overhead"]
-    for k in ("interference_s", "interference_fraction", "flight_steps", "idle_steps"):
+    for k in ("interference_s", "interference_fraction", "flight_steps", "after_steps",
+              "idle_steps"):
         assert k in rep, k
     assert rep["flight_steps"] == sum(r["flight_steps"] for r in recs)
     assert rep["idle_steps"] == sum(r["idle_steps"] for r in recs)

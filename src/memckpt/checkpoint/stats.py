@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 
 from ..epoch import EpochInfo
 from ..tuning import checkpoint_cost, expected_lost_work
-from .steps import KEYS
+from .steps import AFTER_KEYS, KEYS
 
 __all__ = ["Overhead", "account", "interference", "runs", "stats_of"]
 
@@ -86,7 +86,8 @@ class Overhead:
     interference_s: float | None      # the program's steps slower while an epoch persisted
     interference_fraction: float | None
     flight_steps: int                 # steps seen while an epoch persisted (extra["steps"])
-    idle_steps: int                   # ... and while none did: the baseline
+    after_steps: int                  # ... in the catch-up after it (as long as the flight)
+    idle_steps: int                   # ... and later: the baseline
     overhead_fraction: float
     pause_p50_s: float | None
     pause_p90_s: float | None
@@ -149,7 +150,7 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
     waits = [float(e.extra.get("wait_s", 0.0) or 0.0) for e in es]
     call_total = sum(calls)
     # the first epoch's steps came before the wall time
-    interf, nflight, nidle = interference(es[1:], steps_since)
+    interf, nflight, nafter, nidle = interference(es[1:], steps_since)
     tracking = None
     tracking_from = "given" if tracking_slowdown is not None else None
     if tracking_slowdown is None:
@@ -174,7 +175,7 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
         pause_fraction=sum(pauses) / wall, wait_fraction=sum(waits) / wall,
         call_fraction=call_total / wall, tracking_fraction=tracking, tracking_from=tracking_from,
         interference_s=interf, interference_fraction=None if interf is None else interf / wall,
-        flight_steps=nflight, idle_steps=nidle,
+        flight_steps=nflight, after_steps=nafter, idle_steps=nidle,
         overhead_fraction=call_total / wall + (tracking or 0.0) + (interf or 0.0) / wall,
         pause_p50_s=_pct(pauses, 0.5), pause_p90_s=_pct(pauses, 0.9),
         pause_p99_s=_pct(pauses, 0.99), pause_max_s=max(pauses),
@@ -193,8 +194,8 @@ def _steps(rec: Any) -> dict[str, float] | None:
     if not isinstance(rec, dict):
         return None
     out = {}
-    for k in KEYS:
-        v = rec.get(k)
+    for k in KEYS + AFTER_KEYS:
+        v = rec.get(k, 0 if k in AFTER_KEYS else None)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
             return None
         out[k] = float(v)
@@ -202,28 +203,37 @@ def _steps(rec: Any) -> dict[str, float] | None:
 
 
 def interference(epochs: Sequence[EpochInfo], since: dict[str, Any] | None = None,
-                 ) -> tuple[float | None, int, int]:
-    """(seconds, in-flight steps, idle steps): how much longer the program's
-    steps took while an epoch persisted than they would have without it, from
-    the step records the epochs carry (checkpoint/steps.py): the off-CPU time
-    (wall - the stepping thread's CPU) of the in-flight steps, less what the
-    idle steps spent off-CPU per second of their CPU times the in-flight
-    steps' CPU (the machine's own load meets the program's work in proportion
-    to it, checkpointing or not; per CPU second, not per step, so that steps
-    of different sizes, and the tracker's faults in the in-flight steps'
-    CPU, do not count as interference). None when there is nothing on either
-    side to compare (no maybe_checkpoint() loop, or every step ran while an
-    epoch persisted)."""
+                 ) -> tuple[float | None, int, int, int]:
+    """(seconds, in-flight steps, catch-up steps, steady steps): how much longer
+    the program's steps took because an epoch persisted meanwhile, from the
+    step records the epochs carry (checkpoint/steps.py).
+
+    While an epoch persists, the program's thread waits longer for a CPU (or
+    the GIL); once it is durable, a scheduler that shares the CPUs fairly
+    lets the thread catch up for about as long (its steps then wait less
+    than usual). So the term is the off-CPU time (wall - the stepping
+    thread's CPU) of the in-flight and the catch-up steps together, less
+    what the steady steps (the later ones) spent off-CPU per second of their
+    CPU times those steps' CPU: the machine's own load meets the program's
+    work in proportion to it, checkpointing or not. Per CPU second, not per
+    step, so that steps of different sizes, and the tracker's faults in the
+    in-flight steps' CPU, do not count as interference. None when there is
+    nothing to compare (no maybe_checkpoint() loop, no step while an epoch
+    persisted, or none long enough after one: an interval shorter than
+    twice the persist)."""
     recs = [r for r in map(_steps, [e.extra.get("steps") for e in epochs] + [since])
             if r is not None]
     nf = int(sum(r["flight_steps"] for r in recs))
+    na = int(sum(r["after_steps"] for r in recs))
     ni = int(sum(r["idle_steps"] for r in recs))
     idle_cpu = sum(r["idle_cpu_s"] for r in recs)
     if not nf or not ni or idle_cpu <= 0:
-        return None, nf, ni
-    off_flight = sum(r["flight_wall_s"] - r["flight_cpu_s"] for r in recs)
+        return None, nf, na, ni
+    off = sum(r["flight_wall_s"] - r["flight_cpu_s"] + r["after_wall_s"] - r["after_cpu_s"]
+              for r in recs)
+    cpu = sum(r["flight_cpu_s"] + r["after_cpu_s"] for r in recs)
     per_cpu = sum(r["idle_wall_s"] - r["idle_cpu_s"] for r in recs) / idle_cpu
-    return off_flight - per_cpu * sum(r["flight_cpu_s"] for r in recs), nf, ni
+    return off - per_cpu * cpu, nf, na, ni
 
 
 def recorded_tracking_slowdown(epochs: Sequence[EpochInfo]) -> float | None:

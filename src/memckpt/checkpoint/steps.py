@@ -14,12 +14,16 @@ faults), which the calibration's tracking term accounts for; counting only
 off-CPU time here keeps the two terms apart.
 
 Each epoch's manifest records, in ``extra["steps"]``, the steps since the
-checkpoint before it returned: how many ran while that epoch was persisting
-(``flight_*``) and how many after it was durable (``idle_*``), with their
-wall and CPU seconds. The overhead account (checkpoint/stats.py) takes the
-persist interference as the off-CPU time of the in-flight steps beyond what
-the idle steps spent off-CPU per second of their CPU (the machine's own load,
-which the program meets with or without checkpointing).
+checkpoint before it returned, in three kinds by when each began: while
+that epoch was persisting (``flight_*``); after it was durable, within as
+long again as it had been in flight (``after_*``: a scheduler that shares
+the CPUs fairly lets a thread that waited catch up, so these steps wait
+less than usual); and later (``idle_*``: the steady state). Each kind has
+its count and its wall and CPU seconds. The overhead account
+(checkpoint/stats.py) takes the persist interference as the off-CPU time of
+the in-flight and catch-up steps beyond what the steady steps spent off-CPU
+per second of their CPU (the machine's own load, which the program meets
+with or without checkpointing).
 
 The cost to a loop: two clock reads (one of them the thread's CPU clock, a
 system call of well under a microsecond) at each maybe_checkpoint().
@@ -32,6 +36,9 @@ from typing import Any
 
 KEYS = ("flight_steps", "flight_wall_s", "flight_cpu_s", "idle_steps", "idle_wall_s",
         "idle_cpu_s")
+# the steps in the catch-up window after an epoch became durable (records
+# written before these keys existed have none)
+AFTER_KEYS = ("after_steps", "after_wall_s", "after_cpu_s")
 
 
 class StepClock:
@@ -47,9 +54,9 @@ class StepClock:
         self._durable: float | None = None   # ... and when it became durable
 
     def _reset(self) -> None:
-        self._n = [0, 0]          # steps: [in flight, idle]
-        self._wall = [0.0, 0.0]
-        self._cpu = [0.0, 0.0]
+        self._n = [0, 0, 0]          # steps: [in flight, idle, after]
+        self._wall = [0.0, 0.0, 0.0]
+        self._cpu = [0.0, 0.0, 0.0]
 
     def boundary(self) -> None:
         """A step ended (and the next began): count it."""
@@ -60,7 +67,10 @@ class StepClock:
         launched, durable = self._launched, self._durable
         if launched is None:
             return  # before the first checkpoint: nothing to compare with
-        k = 0 if durable is None or durable > at[1] else 1
+        if durable is None or durable > at[1]:
+            k = 0
+        else:  # within the flight's own length after it: catching up
+            k = 2 if at[1] < durable + (durable - launched) else 1
         self._n[k] += 1
         self._wall[k] += wall - at[1]
         self._cpu[k] += cpu - at[2]
@@ -79,13 +89,15 @@ class StepClock:
         """The sums since the last take (None if no step was counted), and start again."""
         n, wall, cpu = self._n, self._wall, self._cpu
         self._reset()
-        if not n[0] and not n[1]:
-            return None
-        return dict(zip(KEYS, (n[0], wall[0], cpu[0], n[1], wall[1], cpu[1])))
+        return _record(n, wall, cpu)
 
     def peek(self) -> dict[str, Any] | None:
         """The sums since the last take, left in place (a live account)."""
-        if not self._n[0] and not self._n[1]:
-            return None
-        return dict(zip(KEYS, (self._n[0], self._wall[0], self._cpu[0], self._n[1],
-                               self._wall[1], self._cpu[1])))
+        return _record(self._n, self._wall, self._cpu)
+
+
+def _record(n: list[int], wall: list[float], cpu: list[float]) -> dict[str, Any] | None:
+    if not any(n):
+        return None
+    return dict(zip(KEYS + AFTER_KEYS, (n[0], wall[0], cpu[0], n[1], wall[1], cpu[1],
+                                        n[2], wall[2], cpu[2])))

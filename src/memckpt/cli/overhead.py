@@ -87,11 +87,12 @@ def _tracking(o: dict[str, Any]) -> str:
 
 def _interference(o: dict[str, Any]) -> str:
     if o.get("interference_s") is None:
-        return ("- (needs maybe_checkpoint() at every step, and steps both while an epoch "
-                "persisted and while none did)")
+        return ("- (needs maybe_checkpoint() at every step, and steps while an epoch "
+                "persisted and long after: an interval over twice the persist)")
     return (f"{_pct(o['interference_fraction'])} ({fmt_seconds(o['interference_s'])}: the "
-            f"steps' off-CPU time while an epoch persisted beyond the idle steps'; "
-            f"{o['flight_steps']} steps vs {o['idle_steps']})")
+            f"steps' off-CPU time while an epoch persisted and in the catch-up after it, "
+            f"beyond the steady steps'; {o['flight_steps']} + {o.get('after_steps', 0)} "
+            f"steps vs {o['idle_steps']})")
 
 
 def format_overhead(rep: dict[str, Any]) -> str:
