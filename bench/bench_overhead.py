@@ -242,8 +242,9 @@ def main() -> None:
     # left out) against the bare blocks'
     # (median over pairs: an interval now and then takes several times its CPU)
     in_run = statistics.median(r["steps_cpu"] / r["bare_cpu"] - 1 for r in rows)
-    with_in_run = [r["account"] - r["tracking"] + r["tracking"] * (in_run / slow if slow else 0)
-                   for r in rows] if slow else None
+    with_in_run = [r["account"] - r["tracking"]
+                   + max(0.0, (r["wall"] - r["calls"] - r["interference"]) * in_run / (1 + in_run))
+                   for r in rows]
     meas = [r["measured"] for r in rows]
     acc = [r["account"] for r in rows]
     med = statistics.median
@@ -277,7 +278,7 @@ def main() -> None:
         "ratio_sum_90": [lo, hi],
         "ratio_median": med(acc) / med(meas),
         "ratio_without_interference": (sum(acc) - sum(r["interference"] for r in rows)) / sum(meas),
-        "ratio_sum_tracking_in_run": sum(with_in_run) / sum(meas) if with_in_run else None,
+        "ratio_sum_tracking_in_run": sum(with_in_run) / sum(meas),
         # the pairs whose bare block took within 15% of the median bare block: the
         # machine's load about the same as usual (the others are in the sums above)
         "steady": _steady(rows),

@@ -21,7 +21,12 @@ calibration (``tracking_slowdown``: the fraction a step is slower with the
 tracker armed) when one is given, else from the calibration a
 ``Checkpointer(mode="auto", calibration=...)`` recorded in the epochs
 (``extra["auto"]["tracking_slowdown"]``: the chosen pair's measured
-slowdown between checkpoints, at the calibration's interval).
+slowdown between checkpoints, at the calibration's interval). The third
+term, the persist's interference (the program's steps slower while an epoch
+persists, though it is not paused), is measured on the run: from the step
+records a ``maybe_checkpoint()`` loop leaves in each epoch's
+``extra["steps"]`` (:func:`interference`, checkpoint/steps.py). The
+tracking term applies to the steps' time without it.
 
 Work lost: a failure at time ``t`` loses what the program did since the pause
 of the newest epoch durable at ``t``. Averaged over the run (failures uniform
