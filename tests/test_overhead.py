@@ -217,6 +217,20 @@ def test_the_step_clock_splits_steps_by_the_epoch_in_flight(monkeypatch) -> None
     c.boundary()  # steady (0.5, 0.4)
     assert c.peek() == c.take() == pytest.approx(steps(2, 2.0, 0.9, 2, 1.0, 0.8, 1, 0.8, 0.7))
     assert c.take() is None and c.peek() is None
+    # a short flight: the catch-up lasts SETTLE_S all the same
+    at(10.0, 5.0)
+    c.launched()
+    at(10.05, 5.04)
+    c.boundary()  # in flight
+    c.durable()   # after 0.05 s
+    at(10.05 + mod.SETTLE_S - 0.01, 5.1)
+    c.boundary()  # began at 10.05, within SETTLE_S of durable: catching up
+    at(10.05 + mod.SETTLE_S + 0.02, 5.12)
+    c.boundary()  # began within SETTLE_S too
+    at(10.05 + mod.SETTLE_S + 0.05, 5.15)
+    c.boundary()  # began after it: steady
+    rec = c.take()
+    assert (rec["flight_steps"], rec["after_steps"], rec["idle_steps"]) == (1, 2, 1)
 
 
 def test_a_loop_records_its_steps_in_the_epochs(tmp_path, capsys) -> None:

@@ -16,9 +16,10 @@ off-CPU time here keeps the two terms apart.
 Each epoch's manifest records, in ``extra["steps"]``, the steps since the
 checkpoint before it returned, in three kinds by when each began: while
 that epoch was persisting (``flight_*``); after it was durable, within as
-long again as it had been in flight (``after_*``: a scheduler that shares
-the CPUs fairly lets a thread that waited catch up, so these steps wait
-less than usual); and later (``idle_*``: the steady state). Each kind has
+long again as it had been in flight and at least ``SETTLE_S`` (``after_*``:
+a scheduler that shares the CPUs fairly lets a thread that waited catch up,
+and favours a process that was busy a moment ago, so these steps wait less
+than usual); and later (``idle_*``: the steady state). Each kind has
 its count and its wall and CPU seconds. The overhead account
 (checkpoint/stats.py) takes the persist interference as the off-CPU time of
 the in-flight and catch-up steps beyond what the steady steps spent off-CPU
@@ -39,6 +40,14 @@ KEYS = ("flight_steps", "flight_wall_s", "flight_cpu_s", "idle_steps", "idle_wal
 # the steps in the catch-up window after an epoch became durable (records
 # written before these keys existed have none)
 AFTER_KEYS = ("after_steps", "after_wall_s", "after_cpu_s")
+
+# The catch-up lasts at least this long: Linux's scheduler shares the CPUs by
+# averages of recent runnable time that decay by half every 32 ms (PELT), so
+# a process whose threads were busy a moment ago is still favoured for a few
+# half-lives. Measured (bench/bench_overhead.py, 2 CPUs at load 5-8, 50 ms
+# intervals): the steps more than twice the flight after a checkpoint waited
+# 0.5-0.6 times as long per CPU second as the same steps untracked.
+SETTLE_S = 0.25
 
 
 class StepClock:
@@ -69,8 +78,8 @@ class StepClock:
             return  # before the first checkpoint: nothing to compare with
         if durable is None or durable > at[1]:
             k = 0
-        else:  # within the flight's own length after it: catching up
-            k = 2 if at[1] < durable + (durable - launched) else 1
+        else:  # within the flight's own length after it (or SETTLE_S): catching up
+            k = 2 if at[1] < durable + max(durable - launched, SETTLE_S) else 1
         self._n[k] += 1
         self._wall[k] += wall - at[1]
         self._cpu[k] += cpu - at[2]
