@@ -173,6 +173,13 @@ def test_interference_needs_both_sides_and_sound_records() -> None:
     assert account(es).interference_s == pytest.approx(0.1)
     es[2].extra["steps"] = {**steps(1, 0.3, 0.1, 3, 0.6, 0.3), "idle_cpu_s": "x"}  # damaged
     assert account(es).interference_s is None and account(es).idle_steps == 0
+    # too few steady steps to be a baseline: their CPU under a quarter of the others'
+    from memckpt.checkpoint.stats import STEADY_SHARE
+    es[2].extra["steps"] = steps(1, 0.3, 0.1, 1, 0.3, 0.17)  # 0.17 < 0.25 * 0.7
+    assert STEADY_SHARE == 0.25 and account(es).interference_s is None
+    assert account(es).idle_steps == 1
+    es[2].extra["steps"] = steps(1, 0.3, 0.1, 1, 0.36, 0.18)  # 0.18 >= 0.25 * 0.7: 1 s per s
+    assert account(es).interference_s == pytest.approx(0.8 - 0.7)
 
 
 def test_the_step_clock_splits_steps_by_the_epoch_in_flight(monkeypatch) -> None:
