@@ -9,24 +9,33 @@ pairs of blocks of ``--steps`` steps, the order alternating (A B, B A, ...):
 - ``bare``: arena B, not tracked, the same steps.
 
 Measured: each pair's wall-clock difference ``ckpt - bare``. Account: the
-block's epochs through ``memckpt.checkpoint.stats.account`` (ended at the
-block's end): the calls (``call_s``), the persist interference (the steps'
-off-CPU time while an epoch persisted beyond the idle steps', recorded by
-the Checkpointer itself: checkpoint/steps.py), and the tracking term from a
-calibration of the same step and pair made first in the same process
-(``memckpt.calibrate``; its ``tracking_slowdown``). Reported: median and
+ckpt blocks' epochs together, as ``memckpt show --overhead`` accounts a run
+(``memckpt.checkpoint.stats``; each block's first epoch's step record left
+out: it is of the block before): the calls (``call_s``), the persist
+interference (the off-CPU time of the steps in flight and in the catch-up
+after, beyond the steady steps' rate, recorded by the Checkpointer itself:
+checkpoint/steps.py; handed to the blocks by their steps for the per-pair
+spread), and the tracking term from a calibration of the same step and pair
+on a third arena, in the same process, after the blocks, at their cadence
+(``memckpt.calibrate``; its ``step_cpu_slowdown``). Reported: median and
 quartiles of the per-pair differences and accounts, the ratio of the sums
-(account / measured) with a bootstrap interval over pairs, and, as a check
-of the calibration, the tracking slowdown measured in the blocks themselves
-(the ckpt blocks' step CPU against the bare blocks').
+(account / measured) with a bootstrap interval over pairs; the account with
+each block's own baseline (``ratio_sum_per_block_baseline``); as a check of
+the calibration, the tracking slowdown measured in the blocks themselves
+(the ckpt blocks' step CPU against the bare blocks', median over pairs) and
+the ratio with it; and the same decomposition with the bare blocks as the
+baseline (``decomposition_against_bare_blocks``: calls, off-CPU time and CPU
+beyond the bare blocks'), which a real run cannot have.
 
 Workloads: ``sparse`` (a step writes ``--touch`` of the arena's pages at
 random and computes ``--work-ms``), ``pde`` (py-pde's Cahn-Hilliard on an
 ``--n`` x ``--n`` grid, numpy backend, the field in the arena: every page
 written every step).
 
-    python bench/bench_overhead.py --workload sparse --mode copy [--pairs 24] [--json FILE]
-    python bench/bench_overhead.py --workload pde --n 1024 --mode fork
+    python bench/bench_overhead.py --workload sparse --mode copy --steps 1000 --interval 0.5 \
+        --pairs 60 [--json FILE]
+    python bench/bench_overhead.py --workload pde --n 512 --mode fork --steps 40 --interval 0.5 \
+        --pairs 40
 """
 from __future__ import annotations
 
