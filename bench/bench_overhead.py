@@ -1,146 +1,321 @@
 """Does the overhead account (memckpt.checkpoint.stats) agree with the wall clock?
 
-One process, two arenas of the same shape, the same step on each, in
-interleaved blocks of ``--steps`` steps:
+One process, two arenas holding the same state, the same step on each, in
+pairs of blocks of ``--steps`` steps, the order alternating (A B, B A, ...):
 
-- ``ckpt``: arena A, tracked by a Checkpointer, ``maybe_checkpoint()`` every step;
-- ``armed``: arena A, tracked, no checkpoint calls;
-- ``bare``: arena B, not tracked.
+- ``ckpt``: arena A under a Checkpointer: ``checkpoint()``, then each step
+  followed by ``maybe_checkpoint()`` (``--interval``), then ``checkpoint()``
+  (so that the block's epochs carry all its steps' records);
+- ``bare``: arena B, not tracked, the same steps.
 
-The account of the ``ckpt`` blocks' epochs (``sum(call_s)``: the program was
-stopped in checkpoint() this long) is compared with the measured difference
-``ckpt - armed``; the tracker's slowdown ``armed / bare - 1`` is the
-calibration's number, and ``account + tracking`` is compared with
-``ckpt - bare``. Medians over blocks, and totals. Beside it, an account with
-no calibration (``ratio_live_cpu``): the calls, plus the CPU the other
-threads (persist, writers) took in the checkpointed blocks beyond the
-untracked ones, plus the main thread's CPU outside the calls beyond the
-untracked blocks' (on a machine with no idle core, CPU another thread takes
-comes out of the program's wall time).
+Measured: each pair's wall-clock difference ``ckpt - bare``. Account: the
+ckpt blocks' epochs together, as ``memckpt show --overhead`` accounts a run
+(``memckpt.checkpoint.stats``; each block's first epoch's step record left
+out: it is of the block before): the calls (``call_s``), the persist
+interference (the off-CPU time of the steps in flight and in the catch-up
+after, beyond the steady steps' rate, recorded by the Checkpointer itself:
+checkpoint/steps.py; handed to the blocks by their steps for the per-pair
+spread), and the tracking term from a calibration of the same step and pair
+on a third arena, in the same process, after the blocks, at their cadence
+(``memckpt.calibrate``; its ``step_cpu_slowdown``). Reported: median and
+quartiles of the per-pair differences and accounts, the ratio of the sums
+(account / measured) with a bootstrap interval over pairs; the account with
+each block's own baseline (``ratio_sum_per_block_baseline``); as a check of
+the calibration, the tracking slowdown measured in the blocks themselves
+(the ckpt blocks' step CPU against the bare blocks', median over pairs) and
+the ratio with it; and the same decomposition with the bare blocks as the
+baseline (``decomposition_against_bare_blocks``: calls, off-CPU time and CPU
+beyond the bare blocks'), which a real run cannot have.
 
-    python bench/bench_overhead.py [--mib 64] [--touch 0.05] [--interval 0.05]
-        [--steps 200] [--rounds 8] [--mode copy] [--work-ms 2] [--json FILE]
+Workloads: ``sparse`` (a step writes ``--touch`` of the arena's pages at
+random and computes ``--work-ms``), ``pde`` (py-pde's Cahn-Hilliard on an
+``--n`` x ``--n`` grid, numpy backend, the field in the arena: every page
+written every step).
+
+    python bench/bench_overhead.py --workload sparse --mode copy --steps 1000 --interval 0.5 \
+        --pairs 60 [--json FILE]
+    python bench/bench_overhead.py --workload pde --n 512 --mode fork --steps 40 --interval 0.5 \
+        --pairs 40
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import random
 import statistics
+import subprocess
 import tempfile
 import time
+from typing import Any, Callable
 
 import numpy as np
 
 import memckpt
-from memckpt.checkpoint.stats import account
+from memckpt.checkpoint.stats import account, interference
+from memckpt.checkpoint.steps import AFTER_KEYS, KEYS as STEP_KEYS
+
+
+def sparse_workload(a: argparse.Namespace) -> Callable[[], tuple[memckpt.Arena, Callable[[], None]]]:
+    ps = memckpt.features().page_size
+    npages = a.mib * 2**20 // ps
+    k = max(1, int(npages * a.touch))
+    work = np.ones((256, 256))
+    # the compute is a fixed amount of work (not "until the clock says"): a step the
+    # machine slows down must take longer, or the slowdown vanishes from the wall clock
+    t0, reps = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 0.2:
+        work.sum()
+        reps += 1
+    reps = max(1, round(reps * a.work_ms / 1e3 / (time.perf_counter() - t0)))
+
+    def make() -> tuple[memckpt.Arena, Callable[[], None]]:
+        ar = memckpt.Arena(npages * ps)
+        f = ar.array("f", (npages, ps // 8))
+        f[:] = 1.0
+        rng = np.random.default_rng(1)
+
+        def step() -> None:
+            f[rng.integers(0, npages, k), 0] += 1.0
+            for _ in range(reps):  # the step's own compute
+                work.sum()
+        return ar, step
+    return make
+
+
+def pde_workload(a: argparse.Namespace) -> Callable[[], tuple[memckpt.Arena, Callable[[], None]]]:
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore", category=UserWarning)
+    logging.getLogger("pde").setLevel(logging.ERROR)
+    import pde
+    n, dt = a.n, 1e-3
+    grid = pde.CartesianGrid([[0, n], [0, n]], [n, n], periodic=True)
+    nbytes = (n + 2) ** 2 * 8
+
+    def make() -> tuple[memckpt.Arena, Callable[[], None]]:
+        ar = memckpt.Arena(4 * nbytes + (1 << 20))
+        with memckpt.allocating(ar, threshold=nbytes):
+            state = pde.ScalarField.random_uniform(grid, -1, 1, rng=np.random.default_rng(1))
+        stepper = pde.EulerSolver(pde.CahnHilliardPDE(), backend="numpy").make_stepper(state, dt=dt)
+        t = [0.0]
+
+        def step() -> None:
+            t[0] = stepper(state, t[0], t[0] + dt)
+        return ar, step
+    return make
+
+
+def _pct(xs: list[float], q: float) -> float:
+    ys = sorted(xs)
+    k = (len(ys) - 1) * q
+    lo = int(k)
+    return ys[lo] + (ys[min(lo + 1, len(ys) - 1)] - ys[lo]) * (k - lo)
+
+
+def _boot(acc: list[float], meas: list[float], n: int = 2000) -> tuple[float, float]:
+    """5th and 95th percentiles of sum(acc)/sum(meas) over pairs resampled."""
+    rnd = random.Random(7)
+    idx = range(len(acc))
+    rs = []
+    for _ in range(n):
+        pick = [rnd.choice(idx) for _ in idx]
+        m = sum(meas[i] for i in pick)
+        if m > 0:
+            rs.append(sum(acc[i] for i in pick) / m)
+    if not rs:  # every resample measured no difference
+        return math.nan, math.nan
+    return _pct(rs, 0.05), _pct(rs, 0.95)
+
+
+def _children() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def _steady(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    mb = statistics.median(r["bare"] for r in rows)
+    keep = [r for r in rows if abs(r["bare"] / mb - 1) <= 0.15]
+    m = sum(r["measured"] for r in keep)
+    return {"pairs": len(keep), "measured_s": m, "account_s": sum(r["account"] for r in keep),
+            "ratio_sum": sum(r["account"] for r in keep) / m if m > 0 else None}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mib", type=int, default=32)
-    ap.add_argument("--touch", type=float, default=0.05, help="fraction of pages a step writes")
+    ap.add_argument("--workload", choices=("sparse", "pde"), default="sparse")
+    ap.add_argument("--mib", type=int, default=32, help="sparse: the arena's size")
+    ap.add_argument("--touch", type=float, default=0.005, help="sparse: pages a step writes")
+    ap.add_argument("--work-ms", type=float, default=2.0, help="sparse: compute per step")
+    ap.add_argument("--n", type=int, default=1024, help="pde: the grid's side")
     ap.add_argument("--interval", type=float, default=0.05)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=100, help="steps per block")
+    ap.add_argument("--pairs", type=int, default=24, help="pairs of blocks (ckpt, bare)")
     ap.add_argument("--mode", default="copy")
     ap.add_argument("--tracker", default="auto")
-    ap.add_argument("--work-ms", type=float, default=2.0, help="compute per step besides the writes")
+    ap.add_argument("--cal-rounds", type=int, default=24)
     ap.add_argument("--json")
     a = ap.parse_args()
-    ps = memckpt.features().page_size
-    npages = a.mib * 2**20 // ps
-    arenas = [memckpt.Arena(npages * ps) for _ in range(2)]
-    fields = [ar.array("f", (npages, ps // 8)) for ar in arenas]
-    for f in fields:
-        f[:] = 1.0
-    rng = np.random.default_rng(1)
-    k = max(1, int(npages * a.touch))
-    work = np.ones((256, 256))
-
-    def step(f: np.ndarray) -> None:
-        idx = rng.integers(0, npages, k)
-        f[idx, 0] += 1.0
-        t = time.perf_counter() + a.work_ms / 1e3
-        while time.perf_counter() < t:  # the step's own compute
-            work.sum()
-
+    load0 = os.getloadavg()
+    make = sparse_workload(a) if a.workload == "sparse" else pde_workload(a)
+    (ar_a, step_a), (ar_b, step_b), (ar_c, step_c) = make(), make(), make()
+    for _ in range(3):
+        step_a(), step_b(), step_c()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        step_b()
+    step_s = (time.perf_counter() - t0) / 5
+    tracker = a.tracker
+    if tracker == "auto":
+        with memckpt.DirtyTracker(ar_b, "auto") as tr:
+            tracker = tr.backend
+    rows: list[dict[str, Any]] = []
+    blocks: list[tuple[list[Any], float]] = []  # each ckpt block's epochs and its end
     with tempfile.TemporaryDirectory() as d, \
-            memckpt.Checkpointer(arenas[0], d + "/s", mode=a.mode, tracker=a.tracker,
+            memckpt.Checkpointer(ar_a, d + "/s", mode=a.mode, tracker=tracker,
                                  interval=a.interval) as ck:
         ck.checkpoint().result()  # the full epoch is not part of the steady state
-        times: dict[str, list[float]] = {"ckpt": [], "armed": [], "bare": []}
-        cpu: dict[str, list[float]] = {"ckpt": [], "armed": [], "bare": []}
-        pcpu: dict[str, list[float]] = {"ckpt": [], "armed": [], "bare": []}
-        accounted: list[float] = []
-        called: list[float] = []  # maybe_checkpoint() as timed around the call
-        for r in range(a.rounds):
-            order = ["ckpt", "armed", "bare"] if r % 2 == 0 else ["bare", "armed", "ckpt"]
-            for kind in order:
-                f = fields[1] if kind == "bare" else fields[0]
+        for r in range(a.pairs):
+            row: dict[str, Any] = {}
+            for kind in (("ckpt", "bare") if r % 2 == 0 else ("bare", "ckpt")):
                 ck.wait()
                 first = (ck.head or 0) + 1
+                c0, p0, k0 = time.thread_time(), time.process_time(), _children()
                 t0 = time.perf_counter()
-                c0, p0 = time.thread_time(), time.process_time()
-                in_calls = 0.0
-                for _ in range(a.steps):
-                    step(f)
-                    if kind == "ckpt":
-                        c = time.perf_counter()
-                        ck.maybe_checkpoint()
-                        in_calls += time.perf_counter() - c
-                times[kind].append(time.perf_counter() - t0)
-                cpu[kind].append(time.thread_time() - c0)
-                pcpu[kind].append(time.process_time() - p0)
                 if kind == "ckpt":
+                    ck.checkpoint()
+                    for _ in range(a.steps):
+                        step_a()
+                        ck.maybe_checkpoint()
+                    ck.checkpoint()
+                else:
+                    for _ in range(a.steps):
+                        step_b()
+                row[kind] = time.perf_counter() - t0
+                row[kind + "_cpu"] = time.thread_time() - c0
+                if kind == "ckpt":
+                    end = time.time()
                     ck.wait()
-                    es = [e for e in ck.store.epochs() if e.epoch >= first]
-                    accounted.append(sum(e.call_s or 0.0 for e in es) if es else 0.0)
-                    called.append(in_calls)
-                    acc = account(es, interval=a.interval) if es else None
-        tot = {k: sum(v) for k, v in times.items()}
-        # calibration from the first half of the rounds: how much slower a step is
-        # between checkpoints (first writes to re-protected pages, the persist
-        # thread's CPU and GIL) than the same step on an untracked arena
-        h = a.rounds // 2
-        outside = [t - c for t, c in zip(times["ckpt"], called)]
-        slow = sum(outside[:h]) / sum(times["bare"][:h]) - 1
-        # the second half: the account (call_s of its epochs + that slowdown applied
-        # to the time between calls) against the wall-clock difference
-        calls2 = sum(accounted[h:])
-        wall2 = sum(times["ckpt"][h:])
-        acct2 = calls2 + (wall2 - calls2) * slow / (1 + slow)
-        meas2 = wall2 - sum(times["bare"][h:])
-        # the alternative measured live, no calibration: the calls plus the CPU the
-        # other threads (persist, writer) took in the same blocks, beyond what they
-        # took in the untracked ones (on a machine with no idle core that CPU comes
-        # out of the program's share), plus the main thread's CPU outside the calls
-        # beyond the untracked blocks' (the tracker's faults)
-        others = [p - c for p, c in zip(pcpu["ckpt"][h:], cpu["ckpt"][h:])]
-        others_bare = [p - c for p, c in zip(pcpu["bare"][h:], cpu["bare"][h:])]
-        persist2 = sum(others) - sum(others_bare)
-        faults2 = max(0.0, sum(cpu["ckpt"][h:]) - sum(called[h:]) - sum(cpu["bare"][h:]))
-        live2 = calls2 + persist2 + faults2
-        rep = {
-            "args": vars(a), "backend": ck.tracker.backend,
-            "block_s_median": {k: statistics.median(v) for k, v in times.items()},
-            "total_s": tot,
-            "main_thread_cpu_s": {k: sum(v) for k, v in cpu.items()},
-            "process_cpu_s": {k: sum(v) for k, v in pcpu.items()},
-            "account_call_s": sum(accounted),
-            "timed_around_calls_s": sum(called),
-            "armed_idle_slowdown": tot["armed"] / tot["bare"] - 1,
-            "between_checkpoints_slowdown_first_half": slow,
-            "second_half": {"measured_ckpt_minus_bare_s": meas2, "account_call_s": calls2,
-                            "account_with_tracking_s": acct2,
-                            "ratio_account_to_measured": acct2 / meas2,
-                            "ratio_calls_only": calls2 / meas2,
-                            "other_threads_cpu_s": persist2, "main_cpu_outside_calls_s": faults2,
-                            "account_live_cpu_s": live2, "ratio_live_cpu": live2 / meas2},
-            "last_block_account": acc.to_dict() if acc else None,
-        }
-    for ar in arenas:
-        del ar
-    print(json.dumps({k: v for k, v in rep.items() if k != "last_block_account"}, indent=1))
+                    # the CPU the checkpointing took outside the program's thread: the
+                    # persist and writer threads, and fork children (reaped by now)
+                    row["persist_cpu"] = (time.process_time() - p0 - row["ckpt_cpu"]
+                                          + _children() - k0)
+                    blocks.append(([e for e in ck.store.epochs() if e.epoch >= first], end))
+            row["measured"] = row["ckpt"] - row["bare"]
+            rows.append(row)
+        backend = ck.tracker.backend
+    # the tracking term: a calibration of this step and pair on a third arena, at
+    # the blocks' own cadence (steps per epoch, the forced ones included)
+    per_epoch = max(1, round(a.steps / statistics.median(len(es) for es, _ in blocks)))
+    with tempfile.TemporaryDirectory() as d:
+        cal = memckpt.calibrate(step_c, ar_c, interval_steps=per_epoch, rounds=a.cal_rounds,
+                                pairs=[(tracker, a.mode)], refine=0.0, workdir=d)
+    pc = cal.cost_of(tracker, a.mode)
+    if pc.error:
+        raise SystemExit(f"calibration of {tracker}/{a.mode} failed: {pc.error}")
+    slow = max(0.0, pc.step_cpu_slowdown if pc.step_cpu_slowdown is not None
+               else pc.wall_slowdown)
+    for row, (es, end) in zip(rows, blocks):
+        o = account(es, now=end, tracking_slowdown=slow)
+        recs = [e.extra.get("steps") or {} for e in es[1:]]
+        row.update(epochs=len(es), calls=o.call_total_s, waits=o.wait_total_s,
+                   wall=o.wall_s, interference_block=o.interference_s or 0.0,
+                   tracking_block=(o.tracking_fraction or 0.0) * o.wall_s,
+                   flight_steps=o.flight_steps, after_steps=o.after_steps,
+                   idle_steps=o.idle_steps,
+                   persist_total=sum(e.total_s for e in es),
+                   **{k: sum(x.get(k, 0) for x in recs) for k in
+                      ("flight_wall_s", "flight_cpu_s", "idle_wall_s", "idle_cpu_s",
+                       "after_wall_s", "after_cpu_s")})
+        row["steps_cpu"] = row["flight_cpu_s"] + row["idle_cpu_s"] + row["after_cpu_s"]
+        row["records"] = [[x.get(k, 0) for k in STEP_KEYS + AFTER_KEYS] for x in recs]
+        row["account_block"] = row["calls"] + row["interference_block"] + row["tracking_block"]
+    # The account of the run: every checkpointed block's epochs together, as
+    # `memckpt show --overhead` accounts a program's run (each block's first
+    # epoch left out: its record is of the block before). Its interference
+    # rests on every idle step of the run; a block's own few idle steps make a
+    # noisy baseline (kept as *_block, for comparison). The run's term is
+    # handed to the blocks by their in-flight steps, for the per-pair spread.
+    run_interf, _, _, _ = interference([e for es, _ in blocks for e in es[1:]])
+    idle_cpu = sum(r["idle_cpu_s"] for r in rows)
+    per_cpu = sum(r["idle_wall_s"] - r["idle_cpu_s"] for r in rows) / idle_cpu if idle_cpu else 0.0
+    for row in rows:  # no steady step in the whole run: no term (None, counted 0)
+        row["interference"] = 0.0 if run_interf is None else (
+            row["flight_wall_s"] - row["flight_cpu_s"] + row["after_wall_s"]
+            - row["after_cpu_s"] - per_cpu * (row["flight_cpu_s"] + row["after_cpu_s"]))
+        between = row["wall"] - row["calls"] - row["interference"]
+        row["tracking"] = max(0.0, between * slow / (1 + slow))
+        row["account"] = row["calls"] + row["interference"] + row["tracking"]
+    assert run_interf is None or \
+        abs(sum(r["interference"] for r in rows) - run_interf) <= 1e-6 * max(1.0, abs(run_interf))
+    # the calibration's tracking slowdown against the same number measured in the
+    # blocks: the ckpt blocks' steps' CPU (the stepping thread's, checkpoint calls
+    # left out) against the bare blocks'
+    # (median over pairs: an interval now and then takes several times its CPU)
+    in_run = statistics.median(r["steps_cpu"] / r["bare_cpu"] - 1 for r in rows)
+    with_in_run = [r["account"] - r["tracking"]
+                   + max(0.0, (r["wall"] - r["calls"] - r["interference"]) * in_run / (1 + in_run))
+                   for r in rows]
+    # The same decomposition with the untracked blocks as the baseline (which a
+    # real run does not have): the calls, the checkpointed steps' off-CPU time
+    # beyond the bare blocks' rate, their CPU beyond the bare blocks' (with the
+    # waiting that CPU meets at that rate). Near 1, the account's structure is
+    # right and what it gets wrong is the baseline it estimates on the run.
+    tot = {k: sum(r[k] for r in rows) for k in ("bare", "bare_cpu", "steps_cpu", "calls")}
+    bare_rate = (tot["bare"] - tot["bare_cpu"]) / tot["bare_cpu"]
+    steps_off = sum(r["flight_wall_s"] + r["idle_wall_s"] + r["after_wall_s"] for r in rows) \
+        - tot["steps_cpu"]
+    oracle = {"off_cpu_excess_s": steps_off - bare_rate * tot["steps_cpu"],
+              "on_cpu_excess_s": (tot["steps_cpu"] - tot["bare_cpu"]) * (1 + bare_rate)}
+    oracle["ratio_sum"] = (tot["calls"] + oracle["off_cpu_excess_s"] + oracle["on_cpu_excess_s"]) \
+        / sum(r["measured"] for r in rows)
+    meas = [r["measured"] for r in rows]
+    acc = [r["account"] for r in rows]
+    med = statistics.median
+    lo, hi = _boot(acc, meas)
+    # the calibration's tracking slowdown against the same number measured in the
+    # blocks: the ckpt blocks' steps' CPU (the stepping thread's, checkpoint calls
+    # left out) against the bare blocks'
+    # (median over pairs: an interval now and then takes several times its CPU)
+    in_run = statistics.median(r["steps_cpu"] / r["bare_cpu"] - 1 for r in rows)
+    rep = {
+        "args": vars(a), "tracker": backend, "uptime_before": load0, "uptime_after": os.getloadavg(),
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "step_s": step_s,
+        "steps_per_epoch": per_epoch, "tracking_slowdown": slow,
+        "calibration_wall_slowdown": pc.wall_slowdown, "calibration_cpu_slowdown": pc.slowdown,
+        "tracking_slowdown_in_run": in_run,
+        "block_s_median": {"ckpt": med(r["ckpt"] for r in rows),
+                           "bare": med(r["bare"] for r in rows)},
+        "measured_s": {"median": med(meas), "q1": _pct(meas, .25), "q3": _pct(meas, .75),
+                       "sum": sum(meas)},
+        "account_s": {"median": med(acc), "q1": _pct(acc, .25), "q3": _pct(acc, .75),
+                      "sum": sum(acc)},
+        "persist_cpu_s_sum": sum(r["persist_cpu"] for r in rows),
+        "terms_s_sum": {k: sum(r[k] for r in rows) for k in ("calls", "waits", "interference",
+                                                              "tracking")},
+        "ratio_sum": sum(acc) / sum(meas),
+        "interference_measured": run_interf is not None,
+        "decomposition_against_bare_blocks": oracle,
+        "ratio_sum_per_block_baseline": sum(r["account_block"] for r in rows) / sum(meas),
+        "off_cpu_per_cpu_s": {
+            "idle_steps": per_cpu, "bare_blocks": bare_rate,
+            **{k + "_steps": sum(r[k + "_wall_s"] - r[k + "_cpu_s"] for r in rows)
+               / max(1e-12, sum(r[k + "_cpu_s"] for r in rows)) for k in ("flight", "after")}},
+        "ratio_sum_90": [lo, hi],
+        "ratio_median": med(acc) / med(meas),
+        "ratio_without_interference": (sum(acc) - sum(r["interference"] for r in rows)) / sum(meas),
+        "ratio_sum_tracking_in_run": sum(with_in_run) / sum(meas),
+        # the pairs whose bare block took within 15% of the median bare block: the
+        # machine's load about the same as usual (the others are in the sums above)
+        "steady": _steady(rows),
+        "epochs_per_block": med(r["epochs"] for r in rows),
+        "flight_after_idle_steps": [sum(r[k] for r in rows) for k in
+                                    ("flight_steps", "after_steps", "idle_steps")],
+        "rows": rows,
+    }
+    print(json.dumps({k: v for k, v in rep.items() if k != "rows"}, indent=1))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rep, fh, indent=1)

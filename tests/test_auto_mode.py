@@ -303,3 +303,39 @@ def test_the_overhead_account_takes_the_recorded_tracking_slowdown(tmp_path, cap
     assert st.tracking_fraction is None and st.tracking_from is None
     del x
     arena.close()
+
+
+def test_the_tracking_term_is_the_step_cpu_slowdown(tmp_path) -> None:
+    """The account's tracking term (issue 16) is the calibration's slowdown of
+    the stepping thread's CPU (step_cpu_slowdown: the tracker's faults, not the
+    persist's interference, which the account measures on the run); a calibration
+    saved before it was measured gives the fastest interval's wall-clock slowdown."""
+    here = pairs_available()
+    cal = _cal([(t, m, 0.01 * (i + 1)) for i, (t, m) in enumerate(here)])
+    best = cal.best
+    cal2 = dataclasses.replace(cal, pairs=[dataclasses.replace(p, step_cpu_slowdown=0.037)
+                                           if p is best else p for p in cal.pairs])
+    back = Calibration.from_dict(json.loads(json.dumps(cal2.to_dict())))
+    assert back == cal2 and back.cost_of(best.tracker, best.mode).step_cpu_slowdown == 0.037
+    old = cal.to_dict()  # a file from before: no step_cpu_slowdown at all
+    for p in old["pairs"]:
+        del p["step_cpu_slowdown"]
+    assert Calibration.from_dict(old).best.step_cpu_slowdown is None
+    with memckpt.Arena(8 * PS) as arena:
+        with memckpt.Checkpointer(arena, tmp_path / "s", mode="auto", calibration=cal2) as ck:
+            assert ck.auto["tracking_slowdown"] == 0.037
+            assert ck.auto["tracking_measure"] == "step_cpu"
+        with memckpt.Checkpointer(arena, tmp_path / "t", mode="auto",
+                                  calibration=Calibration.from_dict(old)) as ck:
+            assert ck.auto["tracking_slowdown"] == best.wall_slowdown
+            assert ck.auto["tracking_measure"] == "wall"
+
+
+def test_step_cpu_slowdown_is_of_medians() -> None:
+    """An interval now and then takes several times its CPU (the kernel's own
+    work charged to the thread): the medians of the intervals, not the sums."""
+    from memckpt.calibrate import _Run, _step_cpu_slowdown
+    r = _Run(bare_step_cpu=[0.010, 0.010, 0.080, 0.011, 0.009],
+             work_step_cpu=[0.0115, 0.0112, 0.0118, 0.0110, 0.0125])
+    assert _step_cpu_slowdown(r) == pytest.approx(0.0115 / 0.010 - 1)
+    assert _step_cpu_slowdown(_Run()) is None

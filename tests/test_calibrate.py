@@ -62,6 +62,8 @@ def test_sparse_writer_avoids_the_whole_arena_compare() -> None:
     assert cmp_.cost_s > 1.5 * fault.cost_s, (cmp_, fault)
     assert (cal.best.tracker, cal.best.mode) == (wp, "copy")
     assert fault.extra_bytes is None or fault.extra_bytes < (128 << 20) // 2
+    # the stepping thread's CPU, measured on each side (the overhead account's tracking term)
+    assert fault.step_cpu_slowdown is not None and cmp_.step_cpu_slowdown is not None
     del a, dense, sparse
     arena.close()
 

@@ -117,3 +117,166 @@ def test_checkpointer_stats_counts_its_own_epochs(tmp_path) -> None:
         del x
     d = st.to_dict()
     assert d["epochs"] == 5 and d["first_epoch"] == 4 and d["last_epoch"] == 8, d
+
+
+# -- the persist interference: the program's steps slower while an epoch persists ----------
+
+def steps(nf: int, fw: float, fc: float, ni: int, iw: float, ic: float,
+          na: int = 0, aw: float = 0.0, ac: float = 0.0) -> dict[str, float]:
+    return {"flight_steps": nf, "flight_wall_s": fw, "flight_cpu_s": fc,
+            "idle_steps": ni, "idle_wall_s": iw, "idle_cpu_s": ic,
+            "after_steps": na, "after_wall_s": aw, "after_cpu_s": ac}
+
+
+def test_interference_from_the_step_records() -> None:
+    """The off-CPU time of the steps run while an epoch persisted and in the
+    catch-up after it, beyond what the steady steps spent off-CPU per second
+    of their CPU (checkpoint/steps.py). The first epoch's record is of steps
+    before the run's wall time: left out."""
+    es = [ep(1, 1e6), ep(2, 1e6 + 10), ep(3, 1e6 + 20)]
+    es[0].extra["steps"] = steps(50, 99.0, 1.0, 50, 99.0, 1.0)  # before the wall time
+    # epoch 2's: 3 in flight, 0.9 s wall, 0.3 s CPU; 6 steady, 1.2 s wall, 0.6 s CPU;
+    # 2 catching up, 0.3 s wall, 0.2 s CPU
+    es[1].extra["steps"] = steps(3, 0.9, 0.3, 6, 1.2, 0.6, 2, 0.3, 0.2)
+    # epoch 3's (written before the catch-up keys: none): 2 in flight, 0.7 s wall,
+    # 0.2 s CPU; 4 steady, 1.0 s wall, 0.5 s CPU
+    rec = steps(2, 0.7, 0.2, 4, 1.0, 0.5)
+    for k in ("after_steps", "after_wall_s", "after_cpu_s"):
+        del rec[k]
+    es[2].extra["steps"] = rec
+    a = account(es, tracking_slowdown=0.1)
+    per_cpu = (1.2 - 0.6 + 1.0 - 0.5) / (0.6 + 0.5)  # steady: off-CPU s per CPU s = 1.0
+    off = (0.9 - 0.3) + (0.3 - 0.2) + (0.7 - 0.2)    # in flight and catching up: 1.2
+    want = off - per_cpu * (0.3 + 0.2 + 0.2)         # 1.2 - 0.7 = 0.5
+    assert a.interference_s == pytest.approx(want) == pytest.approx(0.5)
+    assert a.interference_fraction == pytest.approx(0.5 / a.wall_s)
+    assert (a.flight_steps, a.after_steps, a.idle_steps) == (5, 2, 10)
+    # the tracking term: the tracker's slowdown of the steps' time, which the
+    # interference is not part of
+    between = a.wall_s - a.call_total_s - 0.5
+    assert a.tracking_fraction == pytest.approx(between * 0.1 / 1.1 / a.wall_s)
+    assert a.overhead_fraction == pytest.approx(
+        a.call_fraction + a.tracking_fraction + 0.5 / a.wall_s)
+    assert a.to_dict()["interference_s"] == pytest.approx(0.5)
+
+
+def test_interference_needs_both_sides_and_sound_records() -> None:
+    es = [ep(1, 1e6), ep(2, 1e6 + 10), ep(3, 1e6 + 20)]
+    a = account(es)  # explicit checkpoint() calls: no steps recorded
+    assert a.interference_s is None and a.interference_fraction is None
+    assert a.overhead_fraction == pytest.approx(a.call_fraction)
+    es[1].extra["steps"] = steps(4, 1.0, 0.5, 0, 0.0, 0.0, 2, 0.2, 0.1)  # no steady step
+    a = account(es)
+    assert a.interference_s is None and (a.flight_steps, a.after_steps, a.idle_steps) == (4, 2, 0)
+    es[2].extra["steps"] = steps(1, 0.3, 0.1, 3, 0.6, 0.3)
+    # now a steady side: 1 s per CPU s; (0.5 + 0.1 + 0.2) - 1.0 * (0.5 + 0.1 + 0.1)
+    assert account(es).interference_s == pytest.approx(0.1)
+    es[2].extra["steps"] = {**steps(1, 0.3, 0.1, 3, 0.6, 0.3), "idle_cpu_s": "x"}  # damaged
+    assert account(es).interference_s is None and account(es).idle_steps == 0
+    # too few steady steps to be a baseline: their CPU under a quarter of the others'
+    from memckpt.checkpoint.stats import STEADY_SHARE
+    es[2].extra["steps"] = steps(1, 0.3, 0.1, 1, 0.3, 0.17)  # 0.17 < 0.25 * 0.7
+    assert STEADY_SHARE == 0.25 and account(es).interference_s is None
+    assert account(es).idle_steps == 1
+    es[2].extra["steps"] = steps(1, 0.3, 0.1, 1, 0.36, 0.18)  # 0.18 >= 0.25 * 0.7: 1 s per s
+    assert account(es).interference_s == pytest.approx(0.8 - 0.7)
+
+
+def test_the_step_clock_splits_steps_by_the_epoch_in_flight(monkeypatch) -> None:
+    """StepClock, on a clock the test moves: steps before the first checkpoint
+    are not counted; a step that began before the epoch was durable is in
+    flight; after it, idle; take() hands over the sums once."""
+    from memckpt.checkpoint import steps as mod
+    now = {"wall": 0.0, "cpu": 0.0}
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return now["wall"]
+
+        @staticmethod
+        def thread_time() -> float:
+            return now["cpu"]
+
+    monkeypatch.setattr(mod, "time", Clock)
+
+    def at(wall: float, cpu: float) -> None:
+        now["wall"], now["cpu"] = wall, cpu
+
+    c = mod.StepClock()
+    c.boundary()
+    at(1.0, 0.5)
+    c.boundary()  # a step before any checkpoint: nothing to compare with
+    assert c.take() is None
+    at(1.2, 0.6)
+    c.launched()  # checkpoint() returns: the epoch persists from here
+    at(2.2, 1.0)
+    c.boundary()  # 1.0 s wall, 0.4 CPU, in flight
+    at(2.5, 1.1)
+    c.durable()  # in flight for 1.3 s: catching up until 3.8
+    at(3.2, 1.5)
+    c.boundary()  # began at 2.2, before durable at 2.5: in flight (1.0, 0.5)
+    at(4.0, 2.2)
+    c.boundary()  # began at 3.2, within 1.3 s of durable: catching up (0.8, 0.7)
+    at(4.5, 2.6)
+    c.boundary()  # steady (0.5, 0.4)
+    at(5.0, 3.0)
+    c.boundary()  # steady (0.5, 0.4)
+    assert c.peek() == c.take() == pytest.approx(steps(2, 2.0, 0.9, 2, 1.0, 0.8, 1, 0.8, 0.7))
+    assert c.take() is None and c.peek() is None
+    # a short flight: the catch-up lasts SETTLE_S all the same
+    at(10.0, 5.0)
+    c.launched()
+    at(10.05, 5.04)
+    c.boundary()  # in flight
+    c.durable()   # after 0.05 s
+    at(10.05 + mod.SETTLE_S - 0.01, 5.1)
+    c.boundary()  # began at 10.05, within SETTLE_S of durable: catching up
+    at(10.05 + mod.SETTLE_S + 0.02, 5.12)
+    c.boundary()  # began within SETTLE_S too
+    at(10.05 + mod.SETTLE_S + 0.05, 5.15)
+    c.boundary()  # began after it: steady
+    rec = c.take()
+    assert (rec["flight_steps"], rec["after_steps"], rec["idle_steps"]) == (1, 2, 1)
+
+
+def test_a_loop_records_its_steps_in_the_epochs(tmp_path, capsys) -> None:
+    """A maybe_checkpoint() loop: every epoch but the first carries the steps
+    since the checkpoint before (all of them counted once), and the account
+    and `show --overhead` report the interference term."""
+    arena = memckpt.Arena(16 * 4096)
+    x = arena.array("x", (16, 512))
+    n = 60
+    with memckpt.Checkpointer(arena, tmp_path / "s", interval=0.005) as ck:
+        for i in range(n):
+            x[i % 16] = i
+            time.sleep(0.001)
+            ck.maybe_checkpoint()
+        ck.wait()
+        tail = ck._schedule.steps.peek() or steps(0, 0, 0, 0, 0, 0)
+        live = ck.stats()
+    infos = memckpt.Store(tmp_path / "s").epochs()
+    assert len(infos) >= 3 and "steps" not in infos[0].extra
+    recs = [e.extra["steps"] for e in infos[1:]]
+    kinds = ("flight_steps", "after_steps", "idle_steps")
+    counted = sum(r[k] for r in recs for k in kinds)
+    # the first maybe_checkpoint() checkpoints: every later call ends a counted step
+    assert counted + sum(tail[k] for k in kinds) == n - 1
+    for r in recs:
+        assert r["flight_wall_s"] >= r["flight_cpu_s"] >= 0 and r["idle_wall_s"] >= 0
+    # stats() of the live checkpointer adds the steps since its last epoch
+    assert live.flight_steps == sum(r["flight_steps"] for r in recs) + tail["flight_steps"]
+    assert live.idle_steps == sum(r["idle_steps"] for r in recs) + tail["idle_steps"]
+    assert main(["show", str(tmp_path / "s"), "--overhead", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)["overhead"]
+    for k in ("interference_s", "interference_fraction", "flight_steps", "after_steps",
+              "idle_steps"):
+        assert k in rep, k
+    assert rep["flight_steps"] == sum(r["flight_steps"] for r in recs)
+    assert rep["idle_steps"] == sum(r["idle_steps"] for r in recs)
+    want = account(infos).interference_s
+    assert rep["interference_s"] == (None if want is None else pytest.approx(want))
+    assert main(["show", str(tmp_path / "s"), "--overhead"]) == 0
+    assert "steps slowed while persisting" in capsys.readouterr().out
+    del x
+    arena.close()

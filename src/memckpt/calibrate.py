@@ -14,7 +14,12 @@ reaped children: mode fork's writers) of the tracked intervals, checkpoints
 and persists included, against the untracked ones, minus one. CPU time,
 not wall time: on a shared machine another process's load inflates wall
 time by whatever it is then (the wall-clock slowdown is kept as
-``wall_slowdown``, fastest interval against fastest, for information). Also
+``wall_slowdown``, fastest interval against fastest, for information).
+``step_cpu_slowdown``: the stepping thread's CPU in the steps alone (the
+checkpoint calls left out), median interval against median, minus one: the
+tracker's faults as the program pays them, the overhead account's tracking
+term (checkpoint/stats.py). The untracked intervals run half before and half
+after the tracked ones, so that a drift of the machine's speed meets both. Also
 ``pause_s``, ``call_s`` (what ``checkpoint()`` blocked, the wait for the epoch
 before included), ``total_s`` (until durable), and ``extra_bytes`` (the rise
 of the process's peak resident memory).
@@ -76,6 +81,10 @@ class PairCost:
     error: str | None = None  # why the pair could not be measured (then the costs are inf)
     epoch_bytes: int | None = None  # median bytes on disk of an interval's epoch
     pages_dirty: int | None = None  # median pages an interval's epoch held
+    # the stepping thread's CPU in the tracked intervals' steps (checkpoint calls left
+    # out) / in the untracked ones - 1: the tracker's faults (and mode fork's copy-on-
+    # write) as the program's own thread pays them; None in a calibration made before
+    step_cpu_slowdown: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,8 +167,9 @@ def _pair_from(p: Any) -> PairCost:
         raise ValueError("a cost is NaN")
     ints = {k: (None if p.get(k) is None else int(p[k]))
             for k in ("extra_bytes", "epoch_bytes", "pages_dirty")}
+    step_cpu = None if p.get("step_cpu_slowdown") is None else _num(p["step_cpu_slowdown"])
     return PairCost(p["tracker"], p["mode"], error=_str(p.get("error")),
-                    **nums, **ints)  # type: ignore[arg-type]
+                    step_cpu_slowdown=step_cpu, **nums, **ints)  # type: ignore[arg-type]
 
 
 def load_calibration(path: str | os.PathLike[str]) -> Calibration:
@@ -227,6 +237,9 @@ class _Run:
     work_wall: list[float] = field(default_factory=list)
     bare_cpu: float = 0.0
     tracked_cpu: float = 0.0
+    # the stepping thread's CPU in each interval's steps alone (checkpoints left out)
+    bare_step_cpu: list[float] = field(default_factory=list)
+    work_step_cpu: list[float] = field(default_factory=list)
     pauses: list[float] = field(default_factory=list)
     calls: list[float] = field(default_factory=list)
     totals: list[float] = field(default_factory=list)
@@ -240,6 +253,8 @@ class _Run:
         self.work_wall += o.work_wall
         self.bare_cpu += o.bare_cpu
         self.tracked_cpu += o.tracked_cpu
+        self.bare_step_cpu += o.bare_step_cpu
+        self.work_step_cpu += o.work_step_cpu
         self.pauses += o.pauses
         self.calls += o.calls
         self.totals += o.totals
@@ -251,8 +266,9 @@ class _Run:
 
 def _measure(step: Callable[[], Any], arena: Arena, tracker: str, mode: str, *, n: int,
              rounds: int, root: str) -> _Run:
-    """One pair: ``rounds`` untracked intervals of ``n`` steps, then ``rounds``
-    tracked ones each ending in a checkpoint (its persist overlapping the next)."""
+    """One pair: ``rounds`` untracked intervals of ``n`` steps (half before, half
+    after) around ``rounds`` tracked ones each ending in a checkpoint (its
+    persist overlapping the next)."""
     from .checkpoint import Checkpointer
     d = tempfile.mkdtemp(prefix=f"{tracker}-{mode}-", dir=root)
     r = _Run(rounds=rounds)
@@ -260,13 +276,9 @@ def _measure(step: Callable[[], Any], arena: Arena, tracker: str, mode: str, *, 
         # one step first: a fork pair before this one left the pages copy-on-write
         # (the first write to each faults once), which the untracked intervals must not pay
         step()
-        c0 = _cpu()
-        for _ in range(rounds):  # no tracker is open yet
-            t = time.perf_counter()
-            for _ in range(n):
-                step()
-            r.bare_wall.append(time.perf_counter() - t)
-        r.bare_cpu = _cpu() - c0
+        # the untracked rounds on both sides of the tracked ones (half before, half
+        # after): a machine whose speed drifts during the pair slows both alike
+        _bare(step, r, n, (rounds + 1) // 2)
         with Checkpointer(arena, d, tracker=tracker, mode=mode) as ck:
             ck.checkpoint().result()  # the full epoch: not the steady state
             ck.wait()
@@ -275,10 +287,11 @@ def _measure(step: Callable[[], Any], arena: Arena, tracker: str, mode: str, *, 
             pendings = []
             c0 = _cpu()
             for _ in range(rounds):
-                t = time.perf_counter()
+                t, tc = time.perf_counter(), time.thread_time()
                 for _ in range(n):
                     step()
                 r.work_wall.append(time.perf_counter() - t)
+                r.work_step_cpu.append(time.thread_time() - tc)
                 p = ck.checkpoint()
                 r.pauses.append(p.pause_s)
                 r.calls.append(p.call_s or 0.0)
@@ -291,9 +304,23 @@ def _measure(step: Callable[[], Any], arena: Arena, tracker: str, mode: str, *, 
             after = _rss()
             if peak_ok and before is not None and after is not None:
                 r.extra = max(0, after[1] - before[0])
+        step()  # uncounted: after a fork, the first write to each page faults once
+        _bare(step, r, n, rounds // 2)
     finally:
         shutil.rmtree(d, ignore_errors=True)
     return r
+
+
+def _bare(step: Callable[[], Any], r: _Run, n: int, rounds: int) -> None:
+    """``rounds`` untracked intervals of ``n`` steps, added to ``r``."""
+    c0 = _cpu()
+    for _ in range(rounds):
+        t, tc = time.perf_counter(), time.thread_time()
+        for _ in range(n):
+            step()
+        r.bare_wall.append(time.perf_counter() - t)
+        r.bare_step_cpu.append(time.thread_time() - tc)
+    r.bare_cpu += _cpu() - c0
 
 
 def calibrate(step: Callable[[], Any], arena: Arena, *, interval_steps: int = 5,
@@ -371,4 +398,16 @@ def _cost(tracker: str, mode: str, r: _Run | str, n: int, own: float,
     return PairCost(tracker, mode, bare / n, slow, min(r.work_wall) / bare - 1,
                     statistics.median(r.pauses), call, total, r.extra, tau, cost, cost / tau,
                     epoch_bytes=int(statistics.median(r.bytes)),
-                    pages_dirty=int(statistics.median(r.dirty)))
+                    pages_dirty=int(statistics.median(r.dirty)),
+                    step_cpu_slowdown=_step_cpu_slowdown(r))
+
+
+def _step_cpu_slowdown(r: _Run) -> float | None:
+    """Medians of the intervals' step CPU, tracked against untracked, minus one:
+    medians, because an interval now and then takes several times its CPU (the
+    kernel's own work charged to the thread: reclaim, compaction), which a sum
+    would hand to whichever side it fell in."""
+    if not r.bare_step_cpu or not r.work_step_cpu:
+        return None
+    bare = statistics.median(r.bare_step_cpu)
+    return statistics.median(r.work_step_cpu) / bare - 1 if bare > 0 else None

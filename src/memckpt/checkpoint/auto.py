@@ -74,9 +74,13 @@ def choose(arena: Arena, tracker: str, mode: str, calibration: Any,
     return best.tracker, best.mode, {
         "tracker": best.tracker, "mode": best.mode, "source": kind,
         "asked": {"tracker": tracker, "mode": mode}, "why": explain(best),
-        # the pair's wall-clock slowdown of the steps between checkpoints, as measured
-        # (at the calibration's interval): the overhead account's tracking term
-        "tracking_slowdown": max(0.0, best.wall_slowdown),
+        # the overhead account's tracking term: how much more CPU the stepping thread
+        # took between checkpoints with the pair (its faults), as measured at the
+        # calibration's interval; a calibration from before that was kept gives the
+        # fastest interval's wall-clock slowdown (the persist's interference in it)
+        "tracking_slowdown": max(0.0, best.wall_slowdown if best.step_cpu_slowdown is None
+                                 else best.step_cpu_slowdown),
+        "tracking_measure": "wall" if best.step_cpu_slowdown is None else "step_cpu",
         "calibration": {"file": file, "created": cal.created, "host": cal.host,
                         "kernel": cal.kernel, "interval_steps": cal.interval_steps,
                         "rounds": cal.rounds, "mtbf_s": cal.mtbf_s, "interval_s": cal.interval_s},

@@ -222,6 +222,8 @@ class Checkpointer(CheckpointerView):
         """Capture an epoch and hand it to its persist (signals deferred)."""
         cap = self._capture(label, clock)
         cap.extra["wait_s"] = waited  # before PendingEpoch(cap), which reads it
+        if (steps := self._schedule.steps.take()) is not None:  # the overhead account's
+            cap.extra["steps"] = steps
         if self._auto is not None:
             cap.extra["auto"] = self._auto
         pending = PendingEpoch(cap)

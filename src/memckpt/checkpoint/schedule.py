@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..epoch import EpochInfo
 from ..tuning import Recommendation, checkpoint_cost, parse_duration, recommend
+from .steps import StepClock
 
 # Epochs whose total_s make the measured checkpoint cost of interval="auto":
 # the median of the last few increments (or of the last full epochs while
@@ -33,6 +34,7 @@ class Schedule:
         self._full: collections.deque[EpochInfo] = collections.deque(maxlen=_COST_EPOCHS)
         self._incr: collections.deque[EpochInfo] = collections.deque(maxlen=_COST_EPOCHS)
         self.due = -math.inf
+        self.steps = StepClock()  # the program's steps, for the overhead account (steps.py)
 
     @property
     def enabled(self) -> bool:
@@ -46,20 +48,28 @@ class Schedule:
         return checkpoint_cost([*self._incr, *self._full], full_if_none=True)
 
     def is_due(self) -> bool:
+        """At a step boundary (maybe_checkpoint): whether a checkpoint is due."""
+        self.steps.boundary()
         return self.clock() >= self.due
 
     def restart(self, resumed: float) -> None:
-        """The interval runs from ``resumed``, the end of a pause."""
+        """A checkpoint returns: the interval runs from ``resumed``, the end of
+        a pause, and its epoch persists while the next steps run."""
+        self.steps.launched()
+        self._set_due(resumed)
+
+    def _set_due(self, resumed: float) -> None:
         if self.interval is not None:
             self.due = resumed + self.interval
 
     def measured(self, info: EpochInfo, resumed: float) -> None:
         """After a committed epoch: measure it, re-tune, and restart the
         interval from ``resumed``, the clock when its checkpoint() returned."""
+        self.steps.durable()
         if self.auto:
             (self._full if info.kind == "full" else self._incr).append(info)
             self._retune()
-        self.restart(resumed)
+        self._set_due(resumed)
 
     def seed(self, epochs: list[EpochInfo]) -> None:
         """After a resume: the cost from the store's latest increments (a full
@@ -72,7 +82,7 @@ class Schedule:
                 self._retune()
             else:
                 self._full.clear()
-        self.restart(self.clock())
+        self._set_due(self.clock())
 
     def _retune(self) -> None:
         cost = self.cost

@@ -21,7 +21,12 @@ calibration (``tracking_slowdown``: the fraction a step is slower with the
 tracker armed) when one is given, else from the calibration a
 ``Checkpointer(mode="auto", calibration=...)`` recorded in the epochs
 (``extra["auto"]["tracking_slowdown"]``: the chosen pair's measured
-slowdown between checkpoints, at the calibration's interval).
+slowdown between checkpoints, at the calibration's interval). The third
+term, the persist's interference (the program's steps slower while an epoch
+persists, though it is not paused), is measured on the run: from the step
+records a ``maybe_checkpoint()`` loop leaves in each epoch's
+``extra["steps"]`` (:func:`interference`, checkpoint/steps.py). The
+tracking term applies to the steps' time without it.
 
 Work lost: a failure at time ``t`` loses what the program did since the pause
 of the newest epoch durable at ``t``. Averaged over the run (failures uniform
@@ -38,8 +43,15 @@ from typing import Any, Iterable, Sequence
 
 from ..epoch import EpochInfo
 from ..tuning import checkpoint_cost, expected_lost_work
+from .steps import AFTER_KEYS, KEYS
 
-__all__ = ["Overhead", "account", "runs", "stats_of"]
+__all__ = ["Overhead", "account", "interference", "runs", "stats_of"]
+
+# The interference term's baseline, the steady steps, must hold at least this
+# share of the CPU of the steps it is compared with: the term is a small
+# difference of two large off-CPU times, and a few steady steps make it noise
+# (a 0.3 s interval of 0.1 ms steps: 267 steady steps against 14,364 gave -28%).
+STEADY_SHARE = 0.25
 
 # Epochs further apart than this many times the median gap (and than a minute)
 # belong to different runs of a program over the same store.
@@ -82,6 +94,11 @@ class Overhead:
     call_fraction: float
     tracking_fraction: float | None
     tracking_from: str | None  # "given", "calibration" (recorded in the epochs), or None
+    interference_s: float | None      # the program's steps slower while an epoch persisted
+    interference_fraction: float | None
+    flight_steps: int                 # steps seen while an epoch persisted (extra["steps"])
+    after_steps: int                  # ... in the catch-up after it (as long as the flight)
+    idle_steps: int                   # ... and later: the baseline
     overhead_fraction: float
     pause_p50_s: float | None
     pause_p90_s: float | None
@@ -123,12 +140,15 @@ def runs(epochs: Iterable[EpochInfo]) -> list[list[EpochInfo]]:
 
 def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
             interval: float | None = None, mtbf: float | None = None,
-            tracking_slowdown: float | None = None) -> Overhead:
+            tracking_slowdown: float | None = None,
+            steps_since: dict[str, Any] | None = None) -> Overhead:
     """The overhead account of ``epochs`` (one run: see :func:`runs`). ``now``
     (Unix time) ends the wall time instead of the last epoch's durability;
     ``interval`` is the target interval (the recommended or configured one);
     ``mtbf`` gives the model's expected loss; ``tracking_slowdown`` the
-    tracker's cost between checkpoints (a fraction of a step)."""
+    tracker's cost between checkpoints (a fraction of a step); ``steps_since``
+    the step record (checkpoint/steps.py) of a live checkpointer since its
+    last epoch, which no manifest holds yet."""
     es = sorted(epochs, key=lambda e: e.epoch)
     if not es:
         raise ValueError("no epochs to account for")
@@ -140,13 +160,16 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
     calls = [e.call_s if e.call_s is not None else t[2] - t[0] for e, t in zip(es, times)]
     waits = [float(e.extra.get("wait_s", 0.0) or 0.0) for e in es]
     call_total = sum(calls)
+    # the first epoch's steps came before the wall time
+    interf, nflight, nafter, nidle = interference(es[1:], steps_since)
     tracking = None
     tracking_from = "given" if tracking_slowdown is not None else None
     if tracking_slowdown is None:
         tracking_slowdown = recorded_tracking_slowdown(es)
         tracking_from = "calibration" if tracking_slowdown is not None else None
     if tracking_slowdown is not None:
-        tracking = max(0.0, (wall - call_total) * tracking_slowdown / (1 + tracking_slowdown)) / wall
+        between = wall - call_total - (interf or 0.0)  # the steps' time at the tracked speed
+        tracking = max(0.0, between * tracking_slowdown / (1 + tracking_slowdown)) / wall
     achieved = [b[0] - a[2] for a, b in zip(times, times[1:])]
     ach = statistics.median(achieved) if achieved else None
     cost = checkpoint_cost(es, full_if_none=True)
@@ -162,7 +185,9 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
         pause_total_s=sum(pauses), wait_total_s=sum(waits), call_total_s=call_total,
         pause_fraction=sum(pauses) / wall, wait_fraction=sum(waits) / wall,
         call_fraction=call_total / wall, tracking_fraction=tracking, tracking_from=tracking_from,
-        overhead_fraction=call_total / wall + (tracking or 0.0),
+        interference_s=interf, interference_fraction=None if interf is None else interf / wall,
+        flight_steps=nflight, after_steps=nafter, idle_steps=nidle,
+        overhead_fraction=call_total / wall + (tracking or 0.0) + (interf or 0.0) / wall,
         pause_p50_s=_pct(pauses, 0.5), pause_p90_s=_pct(pauses, 0.9),
         pause_p99_s=_pct(pauses, 0.99), pause_max_s=max(pauses),
         call_p50_s=_pct(calls, 0.5), call_p99_s=_pct(calls, 0.99),
@@ -172,6 +197,55 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
         interval_ratio=ach / interval if ach is not None and interval else None,
         lost_work_mean_s=mean_loss, lost_work_worst_s=worst_loss, lost_work_model_s=model,
         mtbf_s=mtbf)
+
+
+def _steps(rec: Any) -> dict[str, float] | None:
+    """A step record (an epoch's ``extra["steps"]``, checkpoint/steps.py), or
+    None if absent or damaged."""
+    if not isinstance(rec, dict):
+        return None
+    out = {}
+    for k in KEYS + AFTER_KEYS:
+        v = rec.get(k, 0 if k in AFTER_KEYS else None)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            return None
+        out[k] = float(v)
+    return out
+
+
+def interference(epochs: Sequence[EpochInfo], since: dict[str, Any] | None = None,
+                 ) -> tuple[float | None, int, int, int]:
+    """(seconds, in-flight steps, catch-up steps, steady steps): how much longer
+    the program's steps took because an epoch persisted meanwhile, from the
+    step records the epochs carry (checkpoint/steps.py).
+
+    While an epoch persists, the program's thread waits longer for a CPU (or
+    the GIL); once it is durable, a scheduler that shares the CPUs fairly
+    lets the thread catch up for about as long (its steps then wait less
+    than usual). So the term is the off-CPU time (wall - the stepping
+    thread's CPU) of the in-flight and the catch-up steps together, less
+    what the steady steps (the later ones) spent off-CPU per second of their
+    CPU times those steps' CPU: the machine's own load meets the program's
+    work in proportion to it, checkpointing or not. Per CPU second, not per
+    step, so that steps of different sizes, and the tracker's faults in the
+    in-flight steps' CPU, do not count as interference. None when there is
+    nothing to compare (no maybe_checkpoint() loop, no step while an epoch
+    persisted, or too little long enough after one: the steady steps' CPU
+    under STEADY_SHARE of the others', in intervals shorter than about twice
+    the persist plus SETTLE_S)."""
+    recs = [r for r in map(_steps, [e.extra.get("steps") for e in epochs] + [since])
+            if r is not None]
+    nf = int(sum(r["flight_steps"] for r in recs))
+    na = int(sum(r["after_steps"] for r in recs))
+    ni = int(sum(r["idle_steps"] for r in recs))
+    idle_cpu = sum(r["idle_cpu_s"] for r in recs)
+    cpu = sum(r["flight_cpu_s"] + r["after_cpu_s"] for r in recs)
+    if not nf or not ni or idle_cpu <= 0 or idle_cpu < STEADY_SHARE * cpu:
+        return None, nf, na, ni
+    off = sum(r["flight_wall_s"] - r["flight_cpu_s"] + r["after_wall_s"] - r["after_cpu_s"]
+              for r in recs)
+    per_cpu = sum(r["idle_wall_s"] - r["idle_cpu_s"] for r in recs) / idle_cpu
+    return off - per_cpu * cpu, nf, na, ni
 
 
 def recorded_tracking_slowdown(epochs: Sequence[EpochInfo]) -> float | None:
@@ -224,5 +298,7 @@ def stats_of(checkpointer: Any, *, first_epoch: int | None = None, now: float | 
         es = rs[-1] if rs else []
     rec = checkpointer.recommendation
     target = rec.interval_s if rec is not None else checkpointer.interval
+    clock = getattr(getattr(checkpointer, "_schedule", None), "steps", None)
     return account(es, now=time.time() if now is None else now, interval=target, mtbf=mtbf,
-                   tracking_slowdown=tracking_slowdown)
+                   tracking_slowdown=tracking_slowdown,
+                   steps_since=None if clock is None else clock.peek())

@@ -85,6 +85,16 @@ def _tracking(o: dict[str, Any]) -> str:
     return _pct(o["tracking_fraction"])
 
 
+def _interference(o: dict[str, Any]) -> str:
+    if o.get("interference_s") is None:
+        return ("- (needs maybe_checkpoint() at every step, and steps while an epoch "
+                "persisted and long after: an interval over twice the persist)")
+    return (f"{_pct(o['interference_fraction'])} ({fmt_seconds(o['interference_s'])}: the "
+            f"steps' off-CPU time while an epoch persisted and in the catch-up after it, "
+            f"beyond the steady steps'; {o['flight_steps']} + {o.get('after_steps', 0)} "
+            f"steps vs {o['idle_steps']})")
+
+
 def format_overhead(rep: dict[str, Any]) -> str:
     o = rep["overhead"]
     s = fmt_seconds
@@ -97,6 +107,7 @@ def format_overhead(rep: dict[str, Any]) -> str:
          f"{_pct(o['wait_fraction'])} ({s(o['wait_total_s'])}: the epoch before was still "
          f"persisting)"],
         ["tracking between checkpoints", _tracking(o)],
+        ["steps slowed while persisting", _interference(o)],
         ["overhead", _pct(o["overhead_fraction"])],
         ["pause p50 / p90 / p99 / max", " / ".join(s(o[k]) for k in
                                                   ("pause_p50_s", "pause_p90_s", "pause_p99_s",
