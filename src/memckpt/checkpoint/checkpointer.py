@@ -254,6 +254,7 @@ class Checkpointer(CheckpointerView):
 
     def _failed(self, cap: Capture) -> None:  # its pages are unsaved: the next epoch's
         self._ctx.collector.give_back(cap.dirty)
+        self._schedule.steps.durable()  # nothing in flight: the steps from here are idle ones
 
     def prepare(self) -> int:
         """Shorten the next pause, in mode ``"background"``: write-protect now, while
