@@ -13,7 +13,11 @@ warm for both, each round times, in turn:
   read into less), and into a buffer already faulted in (the copy from the
   page cache alone);
 - memckpt.restore(path) with verify=True (the default) and verify=False,
-  a new Store each time (as a new process would); and the same read into a
+  a new Store each time (as a new process would), the arena's whole 2 MiB
+  blocks populated in the read by the threads that read them; verify=True
+  again with the blocks populated in a pass before the read (the way before,
+  store.eager.FILL_IN_RUN = False); the process CPU time of np.load and of
+  restore verify=True (all threads) beside their wall time; and the same read into a
   new arena without the 2 MiB fill (Store.read_into(out_is_zero=True,
   fill_huge=False): every block populated as 4 KiB pages, the way restore
   filled an arena before csrc/read_fill.c);
@@ -27,8 +31,10 @@ round is checked bit for bit against the array.
 
 Where a restore's time goes: the same steps restore() takes, timed one by one
 (open the store and read the manifest, load and check the index, make the
-arena, plan, prefault the blocks, read + hash, split the 2 MiB pages), and
-the read again with verify=False (the digest's share is the difference).
+arena, plan, prefault the blocks, read + hash, split the 2 MiB pages; and,
+restore's way now, into a second fresh arena: the read with the blocks
+populated in it, then the split), and the read again into resident pages
+with verify=False and verify=True (the digest's share is the difference).
 A last line gives a restore's fixed cost: the median restore of a one-page
 arena.
 
@@ -51,7 +57,7 @@ from typing import Callable
 import numpy as np
 
 import memckpt
-from memckpt.store import Store
+from memckpt.store import Store, eager
 
 # the module (memckpt.restore is the function)
 arena_from_layout = importlib.import_module("memckpt.restore").arena_from_layout
@@ -102,7 +108,7 @@ def _read_all(fd: int, mv: memoryview) -> None:
         off += n
 
 
-def _np_load(path: Path, hugepages: bool) -> Callable[[], float]:
+def _np_load(path: Path, hugepages: bool, cpu: list[float] | None = None) -> Callable[[], float]:
     try:
         from numpy._core import multiarray
     except ImportError:  # numpy < 2
@@ -111,9 +117,12 @@ def _np_load(path: Path, hugepages: bool) -> Callable[[], float]:
     def run() -> float:
         multiarray._set_madvise_hugepage(hugepages)
         try:
+            c = time.process_time()
             t = time.perf_counter()
             a = np.load(path)
             dt = time.perf_counter() - t
+            if cpu is not None:
+                cpu.append(time.process_time() - c)
         finally:
             multiarray._set_madvise_hugepage(True)
         del a
@@ -140,11 +149,19 @@ def _read_into_warm(store: Path, want: np.ndarray, verify: bool,
     return run
 
 
-def _restore(store: Path, want: np.ndarray, verify: bool, check: list[bool]) -> Callable[[], float]:
+def _restore(store: Path, want: np.ndarray, verify: bool, check: list[bool],
+             in_run: bool = True, cpu: list[float] | None = None) -> Callable[[], float]:
     def run() -> float:
-        t = time.perf_counter()
-        arena = memckpt.restore(store, verify=verify)
-        dt = time.perf_counter() - t
+        eager.FILL_IN_RUN = in_run
+        try:
+            c = time.process_time()
+            t = time.perf_counter()
+            arena = memckpt.restore(store, verify=verify)
+            dt = time.perf_counter() - t
+            if cpu is not None:
+                cpu.append(time.process_time() - c)
+        finally:
+            eager.FILL_IN_RUN = True
         if check[0]:
             got = arena.arrays()["x"]
             if not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
@@ -218,6 +235,21 @@ def _phases(store: Path, want: np.ndarray, check: list[bool]) -> Callable[[], di
                 again.run()
                 lap(name)
                 del again
+            # restore's way now: a fresh arena, its blocks populated in the run
+            fresh = arena_from_layout(layout)
+            out2 = np.frombuffer(fresh.buffer(), np.uint8).reshape(fresh.npages, fresh.page_size)
+            clock[0] = time.perf_counter()
+            plan2 = _reader.ReadPlan([(fd, recs, doc["files"]["pack"]["size"])], out2,
+                                     out_is_zero=True, fill_huge=True)
+            plan2.fill_in_run()
+            plan2.run()
+            lap("in run: fill + read + hash")
+            plan2.split_huge()
+            lap("in run: split")
+            if check[0] and not np.array_equal(out2.reshape(-1)[:want.nbytes], want.view(np.uint8)):
+                sys.exit(f"the read of {store} with the fill in the run differs from the array")
+            del out2, plan2
+            fresh.close()
         finally:
             os.close(fd)
         del pages, plan
@@ -277,12 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         for mib in args.size:
             npy, store, pack, x = _make(work, mib)
             check = [True]
+            cpu: dict[str, list[float]] = {"np.load": [], "restore verify=True": []}
             methods = {
-                "np.load": _np_load(npy, True),
+                "np.load": _np_load(npy, True, cpu["np.load"]),
                 "np.load, 4 KiB pages": _np_load(npy, False),
                 "read, fresh memory": _fresh_read(pack, mib << 20),
                 "read, warm buffer": _warm_read(pack, os.path.getsize(pack)),
-                "restore verify=True": _restore(store, x, True, check),
+                "restore verify=True": _restore(store, x, True, check,
+                                                cpu=cpu["restore verify=True"]),
+                "restore verify=True, prefault pass": _restore(store, x, True, check, in_run=False),
                 "restore verify=False": _restore(store, x, False, check),
                 "restore, 4 KiB pages": _restore_4k(store, x, check),
                 "read_into warm, verify=True": _read_into_warm(store, x, True, check),
@@ -299,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 check[0] = False
             med = {k: statistics.median(v) for k, v in times.items()}
             med.update({"phase " + k: statistics.median(v) for k, v in phases.items()})
+            med.update({"cpu " + k: statistics.median(v) for k, v in cpu.items()})
             rows.append((mib, med, {k: (min(v), max(v)) for k, v in times.items()}))
             del x, methods
         fixed = _fixed_cost(work, args.runs)
@@ -307,25 +343,28 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("Into fresh memory (memckpt.restore):")
     head = ["size", "np.load", "np.load, 4 KiB pages", "read, fresh memory (floor)",
-            "restore verify=True", "restore verify=False", "restore, 4 KiB pages",
-            "verify=True ÷ np.load", "verify=True ÷ np.load 4 KiB", "verify=True ÷ floor",
-            "verify=False ÷ floor", "4 KiB pages ÷ np.load", "GB/s (verify=True)",
-            "GB/s (floor)"]
+            "restore verify=True", "verify=True, prefault pass", "restore verify=False",
+            "restore, 4 KiB pages", "verify=True ÷ np.load", "prefault pass ÷ np.load",
+            "verify=False ÷ np.load", "verify=True ÷ np.load 4 KiB", "verify=True ÷ floor",
+            "CPU: verify=True, np.load", "GB/s (verify=True)", "GB/s (floor)"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for mib, m, _ in rows:
         v, nv, fr = m["restore verify=True"], m["restore verify=False"], m["read, fresh memory"]
-        k4 = m["restore, 4 KiB pages"]
-        print(f"| {mib} MiB | {_ms(m['np.load'])} | {_ms(m['np.load, 4 KiB pages'])} | {_ms(fr)} "
-              f"| {_ms(v)} | {_ms(nv)} | {_ms(k4)} | {v / m['np.load']:.2f}x "
-              f"| {v / m['np.load, 4 KiB pages']:.2f}x | {v / fr:.2f}x | {nv / fr:.2f}x "
-              f"| {k4 / m['np.load']:.2f}x | {(mib << 20) / v / 1e9:.2f} "
-              f"| {(mib << 20) / fr / 1e9:.2f} |")
+        k4, pp, nl = m["restore, 4 KiB pages"], m["restore verify=True, prefault pass"], m["np.load"]
+        print(f"| {mib} MiB | {_ms(nl)} | {_ms(m['np.load, 4 KiB pages'])} | {_ms(fr)} "
+              f"| {_ms(v)} | {_ms(pp)} | {_ms(nv)} | {_ms(k4)} | {v / nl:.2f}x | {pp / nl:.2f}x "
+              f"| {nv / nl:.2f}x | {v / m['np.load, 4 KiB pages']:.2f}x | {v / fr:.2f}x "
+              f"| {_ms(m['cpu restore verify=True'])}, {_ms(m['cpu np.load'])} "
+              f"| {(mib << 20) / v / 1e9:.2f} | {(mib << 20) / fr / 1e9:.2f} |")
     print()
-    print("Where restore's time goes (its steps timed one by one, medians; "
-          "the digest's share: read + hash, warm minus read, verify=False):")
+    print("Where restore's time goes (its steps timed one by one, medians; prefault, read + "
+          "hash, split: the prefault pass; in run: restore's way, a fresh arena's blocks "
+          "populated by the reading threads; the digest's share: read + hash, warm minus "
+          "read, verify=False):")
     names = ["open + manifest", "index", "arena", "plan", "prefault", "read + hash", "split",
-             "read, verify=False", "read + hash, warm"]
+             "in run: fill + read + hash", "in run: split", "read, verify=False",
+             "read + hash, warm"]
     print("| size | " + " | ".join(names) + " | outside the read ÷ restore |")
     print("|" + "---|" * (len(names) + 2))
     for mib, m, _ in rows:
