@@ -292,6 +292,24 @@ def _fixed_cost(work: Path, runs: int) -> float:
     return statistics.median(ts)
 
 
+_VMSTAT = ("compact_stall", "thp_fault_fallback")
+
+
+def _vmstat() -> dict[str, int]:
+    """The kernel's counts (machine-wide) of direct compactions and of 2 MiB
+    page faults that fell back to 4 KiB: what makes huge pages costly."""
+    out = dict.fromkeys(_VMSTAT, 0)
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                k, v = line.split()
+                if k in out:
+                    out[k] = int(v)
+    except OSError:
+        pass
+    return out
+
+
 def _ms(s: float) -> str:
     return f"{s * 1e3:.1f} ms" if s >= 0.01 else f"{s * 1e3:.2f} ms"
 
@@ -306,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-restore-") as tmp:
         work = Path(tmp)
         rows = []
+        stalls: list[tuple[int, dict[str, int]]] = []
         for mib in args.size:
             npy, store, pack, x = _make(work, mib)
             check = [True]
@@ -326,9 +345,12 @@ def main(argv: list[str] | None = None) -> int:
             times: dict[str, list[float]] = {k: [] for k in methods}
             phased = _phases(store, x, check)
             phases: dict[str, list[float]] = {}
+            kernel: dict[str, list[int]] = {k: [] for k in methods}
             for r in range(args.runs):
                 for name, fn in methods.items():
+                    before = _vmstat()
                     times[name].append(fn())
+                    kernel[name].append(sum(_vmstat().values()) - sum(before.values()))
                 for name, dt in phased().items():
                     phases.setdefault(name, []).append(dt)
                 check[0] = False
@@ -336,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             med.update({"phase " + k: statistics.median(v) for k, v in phases.items()})
             med.update({"cpu " + k: statistics.median(v) for k, v in cpu.items()})
             rows.append((mib, med, {k: (min(v), max(v)) for k, v in times.items()}))
+            stalls.append((mib, {k: sum(v) for k, v in kernel.items()}))
             del x, methods
         fixed = _fixed_cost(work, args.runs)
     print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
@@ -387,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     print("spread (min - max):")
     for mib, _, spread in rows:
         print(f"  {mib} MiB: " + "; ".join(f"{k} {_ms(a)} - {_ms(b)}" for k, (a, b) in spread.items()))
+    print("direct compactions + huge page fallbacks (machine-wide, summed over the rounds):")
+    for mib, st in stalls:
+        print(f"  {mib} MiB: " + "; ".join(f"{k} {v}" for k, v in st.items() if v))
     print(f"fixed cost: restore of a one-page arena, median {fixed * 1e3:.2f} ms")
     return 0
 
