@@ -25,8 +25,12 @@ warm for both, each round times, in turn:
   there (rollback's case, and `memckpt restore --out`'s), verify=True and
   verify=False.
 
-Rounds interleave the methods so that a noisy neighbour hits all of them;
-the table gives medians and ratios of medians. Every restore of the first
+Rounds interleave the methods so that a noisy neighbour hits all of them,
+each round starting one method later than the one before (so that no
+method always follows the same one: on a VM whose free memory goes back to
+the host, fresh 2 MiB pages cost ~25x more when they must be backed again,
+and which method meets them depends on what ran before); the table gives
+medians and ratios of medians. Every restore of the first
 round is checked bit for bit against the array.
 
 Where a restore's time goes: the same steps restore() takes, timed one by one
@@ -346,8 +350,13 @@ def main(argv: list[str] | None = None) -> int:
             phased = _phases(store, x, check)
             phases: dict[str, list[float]] = {}
             kernel: dict[str, list[int]] = {k: [] for k in methods}
+            names = list(methods)
             for r in range(args.runs):
-                for name, fn in methods.items():
+                # each round starts one method later: every method follows each
+                # other alike (the first after the 4 KiB methods' frees pays
+                # for fresh 2 MiB pages more often)
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    fn = methods[name]
                     before = _vmstat()
                     times[name].append(fn())
                     kernel[name].append(sum(_vmstat().values()) - sum(before.values()))
