@@ -44,6 +44,7 @@ arena.
 
     .venv/bin/python bench/bench_restore.py                   # 64, 512, 1024 MiB
     .venv/bin/python bench/bench_restore.py --size 64 --runs 11
+    .venv/bin/python bench/bench_restore.py --size 512 1024 --runs 15 --restore-only
 """
 from __future__ import annotations
 
@@ -318,13 +319,55 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:.1f} ms" if s >= 0.01 else f"{s * 1e3:.2f} ms"
 
 
+def _restore_only(args: argparse.Namespace) -> int:
+    """np.load against restore (fill in the run, prefault pass; verify=True and
+    False), rounds rotated, wall and process CPU time (all threads)."""
+    names = ["np.load", "restore verify=True", "verify=True, prefault pass",
+             "restore verify=False", "verify=False, prefault pass"]
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-restore-") as tmp:
+        rows = []
+        for mib in args.size:
+            npy, store, _, x = _make(Path(tmp), mib)
+            check = [True]
+            cpu: dict[str, list[float]] = {k: [] for k in names}
+            methods = {
+                names[0]: _np_load(npy, True, cpu[names[0]]),
+                names[1]: _restore(store, x, True, check, True, cpu[names[1]]),
+                names[2]: _restore(store, x, True, check, False, cpu[names[2]]),
+                names[3]: _restore(store, x, False, check, True, cpu[names[3]]),
+                names[4]: _restore(store, x, False, check, False, cpu[names[4]]),
+            }
+            times: dict[str, list[float]] = {k: [] for k in names}
+            for r in range(args.runs):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    times[name].append(methods[name]())
+                check[0] = False
+            rows.append((mib, {k: statistics.median(v) for k, v in times.items()},
+                         {k: statistics.median(v) for k, v in cpu.items()}))
+            del x, methods
+    print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, {args.runs} rounds, "
+          "medians (wall; process CPU, all threads)")
+    print("| size | " + " | ".join(names) + " | verify=True ÷ np.load | prefault pass ÷ np.load |")
+    print("|" + "---|" * (len(names) + 3))
+    for mib, m, c in rows:
+        print(f"| {mib} MiB | " + " | ".join(f"{_ms(m[k])} ({_ms(c[k])})" for k in names)
+              + f" | {m[names[1]] / m[names[0]]:.2f}x | {m[names[2]] / m[names[0]]:.2f}x |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, nargs="+", default=[64, 512, 1024], metavar="MIB",
                     help="array sizes in MiB (default: 64 512 1024)")
     ap.add_argument("--runs", type=int, default=9, help="rounds per size (default 9)")
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    ap.add_argument("--restore-only", action="store_true",
+                    help="np.load and restore only (the fill in the run against the prefault "
+                         "pass), none of the 4 KiB methods whose frees change what memory the "
+                         "next method gets; no step table")
     args = ap.parse_args(argv)
+    if args.restore_only:
+        return _restore_only(args)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-restore-") as tmp:
         work = Path(tmp)
         rows = []
