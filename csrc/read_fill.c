@@ -1,6 +1,11 @@
-/* read_fill.c: the fresh memory an epoch read fills, faulted in before the
- * read and, on request, backed by 2 MiB pages meanwhile (epoch_reader.h:
- * mck_read_plan_prefault, mck_read_plan_split_huge).
+/* read_fill.c: the fresh memory an epoch read fills, faulted in a block at
+ * a time and, on request, backed by 2 MiB pages meanwhile (epoch_reader.h:
+ * mck_read_plan_fill_in_run, mck_read_plan_prefault,
+ * mck_read_plan_split_huge). In the run, each whole block is populated by
+ * the reader thread about to read into it (mck_read_fill_unit, called by
+ * epoch_reader.c), so the zeroing is spread over the threads beside their
+ * copying and hashing; the prefault pass populates them all before the
+ * read instead (for reads mostly outside whole blocks).
  *
  * Measured on this project's VMs (2 vCPUs, THP "madvise"): populating
  * 512 MiB of 4 KiB pages costs 160-250 ms of CPU, the same as 2 MiB pages
@@ -51,10 +56,11 @@ enum {
 	BLK_DONE,               /* populated (or tried to be) */
 };
 
-/* The blocks of dest the plan fills wholly. The advice goes to the whole of
- * dest (a region is one VMA): advising part of it would split the VMA
- * before its first page fault gave it an anon_vma, and on older kernels
- * (6.1) the parts, each given its own anon_vma later, never merge again. */
+/* The blocks of dest and what the plan reads into each. The advice goes to
+ * the whole of dest (a region is one VMA): advising part of it would split
+ * the VMA before its first page fault gave it an anon_vma, and on older
+ * kernels (6.1) the parts, each given its own anon_vma later, never merge
+ * again. */
 struct mck_read_fill {
 	uint8_t *dest;
 	size_t len;
