@@ -13,7 +13,11 @@ warm for both, each round times, in turn:
   read into less), and into a buffer already faulted in (the copy from the
   page cache alone);
 - memckpt.restore(path) with verify=True (the default) and verify=False,
-  a new Store each time (as a new process would); and the same read into a
+  a new Store each time (as a new process would), the arena's whole 2 MiB
+  blocks populated in the read by the threads that read them; verify=True
+  again with the blocks populated in a pass before the read (the way before,
+  store.eager.FILL_IN_RUN = False); the process CPU time of np.load and of
+  restore verify=True (all threads) beside their wall time; and the same read into a
   new arena without the 2 MiB fill (Store.read_into(out_is_zero=True,
   fill_huge=False): every block populated as 4 KiB pages, the way restore
   filled an arena before csrc/read_fill.c);
@@ -21,19 +25,26 @@ warm for both, each round times, in turn:
   there (rollback's case, and `memckpt restore --out`'s), verify=True and
   verify=False.
 
-Rounds interleave the methods so that a noisy neighbour hits all of them;
-the table gives medians and ratios of medians. Every restore of the first
+Rounds interleave the methods so that a noisy neighbour hits all of them,
+each round starting one method later than the one before (so that no
+method always follows the same one: on a VM whose free memory goes back to
+the host, fresh 2 MiB pages cost ~25x more when they must be backed again,
+and which method meets them depends on what ran before); the table gives
+medians and ratios of medians. Every restore of the first
 round is checked bit for bit against the array.
 
 Where a restore's time goes: the same steps restore() takes, timed one by one
 (open the store and read the manifest, load and check the index, make the
-arena, plan, prefault the blocks, read + hash, split the 2 MiB pages), and
-the read again with verify=False (the digest's share is the difference).
+arena, plan, prefault the blocks, read + hash, split the 2 MiB pages; and,
+restore's way now, into a second fresh arena: the read with the blocks
+populated in it, then the split), and the read again into resident pages
+with verify=False and verify=True (the digest's share is the difference).
 A last line gives a restore's fixed cost: the median restore of a one-page
 arena.
 
     .venv/bin/python bench/bench_restore.py                   # 64, 512, 1024 MiB
     .venv/bin/python bench/bench_restore.py --size 64 --runs 11
+    .venv/bin/python bench/bench_restore.py --size 512 1024 --runs 15 --restore-only
 """
 from __future__ import annotations
 
@@ -51,7 +62,7 @@ from typing import Callable
 import numpy as np
 
 import memckpt
-from memckpt.store import Store
+from memckpt.store import Store, eager
 
 # the module (memckpt.restore is the function)
 arena_from_layout = importlib.import_module("memckpt.restore").arena_from_layout
@@ -102,7 +113,7 @@ def _read_all(fd: int, mv: memoryview) -> None:
         off += n
 
 
-def _np_load(path: Path, hugepages: bool) -> Callable[[], float]:
+def _np_load(path: Path, hugepages: bool, cpu: list[float] | None = None) -> Callable[[], float]:
     try:
         from numpy._core import multiarray
     except ImportError:  # numpy < 2
@@ -111,9 +122,12 @@ def _np_load(path: Path, hugepages: bool) -> Callable[[], float]:
     def run() -> float:
         multiarray._set_madvise_hugepage(hugepages)
         try:
+            c = time.process_time()
             t = time.perf_counter()
             a = np.load(path)
             dt = time.perf_counter() - t
+            if cpu is not None:
+                cpu.append(time.process_time() - c)
         finally:
             multiarray._set_madvise_hugepage(True)
         del a
@@ -140,11 +154,19 @@ def _read_into_warm(store: Path, want: np.ndarray, verify: bool,
     return run
 
 
-def _restore(store: Path, want: np.ndarray, verify: bool, check: list[bool]) -> Callable[[], float]:
+def _restore(store: Path, want: np.ndarray, verify: bool, check: list[bool],
+             in_run: bool = True, cpu: list[float] | None = None) -> Callable[[], float]:
     def run() -> float:
-        t = time.perf_counter()
-        arena = memckpt.restore(store, verify=verify)
-        dt = time.perf_counter() - t
+        eager.FILL_IN_RUN = in_run
+        try:
+            c = time.process_time()
+            t = time.perf_counter()
+            arena = memckpt.restore(store, verify=verify)
+            dt = time.perf_counter() - t
+            if cpu is not None:
+                cpu.append(time.process_time() - c)
+        finally:
+            eager.FILL_IN_RUN = True
         if check[0]:
             got = arena.arrays()["x"]
             if not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
@@ -218,6 +240,21 @@ def _phases(store: Path, want: np.ndarray, check: list[bool]) -> Callable[[], di
                 again.run()
                 lap(name)
                 del again
+            # restore's way now: a fresh arena, its blocks populated in the run
+            fresh = arena_from_layout(layout)
+            out2 = np.frombuffer(fresh.buffer(), np.uint8).reshape(fresh.npages, fresh.page_size)
+            clock[0] = time.perf_counter()
+            plan2 = _reader.ReadPlan([(fd, recs, doc["files"]["pack"]["size"])], out2,
+                                     out_is_zero=True, fill_huge=True)
+            plan2.fill_in_run()
+            plan2.run()
+            lap("in run: fill + read + hash")
+            plan2.split_huge()
+            lap("in run: split")
+            if check[0] and not np.array_equal(out2.reshape(-1)[:want.nbytes], want.view(np.uint8)):
+                sys.exit(f"the read of {store} with the fill in the run differs from the array")
+            del out2, plan2
+            fresh.close()
         finally:
             os.close(fd)
         del pages, plan
@@ -260,8 +297,62 @@ def _fixed_cost(work: Path, runs: int) -> float:
     return statistics.median(ts)
 
 
+_VMSTAT = ("compact_stall", "thp_fault_fallback")
+
+
+def _vmstat() -> dict[str, int]:
+    """The kernel's counts (machine-wide) of direct compactions and of 2 MiB
+    page faults that fell back to 4 KiB: what makes huge pages costly."""
+    out = dict.fromkeys(_VMSTAT, 0)
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                k, v = line.split()
+                if k in out:
+                    out[k] = int(v)
+    except OSError:
+        pass
+    return out
+
+
 def _ms(s: float) -> str:
     return f"{s * 1e3:.1f} ms" if s >= 0.01 else f"{s * 1e3:.2f} ms"
+
+
+def _restore_only(args: argparse.Namespace) -> int:
+    """np.load against restore (fill in the run, prefault pass; verify=True and
+    False), rounds rotated, wall and process CPU time (all threads)."""
+    names = ["np.load", "restore verify=True", "verify=True, prefault pass",
+             "restore verify=False", "verify=False, prefault pass"]
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-restore-") as tmp:
+        rows = []
+        for mib in args.size:
+            npy, store, _, x = _make(Path(tmp), mib)
+            check = [True]
+            cpu: dict[str, list[float]] = {k: [] for k in names}
+            methods = {
+                names[0]: _np_load(npy, True, cpu[names[0]]),
+                names[1]: _restore(store, x, True, check, True, cpu[names[1]]),
+                names[2]: _restore(store, x, True, check, False, cpu[names[2]]),
+                names[3]: _restore(store, x, False, check, True, cpu[names[3]]),
+                names[4]: _restore(store, x, False, check, False, cpu[names[4]]),
+            }
+            times: dict[str, list[float]] = {k: [] for k in names}
+            for r in range(args.runs):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    times[name].append(methods[name]())
+                check[0] = False
+            rows.append((mib, {k: statistics.median(v) for k, v in times.items()},
+                         {k: statistics.median(v) for k, v in cpu.items()}))
+            del x, methods
+    print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, {args.runs} rounds, "
+          "medians (wall; process CPU, all threads)")
+    print("| size | " + " | ".join(names) + " | verify=True ÷ np.load | prefault pass ÷ np.load |")
+    print("|" + "---|" * (len(names) + 3))
+    for mib, m, c in rows:
+        print(f"| {mib} MiB | " + " | ".join(f"{_ms(m[k])} ({_ms(c[k])})" for k in names)
+              + f" | {m[names[1]] / m[names[0]]:.2f}x | {m[names[2]] / m[names[0]]:.2f}x |")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,19 +361,29 @@ def main(argv: list[str] | None = None) -> int:
                     help="array sizes in MiB (default: 64 512 1024)")
     ap.add_argument("--runs", type=int, default=9, help="rounds per size (default 9)")
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    ap.add_argument("--restore-only", action="store_true",
+                    help="np.load and restore only (the fill in the run against the prefault "
+                         "pass), none of the 4 KiB methods whose frees change what memory the "
+                         "next method gets; no step table")
     args = ap.parse_args(argv)
+    if args.restore_only:
+        return _restore_only(args)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-restore-") as tmp:
         work = Path(tmp)
         rows = []
+        stalls: list[tuple[int, dict[str, int]]] = []
         for mib in args.size:
             npy, store, pack, x = _make(work, mib)
             check = [True]
+            cpu: dict[str, list[float]] = {"np.load": [], "restore verify=True": []}
             methods = {
-                "np.load": _np_load(npy, True),
+                "np.load": _np_load(npy, True, cpu["np.load"]),
                 "np.load, 4 KiB pages": _np_load(npy, False),
                 "read, fresh memory": _fresh_read(pack, mib << 20),
                 "read, warm buffer": _warm_read(pack, os.path.getsize(pack)),
-                "restore verify=True": _restore(store, x, True, check),
+                "restore verify=True": _restore(store, x, True, check,
+                                                cpu=cpu["restore verify=True"]),
+                "restore verify=True, prefault pass": _restore(store, x, True, check, in_run=False),
                 "restore verify=False": _restore(store, x, False, check),
                 "restore, 4 KiB pages": _restore_4k(store, x, check),
                 "read_into warm, verify=True": _read_into_warm(store, x, True, check),
@@ -291,15 +392,25 @@ def main(argv: list[str] | None = None) -> int:
             times: dict[str, list[float]] = {k: [] for k in methods}
             phased = _phases(store, x, check)
             phases: dict[str, list[float]] = {}
+            kernel: dict[str, list[int]] = {k: [] for k in methods}
+            names = list(methods)
             for r in range(args.runs):
-                for name, fn in methods.items():
+                # each round starts one method later: every method follows each
+                # other alike (the first after the 4 KiB methods' frees pays
+                # for fresh 2 MiB pages more often)
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    fn = methods[name]
+                    before = _vmstat()
                     times[name].append(fn())
+                    kernel[name].append(sum(_vmstat().values()) - sum(before.values()))
                 for name, dt in phased().items():
                     phases.setdefault(name, []).append(dt)
                 check[0] = False
             med = {k: statistics.median(v) for k, v in times.items()}
             med.update({"phase " + k: statistics.median(v) for k, v in phases.items()})
+            med.update({"cpu " + k: statistics.median(v) for k, v in cpu.items()})
             rows.append((mib, med, {k: (min(v), max(v)) for k, v in times.items()}))
+            stalls.append((mib, {k: sum(v) for k, v in kernel.items()}))
             del x, methods
         fixed = _fixed_cost(work, args.runs)
     print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
@@ -307,25 +418,28 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("Into fresh memory (memckpt.restore):")
     head = ["size", "np.load", "np.load, 4 KiB pages", "read, fresh memory (floor)",
-            "restore verify=True", "restore verify=False", "restore, 4 KiB pages",
-            "verify=True ÷ np.load", "verify=True ÷ np.load 4 KiB", "verify=True ÷ floor",
-            "verify=False ÷ floor", "4 KiB pages ÷ np.load", "GB/s (verify=True)",
-            "GB/s (floor)"]
+            "restore verify=True", "verify=True, prefault pass", "restore verify=False",
+            "restore, 4 KiB pages", "verify=True ÷ np.load", "prefault pass ÷ np.load",
+            "verify=False ÷ np.load", "verify=True ÷ np.load 4 KiB", "verify=True ÷ floor",
+            "CPU: verify=True, np.load", "GB/s (verify=True)", "GB/s (floor)"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for mib, m, _ in rows:
         v, nv, fr = m["restore verify=True"], m["restore verify=False"], m["read, fresh memory"]
-        k4 = m["restore, 4 KiB pages"]
-        print(f"| {mib} MiB | {_ms(m['np.load'])} | {_ms(m['np.load, 4 KiB pages'])} | {_ms(fr)} "
-              f"| {_ms(v)} | {_ms(nv)} | {_ms(k4)} | {v / m['np.load']:.2f}x "
-              f"| {v / m['np.load, 4 KiB pages']:.2f}x | {v / fr:.2f}x | {nv / fr:.2f}x "
-              f"| {k4 / m['np.load']:.2f}x | {(mib << 20) / v / 1e9:.2f} "
-              f"| {(mib << 20) / fr / 1e9:.2f} |")
+        k4, pp, nl = m["restore, 4 KiB pages"], m["restore verify=True, prefault pass"], m["np.load"]
+        print(f"| {mib} MiB | {_ms(nl)} | {_ms(m['np.load, 4 KiB pages'])} | {_ms(fr)} "
+              f"| {_ms(v)} | {_ms(pp)} | {_ms(nv)} | {_ms(k4)} | {v / nl:.2f}x | {pp / nl:.2f}x "
+              f"| {nv / nl:.2f}x | {v / m['np.load, 4 KiB pages']:.2f}x | {v / fr:.2f}x "
+              f"| {_ms(m['cpu restore verify=True'])}, {_ms(m['cpu np.load'])} "
+              f"| {(mib << 20) / v / 1e9:.2f} | {(mib << 20) / fr / 1e9:.2f} |")
     print()
-    print("Where restore's time goes (its steps timed one by one, medians; "
-          "the digest's share: read + hash, warm minus read, verify=False):")
+    print("Where restore's time goes (its steps timed one by one, medians; prefault, read + "
+          "hash, split: the prefault pass; in run: restore's way, a fresh arena's blocks "
+          "populated by the reading threads; the digest's share: read + hash, warm minus "
+          "read, verify=False):")
     names = ["open + manifest", "index", "arena", "plan", "prefault", "read + hash", "split",
-             "read, verify=False", "read + hash, warm"]
+             "in run: fill + read + hash", "in run: split", "read, verify=False",
+             "read + hash, warm"]
     print("| size | " + " | ".join(names) + " | outside the read ÷ restore |")
     print("|" + "---|" * (len(names) + 2))
     for mib, m, _ in rows:
@@ -348,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     print("spread (min - max):")
     for mib, _, spread in rows:
         print(f"  {mib} MiB: " + "; ".join(f"{k} {_ms(a)} - {_ms(b)}" for k, (a, b) in spread.items()))
+    print("direct compactions + huge page fallbacks (machine-wide, summed over the rounds):")
+    for mib, st in stalls:
+        print(f"  {mib} MiB: " + "; ".join(f"{k} {v}" for k, v in st.items() if v))
     print(f"fixed cost: restore of a one-page arena, median {fixed * 1e3:.2f} ms")
     return 0
 

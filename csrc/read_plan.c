@@ -336,6 +336,7 @@ void mck_read_plan_free(struct mck_read_plan *p)
 	free(p->entries);
 	free(p->deferred_source);
 	free(p->deferred_record);
+	mck_read_fill_free(p->fill);
 	free(p);
 }
 

@@ -55,7 +55,14 @@ struct mck_read_plan {
 	uint64_t *deferred_record;
 	uint64_t ndeferred, deferred_cap;
 	int coded;              /* some unit is CODED: threads need scratch and a decoder */
+	struct mck_read_fill *fill; /* mck_read_plan_fill_in_run's blocks (read_fill.c) */
 };
+
+/* read_fill.c: with plan->fill, populate the whole 2 MiB blocks unit u
+ * reads into that no thread populated yet (and wait for those another
+ * thread is populating), before u is read. */
+void mck_read_fill_unit(struct mck_read_plan *plan, const struct mck_read_unit *u);
+void mck_read_fill_free(struct mck_read_fill *fill);
 
 /* Record i of source s (at chain position s) is one a reader can follow:
  * within the arena's npages and the pack, known flags, a page's length.

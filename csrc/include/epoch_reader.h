@@ -120,8 +120,26 @@ int mck_read_plan_run(struct mck_read_plan *plan, uint64_t first, uint64_t last,
  * 4 KiB ones). */
 int mck_read_plan_prefault(struct mck_read_plan *plan, unsigned nthreads, uint64_t *huge);
 
-/* With MCK_READ_FILL_HUGE, after the read: every block prefaulted is
- * mapped by 4 KiB page-table entries again (a huge one is split, its
+/* Instead of mck_read_plan_prefault: the whole 2 MiB blocks are populated
+ * in the run, each by the thread that reads into it first, just before it
+ * does (a thread takes a block's units at a time), so that the zeroing is
+ * spread over the threads and overlaps the other threads' reads and
+ * hashing, and the pages are in cache when the read copies into them.
+ * Same 2 MiB pages and giving up as mck_read_plan_prefault; with
+ * MCK_READ_FILL_HUGE dest stays advised MADV_HUGEPAGE until
+ * mck_read_plan_split_huge, so the pages the plan reads outside whole
+ * blocks are populated here first, as 4 KiB pages. The blocks the run
+ * will populate; 0 when it would not pay (not an OUT_ZERO plan, no whole
+ * block, or more pages outside whole blocks than in them: call
+ * mck_read_plan_prefault then); or -errno (-EBUSY: set up already). */
+int mck_read_plan_fill_in_run(struct mck_read_plan *plan);
+
+/* The blocks asked for as 2 MiB pages by the runs so far (after
+ * mck_read_plan_fill_in_run; 0 without it). */
+int mck_read_plan_fill_huge_blocks(const struct mck_read_plan *plan);
+
+/* With MCK_READ_FILL_HUGE, after the read: every block prefaulted (or
+ * populated in the run) is mapped by 4 KiB page-table entries again (a huge one is split, its
  * bytes kept), so that dirty tracking sees 4 KiB pages, and dest is left
  * advised MADV_NOHUGEPAGE. 0 (also without the flag: nothing to do), or
  * -errno (-ENOMEM: the process's mapping count limit). */

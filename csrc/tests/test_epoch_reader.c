@@ -656,9 +656,10 @@ static void fill_chain(struct chain *c, uint64_t npages)
 	free(page);
 }
 
-/* A fresh region read with MCK_READ_FILL_HUGE: prefault, run, split. 0 or
- * -errno; *huge_kb: the 2 MiB pages there after the prefault. */
-static int fill_region(struct chain *c, struct mck_region *r, long *huge_kb)
+/* A fresh region read with MCK_READ_FILL_HUGE: prefault, run, split (or,
+ * in_run, the blocks populated in the run by the threads that read them).
+ * 0 or -errno; *huge_kb: the 2 MiB pages there before the split. */
+static int fill_region(struct chain *c, struct mck_region *r, long *huge_kb, int in_run)
 {
 	struct mck_read_plan *plan;
 	struct mck_read_fault f;
@@ -672,12 +673,27 @@ static int fill_region(struct chain *c, struct mck_region *r, long *huge_kb)
 				 NULL, 0, MCK_READ_VERIFY | MCK_READ_OUT_ZERO | MCK_READ_FILL_HUGE, &f);
 	if (rc < 0)
 		return rc;
-	rc = mck_read_plan_prefault(plan, 2, &huge);
-	CHECK(rc == 4, "prefault: %d blocks (want the 4 whole ones)", rc);
-	CHECK(huge <= 4, "%llu blocks asked for as huge pages", (unsigned long long)huge);
-	*huge_kb = smaps_kb(r->addr, r->len, "AnonHugePages", &nvmas);
+	if (in_run) {
+		rc = mck_read_plan_fill_in_run(plan);
+		CHECK(rc == 4, "fill in run: %d blocks (want the 4 whole ones)", rc);
+		/* the pages outside them are there already, as 4 KiB pages */
+		CHECK(smaps_kb(r->addr, r->len, "Rss", &nvmas) == (long)(511 + 3) * 4,
+		      "fill in run: Rss %ld kB before the run",
+		      smaps_kb(r->addr, r->len, "Rss", &nvmas));
+		CHECK(mck_read_plan_fill_in_run(plan) == -EBUSY, "fill in run set up twice");
+		CHECK(mck_read_plan_prefault(plan, 2, NULL) == -EBUSY, "prefault after fill in run");
+	} else {
+		rc = mck_read_plan_prefault(plan, 2, &huge);
+		CHECK(rc == 4, "prefault: %d blocks (want the 4 whole ones)", rc);
+		*huge_kb = smaps_kb(r->addr, r->len, "AnonHugePages", &nvmas);
+	}
 	rc = mck_read_plan_run(plan, 0, mck_read_plan_units(plan), 2, &f);
 	CHECK(rc == 0, "run: %s (fault %d)", strerror(-rc), f.kind);
+	if (in_run) {
+		huge = (uint64_t)mck_read_plan_fill_huge_blocks(plan);
+		*huge_kb = smaps_kb(r->addr, r->len, "AnonHugePages", &nvmas);
+	}
+	CHECK(huge <= 4, "%llu blocks asked for as huge pages", (unsigned long long)huge);
 	if (rc == 0)
 		rc = mck_read_plan_split_huge(plan);
 	mck_read_plan_free(plan);
@@ -689,7 +705,7 @@ static int fill_region(struct chain *c, struct mck_region *r, long *huge_kb)
  * unsplit would report all 512 of its pages. Each tracker gets its own
  * region: the faults of one (uffd-sync, mprotect) split the pages they
  * write, which would hide what the next one sees. */
-static void tracker_exact_after_fill(struct chain *c, int b)
+static void tracker_exact_after_fill(struct chain *c, int b, int in_run)
 {
 	struct mck_region r;
 	struct mck_tracker *t;
@@ -698,7 +714,7 @@ static void tracker_exact_after_fill(struct chain *c, int b)
 	size_t nwant = 0;
 	long huge_kb = 0;
 	int64_t n;
-	int rc = fill_region(c, &r, &huge_kb);
+	int rc = fill_region(c, &r, &huge_kb, in_run);
 
 	CHECK(rc == 0, "fill for %s: %s", mck_backend_name(b), strerror(-rc));
 	if (rc == 0 && mck_tracker_open(&t, b, r.addr, r.len) == 0) {
@@ -729,38 +745,105 @@ static void tracker_exact_after_fill(struct chain *c, int b)
  * the bytes are the model's, no huge page is left, the region is one VMA
  * again, the pages no epoch holds were not faulted in, and every tracker
  * this kernel has sees exactly the 4 KiB pages written after. */
-static void test_fill_huge(struct test_ctx *ctx)
+static void fill_huge(int in_run)
 {
 	const uint64_t per = (2u << 20) / 4096, npages = 5 * per + per / 2;
+	const char *how = in_run ? "fill in run" : "fill_huge";
 	struct chain c;
 	struct mck_region r;
 	long huge_kb = 0, rss_kb;
 	char why[200];
 	int rc, nvmas;
 
-	(void)ctx;
 	fill_chain(&c, npages);
-	rc = fill_region(&c, &r, &huge_kb);
-	CHECK(rc == 0, "fill: %s", strerror(-rc));
+	rc = fill_region(&c, &r, &huge_kb, in_run);
+	CHECK(rc == 0, "%s: %s", how, strerror(-rc));
 	if (rc == 0) {
 		struct dest d = {.p = r.addr, .len = r.len};
 
 		CHECK((uintptr_t)r.addr % (2u << 20) == 0, "a region of 2 MiB or more is 2 MiB aligned");
-		printf("  fill_huge: %ld kB in huge pages after the prefault\n", huge_kb);
-		CHECK(huge_kb <= 4 * 2048, "%ld kB huge: more than the whole blocks", huge_kb);
-		CHECK(smaps_kb(r.addr, r.len, "AnonHugePages", &nvmas) == 0, "huge pages left after the split");
-		CHECK(nvmas == 1, "the region is %d VMAs after the split", nvmas);
+		printf("  %s: %ld kB in huge pages before the split\n", how, huge_kb);
+		CHECK(huge_kb <= 4 * 2048, "%s: %ld kB huge: more than the whole blocks", how, huge_kb);
+		CHECK(smaps_kb(r.addr, r.len, "AnonHugePages", &nvmas) == 0,
+		      "%s: huge pages left after the split", how);
+		CHECK(nvmas == 1, "%s: the region is %d VMAs after the split", how, nvmas);
 		rss_kb = smaps_kb(r.addr, r.len, "Rss", &nvmas);
 		/* 4 whole blocks, block 1's 511 pages, the tail's 3 */
-		CHECK(rss_kb == (long)(4 * per + per - 1 + 3) * 4, "Rss %ld kB", rss_kb);
-		CHECK(pages_wrong(&c, &d, NULL, 0, 0) == 0, "fill_huge: bytes differ");
+		CHECK(rss_kb == (long)(4 * per + per - 1 + 3) * 4, "%s: Rss %ld kB", how, rss_kb);
+		CHECK(pages_wrong(&c, &d, NULL, 0, 0) == 0, "%s: bytes differ", how);
 		mck_region_destroy(&r);
 	}
 	for (int b = 0; b < MCK_BACKEND_COUNT; b++) {
 		if (mck_backend_status(b, why, sizeof(why)) == 1)
-			tracker_exact_after_fill(&c, b);
+			tracker_exact_after_fill(&c, b, in_run);
 		else
-			printf("  fill_huge: %s unavailable here: %s\n", mck_backend_name(b), why);
+			printf("  %s: %s unavailable here: %s\n", how, mck_backend_name(b), why);
+	}
+	chain_free(&c);
+}
+
+static void test_fill_huge(struct test_ctx *ctx)
+{
+	(void)ctx;
+	fill_huge(0);
+}
+
+/* The same with the blocks populated in the run, each by the thread about
+ * to read into it. */
+static void test_fill_in_run(struct test_ctx *ctx)
+{
+	(void)ctx;
+	fill_huge(1);
+}
+
+/* A damaged page found by a thread that populated its own blocks: the run
+ * names the first damaged page in plan order whatever the threads did, and
+ * the split after the failed run still leaves no huge page and one VMA (a
+ * caller that drops the region finds nothing half-done to mistake for a
+ * restore: the run said -EBADMSG). */
+static void test_fill_in_run_damage(struct test_ctx *ctx)
+{
+	const uint64_t per = (2u << 20) / 4096, npages = 5 * per + per / 2;
+	const uint64_t bad[2] = {4 * per + 10, 2 * per + 300}; /* the second is first in plan order */
+	struct chain c;
+
+	(void)ctx;
+	fill_chain(&c, npages);
+	for (int k = 0; k < 2; k++)
+		for (uint64_t i = 0; i < c.nrecs[0]; i++) {
+			const struct mck_idx_record *r = &c.recs[0][i];
+			uint8_t b;
+
+			if (r->page != bad[k])
+				continue;
+			CHECK(pread(c.fd[0], &b, 1, (off_t)r->offset + 2000) == 1, "pread");
+			b ^= 0x01;
+			CHECK(pwrite(c.fd[0], &b, 1, (off_t)r->offset + 2000) == 1, "pwrite");
+		}
+	for (int round = 0; round < 6; round++) {
+		unsigned threads = round % 3 + 1;
+		struct mck_read_plan *plan;
+		struct mck_read_fault f;
+		struct mck_region r;
+		int rc, nvmas;
+
+		CHECK(mck_region_create(&r, npages * 4096, 0) == 0, "region");
+		rc = mck_read_plan_build(&plan, chain_sources(&c), c.nsources, r.addr, 4096, npages,
+					 NULL, 0, MCK_READ_VERIFY | MCK_READ_OUT_ZERO | MCK_READ_FILL_HUGE,
+					 &f);
+		CHECK(rc == 0, "plan: %s", strerror(-rc));
+		CHECK(mck_read_plan_fill_in_run(plan) == 4, "fill in run");
+		rc = mck_read_plan_run(plan, 0, mck_read_plan_units(plan), threads, &f);
+		CHECK(rc == -EBADMSG && f.kind == MCK_READ_FAULT_DIGEST && f.source == 0 &&
+		      f.page == bad[1] && f.nbad == 1,
+		      "%u threads: rc %d, fault %d on page %llu (want the digest of page %llu)",
+		      threads, rc, f.kind, (unsigned long long)f.page, (unsigned long long)bad[1]);
+		CHECK(mck_read_plan_split_huge(plan) == 0, "split after the failed run");
+		CHECK(smaps_kb(r.addr, r.len, "AnonHugePages", &nvmas) == 0,
+		      "huge pages left after a failed run");
+		CHECK(nvmas == 1, "the region is %d VMAs after a failed run", nvmas);
+		mck_read_plan_free(plan);
+		mck_region_destroy(&r);
 	}
 	chain_free(&c);
 }
@@ -775,6 +858,8 @@ static const struct test_case tests[] = {
 	{"coded", test_coded, {need_codecs}},
 	{"small_pages", test_small_pages, {NULL}},
 	{"fill_huge", test_fill_huge, {NULL}},
+	{"fill_in_run", test_fill_in_run, {NULL}},
+	{"fill_in_run_damage", test_fill_in_run_damage, {NULL}},
 };
 
 int main(int argc, char **argv)

@@ -55,6 +55,8 @@ cdef extern from "epoch_reader.h" nogil:
     int mck_read_plan_run(mck_read_plan *plan, uint64_t first, uint64_t last,
                           unsigned nthreads, mck_read_fault *fault)
     int mck_read_plan_prefault(mck_read_plan *plan, unsigned nthreads, uint64_t *huge)
+    int mck_read_plan_fill_in_run(mck_read_plan *plan)
+    int mck_read_plan_fill_huge_blocks(const mck_read_plan *plan)
     int mck_read_plan_split_huge(mck_read_plan *plan)
     void mck_read_plan_free(mck_read_plan *plan)
     unsigned mck_read_codecs()

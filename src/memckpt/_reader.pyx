@@ -176,9 +176,28 @@ cdef class ReadPlan:
             raise OSError(-rc, f"faulting in the arena: {strerror(-rc).decode()}")
         return rc, huge
 
+    def fill_in_run(self):
+        """Instead of prefault(): run() populates each whole 2 MiB block of
+        out on the thread that reads into it, just before it does. The
+        blocks it will populate, or 0 when that would not pay (call
+        prefault() then)."""
+        self._planned()
+        cdef int rc
+        with nogil:
+            rc = c.mck_read_plan_fill_in_run(self.plan)
+        if rc < 0:
+            raise OSError(-rc, f"preparing the arena's fill: {strerror(-rc).decode()}")
+        return rc
+
+    def huge_blocks(self):
+        """The blocks run() asked for as 2 MiB pages so far (after fill_in_run())."""
+        self._planned()
+        return c.mck_read_plan_fill_huge_blocks(self.plan)
+
     def split_huge(self):
-        """With fill_huge: the blocks prefault() backed with 2 MiB pages are
-        mapped by 4 KiB page-table entries again, out advised MADV_NOHUGEPAGE."""
+        """With fill_huge: the blocks prefault() (or run(), after fill_in_run())
+        backed with 2 MiB pages are mapped by 4 KiB page-table entries again,
+        out advised MADV_NOHUGEPAGE."""
         self._planned()
         cdef int rc
         with nogil:
