@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 
 import numpy as np
@@ -73,15 +72,13 @@ def main() -> None:
             if native is not None and k == req["native_at"]:
                 native(req["native_s"])
             if self_kill is not None and k == self_kill:
-                # a thread signals this process while the main thread checkpoints
+                # the kernel signals this process while the main thread checkpoints
+                # (a timer: a Python thread could not, as checkpoint() no longer
+                # lets the GIL go in mode copy: it would signal after the call)
                 delay = float(np.random.default_rng(req.get("seed", 0)).uniform(0, 0.002))
-
-                def kill() -> None:
-                    time.sleep(delay)
-                    os.write(log, f"K {time.monotonic()!r}\n".encode())
-                    os.kill(os.getpid(), signal.SIGTERM)
-                t = threading.Thread(target=kill)
-                t.start()
+                at = time.monotonic() + delay
+                os.write(log, f"K {at!r}\n".encode())
+                _signal_at(at, signal.SIGTERM)
                 ck.checkpoint()
                 os.write(log, f"C {time.monotonic()!r}\n".encode())
                 continue
@@ -90,6 +87,35 @@ def main() -> None:
                 break
     pre.close()
     sys.exit(7)
+
+
+class _SigEvent(ctypes.Structure):  # struct sigevent (Linux, 64 bytes)
+    _fields_ = [("value", ctypes.c_void_p), ("signo", ctypes.c_int), ("notify", ctypes.c_int),
+                ("pad", ctypes.c_int * 12)]
+
+
+class _TimeSpec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = [("interval", _TimeSpec), ("value", _TimeSpec)]
+
+
+def _signal_at(at: float, signum: int) -> None:
+    """Have the kernel send ``signum`` to this process at time.monotonic() ``at``
+    (a POSIX timer on CLOCK_MONOTONIC, absolute), whatever Python is doing."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "timer_create"):  # glibc before 2.34
+        libc = ctypes.CDLL("librt.so.1", use_errno=True)
+    ev = _SigEvent(signo=signum, notify=0)  # SIGEV_SIGNAL
+    timer = ctypes.c_void_p()
+    if libc.timer_create(time.CLOCK_MONOTONIC, ctypes.byref(ev), ctypes.byref(timer)):
+        raise OSError(ctypes.get_errno(), "timer_create")
+    sec = int(at)
+    spec = _ITimerSpec(value=_TimeSpec(sec, int((at - sec) * 1e9)))
+    if libc.timer_settime(timer, 1, ctypes.byref(spec), None):  # TIMER_ABSTIME
+        raise OSError(ctypes.get_errno(), "timer_settime")
 
 
 if __name__ == "__main__":

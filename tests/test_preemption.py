@@ -194,8 +194,9 @@ def test_sigterm_at_random_instants_many(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["copy", "fork", "sync"])
 def test_sigterm_during_a_checkpoint(tmp_path: Path, mode: str) -> None:
-    """The worker's own thread signals it while its main thread is in checkpoint()
-    (a checkpoint of every page): the epoch in flight and a final one commit."""
+    """A timer signals the worker (the kernel, whatever Python does) while its
+    main thread is in checkpoint() (a checkpoint of every page): the epoch in
+    flight and a final one commit."""
     during = runs = 0
     # six trials, and more (up to 18) until one signal lands inside the call:
     # the kill thread's delay is random and a fast checkpoint is a small target
