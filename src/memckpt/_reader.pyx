@@ -8,9 +8,9 @@ other -errno is an OSError.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free
-from libc.string cimport strerror
 
 cimport memckpt._epoch_reader as c
+from memckpt._check cimport check
 from memckpt._read_sources cimport read_sources
 
 import numpy as np
@@ -62,7 +62,7 @@ cdef int _check(int rc, c.mck_read_fault *f, str what) except -1:
         return 0
     if f.kind != c.MCK_READ_FAULT_NONE:
         raise _fault(f)
-    raise OSError(-rc, f"{what}: {strerror(-rc).decode()}")
+    return check(rc, what)
 
 
 cdef class ReadPlan:
@@ -172,8 +172,7 @@ cdef class ReadPlan:
         cdef int rc
         with nogil:
             rc = c.mck_read_plan_prefault(self.plan, threads, &huge)
-        if rc < 0:
-            raise OSError(-rc, f"faulting in the arena: {strerror(-rc).decode()}")
+        check(rc, "faulting in the arena")
         return rc, huge
 
     def fill_in_run(self):
@@ -185,8 +184,7 @@ cdef class ReadPlan:
         cdef int rc
         with nogil:
             rc = c.mck_read_plan_fill_in_run(self.plan)
-        if rc < 0:
-            raise OSError(-rc, f"preparing the arena's fill: {strerror(-rc).decode()}")
+        check(rc, "preparing the arena's fill")
         return rc
 
     def huge_blocks(self):
@@ -202,8 +200,7 @@ cdef class ReadPlan:
         cdef int rc
         with nogil:
             rc = c.mck_read_plan_split_huge(self.plan)
-        if rc < 0:
-            raise OSError(-rc, f"splitting the arena's huge pages: {strerror(-rc).decode()}")
+        check(rc, "splitting the arena's huge pages")
 
     def run(self, first=0, last=None, unsigned threads=0):
         """Read units [first, last) (default: to the end) on `threads` threads

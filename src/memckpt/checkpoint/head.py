@@ -24,7 +24,6 @@ class Head:
         self._threads = threads
         self.epoch: int | None = None
         self.chain_len = 0
-        self._closed = False
 
     def next_kind(self, known: bool = False) -> tuple[str, int | None]:
         """The next epoch's kind and parent. A full epoch's parent is only its
@@ -63,16 +62,13 @@ class Head:
         takes it instead of doing that work in checkpoint(). Stores without
         prepare_next (an object store) begin as before."""
         prepare = getattr(self._store, "prepare_next", None)
-        if prepare is None or self._closed:
-            return
-        kind, parent = self.next_kind(known=True)
-        prepare(kind, parent)
-        if self._closed:  # closed meanwhile: close() may have dropped it before it was made
-            self.close()
+        if prepare is not None:
+            kind, parent = self.next_kind(known=True)
+            prepare(kind, parent)
 
     def close(self) -> None:
-        """Let a prepared writer go (the Checkpointer closes; the store may be the caller's)."""
-        self._closed = True
+        """Let a prepared writer go (the Checkpointer closes, after the last
+        epoch and its prepare are done; the store may be the caller's)."""
         drop = getattr(self._store, "drop_prepared", None)
         if drop is not None:
             drop()
