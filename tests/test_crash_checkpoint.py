@@ -20,6 +20,7 @@ import pytest
 import memckpt
 
 PS = memckpt.features().page_size
+MID_CHAIN = 6  # a store's last trial is killed after this round is durable
 
 
 def apply_round(pages: np.ndarray, k: int) -> None:
@@ -40,9 +41,11 @@ def expected(npages: int, k: int) -> np.ndarray:
     return pages
 
 
-def child(path: str, npages: int, full_every: int, ready: int, inside: np.ndarray) -> None:
+def child(path: str, npages: int, full_every: int, ready: int, inside: np.ndarray,
+          committed: np.ndarray) -> None:
     """Runs in the forked child; never returns. ``inside`` (shared with the
-    parent) is 1 while checkpoint() runs, so the parent knows where it killed."""
+    parent) is 1 while checkpoint() runs, so the parent knows where it killed;
+    ``committed`` the last round whose epoch is durable."""
     code = 1
     try:
         store = memckpt.Store(path, create=True)
@@ -57,6 +60,7 @@ def child(path: str, npages: int, full_every: int, ready: int, inside: np.ndarra
             ck = memckpt.Checkpointer.resume(store, full_every=full_every)
             k = int(store.info(latest).label)
         pages = ck.arena.arrays()["data"]
+        committed[0] = k
         os.write(ready, b"r")
         while True:
             k += 1
@@ -64,6 +68,7 @@ def child(path: str, npages: int, full_every: int, ready: int, inside: np.ndarra
             inside[0] = 1
             ck.checkpoint(label=str(k)).result()
             inside[0] = 0
+            committed[0] = k
     except BaseException:
         traceback.print_exc()
     finally:
@@ -76,16 +81,18 @@ def kill_trials(tmp_path, trials: int, npages: int, max_delay: float, seed: int,
     stats = {"trials": 0, "killed_inside": 0, "max_round": 0}
     cache: dict[int, np.ndarray] = {}
     shared = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED: the child's flag, seen here
-    inside = np.frombuffer(shared, dtype=np.uint8)
+    inside = np.frombuffer(shared, dtype=np.uint8, count=1)
+    committed = np.frombuffer(shared, dtype=np.uint32, count=1, offset=8)
     for t in range(trials):
         path = str(tmp_path / f"store{t // per_store}")
         full_every = int(rng.choice([3, 8, 1000]))
         inside[0] = 0
+        committed[0] = 0
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             os.close(r)
-            child(path, npages, full_every, w, inside)
+            child(path, npages, full_every, w, inside, committed)
         os.close(w)
         try:
             ok, _, _ = select.select([r], [], [], 60)
@@ -93,6 +100,15 @@ def kill_trials(tmp_path, trials: int, npages: int, max_delay: float, seed: int,
             if got != b"r":
                 _, status = os.waitpid(pid, 0)
                 pytest.fail(f"trial {t}: the child died before its loop (status {status})")
+            if (t + 1) % per_store == 0:
+                # the store's last trial: its chain past round MID_CHAIN
+                # first, however slow the machine (a kill mid-chain is the
+                # point; the random delays alone may not get there)
+                deadline = time.monotonic() + 60
+                while committed[0] < MID_CHAIN and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                assert committed[0] >= MID_CHAIN, \
+                    f"trial {t}: round {committed[0]} after 60 s; see the child's stderr"
             time.sleep(float(rng.uniform(0, max_delay)))
             os.kill(pid, signal.SIGKILL)
         finally:
@@ -111,6 +127,8 @@ def kill_trials(tmp_path, trials: int, npages: int, max_delay: float, seed: int,
         latest = store.latest()
         assert latest is not None  # the child committed epoch "0" before signalling
         k = int(store.info(latest).label)
+        # the child's last result() had returned: that epoch is durable
+        assert k >= int(committed[0]), f"trial {t}: round {int(committed[0])} committed, latest {k}"
         base = max((c for c in cache if c <= k), default=None)
         want = cache[base].copy() if base is not None else np.zeros((npages, PS), np.uint8)
         for rr in range((base or 0) + 1, k + 1):
@@ -127,7 +145,7 @@ def kill_trials(tmp_path, trials: int, npages: int, max_delay: float, seed: int,
         stats["max_round"] = max(stats["max_round"], k)
         if (t + 1) % per_store == 0:
             cache = {}
-    del inside
+    del inside, committed
     shared.close()
     return stats
 
@@ -137,7 +155,7 @@ def test_sigkill_during_checkpoints(tmp_path):
     print(stats)
     assert stats["trials"] == 50
     assert stats["killed_inside"] >= 25, f"too few kills landed inside checkpoint(): {stats}"
-    assert stats["max_round"] > 5, "the children never got far enough to be killed mid-chain"
+    assert stats["max_round"] > MID_CHAIN - 1, "the children never got far enough to be killed mid-chain"
 
 
 @pytest.mark.slow

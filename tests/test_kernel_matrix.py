@@ -46,6 +46,15 @@ def _load_harness():
 km = _load_harness()
 qemu = pytest.mark.qemu
 
+# Deadlines for a guest run: they only bound what a hang costs, so they are
+# set for the slowest machine CI may be, not an idle one. TCG runs both vCPUs
+# on one host thread: its speed follows the host's load. debian-6.12's run took
+# 181 s (test_epoch_writer 77 s) at a load of 4.5 on 2 cores, against the
+# harness's defaults of 240 s a run and 120 s a binary; a load of 8 would pass
+# both. A binary that really hangs still ends the run, later.
+RUN_TIMEOUT = max(km.DEFAULT_TIMEOUT, 1200.0)
+TEST_TIMEOUT = max(km.DEFAULT_TEST_TIMEOUT, 600.0)
+
 
 def _cannot_run(why: str):
     if km.ci_mode():
@@ -92,7 +101,8 @@ def _run_kernel(request, kernel: str) -> dict | str:
     build = request.getfixturevalue("build")
     workdir = request.getfixturevalue("tmp_path_factory").mktemp(f"matrix-{kernel}")
     try:
-        return _by_test(km.run_matrix(kernel, build=build, workdir=workdir))
+        return _by_test(km.run_matrix(kernel, build=build, workdir=workdir, timeout=RUN_TIMEOUT,
+                                      test_timeout=TEST_TIMEOUT))
     except km.KernelUnavailable as e:
         return f"the {kernel} kernel package is unavailable (no network or no apt?): {e}"
 
