@@ -286,7 +286,13 @@ ck = memckpt.Checkpointer(arena, path, mode={mode!r}, tracker={tracker_for(mode)
 x[1] = 1
 ck.checkpoint().result()
 import time
-time.sleep(0.1)  # the persist thread ends
+# the persist thread ends (IDLE_S = 0) once it has let the epoch go: wait for
+# that, so that the next checkpoint starts a thread (a fixed sleep did not
+# wait long enough on a loaded machine, and then no start raised)
+deadline = time.monotonic() + 60
+while any(t.name == "memckpt-persist" for t in threading.enumerate()):
+    assert time.monotonic() < deadline, "the persist thread did not end in 60 s"
+    time.sleep(0.001)
 real = threading.Thread.start
 def start(self):
     real(self)
