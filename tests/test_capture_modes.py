@@ -175,15 +175,33 @@ def test_copy_mode_waits_for_the_epoch_in_flight(arena, tmp_path):
     (backpressure) and says how long in extra["wait_s"]."""
     st = memckpt.Store(tmp_path / "s", create=True)
     pages = pages_of(arena)
-    with memckpt.Checkpointer(arena, DelayedCommits(st, lambda: time.sleep(0.3))) as ck:
+    gate, waiting = threading.Event(), threading.Event()
+    # p1's commit is held until 0.3 s after the next checkpoint() began its
+    # wait (a fixed delay in the commit raced a caller the load held back)
+    with memckpt.Checkpointer(arena, DelayedCommits(st, lambda: gate.wait(60))) as ck:
+        real_wait = ck._inflight.wait
+
+        def wait() -> None:
+            waiting.set()
+            real_wait()
+        ck._inflight.wait = wait
+
+        def open_later() -> None:
+            waiting.wait(60)
+            time.sleep(0.3)
+            gate.set()
+        opener = threading.Thread(target=open_later)
         pages[1, 0] = 1
         p1 = ck.checkpoint()
+        waiting.clear()                       # (the first checkpoint had nothing to wait for)
+        opener.start()
         pages[2, 0] = 2
         p2 = ck.checkpoint()                  # waits for p1 to be durable first
         assert p1.done()
         info2 = p2.result()
+        opener.join()
     assert info2.parent == p1.epoch and info2.pages_dirty == 1
-    assert info2.extra["wait_s"] > 0.1, info2.extra
+    assert info2.extra["wait_s"] > 0.25, info2.extra
     st.close()
 
 
