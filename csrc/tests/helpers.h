@@ -45,12 +45,13 @@ static inline int count_tasks(void)
 }
 
 /* A joined thread can linger in /proc/self/task for a moment (long under
- * emulation): wait, briefly, for the count to come down to at_most. */
+ * emulation, longer on a loaded host): wait, up to 20 s, for the count to
+ * come down to at_most (a settled count returns at once). */
 static inline int settled_tasks(int at_most)
 {
 	int n = count_tasks();
 
-	for (int i = 0; i < 200 && n > at_most; i++) {
+	for (int i = 0; i < 2000 && n > at_most; i++) {
 		usleep(10000);
 		n = count_tasks();
 	}

@@ -108,7 +108,8 @@ static void test_snapshot_under_writers(struct test_ctx *ctx)
 			return;
 		}
 	}
-	alarm(120); /* a writer left asleep would hang the test */
+	alarm(240); /* a writer left asleep would hang the test (a guest under TCG on a
+		     * loaded host copies 64 MiB in up to 11 s: 12 cycles need room) */
 	for (int c = 0; c < CYCLES; c++) {
 		struct mck_bg_stats st;
 		uint64_t cut[NWRITERS];

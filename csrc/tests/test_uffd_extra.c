@@ -439,8 +439,10 @@ static void test_handler_sigmask(struct test_ctx *ctx)
 
 	if (setup(fx) < 0)
 		return;
-	/* up to 2 s for an earlier test's exiting thread to leave the list */
-	for (int tries = 0; tries < 40; tries++) {
+	/* up to 20 s for an earlier test's exiting thread to leave the list
+	 * (2 s was enough for TCG on an idle host, the deadline is for a
+	 * loaded one; a settled list ends the wait at once) */
+	for (int tries = 0; tries < 400; tries++) {
 		n = other_threads(must, &bad);
 		if (n == 1)
 			break;
