@@ -66,6 +66,7 @@ class Spinner:
     def __init__(self) -> None:
         self.stop = False
         self.gaps: list[tuple[float, float]] = []
+        self.last = 0.0  # its latest read: every gap that ended before it is in gaps
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -74,9 +75,16 @@ class Spinner:
             now = time.perf_counter()
             if now - last > 2e-4:
                 self.gaps.append((last, now))
-            last = now
+            last = self.last = now
 
     def longest_within(self, a: float, b: float) -> float:
+        """The longest gap over [a, b], once the thread has read the clock
+        after b: a gap is recorded when the thread runs again, and a thread the
+        load kept off the CPU after the pause had not recorded it yet."""
+        deadline = time.perf_counter() + 60
+        while self.last <= b and time.perf_counter() < deadline:
+            time.sleep(0.001)
+        assert self.last > b, "the clock-reading thread did not run for 60 s"
         return max((e - s for s, e in self.gaps if s < b and e > a), default=0.0)
 
     def __enter__(self) -> "Spinner":
