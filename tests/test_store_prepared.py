@@ -135,15 +135,19 @@ def test_another_writers_compaction_of_the_parent_is_followed(tmp_path):
     store.verify()
 
 
-def _hold_lock(path, role: str, seconds: float) -> threading.Thread:
-    """Another writer (its own lock file description) holding the lock a while."""
+def _hold_lock(path, role: str, seconds: float | threading.Event) -> threading.Thread:
+    """Another writer (its own lock file description) holding the lock a
+    while, or until the event is set."""
     from memckpt.store import locking
     took = threading.Event()
 
     def hold():
         with locking._Lock(path, role, wait=0.0):
             took.set()
-            time.sleep(seconds)
+            if isinstance(seconds, threading.Event):
+                seconds.wait(60)
+            else:
+                time.sleep(seconds)
     t = threading.Thread(target=hold)
     t.start()
     took.wait()
@@ -171,11 +175,15 @@ def test_the_late_lock_gives_up_after_a_while(tmp_path, monkeypatch):
     assert store.prepare_next("incremental", 1)
     w = _begin(store, "incremental", 1)
     w.add_pages(np.array([6], dtype=np.uint64), state[[6]])
-    t = _hold_lock(store.path, "prune", 0.6)
+    # held until the commit gave up (a 0.6 s hold raced a commit the load
+    # delayed past it: it then took the lock and succeeded)
+    done = threading.Event()
+    t = _hold_lock(store.path, "prune", done)
     try:
         with pytest.raises(StoreLocked, match=r"locked by this process \(prune\)"):
             w.commit(pages_dirty=1, pause_s=0.0)
     finally:
+        done.set()
         t.join()
     assert store.epoch_numbers() == [1] and _names(store) == {fmt.STORE_HEADER,
                                                                fmt.manifest_name(1),
