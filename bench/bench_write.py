@@ -178,19 +178,33 @@ PAUSES: dict[str, list[float]] = {}
 FULL_BY: dict[str, set[str]] = {}  # how each Checkpointer method's full epochs were taken
 
 
+# variants of mode copy: the knobs of capture/copy.py they set
+COPY_VARIANTS: dict[str, dict[str, int]] = {
+    "copy, by fork": {"FORK_PROCESSES": 2},
+    # the staged epoch written after the copy, on the persist thread (before issue 12's overlap)
+    "copy, copy then write": {"ASYNC_MIN_BYTES": 0},
+    # the write overlapping the copy with the writer's threads beside it in the pause
+    "copy, 0 threads in the pause": {"PAUSE_THREADS": 0},
+    "copy, 2 threads in the pause": {"PAUSE_THREADS": 2},
+}
+COPY_MODES = ["copy", "copy, by fork", "copy, copy then write", "copy, 0 threads in the pause",
+              "copy, 2 threads in the pause"]
+
+
 def checkpointer_full(arena: memckpt.Arena, d: Path, mode: str, later: bool, name: str,
                       check: bool) -> float:
     """A new Checkpointer's first epoch (or, later: its second, full_every=1),
     until durable; its pause_s goes to PAUSES[name]. Mode "copy, by fork":
-    mode copy with its full epochs taken by fork (FORK_PROCESSES = 2)."""
+    mode copy with its full epochs taken by fork (FORK_PROCESSES = 2); the
+    other "copy, ..." modes set the knobs COPY_VARIANTS names."""
     sp = d / "ck"
     shutil.rmtree(sp, ignore_errors=True)
-    by_fork = mode == "copy, by fork"
-    procs = copy_capture.FORK_PROCESSES
-    if by_fork:
-        copy_capture.FORK_PROCESSES = 2
+    knobs = COPY_VARIANTS.get(mode, {})
+    saved = {k: getattr(copy_capture, k) for k in knobs}
+    for k, v in knobs.items():
+        setattr(copy_capture, k, v)
     try:
-        with memckpt.Checkpointer(arena, sp, mode="copy" if by_fork else mode,
+        with memckpt.Checkpointer(arena, sp, mode="copy" if mode.startswith("copy") else mode,
                                   full_every=1 if later else None) as ck:
             if later:
                 ck.checkpoint().result()
@@ -199,10 +213,13 @@ def checkpointer_full(arena: memckpt.Arena, d: Path, mode: str, later: bool, nam
             info = p.result()
             dt = time.perf_counter() - t
     finally:
-        copy_capture.FORK_PROCESSES = procs
+        for k, v in saved.items():
+            setattr(copy_capture, k, v)
     if info.kind != "full":
         raise AssertionError(f"{name}: epoch {info.epoch} is {info.kind}")
     how = {"sync": "in the pause, from the arena", "fork": "fork"}.get(mode, "staged")
+    if info.extra.get("written_from_pause"):
+        how = "staged, written from the pause on"
     FULL_BY.setdefault(name, set()).add(info.extra.get("full_by", how))
     if check:
         with memckpt.restore(sp) as got:
@@ -242,7 +259,7 @@ def run_size(mib: int, rounds: int, d: Path,
         methods.append(("epoch, staged (Python writer)", lambda c: epoch(a, d, 1, staging, c)))
     arena = memckpt.Arena(mib << 20)
     arena.array("a", a.shape, a.dtype)[:] = a
-    for mode in ("copy", "copy, by fork", "sync", "fork"):
+    for mode in (*COPY_MODES, "sync", "fork"):
         for later in (False, True):
             name = f"Checkpointer {mode}, {'a later full' if later else 'first epoch'}"
             methods.append((name, lambda c, m=mode, l=later, n=name:

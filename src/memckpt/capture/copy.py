@@ -142,10 +142,10 @@ class CopyMode:
                 raise
         t1 = time.perf_counter()
         try:
-            if nsunk or err is not None:
+            if staged_async:  # all of them, the staged ones still being written from buf
+                w.added_natively(pages, None, reading=buf)
+            elif nsunk or err is not None:
                 w.added_natively(pages[:nsunk], err)  # err: aborts, raises it named
-            if staged_async:  # the staged pages too, still being written from buf
-                w.added_natively(pages[nsunk:], None, reading=buf)
             overflow = int(pages.size) - nstaged - nsunk
             if overflow:  # no C writer (compressed in Python): after the pause, from the arena
                 src = ctx.pages
@@ -172,7 +172,8 @@ class CopyMode:
                        pages=rest, dirty=dirty, data=data[:rest.size],
                        pages_dirty=ctx.candidates(kind, pages), pause_s=pause, started=t0,
                        label=req.label, mode=self.name, extra=extra, persist=self.persist, call=req.call,
-                       release=lambda: self._recycle(buf, kind, nstaged, w))
+                       release=lambda: self._recycle(buf, kind, nstaged,
+                                                     w if staged_async else None))
 
     def persist(self, cap: Capture) -> EpochInfo:
         """Write a staged capture to its epoch and commit it (on the persist thread)."""
@@ -193,9 +194,10 @@ class CopyMode:
         # 1 GiB dirty: 436 ms against 75 ms reused). A buffer a full epoch
         # filled is let go unless small: the arena's size, held for good
         # after the first epoch, is what staging= is there to bound. A
-        # buffer the epoch's C writer still reads (an add that runs beyond
-        # the pause, not yet waited for or stopped) is never reused: the
-        # writer keeps it alive until its threads are done.
+        # buffer the epoch's C writer (w: given when it took the staged
+        # pages from the pause on) still reads, not yet waited for or
+        # stopped, is never reused: the writer keeps it alive until its
+        # threads are done.
         if w is not None and w.native_busy():
             return
         if kind == "full" and nstaged * self.ctx.page_size > max(64 << 20, self.ctx.arena.nbytes // 8):
