@@ -962,7 +962,7 @@ static int job_end(struct mck_ew *w, bool cancel)
 
 	pthread_mutex_lock(&j->c.lock);
 	/* rows never said to be in are never read: such an add cannot finish */
-	if ((cancel || j->c.ready < j->c.n) && !j->c.err)
+	if ((cancel || j->c.ready < j->c.n) && !j->c.err && !j->c.done)
 		j->c.err = -ECANCELED;
 	if (j->c.waiting)
 		pthread_cond_broadcast(&j->c.cv);
