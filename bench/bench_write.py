@@ -25,11 +25,15 @@ machine's noise falls on every method alike:
 - ``Checkpointer ..., first epoch``: what a user sees: a new Checkpointer
   over an arena holding the array (the array copied into it once, untimed),
   its first checkpoint() until result() (durable), in modes copy (the
-  default: the arena staged in the pause, then written on the writer's
-  threads), "copy, by fork" (capture/copy.py FORK_PROCESSES = 2: its full
-  epochs written by a fork() child, when the arena is most of the process),
-  sync (every page written in the pause, from the
-  arena, with the writer's threads) and fork.
+  default: the arena staged in the pause, the writer's threads writing each
+  piece of staging as the copy fills it, on after the pause: capture/copy.py
+  PAUSE_THREADS of them beside the copy), "copy, copy then write"
+  (ASYNC_MIN_BYTES = 0: the whole copy, then the write on the persist
+  thread, as before issue 12's overlap), "copy, 0 / 2 threads in the pause"
+  (PAUSE_THREADS), "copy, by fork" (FORK_PROCESSES = 2: its full epochs
+  written by a fork() child, when the arena is most of the process), sync
+  (every page written in the pause, from the arena, with the writer's
+  threads) and fork.
 - ``Checkpointer ..., a later full``: the same Checkpointer's second
   checkpoint with full_every=1 (a full epoch again: full_every, rebasing);
   its ratio is given against both baselines.
@@ -47,7 +51,8 @@ starting one method later than the round before.
     .venv/bin/python bench/bench_write.py --size 512 --size 1024 --rounds 5
     .venv/bin/python bench/bench_write.py --size 64 --rounds 3      # quick
     --only np.save,Checkpointer runs only the methods whose names start with
-    one of these (the baselines are always run).
+    one of these (the baselines are always run); separate them with ";"
+    when one holds a comma: --only "Checkpointer copy, first;Checkpointer sync".
     --dir DIR puts the files there (default: a temporary directory in the
     current one, i.e. the file system of the checkout). Run with a memckpt
     from before the C epoch writer, it measures its staged epoch alone.
@@ -320,9 +325,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--only", default=None,
-                    help="comma-separated name prefixes of the methods to run (baselines always)")
+                    help="comma- (or, when a name holds a comma, semicolon-) separated name "
+                         "prefixes of the methods to run (baselines always)")
     args = ap.parse_args()
-    only = args.only.split(",") if args.only else None
+    # names hold commas ("Checkpointer copy, first epoch"): ";" separates them if given
+    only = args.only.split(";" if ";" in args.only else ",") if args.only else None
     sizes = args.size or [512, 1024]
     d = Path(tempfile.mkdtemp(prefix="memckpt-bench-write-", dir=args.dir or Path.cwd()))
     try:

@@ -1,7 +1,7 @@
 """Mode copy's epochs with and without the write overlapping the pause's copy
 (issue 12): pause_s and time to durable of increments (1%, 10%, 100% of the
 arena's pages written, chosen at random), beside the copy floor (np.take of
-the same pages into a resident buffer), interleaved. Full epochs:
+the same pages into a resident buffer, as `memckpt bench`'s floor), interleaved. Full epochs:
 bench/bench_write.py.
 
 Variants (capture/copy.py knobs): "overlap" (the default: epochs staging
@@ -69,7 +69,9 @@ def main() -> None:
             pages = np.sort(rng.choice(npages, k, replace=False)).astype(np.uint64)
             fill = rng.integers(1, 255, PS, dtype=np.uint8)
             t = time.perf_counter()
-            np.take(views[names[0]], pages, axis=0, out=floor_buf[:len(pages)])
+            # as memckpt bench's floor: mode="clip" (no bounds pass, no buffered out)
+            np.take(views[names[0]], pages.astype(np.intp), axis=0, mode="clip",
+                    out=floor_buf[:len(pages)])
             floor.setdefault(case, []).append(time.perf_counter() - t)
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
@@ -89,11 +91,6 @@ def main() -> None:
                 pause.setdefault((name, case), []).append(info.pause_s)
                 durable.setdefault((name, case), []).append(dt)
         loads.append(os.getloadavg()[0])
-    for name, ck in cks.items():
-        ck.close()
-    del views
-    for a in arenas.values():
-        a.close()
     print(f"# {SIZE_MIB} MiB, {ROUNDS} rounds, load average {min(loads):.2f}-{max(loads):.2f}")
     print("| epoch | variant | pause_s | × copy floor | durable (from the call) | × copy then write |")
     print("|---|---|---:|---:|---:|---:|")
@@ -107,6 +104,8 @@ def main() -> None:
             t = statistics.median(durable[(name, case)])
             print(f"| {case} | {name} | {p * 1e3:.1f} ms | {p / fl:.2f}× | {t * 1e3:.0f} ms "
                   f"| {t / ref:.2f}× |")
+    for ck in cks.values():
+        ck.close()
     shutil.rmtree(d, ignore_errors=True)
 
 
