@@ -1,8 +1,8 @@
 """Mode copy's epochs with and without the write overlapping the pause's copy
 (issue 12): pause_s and time to durable of increments (1%, 10%, 100% of the
 arena's pages written, chosen at random), beside the copy floor (np.take of
-the same pages into a resident buffer, as `memckpt bench`'s floor), interleaved. Full epochs:
-bench/bench_write.py.
+the same pages into a resident buffer, as `memckpt bench`'s floor),
+interleaved. Full epochs: bench/bench_write.py.
 
 Variants (capture/copy.py knobs): "overlap" (the default: epochs staging
 >= ASYNC_MIN_BYTES are written from the pause on, PAUSE_THREADS writer
@@ -13,6 +13,7 @@ same content); each round takes every variant's epoch in turn, rotating the
 order. Medians over ROUNDS; ratios against the copy floor of the same round.
 
     .venv/bin/python bench/probe_copy_overlap.py     # SIZE_MIB=1024 ROUNDS=7 PCTS=1,10,100
+    VARIANTS="overlap;copy then write" .venv/bin/python bench/probe_copy_overlap.py
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ VARIANTS: dict[str, dict[str, int]] = {
     "overlap, 0 in the pause": {"PAUSE_THREADS": 0},
     "overlap, 2 in the pause": {"PAUSE_THREADS": 2},
 }
-if os.environ.get("VARIANTS"):
-    VARIANTS = {k: v for k, v in VARIANTS.items() if k in os.environ["VARIANTS"].split(",")}
+if os.environ.get("VARIANTS"):  # names separated by ";" (they hold commas)
+    VARIANTS = {k: v for k, v in VARIANTS.items() if k in os.environ["VARIANTS"].split(";")}
 
 
 def main() -> None:

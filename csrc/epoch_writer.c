@@ -145,6 +145,38 @@ int mck_cpus_available(void)
 	return n < 1 ? 1 : n > EW_MAX_THREADS ? EW_MAX_THREADS : n;
 }
 
+int mck_cpus_idle(void)
+{
+	char buf[128];
+	const char *p;
+	long running;
+	ssize_t len;
+	int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC), idle;
+
+	if (fd < 0)
+		return -errno;
+	len = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (len <= 0)
+		return len < 0 ? -errno : -ENODATA;
+	buf[len] = '\0';
+	/* "0.52 0.61 0.70 3/612 4242": the fourth field is runnable/total,
+	 * the caller among the runnable */
+	p = buf;
+	for (int field = 0; field < 3 && p; field++) {
+		p = strchr(p, ' ');
+		if (p)
+			p++;
+	}
+	if (!p)
+		return -ENODATA;
+	running = strtol(p, NULL, 10);
+	if (running < 1)
+		return -ENODATA;
+	idle = mck_cpus_available() - (int)(running < EW_MAX_THREADS ? running : EW_MAX_THREADS);
+	return idle < 0 ? 0 : idle;
+}
+
 int mck_ew_open(const struct mck_ew_config *cfg, struct mck_ew **out)
 {
 	struct mck_ew *w;

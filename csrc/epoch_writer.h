@@ -47,6 +47,11 @@ struct mck_ew_stats {
 
 /* The CPUs this process may run on (sched_getaffinity), at least 1. */
 int mck_cpus_available(void);
+/* The CPUs available that no runnable task holds now: mck_cpus_available
+ * minus the runnable tasks of the whole system (the caller among them;
+ * /proc/loadavg), at least 0; -errno if that cannot be read. An instant's
+ * guess: a pause sizes the writer's threads beside its copy by it. */
+int mck_cpus_idle(void);
 
 /* A writer for one epoch's pages; *out is freed by mck_ew_close. 0, -EINVAL
  * for a bad config, -ENOMEM. */

@@ -128,6 +128,11 @@ def test_the_writer_keeps_the_staging_it_reads_alive(tmp_path):
         assert np.array_equal(got[r["offset"]:r["offset"] + PS], data[r["page"]])
 
 
+def test_idle_cpus_are_counted_from_the_runnable_tasks():
+    # read (not -1), and this thread is runnable as it asks: never every CPU idle
+    assert 0 <= _writer.cpus_idle() < _writer.cpus_available()
+
+
 # -- through a Checkpointer -------------------------------------------------------------
 def _arena(seed: int = 11) -> tuple[memckpt.Arena, np.ndarray]:
     arena = memckpt.Arena(NPAGES * PS)
@@ -170,6 +175,8 @@ def test_full_epochs_written_from_the_pause_restore_exactly(overlap, monkeypatch
             assert info.kind == ("full" if step % 2 == 0 else "incremental")
             big = info.kind == "full" or step == 1
             assert info.extra.get("written_from_pause", False) == big, (step, info.extra)
+            if big:  # no more than asked, and only CPUs idle at the pause
+                assert 0 <= info.extra["writer_threads_in_pause"] <= pause_threads
             # the dense increment's 3,000 pages fit in half the arena's staging
             assert info.extra["pages_in_pause"] == (NPAGES - NPAGES // 2
                                                     if staging and info.kind == "full" else 0)

@@ -84,17 +84,19 @@ def pause_copy(Tracker tracker not None, Region region not None, size_t page_siz
     take each piece of staging as the copy fills it, the rest of its threads
     start at the end of the copy, and the add keeps going after the return:
     the caller waits for it (PackWriter.wait()) before the writer's next
-    use, and keeps ``staging`` untouched until then.
+    use, and keeps ``staging`` untouched until then. ``pause_threads`` is
+    lowered to the CPUs idle at that instant (mck_cpus_idle).
 
     Returns (pages, dirty, reported, nstaged, nsunk, held_s, error,
-    staged_async): the epoch's pages (sorted), what was collected with the
+    staged_async, pause_writers): the epoch's pages (sorted), what was collected with the
     carry, the tracker's own count, how many of the pages' tail are staged,
     how many of their head went to the sink (without a sink the caller
     writes pages[:len(pages) - nstaged] itself), how long the GIL was held
     from the collect to the end of the copy and the sink's write (no other
     Python thread ran: the program's pause), the sink's failure as an
-    OSError (not raised: the pages were collected) or None, and whether the
-    staged pages went to the sink (asynchronously)."""
+    OSError (not raised: the pages were collected) or None, whether the
+    staged pages went to the sink (asynchronously), and how many of the
+    sink's threads ran beside the copy."""
     cdef c.mck_pause_out o
     cdef int64_t n
     cdef size_t nstaged, nsunk = 0, lo, hi, piece
@@ -102,6 +104,7 @@ def pause_copy(Tracker tracker not None, Region region not None, size_t page_siz
     cdef const uint64_t *tail
     cdef int rc = 0
     cdef bint staged_async = False
+    cdef int idle
     cdef double t0, t1
     if staging.shape[1] != page_size or <size_t>staging.shape[0] < room:
         raise ValueError(f"staging must hold {room} pages of {page_size} bytes, "
@@ -118,6 +121,12 @@ def pause_copy(Tracker tracker not None, Region region not None, size_t page_siz
     if nstaged:
         tail = all_pages + (<size_t>n - nstaged)
         if sink and rc == 0 and async_min and nstaged >= async_min:
+            if pause_threads > 0:
+                # only CPUs no one else wants: a thread beside the copy on a
+                # busy machine takes CPU from the copy, and the pause grows
+                idle = ew.mck_cpus_idle()
+                if 0 <= idle < pause_threads:
+                    pause_threads = idle
             # rows: staging's, 0.. (NULL)
             staged_async = ew.mck_ew_add_async(<ew.mck_ew *>sink, &staging[0, 0],
                                                staging.shape[0], tail, NULL, nstaged, 0,
@@ -140,7 +149,8 @@ def pause_copy(Tracker tracker not None, Region region not None, size_t page_siz
     if rc < 0:
         err = OSError(-rc, strerror(-rc).decode())
         nsunk = 0
-    return pages, dirty, reported, nstaged, nsunk, t1 - t0, err, staged_async
+    return (pages, dirty, reported, nstaged, nsunk, t1 - t0, err, staged_async,
+            pause_threads if staged_async else 0)
 
 
 def pause_fork(Tracker tracker not None, Region region not None, size_t page_size, carry,

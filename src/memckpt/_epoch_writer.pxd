@@ -43,6 +43,7 @@ cdef extern from "epoch_writer.h" nogil:
         int threads
 
     int mck_cpus_available()
+    int mck_cpus_idle()
     int mck_ew_open(const mck_ew_config *cfg, mck_ew **out)
     int mck_ew_add(mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
                    const uint64_t *rows, size_t n)

@@ -30,6 +30,14 @@ def cpus_available():
     return c.mck_cpus_available()
 
 
+def cpus_idle():
+    """Of those, how many no runnable task holds now (/proc/loadavg's
+    runnable count, the caller included), or -1 if that cannot be read:
+    what a pause gives the writer's threads beside its copy."""
+    cdef int n = c.mck_cpus_idle()
+    return n if n >= 0 else -1
+
+
 cdef const uint64_t[::1] _u64(object a, str what):
     if not isinstance(a, np.ndarray) or a.dtype != np.uint64 or a.ndim != 1:
         raise TypeError(f"{what} must be a 1-D uint64 numpy array")

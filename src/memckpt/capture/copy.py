@@ -21,8 +21,10 @@ The write overlaps the copy: an epoch that stages at least
 ASYNC_MIN_BYTES (a full epoch, a dense increment) hands its staged pages to
 the C writer as an add that runs beyond the pause (mck_ew_add_async):
 PAUSE_THREADS of the writer's threads zero-test, hash and write each 8 MiB
-piece of staging as soon as the pause's copy has filled it, the rest of its
-threads start when the copy ends, and they go on after checkpoint()
+piece of staging as soon as the pause's copy has filled it (only on CPUs
+that are idle at the pause: on a busy machine such a thread took CPU from
+the copy, and the pause grew), the rest of its threads start when the copy
+ends, and they go on after checkpoint()
 returned; the persist thread only waits for them, then commits. Such an
 epoch is durable about when its write alone would be (the copy hidden
 under it), where copy-then-write put the whole copy first. The writer keeps
@@ -65,9 +67,11 @@ FORK_PROCESSES = 0
 # short to hide anything behind
 ASYNC_MIN_BYTES = 32 << 20
 # the writer's threads that run beside the pause's copy (the rest start when
-# it ends): 1 on the 2 CPUs measured, so that the copy keeps a CPU of its own
-# and the pause stays the copy's (bench/bench_write.py, docs/benchmarks.md
-# "Mode copy's full epoch written while the pause copies")
+# it ends), at most: only as many as CPUs are idle at the pause (no runnable
+# task on them: /proc/loadavg). A thread beside the copy on a busy machine
+# took CPU from it: the pause of a dense 1 GiB increment grew 1.5-2.6x at
+# load 4-5 on 2 CPUs (bench/probe_copy_overlap.py, docs/benchmarks.md
+# "Mode copy's staged epochs written while the pause copies")
 PAUSE_THREADS = 1
 
 
@@ -133,7 +137,7 @@ class CopyMode:
         t0 = time.perf_counter()
         with no_gc():
             try:
-                pages, dirty, reported, nstaged, nsunk, held_s, err, staged_async = \
+                pages, dirty, reported, nstaged, nsunk, held_s, err, staged_async, beside = \
                     ctx.tracker.pause_copy(carry, ctx.full_flag(kind), bufs, buf, room, sink,
                                            async_min, PAUSE_THREADS)
             except BaseException:
@@ -165,6 +169,7 @@ class CopyMode:
             extra["fork_refused"] = self.fork_refused
         if staged_async:
             extra["written_from_pause"] = True
+            extra["writer_threads_in_pause"] = beside
         extra.update(ctx.unpopulated(kind, pages))
         # written from the pause on: nothing left for persist to add
         rest = pages[:0] if staged_async else pages[nsunk + overflow:]
