@@ -239,8 +239,9 @@ def persist_staged(cap: Capture, backend: str, *, caller_waits: bool = False) ->
     w = cap.writer
     cap.extra["writer_threads"] = w.threads
     try:
-        if cap.pages.size:  # none: written from the pause on (commit waits for it)
-            w.add_pages(cap.pages, cap.data)  # whole: the store chunks what it must
+        # whole: the store chunks what it must. None left when all were
+        # written in the pause or from it on: it then waits for the latter
+        w.add_pages(cap.pages, cap.data)
         return commit(cap, backend, caller_waits=caller_waits)
     except BaseException:
         abort_quietly(w)  # the store sweeps leftovers on open
