@@ -628,12 +628,17 @@ static void test_no_thread_outlives_an_add(struct test_ctx *ctx)
 	free(a);
 }
 
-/* Every shape again, each add running beyond its call with its rows
- * coming in pieces: the same files as the reference's. */
+/* Shapes again (a full epoch from an arena, staged increments in two
+ * adds, pages a subtree each: a few, for the kernel matrix's emulated
+ * CPUs), each add running beyond its call with its rows coming in pieces:
+ * the same files as the reference's. */
 static void test_async_matches_reference(struct test_ctx *ctx)
 {
+	(void)ctx;
 	ew_async = 1;
-	test_matches_reference(ctx);
+	one_shape(&shapes[0], 1);
+	one_shape(&shapes[2], 1);
+	one_shape(&shapes[6], 1);
 	ew_async = 0;
 }
 
