@@ -224,7 +224,8 @@ def checkpointer_full(arena: memckpt.Arena, d: Path, mode: str, later: bool, nam
         raise AssertionError(f"{name}: epoch {info.epoch} is {info.kind}")
     how = {"sync": "in the pause, from the arena", "fork": "fork"}.get(mode, "staged")
     if info.extra.get("written_from_pause"):
-        how = "staged, written from the pause on"
+        k = info.extra.get("writer_threads_in_pause", "?")
+        how = f"staged, written from the pause on ({k} beside the copy)"
     FULL_BY.setdefault(name, set()).add(info.extra.get("full_by", how))
     if check:
         with memckpt.restore(sp) as got:

@@ -62,6 +62,7 @@ def main() -> None:
     pause: dict[tuple[str, str], list[float]] = {}
     durable: dict[tuple[str, str], list[float]] = {}
     floor: dict[str, list[float]] = {}
+    beside: dict[tuple[str, str], list[object]] = {}  # writer threads beside each copy
     loads = [os.getloadavg()[0]]
     names = list(VARIANTS)
     for r in range(ROUNDS):
@@ -90,11 +91,14 @@ def main() -> None:
                     for k, val in saved.items():
                         setattr(copy_capture, k, val)
                 pause.setdefault((name, case), []).append(info.pause_s)
+                beside.setdefault((name, case), []).append(
+                    info.extra.get("writer_threads_in_pause", "-"))
                 durable.setdefault((name, case), []).append(dt)
         loads.append(os.getloadavg()[0])
     print(f"# {SIZE_MIB} MiB, {ROUNDS} rounds, load average {min(loads):.2f}-{max(loads):.2f}")
-    print("| epoch | variant | pause_s | × copy floor | durable (from the call) | × copy then write |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| epoch | variant | pause_s | × copy floor | durable (from the call) | × copy then write "
+          "| writer threads beside the copy, by round |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for case in cases:
         fl = statistics.median(floor[case])
         ref = statistics.median(durable[("copy then write", case)]) \
@@ -104,7 +108,7 @@ def main() -> None:
             p = statistics.median(pause[(name, case)])
             t = statistics.median(durable[(name, case)])
             print(f"| {case} | {name} | {p * 1e3:.1f} ms | {p / fl:.2f}× | {t * 1e3:.0f} ms "
-                  f"| {t / ref:.2f}× |")
+                  f"| {t / ref:.2f}× | {' '.join(map(str, beside[(name, case)]))} |")
     for ck in cks.values():
         ck.close()
     shutil.rmtree(d, ignore_errors=True)
