@@ -25,11 +25,15 @@ machine's noise falls on every method alike:
 - ``Checkpointer ..., first epoch``: what a user sees: a new Checkpointer
   over an arena holding the array (the array copied into it once, untimed),
   its first checkpoint() until result() (durable), in modes copy (the
-  default: the arena staged in the pause, then written on the writer's
-  threads), "copy, by fork" (capture/copy.py FORK_PROCESSES = 2: its full
-  epochs written by a fork() child, when the arena is most of the process),
-  sync (every page written in the pause, from the
-  arena, with the writer's threads) and fork.
+  default: the arena staged in the pause, the writer's threads writing each
+  piece of staging as the copy fills it, on after the pause: capture/copy.py
+  PAUSE_THREADS of them beside the copy), "copy, copy then write"
+  (ASYNC_MIN_BYTES = 0: the whole copy, then the write on the persist
+  thread, as before issue 12's overlap), "copy, 0 / 2 threads in the pause"
+  (PAUSE_THREADS), "copy, by fork" (FORK_PROCESSES = 2: its full epochs
+  written by a fork() child, when the arena is most of the process), sync
+  (every page written in the pause, from the arena, with the writer's
+  threads) and fork.
 - ``Checkpointer ..., a later full``: the same Checkpointer's second
   checkpoint with full_every=1 (a full epoch again: full_every, rebasing);
   its ratio is given against both baselines.
@@ -47,7 +51,8 @@ starting one method later than the round before.
     .venv/bin/python bench/bench_write.py --size 512 --size 1024 --rounds 5
     .venv/bin/python bench/bench_write.py --size 64 --rounds 3      # quick
     --only np.save,Checkpointer runs only the methods whose names start with
-    one of these (the baselines are always run).
+    one of these (the baselines are always run); separate them with ";"
+    when one holds a comma: --only "Checkpointer copy, first;Checkpointer sync".
     --dir DIR puts the files there (default: a temporary directory in the
     current one, i.e. the file system of the checkout). Run with a memckpt
     from before the C epoch writer, it measures its staged epoch alone.
@@ -178,19 +183,33 @@ PAUSES: dict[str, list[float]] = {}
 FULL_BY: dict[str, set[str]] = {}  # how each Checkpointer method's full epochs were taken
 
 
+# variants of mode copy: the knobs of capture/copy.py they set
+COPY_VARIANTS: dict[str, dict[str, int]] = {
+    "copy, by fork": {"FORK_PROCESSES": 2},
+    # the staged epoch written after the copy, on the persist thread (before issue 12's overlap)
+    "copy, copy then write": {"ASYNC_MIN_BYTES": 0},
+    # the write overlapping the copy with the writer's threads beside it in the pause
+    "copy, 0 threads in the pause": {"PAUSE_THREADS": 0},
+    "copy, 2 threads in the pause": {"PAUSE_THREADS": 2},
+}
+COPY_MODES = ["copy", "copy, by fork", "copy, copy then write", "copy, 0 threads in the pause",
+              "copy, 2 threads in the pause"]
+
+
 def checkpointer_full(arena: memckpt.Arena, d: Path, mode: str, later: bool, name: str,
                       check: bool) -> float:
     """A new Checkpointer's first epoch (or, later: its second, full_every=1),
     until durable; its pause_s goes to PAUSES[name]. Mode "copy, by fork":
-    mode copy with its full epochs taken by fork (FORK_PROCESSES = 2)."""
+    mode copy with its full epochs taken by fork (FORK_PROCESSES = 2); the
+    other "copy, ..." modes set the knobs COPY_VARIANTS names."""
     sp = d / "ck"
     shutil.rmtree(sp, ignore_errors=True)
-    by_fork = mode == "copy, by fork"
-    procs = copy_capture.FORK_PROCESSES
-    if by_fork:
-        copy_capture.FORK_PROCESSES = 2
+    knobs = COPY_VARIANTS.get(mode, {})
+    saved = {k: getattr(copy_capture, k) for k in knobs}
+    for k, v in knobs.items():
+        setattr(copy_capture, k, v)
     try:
-        with memckpt.Checkpointer(arena, sp, mode="copy" if by_fork else mode,
+        with memckpt.Checkpointer(arena, sp, mode="copy" if mode.startswith("copy") else mode,
                                   full_every=1 if later else None) as ck:
             if later:
                 ck.checkpoint().result()
@@ -199,10 +218,14 @@ def checkpointer_full(arena: memckpt.Arena, d: Path, mode: str, later: bool, nam
             info = p.result()
             dt = time.perf_counter() - t
     finally:
-        copy_capture.FORK_PROCESSES = procs
+        for k, v in saved.items():
+            setattr(copy_capture, k, v)
     if info.kind != "full":
         raise AssertionError(f"{name}: epoch {info.epoch} is {info.kind}")
     how = {"sync": "in the pause, from the arena", "fork": "fork"}.get(mode, "staged")
+    if info.extra.get("written_from_pause"):
+        k = info.extra.get("writer_threads_in_pause", "?")
+        how = f"staged, written from the pause on ({k} beside the copy)"
     FULL_BY.setdefault(name, set()).add(info.extra.get("full_by", how))
     if check:
         with memckpt.restore(sp) as got:
@@ -242,7 +265,7 @@ def run_size(mib: int, rounds: int, d: Path,
         methods.append(("epoch, staged (Python writer)", lambda c: epoch(a, d, 1, staging, c)))
     arena = memckpt.Arena(mib << 20)
     arena.array("a", a.shape, a.dtype)[:] = a
-    for mode in ("copy", "copy, by fork", "sync", "fork"):
+    for mode in (*COPY_MODES, "sync", "fork"):
         for later in (False, True):
             name = f"Checkpointer {mode}, {'a later full' if later else 'first epoch'}"
             methods.append((name, lambda c, m=mode, l=later, n=name:
@@ -303,9 +326,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--only", default=None,
-                    help="comma-separated name prefixes of the methods to run (baselines always)")
+                    help="comma- (or, when a name holds a comma, semicolon-) separated name "
+                         "prefixes of the methods to run (baselines always)")
     args = ap.parse_args()
-    only = args.only.split(",") if args.only else None
+    # names hold commas ("Checkpointer copy, first epoch"): ";" separates them if given
+    only = args.only.split(";" if ";" in args.only else ",") if args.only else None
     sizes = args.size or [512, 1024]
     d = Path(tempfile.mkdtemp(prefix="memckpt-bench-write-", dir=args.dir or Path.cwd()))
     try:

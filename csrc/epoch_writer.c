@@ -67,6 +67,7 @@ struct mck_ew {
 	int level;
 	size_t cbound;        /* room for one encoded page */
 	struct mck_encoder **enc; /* one a thread (tid), made on first use */
+	struct ew_async *job; /* an add that runs beyond its call (mck_ew_add_async) */
 };
 
 enum ew_task_kind { T_DIGEST, T_WRITE, T_HASH };
@@ -121,6 +122,7 @@ struct ew_call {
 	/* the scheduler: all below under lock */
 	pthread_mutex_t lock;
 	pthread_cond_t cv;
+	size_t ready;           /* entries whose bytes may be read: a window opens when all of its are */
 	size_t opened, placed, absorbed; /* windows so far */
 	bool serial_busy;       /* a thread is in PLACE or ABSORB */
 	bool done;
@@ -128,6 +130,9 @@ struct ew_call {
 	int nthreads;
 	int waiting;
 };
+
+static int job_end(struct mck_ew *w, bool cancel);
+static bool job_mine(const struct mck_ew *w);
 
 int mck_cpus_available(void)
 {
@@ -138,6 +143,38 @@ int mck_cpus_available(void)
 		return 1;
 	n = CPU_COUNT(&set);
 	return n < 1 ? 1 : n > EW_MAX_THREADS ? EW_MAX_THREADS : n;
+}
+
+int mck_cpus_idle(void)
+{
+	char buf[128];
+	const char *p;
+	long running;
+	ssize_t len;
+	int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC), idle;
+
+	if (fd < 0)
+		return -errno;
+	len = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (len <= 0)
+		return len < 0 ? -errno : -ENODATA;
+	buf[len] = '\0';
+	/* "0.52 0.61 0.70 3/612 4242": the fourth field is runnable/total,
+	 * the caller among the runnable */
+	p = buf;
+	for (int field = 0; field < 3 && p; field++) {
+		p = strchr(p, ' ');
+		if (p)
+			p++;
+	}
+	if (!p)
+		return -ENODATA;
+	running = strtol(p, NULL, 10);
+	if (running < 1)
+		return -ENODATA;
+	idle = mck_cpus_available() - (int)(running < EW_MAX_THREADS ? running : EW_MAX_THREADS);
+	return idle < 0 ? 0 : idle;
 }
 
 int mck_ew_open(const struct mck_ew_config *cfg, struct mck_ew **out)
@@ -194,6 +231,14 @@ void mck_ew_close(struct mck_ew *w)
 {
 	if (!w)
 		return;
+	if (w->job) {
+		/* a fork child's copy: the job's threads and its lock are the
+		 * parent's (the lock may be held for good here); its memory is
+		 * left alone, the rest freed */
+		if (job_mine(w))
+			job_end(w, true);
+		w->job = NULL;
+	}
 	free(w->recs);
 	free(w->table.slots);
 	free(w->gather);
@@ -250,6 +295,8 @@ int mck_ew_finish(struct mck_ew *w, int idx_fd, const uint8_t idx_header[MCK_IDX
 	bool apart;
 	int rc;
 
+	if (w->job)
+		return -EBUSY;
 	if (w->failed)
 		return w->failed;
 	rc = mck_write_index(idx_fd, idx_header, w->recs, w->nrec, idx_digest, w->gather);
@@ -563,6 +610,15 @@ struct ew_pick {
 	struct ew_task t;
 };
 
+/* Whether window k's entries may all be read (an asynchronous add's rows
+ * come in as its caller copies them: mck_ew_add_async). */
+static bool window_ready(const struct ew_call *c, size_t k)
+{
+	size_t hi = (k + 1) * c->win;
+
+	return (hi < c->n ? hi : c->n) <= c->ready;
+}
+
 static struct ew_pick pick(struct ew_call *c)
 {
 	struct ew_pick p = {0, NULL, {0, 0, 0, {0}}};
@@ -598,7 +654,7 @@ static struct ew_pick pick(struct ew_call *c)
 			return p;
 		}
 	}
-	if (c->opened < c->nwin && c->opened - c->absorbed < EW_SLOTS) {
+	if (c->opened < c->nwin && c->opened - c->absorbed < EW_SLOTS && window_ready(c, c->opened)) {
 		open_window(c);
 		return pick(c);
 	}
@@ -753,17 +809,15 @@ static void call_free(struct ew_call *c)
 	}
 }
 
-int mck_ew_add(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
-	       const uint64_t *rows, size_t n)
+/* An add's call, ready to run (every row readable: ready = n), or -errno
+ * with nothing to free; call_end frees it. */
+static int call_begin(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
+		      const uint64_t *rows, size_t n, struct ew_call *c)
 {
-	struct ew_call c;
 	uint64_t bytes;
 	int rc;
 
-	if (w->failed)
-		return w->failed;
-	if (n == 0)
-		return 0;
+	memset(c, 0, sizeof(*c));
 	if (!base || !pages)
 		return -EINVAL;
 	rc = check_pages(w, nrows, pages, rows, n);
@@ -772,39 +826,207 @@ int mck_ew_add(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_
 	rc = reserve(w, n);
 	if (rc < 0)
 		return rc;
-	memset(&c, 0, sizeof(c));
-	c.w = w;
-	c.base = base;
-	c.pages = pages;
-	c.rows = rows;
-	c.n = n;
-	c.win = EW_WINDOW_BYTES / w->ps ? EW_WINDOW_BYTES / w->ps : 1;
-	if (c.win > n)
-		c.win = n;
-	c.nwin = (n + c.win - 1) / c.win;
+	c->w = w;
+	c->base = base;
+	c->pages = pages;
+	c->rows = rows;
+	c->n = c->ready = n;
+	c->win = EW_WINDOW_BYTES / w->ps ? EW_WINDOW_BYTES / w->ps : 1;
+	if (c->win > n)
+		c->win = n;
+	c->nwin = (n + c->win - 1) / c->win;
 	bytes = (uint64_t)n * w->ps;
-	c.nthreads = w->threads;
-	if ((uint64_t)c.nthreads > bytes / EW_BYTES_PER_THREAD)
-		c.nthreads = bytes / EW_BYTES_PER_THREAD ? (int)(bytes / EW_BYTES_PER_THREAD) : 1;
-	c.written = c.scheduled = w->pack_end;
-	rc = call_alloc(&c);
+	c->nthreads = w->threads;
+	if ((uint64_t)c->nthreads > bytes / EW_BYTES_PER_THREAD)
+		c->nthreads = bytes / EW_BYTES_PER_THREAD ? (int)(bytes / EW_BYTES_PER_THREAD) : 1;
+	c->written = c->scheduled = w->pack_end;
+	rc = call_alloc(c);
+	if (rc < 0) {
+		call_free(c);
+		return rc;
+	}
+	c->wcur.iov = c->hcur.iov = c->segs;
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->cv, NULL);
+	return 0;
+}
+
+/* After the call's threads ended: its result, kept by the writer. */
+static int call_end(struct mck_ew *w, struct ew_call *c)
+{
+	int rc = c->err;
+
+	pthread_cond_destroy(&c->cv);
+	pthread_mutex_destroy(&c->lock);
 	if (rc < 0)
-		goto out;
-	c.wcur.iov = c.hcur.iov = c.segs;
-	pthread_mutex_init(&c.lock, NULL);
-	pthread_cond_init(&c.cv, NULL);
+		w->failed = rc; /* the pack may hold part of this add: no more adds */
+	else
+		w->next_page = c->pages[c->n - 1] + 1;
+	call_free(c);
+	return rc;
+}
+
+int mck_ew_add(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
+	       const uint64_t *rows, size_t n)
+{
+	struct ew_call c;
+	int rc;
+
+	if (w->job)
+		return -EBUSY;
+	if (w->failed)
+		return w->failed;
+	if (n == 0)
+		return 0;
+	rc = call_begin(w, base, nrows, pages, rows, n, &c);
+	if (rc < 0)
+		return rc;
 	if (c.nthreads > 1)
 		run_threads(&c);
 	else
 		work(&c, 0);
-	pthread_cond_destroy(&c.cv);
-	pthread_mutex_destroy(&c.lock);
-	rc = c.err;
+	return call_end(w, &c);
+}
+
+/* ---- an add that runs beyond its call ----------------------------------------------
+ * mck_ew_add_async starts the add's threads and returns; its caller fills
+ * the rows in order and says how far (mck_ew_add_ready): a window opens when
+ * all its rows are in. mck_ew_wait joins the threads. The job keeps its own
+ * copy of the page numbers (a pause's lists are reused by the next pause);
+ * the rows' memory is the caller's until mck_ew_wait or mck_ew_cancel
+ * returns. */
+
+struct ew_async {
+	struct ew_call c;
+	uint64_t *pages, *rows;
+	pid_t pid;              /* the process whose threads run it */
+	int started;
+	struct ew_worker wk[EW_MAX_THREADS];
+};
+
+/* Start workers until `want` run (at most the call's threads); signals
+ * blocked in them, as in run_threads. */
+static void job_spawn(struct ew_async *j, int want)
+{
+	sigset_t all, old;
+
+	if (want > j->c.nthreads)
+		want = j->c.nthreads;
+	if (j->started >= want)
+		return;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	while (j->started < want) {
+		struct ew_worker *wk = &j->wk[j->started];
+
+		wk->call = &j->c;
+		wk->tid = j->started;
+		if (pthread_create(&wk->thread, NULL, worker_main, wk))
+			break;
+		j->started++;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+int mck_ew_add_async(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
+		     const uint64_t *rows, size_t n, size_t ready, int threads)
+{
+	struct ew_async *j;
+	int rc;
+
+	if (w->job)
+		return -EBUSY;
+	if (w->failed)
+		return w->failed;
+	if (n == 0 || ready > n)
+		return n == 0 ? 0 : -EINVAL;
+	j = calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	j->pages = malloc(n * sizeof(*pages));
+	j->rows = rows ? malloc(n * sizeof(*rows)) : NULL;
+	if (!j->pages || (rows && !j->rows)) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	memcpy(j->pages, pages, n * sizeof(*pages));
+	if (rows)
+		memcpy(j->rows, rows, n * sizeof(*rows));
+	rc = call_begin(w, base, nrows, j->pages, j->rows, n, &j->c);
 	if (rc < 0)
-		w->failed = rc; /* the pack may hold part of this add: no more adds */
-out:
-	call_free(&c);
-	if (rc == 0)
-		w->next_page = pages[n - 1] + 1;
+		goto fail;
+	j->c.ready = ready;
+	j->pid = getpid();
+	w->job = j;
+	job_spawn(j, threads);
+	return 0;
+fail:
+	free(j->pages);
+	free(j->rows);
+	free(j);
 	return rc;
+}
+
+void mck_ew_add_ready(struct mck_ew *w, size_t ready, int threads)
+{
+	struct ew_async *j = w->job;
+
+	if (!j)
+		return;
+	pthread_mutex_lock(&j->c.lock);
+	if (ready > j->c.ready)
+		j->c.ready = ready < j->c.n ? ready : j->c.n;
+	if (j->c.waiting)
+		pthread_cond_broadcast(&j->c.cv);
+	pthread_mutex_unlock(&j->c.lock);
+	job_spawn(j, threads);
+}
+
+bool mck_ew_busy(const struct mck_ew *w)
+{
+	return w->job != NULL;
+}
+
+static int job_end(struct mck_ew *w, bool cancel)
+{
+	struct ew_async *j = w->job;
+	int rc;
+
+	pthread_mutex_lock(&j->c.lock);
+	/* rows never said to be in are never read: such an add cannot finish */
+	if ((cancel || j->c.ready < j->c.n) && !j->c.err && !j->c.done)
+		j->c.err = -ECANCELED;
+	if (j->c.waiting)
+		pthread_cond_broadcast(&j->c.cv);
+	pthread_mutex_unlock(&j->c.lock);
+	if (j->started == 0)
+		work(&j->c, 0); /* no thread could be started: the waiter does the work */
+	for (int t = 0; t < j->started; t++)
+		pthread_join(j->wk[t].thread, NULL);
+	w->job = NULL;
+	rc = call_end(w, &j->c);
+	free(j->pages);
+	free(j->rows);
+	free(j);
+	return rc;
+}
+
+static bool job_mine(const struct mck_ew *w)
+{
+	return w->job->pid == getpid();
+}
+
+int mck_ew_wait(struct mck_ew *w)
+{
+	if (!w->job)
+		return w->failed;
+	if (!job_mine(w))
+		return -ECHILD; /* a fork child: the threads are the parent's */
+	return job_end(w, false);
+}
+
+void mck_ew_cancel(struct mck_ew *w)
+{
+	if (w->job && job_mine(w))
+		job_end(w, true);
 }

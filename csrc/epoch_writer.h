@@ -5,6 +5,7 @@
 #ifndef MEMCKPT_EPOCH_WRITER_H
 #define MEMCKPT_EPOCH_WRITER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,6 +47,11 @@ struct mck_ew_stats {
 
 /* The CPUs this process may run on (sched_getaffinity), at least 1. */
 int mck_cpus_available(void);
+/* The CPUs available that no runnable task holds now: mck_cpus_available
+ * minus the runnable tasks of the whole system (the caller among them;
+ * /proc/loadavg), at least 0; -errno if that cannot be read. An instant's
+ * guess: a pause sizes the writer's threads beside its copy by it. */
+int mck_cpus_idle(void);
 
 /* A writer for one epoch's pages; *out is freed by mck_ew_close. 0, -EINVAL
  * for a bad config, -ENOMEM. */
@@ -60,6 +66,29 @@ int mck_ew_open(const struct mck_ew_config *cfg, struct mck_ew **out);
  * added); after a failed write every later call fails the same way. */
 int mck_ew_add(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
 	       const uint64_t *rows, size_t n);
+/* mck_ew_add, run beyond the call: its threads start (`threads` of them
+ * now, up to the writer's) and the call returns; the rows of base come in
+ * order, and the caller says how many are in (ready now, then
+ * mck_ew_add_ready): a window of pages is read only once all its rows are
+ * in. The page numbers and rows are copied; base's memory must stay until
+ * mck_ew_wait or mck_ew_cancel returns (or mck_ew_close). Until then every
+ * other call on the writer (add, finish) fails with -EBUSY. 0 or -errno
+ * (then nothing was started). */
+int mck_ew_add_async(struct mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
+		     const uint64_t *rows, size_t n, size_t ready, int threads);
+/* Rows [0, ready) of the running add are in; at least `threads` of its
+ * threads run from now on (up to the writer's). No running add: nothing. */
+void mck_ew_add_ready(struct mck_ew *w, size_t ready, int threads);
+/* Whether an add runs beyond its call (mck_ew_add_async, not yet waited). */
+bool mck_ew_busy(const struct mck_ew *w);
+/* Wait for the running add's threads (none: 0, or the writer's failure):
+ * its result, as mck_ew_add's. An add whose rows were not all said to be
+ * in fails with -ECANCELED (those rows are never read). In a fork child of
+ * the process that started it: -ECHILD (the threads are the parent's). */
+int mck_ew_wait(struct mck_ew *w);
+/* Stop the running add (its threads end after their current task) and wait
+ * for them; the writer has failed (-ECANCELED) unless the add had finished. */
+void mck_ew_cancel(struct mck_ew *w);
 void mck_ew_read_stats(const struct mck_ew *w, struct mck_ew_stats *st);
 /* The records so far (valid until the next add or close). */
 const struct mck_idx_record *mck_ew_records(const struct mck_ew *w, uint64_t *n);
@@ -72,6 +101,9 @@ int mck_ew_pack_digest(const struct mck_ew *w, uint8_t out[32]);
  * -errno. */
 int mck_ew_finish(struct mck_ew *w, int idx_fd, const uint8_t idx_header[MCK_IDX_HEADER_SIZE],
 		  uint8_t idx_digest[32], uint64_t *idx_size);
+/* Free the writer; a running add is cancelled first (in a fork child of
+ * the process that started it, its memory is left alone: its threads and
+ * lock are the parent's). */
 void mck_ew_close(struct mck_ew *w);
 
 #endif /* MEMCKPT_EPOCH_WRITER_H */

@@ -8,7 +8,10 @@
  *    order, in one add or several, at 1, 2, 3 and 8 threads;
  *  - the fork child (capture_fork.c) writes the same files for the same pages;
  *  - bad page lists are refused with nothing added; a failed write fails
- *    every later add; no thread outlives an add.
+ *    every later add; no thread outlives an add;
+ *  - an add that runs beyond its call (mck_ew_add_async), its rows coming
+ *    in pieces, writes the same files; one whose rows never all come in
+ *    fails, and close and cancel stop it.
  * Exit 0 = pass, 1 = fail. */
 #include <errno.h>
 #include <fcntl.h>
@@ -132,6 +135,36 @@ static void written_free(struct written *o)
 
 /* the flags write_epoch opens its writers with */
 static unsigned ew_flags;
+/* write_epoch's adds run beyond their call (mck_ew_add_async), their rows
+ * copied into a zeroed shadow of base a piece at a time, each piece said
+ * to be in after its copy (as a pause's copy fills staging): a row read
+ * before its piece is in reads as zero, and the files differ */
+static int ew_async;
+
+static int add_in_pieces(struct mck_ew *w, const uint8_t *base, uint8_t *shadow, uint64_t nrows,
+			 size_t ps, const uint64_t *pages, const uint64_t *rows, size_t n)
+{
+	size_t piece = n / 5 + 1;
+	int rc = mck_ew_add_async(w, shadow, nrows, pages, rows, n, 0, 1);
+
+	if (rc < 0)
+		return rc;
+	CHECK(mck_ew_busy(w), "an add beyond its call is running");
+	CHECK(mck_ew_add(w, base, nrows, pages, rows, n) == -EBUSY, "add during a running add");
+	for (size_t lo = 0; lo < n; lo += piece) {
+		size_t hi = lo + piece < n ? lo + piece : n;
+
+		for (size_t i = lo; i < hi; i++) {
+			uint64_t r = rows ? rows[i] : i;
+
+			memcpy(shadow + r * ps, base + r * ps, ps);
+		}
+		mck_ew_add_ready(w, hi, hi < n ? 1 : 64);
+	}
+	rc = mck_ew_wait(w);
+	CHECK(!mck_ew_busy(w), "waited for");
+	return rc;
+}
 
 /* One epoch through the writer: adds of pages[cuts[k]..cuts[k+1]) each. */
 static void write_epoch(struct written *o, const uint8_t *base, uint64_t nrows, size_t ps,
@@ -143,6 +176,7 @@ static void write_epoch(struct written *o, const uint8_t *base, uint64_t nrows, 
 	struct mck_ew_config cfg = {pfd, ps, npages, incremental, hdr, sizeof(hdr), threads, ew_flags};
 	struct mck_ew *w = NULL;
 	uint64_t idx_size = 0;
+	uint8_t *shadow = ew_async ? calloc(nrows, ps) : NULL;
 
 	memset(o, 0, sizeof(*o));
 	headers(hdr, idx_hdr);
@@ -152,8 +186,10 @@ static void write_epoch(struct written *o, const uint8_t *base, uint64_t nrows, 
 	}
 	o->rc = mck_ew_open(&cfg, &w);
 	for (size_t k = 0; o->rc == 0 && k + 1 < ncuts; k++)
-		o->rc = mck_ew_add(w, base, nrows, pages + cuts[k], rows ? rows + cuts[k] : NULL,
-				   cuts[k + 1] - cuts[k]);
+		o->rc = shadow ? add_in_pieces(w, base, shadow, nrows, ps, pages + cuts[k],
+					       rows ? rows + cuts[k] : NULL, cuts[k + 1] - cuts[k])
+			       : mck_ew_add(w, base, nrows, pages + cuts[k],
+					    rows ? rows + cuts[k] : NULL, cuts[k + 1] - cuts[k]);
 	if (o->rc == 0) {
 		mck_ew_read_stats(w, &o->st);
 		if (ew_flags & MCK_EW_NO_PACK_DIGEST)
@@ -171,6 +207,7 @@ static void write_epoch(struct written *o, const uint8_t *base, uint64_t nrows, 
 	}
 out:
 	mck_ew_close(w);
+	free(shadow);
 	if (pfd >= 0)
 		close(pfd);
 	if (ifd >= 0)
@@ -594,6 +631,54 @@ static void test_no_thread_outlives_an_add(struct test_ctx *ctx)
 	free(a);
 }
 
+/* Shapes again (a full epoch from an arena, staged increments in two
+ * adds, pages a subtree each: a few, for the kernel matrix's emulated
+ * CPUs), each add running beyond its call with its rows coming in pieces:
+ * the same files as the reference's. */
+static void test_async_matches_reference(struct test_ctx *ctx)
+{
+	(void)ctx;
+	ew_async = 1;
+	one_shape(&shapes[0], 1);
+	one_shape(&shapes[2], 1);
+	one_shape(&shapes[6], 1);
+	ew_async = 0;
+}
+
+/* An add beyond its call: waiting for rows never said to be in fails
+ * (-ECANCELED) and fails the writer; close and cancel stop one whose rows
+ * never come; no thread outlives any of them. */
+static void test_async_cancel(struct test_ctx *ctx)
+{
+	const size_t ps = 4096, n = 8192;
+	uint8_t *a = make_rows(n, ps, 0, 0), hdr[MCK_PACK_HEADER_SIZE] = {0};
+	uint64_t *pages = pick_pages(n, n);
+	int before = count_tasks(), pfd = open_tmp("c.pack");
+	struct mck_ew_config cfg = {pfd, ps, n, 0, hdr, sizeof(hdr), 4, 0};
+	struct mck_ew *w = NULL;
+
+	(void)ctx;
+	CHECK(mck_ew_open(&cfg, &w) == 0, "open");
+	CHECK(mck_ew_add_async(w, a, n, pages, NULL, n, n / 2, 4) == 0, "start");
+	CHECK(mck_ew_wait(w) == -ECANCELED, "wait with half the rows in");
+	CHECK(mck_ew_add(w, a, n, pages, NULL, 1) == -ECANCELED, "the writer failed");
+	mck_ew_close(w);
+	for (int how = 0; how < 2; how++) {
+		CHECK(mck_ew_open(&cfg, &w) == 0, "open");
+		CHECK(mck_ew_add_async(w, a, n, pages, NULL, n, 0, 4) == 0, "start");
+		mck_ew_add_ready(w, 0, 64); /* every thread started, none has a row */
+		if (how)
+			mck_ew_cancel(w);
+		CHECK(!how || !mck_ew_busy(w), "cancelled");
+		CHECK(!how || mck_ew_wait(w) == -ECANCELED, "a cancelled add failed the writer");
+		mck_ew_close(w);
+	}
+	CHECK(settled_tasks(before) == before, "threads left: %d, were %d", count_tasks(), before);
+	close(pfd);
+	free(pages);
+	free(a);
+}
+
 static void test_threads_default(struct test_ctx *ctx)
 {
 	uint8_t hdr[MCK_PACK_HEADER_SIZE] = {0};
@@ -622,6 +707,8 @@ static const struct test_case tests[] = {
 	{"failed_write_sticks", test_failed_write_sticks, {NULL}},
 	{"no_thread_outlives_an_add", test_no_thread_outlives_an_add, {NULL}},
 	{"threads_default", test_threads_default, {NULL}},
+	{"async_matches_reference", test_async_matches_reference, {NULL}},
+	{"async_cancel", test_async_cancel, {NULL}},
 };
 
 int main(int argc, char **argv)

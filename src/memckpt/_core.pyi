@@ -108,8 +108,9 @@ class PauseBuffers:
 def pause_copy(tracker: Tracker, region: Region, page_size: int,
                carry: npt.NDArray[np.uint64] | None, full: int, bufs: PauseBuffers,
                staging: npt.NDArray[np.uint8], room: int, sink: int = 0,
+               async_min: int = 0, pause_threads: int = 1,
                ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int, int, float,
-                          OSError | None]: ...
+                          OSError | None, bool, int]: ...
 def pause_fork(tracker: Tracker, region: Region, page_size: int,
                carry: npt.NDArray[np.uint64] | None, full: int, bufs: PauseBuffers,
                incremental: bool, pack_fd: int, pack_offset: int, pack_header: bytes,

@@ -62,29 +62,49 @@ cdef tuple _pause_lists(PauseBuffers b, int64_t n, int full, c.mck_pause_out *o)
     return pages, dirty, o.reported
 
 
+# the pieces a pause copies before telling an asynchronous add they are in:
+# the epoch writer's window (8 MiB), the unit its threads take up
+_PIECE_BYTES = 8 << 20
+
+
 def pause_copy(Tracker tracker not None, Region region not None, size_t page_size, carry,
                int full, PauseBuffers bufs not None, unsigned char[:, ::1] staging not None,
-               size_t room, size_t sink=0):
+               size_t room, size_t sink=0, size_t async_min=0, int pause_threads=1):
     """The pause of modes copy and sync: collect (plus ``carry``, the sorted
     pages of a failed epoch; ``full``: 0, or for a full epoch PAUSE_POPULATED
-    (the pages that may hold data) or PAUSE_EVERY_PAGE), then
-    copy the last ``min(n, room)`` of the epoch's pages into ``staging`` rows
-    0.., and, if ``sink`` (the address of an epoch's C writer,
-    PackWriter.address()), add the pages before them to it straight from
-    the region; all with the GIL held (the writer's own threads need no GIL).
-    Returns (pages, dirty, reported, nstaged, nsunk, held_s, error): the
-    epoch's pages (sorted), what was collected with the carry, the tracker's
-    own count, how many of the pages' tail are staged, how many of their
-    head went to the sink (without a sink the caller writes
-    pages[:len(pages) - nstaged] itself), how long the GIL was held from the
-    collect to the end of the copy and the sink's write (no other Python
-    thread ran: the program's pause), and the sink's failure as an OSError
-    (not raised: the pages were collected) or None."""
+    (the pages that may hold data) or PAUSE_EVERY_PAGE), then, if ``sink``
+    (the address of an epoch's C writer, PackWriter.address()), add the
+    epoch's pages beyond the last ``min(n, room)`` to it straight from the
+    region, and copy those last pages into ``staging`` rows 0..; all with
+    the GIL held (the writer's own threads need no GIL).
+
+    With a sink and at least ``async_min`` pages staged (0: never), the
+    staged pages go to the sink too, as an add that runs beyond this call
+    (mck_ew_add_async): ``pause_threads`` of its threads start at once and
+    take each piece of staging as the copy fills it, the rest of its threads
+    start at the end of the copy, and the add keeps going after the return:
+    the caller waits for it (PackWriter.wait()) before the writer's next
+    use, and keeps ``staging`` untouched until then. ``pause_threads`` is
+    lowered to the CPUs idle at that instant (mck_cpus_idle).
+
+    Returns (pages, dirty, reported, nstaged, nsunk, held_s, error,
+    staged_async, pause_writers): the epoch's pages (sorted), what was collected with the
+    carry, the tracker's own count, how many of the pages' tail are staged,
+    how many of their head went to the sink (without a sink the caller
+    writes pages[:len(pages) - nstaged] itself), how long the GIL was held
+    from the collect to the end of the copy and the sink's write (no other
+    Python thread ran: the program's pause), the sink's failure as an
+    OSError (not raised: the pages were collected) or None, whether the
+    staged pages went to the sink (asynchronously), and how many of the
+    sink's threads ran beside the copy."""
     cdef c.mck_pause_out o
     cdef int64_t n
-    cdef size_t nstaged, nsunk = 0
+    cdef size_t nstaged, nsunk = 0, lo, hi, piece
     cdef const uint64_t *all_pages
+    cdef const uint64_t *tail
     cdef int rc = 0
+    cdef bint staged_async = False
+    cdef int idle
     cdef double t0, t1
     if staging.shape[1] != page_size or <size_t>staging.shape[0] < room:
         raise ValueError(f"staging must hold {room} pages of {page_size} bytes, "
@@ -93,14 +113,35 @@ def pause_copy(Tracker tracker not None, Region region not None, size_t page_siz
     n = _pause_pages(tracker, region, page_size, carry, full, bufs, &o)
     nstaged = min(<size_t>n, room)
     all_pages = &bufs.full[0] if full else &bufs.dirty[0]
-    if nstaged:
-        c.mck_copy_pages(region.r.addr, page_size, all_pages + (<size_t>n - nstaged), nstaged,
-                         &staging[0, 0])
     if sink and <size_t>n > nstaged:
         nsunk = <size_t>n - nstaged
         # rows are page numbers: the region's pages, no copy
         rc = ew.mck_ew_add(<ew.mck_ew *>sink, region.r.addr, region.r.len // page_size,
                            all_pages, all_pages, nsunk)
+    if nstaged:
+        tail = all_pages + (<size_t>n - nstaged)
+        if sink and rc == 0 and async_min and nstaged >= async_min:
+            if pause_threads > 0:
+                # only CPUs no one else wants: a thread beside the copy on a
+                # busy machine takes CPU from the copy, and the pause grows
+                idle = ew.mck_cpus_idle()
+                if 0 <= idle < pause_threads:
+                    pause_threads = idle
+            # rows: staging's, 0.. (NULL)
+            staged_async = ew.mck_ew_add_async(<ew.mck_ew *>sink, &staging[0, 0],
+                                               staging.shape[0], tail, NULL, nstaged, 0,
+                                               pause_threads) == 0
+        if staged_async:
+            piece = max(<size_t>1, _PIECE_BYTES // page_size)
+            lo = 0
+            while lo < nstaged:
+                hi = min(lo + piece, nstaged)
+                c.mck_copy_pages(region.r.addr, page_size, tail + lo, hi - lo, &staging[lo, 0])
+                lo = hi
+                ew.mck_ew_add_ready(<ew.mck_ew *>sink, lo,
+                                    pause_threads if lo < nstaged else 1 << 30)
+        else:
+            c.mck_copy_pages(region.r.addr, page_size, tail, nstaged, &staging[0, 0])
     t1 = _monotonic()
     # the instant is over: from here Python may run
     pages, dirty, reported = _pause_lists(bufs, n, full, &o)
@@ -108,7 +149,8 @@ def pause_copy(Tracker tracker not None, Region region not None, size_t page_siz
     if rc < 0:
         err = OSError(-rc, strerror(-rc).decode())
         nsunk = 0
-    return pages, dirty, reported, nstaged, nsunk, t1 - t0, err
+    return (pages, dirty, reported, nstaged, nsunk, t1 - t0, err, staged_async,
+            pause_threads if staged_async else 0)
 
 
 def pause_fork(Tracker tracker not None, Region region not None, size_t page_size, carry,

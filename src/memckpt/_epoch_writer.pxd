@@ -43,9 +43,16 @@ cdef extern from "epoch_writer.h" nogil:
         int threads
 
     int mck_cpus_available()
+    int mck_cpus_idle()
     int mck_ew_open(const mck_ew_config *cfg, mck_ew **out)
     int mck_ew_add(mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
                    const uint64_t *rows, size_t n)
+    int mck_ew_add_async(mck_ew *w, const void *base, uint64_t nrows, const uint64_t *pages,
+                         const uint64_t *rows, size_t n, size_t ready, int threads)
+    void mck_ew_add_ready(mck_ew *w, size_t ready, int threads)
+    bint mck_ew_busy(const mck_ew *w)
+    int mck_ew_wait(mck_ew *w)
+    void mck_ew_cancel(mck_ew *w)
     void mck_ew_read_stats(const mck_ew *w, mck_ew_stats *st)
     const mck_idx_record *mck_ew_records(const mck_ew *w, uint64_t *n)
     int mck_ew_pack_digest(const mck_ew *w, uint8_t *out)

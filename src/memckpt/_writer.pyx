@@ -30,6 +30,14 @@ def cpus_available():
     return c.mck_cpus_available()
 
 
+def cpus_idle():
+    """Of those, how many no runnable task holds now (/proc/loadavg's
+    runnable count, the caller included), or -1 if that cannot be read:
+    what a pause gives the writer's threads beside its copy."""
+    cdef int n = c.mck_cpus_idle()
+    return n if n >= 0 else -1
+
+
 cdef const uint64_t[::1] _u64(object a, str what):
     if not isinstance(a, np.ndarray) or a.dtype != np.uint64 or a.ndim != 1:
         raise TypeError(f"{what} must be a 1-D uint64 numpy array")
@@ -41,6 +49,9 @@ cdef class PackWriter:
     already written). Not thread-safe: one caller at a time."""
     cdef c.mck_ew *w
     cdef readonly size_t page_size
+    # what an add running beyond its call reads (mck_ew_add_async): kept
+    # alive until wait(), cancel() or close() has joined its threads
+    cdef object _reading
 
     def __cinit__(self, int pack_fd, size_t page_size, uint64_t npages, bint incremental,
                   bytes pack_header not None, int threads=0, unsigned flags=0,
@@ -63,7 +74,9 @@ cdef class PackWriter:
         self.page_size = page_size
 
     def __dealloc__(self):
-        c.mck_ew_close(self.w)
+        # a running add is cancelled and joined first, before _reading goes
+        with nogil:
+            c.mck_ew_close(self.w)
         self.w = NULL
 
     cdef int _open(self) except -1:
@@ -71,16 +84,90 @@ cdef class PackWriter:
             raise ValueError("the pack writer is closed")
         return 0
 
+    cdef int _idle(self) except -1:
+        self._open()
+        if c.mck_ew_busy(self.w):
+            raise ValueError("the pack writer is still adding pages (wait() first)")
+        return 0
+
     def close(self):
-        """Free the writer's memory (its records); the fds are the caller's."""
-        c.mck_ew_close(self.w)
+        """Free the writer's memory (its records); the fds are the caller's.
+        A running add (add_async) is cancelled and waited for first."""
+        with nogil:
+            c.mck_ew_close(self.w)
         self.w = NULL
+        self._reading = None
+
+    @property
+    def busy(self):
+        """Whether an add runs beyond its call (add_async, or a pause's:
+        _core.pause_copy), not yet waited for."""
+        return self.w != NULL and c.mck_ew_busy(self.w)
+
+    def reading(self, base):
+        """Keep ``base`` alive while the running add reads it (an add a
+        pause started on this writer's address): until wait(), cancel() or
+        close()."""
+        self._open()
+        if c.mck_ew_busy(self.w):
+            self._reading = base
+
+    def add_async(self, base, pages, size_t ready=0, int threads=1):
+        """add() of ``pages`` from rows 0.. of ``base`` that runs beyond
+        this call: ``threads`` of its threads start now, the rest at
+        ready(len(pages)); rows [0, ``ready``) are in now, the others once
+        ready() says so. ``base`` is kept until wait(), cancel() or close()."""
+        self._idle()
+        if not isinstance(base, np.ndarray) or base.dtype != np.uint8 or base.ndim != 2 \
+                or base.shape[1] != self.page_size or not base.flags.c_contiguous:
+            raise ValueError(f"base must be C-contiguous uint8 of shape (n, {self.page_size})")
+        cdef const uint64_t[::1] p = _u64(pages, "pages")
+        cdef size_t n = p.shape[0]
+        if base.shape[0] < <Py_ssize_t>n:
+            raise ValueError(f"base has {base.shape[0]} rows for {n} pages")
+        if n == 0:
+            return
+        cdef const uint8_t[:, ::1] b = base
+        cdef uint64_t nrows = <uint64_t>b.shape[0]
+        cdef int rc
+        with nogil:
+            rc = c.mck_ew_add_async(self.w, &b[0, 0], nrows, &p[0], NULL, n, ready, threads)
+        check(rc, "writing pages")
+        self._reading = base
+
+    def ready(self, size_t ready, int threads=1 << 30):
+        """Rows [0, ready) of the running add are in; at least ``threads``
+        of its threads run from now on (default: all of the writer's)."""
+        self._open()
+        with nogil:
+            c.mck_ew_add_ready(self.w, ready, threads)
+
+    def wait(self):
+        """Wait for the running add, if any, and raise its error (an add
+        whose rows were not all said to be in: ECANCELED)."""
+        self._open()
+        cdef int rc
+        with nogil:
+            rc = c.mck_ew_wait(self.w)
+        if not c.mck_ew_busy(self.w):
+            self._reading = None
+        check(rc, "writing pages")
+
+    def cancel(self):
+        """Stop the running add, if any, and wait for its threads: the
+        writer has failed unless the add had finished."""
+        if self.w == NULL:
+            return
+        with nogil:
+            c.mck_ew_cancel(self.w)
+        if not c.mck_ew_busy(self.w):
+            self._reading = None
 
     def add(self, base, pages, rows=None):
         """Add the pages `pages` (uint64, strictly increasing, above every page
         added before), page i's bytes being row rows[i] of base (uint8,
         (nrows, page_size), C-contiguous; rows None: row i)."""
-        self._open()
+        self._idle()
         if not isinstance(base, np.ndarray) or base.dtype != np.uint8 or base.ndim != 2 \
                 or base.shape[1] != self.page_size or not base.flags.c_contiguous:
             raise ValueError(f"base must be C-contiguous uint8 of shape (n, {self.page_size})")
@@ -113,7 +200,7 @@ cdef class PackWriter:
 
     def stats(self):
         """{records, stored, dedup, zero, pack_size, threads}"""
-        self._open()
+        self._idle()
         cdef c.mck_ew_stats st
         c.mck_ew_read_stats(self.w, &st)
         return {"records": st.records, "stored": st.stored, "dedup": st.dedup, "zero": st.zero,
@@ -121,7 +208,7 @@ cdef class PackWriter:
 
     def records(self):
         """A copy of the records so far, as bytes (RECORD_SIZE each)."""
-        self._open()
+        self._idle()
         cdef uint64_t n
         cdef const c.mck_idx_record *recs = c.mck_ew_records(self.w, &n)
         out = bytearray(n * c.MCK_IDX_RECORD_SIZE)
@@ -134,7 +221,7 @@ cdef class PackWriter:
     def pack_digest(self):
         """BLAKE3 of the pack as written so far (32 bytes); ValueError for a
         writer opened with NO_PACK_DIGEST."""
-        self._open()
+        self._idle()
         cdef uint8_t out[32]
         if c.mck_ew_pack_digest(self.w, out) < 0:
             raise ValueError("this writer keeps no pack digest (opened with NO_PACK_DIGEST)")
@@ -143,7 +230,7 @@ cdef class PackWriter:
     def finish(self, int idx_fd, bytes idx_header not None):
         """fdatasync the pack, write the index (header + records) to idx_fd and
         fdatasync it; returns (index size, index digest)."""
-        self._open()
+        self._idle()
         if len(idx_header) != c.MCK_IDX_HEADER_SIZE:
             raise ValueError(f"the index header is {c.MCK_IDX_HEADER_SIZE} bytes, not {len(idx_header)}")
         cdef const uint8_t *hdr = <const uint8_t *>idx_header

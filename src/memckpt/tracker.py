@@ -111,14 +111,16 @@ class DirtyTracker:
 
     # -- the pause of modes copy, sync and fork (one call: docs/checkpointing.md) ----
     def pause_copy(self, carry: np.ndarray | None, full: int, bufs: Any, staging: np.ndarray,
-                   room: int, sink: int = 0) -> tuple[Any, ...]:
+                   room: int, sink: int = 0, async_min: int = 0,
+                   pause_threads: int = 1) -> tuple[Any, ...]:
         """Collect, copy and write in one instant of every Python thread
         (``_core.pause_copy``; ``sink``: an epoch's C writer, see
-        EpochWriter.native_writer)."""
+        EpochWriter.native_writer; ``async_min``, ``pause_threads``: when
+        the staged pages go to it too, written while they are copied)."""
         self._refuse_in_child("collect")
         with self._lock:
             return _core.pause_copy(self._t, self._arena._region, self._arena.page_size, carry,
-                                    full, bufs, staging, room, sink)
+                                    full, bufs, staging, room, sink, async_min, pause_threads)
 
     def pause_fork(self, carry: np.ndarray | None, full: int, bufs: Any, incremental: bool,
                    target: tuple[int, int, bytes, int, bytes], scratch: Any) -> tuple[Any, ...]:

@@ -16,6 +16,25 @@ take (compressed, in a build without that codec) writes the pages beyond
 ``staging`` after the call, with the GIL released: they are of the instant
 only if the program's other threads are stopped; mode sync then stages like
 copy.
+
+The write overlaps the copy: an epoch that stages at least
+ASYNC_MIN_BYTES (a full epoch, a dense increment) hands its staged pages to
+the C writer as an add that runs beyond the pause (mck_ew_add_async):
+up to PAUSE_THREADS of the writer's threads zero-test, hash and write each
+8 MiB piece of staging as soon as the pause's copy has filled it (only on
+CPUs idle at the pause: on a busy machine such a thread took CPU from the
+copy, and the pause grew), the rest of its threads start when the copy
+ends, and they go on after checkpoint() returned; the persist thread only
+waits for them, then commits. On the loaded 2 CPUs measured, such a full
+epoch was durable in 0.75-1.07x the time of copy-then-write, median 0.92x
+(docs/benchmarks.md, "Mode copy's staged epochs written while the pause
+copies"). The writer
+keeps the staging buffer alive until its threads are done; commit waits for
+them (and raises their error: the epoch is aborted, the next one works),
+abort() stops them before the pack is closed, a fork child never touches
+them, and a staging buffer still read is never recycled. Smaller epochs
+(the usual increment) stage, then write on the persist thread, as before:
+their copy is a few milliseconds, and their pause stays what it was.
 """
 from __future__ import annotations
 
@@ -27,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..epoch import EpochInfo
+from ..store.contract import EpochWriterContract
 from .base import Capture, Context, Request, abort_quietly, commit, no_gc
 from .fork import ForkMode, ForkRefused
 
@@ -43,6 +63,17 @@ FORK_RSS_RATIO = 4
 # 1 GiB: bench/bench_write.py, docs/benchmarks.md "Full epochs of mode copy
 # by fork")
 FORK_PROCESSES = 0
+# an epoch that stages at least this many bytes is written while the pause
+# copies it (see the module docstring); 0: never. Below it, the copy is too
+# short to hide anything behind
+ASYNC_MIN_BYTES = 32 << 20
+# the writer's threads that run beside the pause's copy (the rest start when
+# it ends), at most: only as many as CPUs are idle at the pause (no runnable
+# task on them: /proc/loadavg). A thread beside the copy on a busy machine
+# took CPU from it: the pause of a dense 1 GiB increment grew 1.5-2.6x at
+# load 4-5 on 2 CPUs (bench/probe_copy_overlap.py, docs/benchmarks.md
+# "Mode copy's staged epochs written while the pause copies")
+PAUSE_THREADS = 1
 
 
 class CopyMode:
@@ -103,18 +134,22 @@ class CopyMode:
         buf = self._staging(room)  # before the pause: virtual until the copy touches it
         bufs = ctx.pause_buffers()
         carry = ctx.collector.take_carry()
+        async_min = -(-ASYNC_MIN_BYTES // ctx.page_size) if sink and ASYNC_MIN_BYTES > 0 else 0
         t0 = time.perf_counter()
         with no_gc():
             try:
-                pages, dirty, reported, nstaged, nsunk, held_s, err = ctx.tracker.pause_copy(
-                    carry, ctx.full_flag(kind), bufs, buf, room, sink)
+                pages, dirty, reported, nstaged, nsunk, held_s, err, staged_async, beside = \
+                    ctx.tracker.pause_copy(carry, ctx.full_flag(kind), bufs, buf, room, sink,
+                                           async_min, PAUSE_THREADS)
             except BaseException:
                 if carry is not None:  # nothing was collected: the carry is still unsaved
                     ctx.collector.give_back(carry)
                 raise
         t1 = time.perf_counter()
         try:
-            if nsunk or err is not None:
+            if staged_async:  # all of them, the staged ones still being written from buf
+                w.added_natively(pages, None, reading=buf)
+            elif nsunk or err is not None:
                 w.added_natively(pages[:nsunk], err)  # err: aborts, raises it named
             overflow = int(pages.size) - nstaged - nsunk
             if overflow:  # no C writer (compressed in Python): after the pause, from the arena
@@ -133,12 +168,18 @@ class CopyMode:
                                  "pages_in_pause": nsunk + overflow, "writer_threads": w.threads}
         if kind == "full" and self.fork_refused is not None:
             extra["fork_refused"] = self.fork_refused
+        if staged_async:
+            extra["written_from_pause"] = True
+            extra["writer_threads_in_pause"] = beside
         extra.update(ctx.unpopulated(kind, pages))
+        # written from the pause on: nothing left for persist to add
+        rest = pages[:0] if staged_async else pages[nsunk + overflow:]
         return Capture(kind=kind, parent=req.parent, epoch=w.epoch, writer=w,
-                       pages=pages[nsunk + overflow:], dirty=dirty, data=data,
+                       pages=rest, dirty=dirty, data=data[:rest.size],
                        pages_dirty=ctx.candidates(kind, pages), pause_s=pause, started=t0,
                        label=req.label, mode=self.name, extra=extra, persist=self.persist, call=req.call,
-                       release=lambda: self._recycle(buf, kind, nstaged))
+                       release=lambda: self._recycle(buf, kind, nstaged,
+                                                     w if staged_async else None))
 
     def persist(self, cap: Capture) -> EpochInfo:
         """Write a staged capture to its epoch and commit it (on the persist thread)."""
@@ -152,12 +193,19 @@ class CopyMode:
         # and they stay resident for the next epoch that reuses the buffer
         return np.empty((rows, self.ctx.page_size), dtype=np.uint8)
 
-    def _recycle(self, buf: np.ndarray, kind: str, nstaged: int) -> None:
+    def _recycle(self, buf: np.ndarray, kind: str, nstaged: int,
+                 w: EpochWriterContract | None = None) -> None:
         # Keep the staging buffer for the next epoch: its pages are resident,
         # and a fresh buffer costs a page fault per page in the pause (50% of
         # 1 GiB dirty: 436 ms against 75 ms reused). A buffer a full epoch
         # filled is let go unless small: the arena's size, held for good
-        # after the first epoch, is what staging= is there to bound.
+        # after the first epoch, is what staging= is there to bound. A
+        # buffer the epoch's C writer (w: given when it took the staged
+        # pages from the pause on) still reads, not yet waited for or
+        # stopped, is never reused: the writer keeps it alive until its
+        # threads are done.
+        if w is not None and w.native_busy():
+            return
         if kind == "full" and nstaged * self.ctx.page_size > max(64 << 20, self.ctx.arena.nbytes // 8):
             return
         self._spare = buf
@@ -192,7 +240,9 @@ def persist_staged(cap: Capture, backend: str, *, caller_waits: bool = False) ->
     w = cap.writer
     cap.extra["writer_threads"] = w.threads
     try:
-        w.add_pages(cap.pages, cap.data)  # whole: the store chunks what it must
+        # whole: the store chunks what it must. None left when all were
+        # written in the pause or from it on: it then waits for the latter
+        w.add_pages(cap.pages, cap.data)
         return commit(cap, backend, caller_waits=caller_waits)
     except BaseException:
         abort_quietly(w)  # the store sweeps leftovers on open

@@ -49,6 +49,7 @@ class _Commit(_Packing):
                 raise ValueError(f"epoch {self.epoch}'s files were handed out but never adopted")
             return self._finish_adopted()
         if self._cw is not None:
+            self._settle_c()  # an add still running (store/packing.py)
             return self._finish_c()
         assert self._pack_fd is not None
         os.fdatasync(self._pack_fd)

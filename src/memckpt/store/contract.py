@@ -60,6 +60,10 @@ holds Store and EpochWriter to: see the end of local.py):
                                            # in C with the GIL held (_core.pause_copy), then calls
     w.added_natively(pages, error=None)    # with those pages; error: that add's OSError (aborts
                                            # the epoch, raises it naming epoch, store and file)
+        # reading=buf: the C writer is still adding them from buf (an add the pause
+        # started, running beyond it); the next add and commit wait for it and raise
+        # its error, abort() stops it first; buf is kept alive until then
+    w.native_busy() -> bool                # whether such an add still reads its buffer
     w.commit(*, pages_dirty, pause_s, label=None, tracker=None, mode=None, extra=None,
              started=None) -> EpochInfo
         # fsync pack + index, write manifest tmp, fsync, rename, fsync dir.
@@ -177,7 +181,10 @@ class EpochWriterContract(Protocol):
     # a pause's pages written in C with the GIL held (modes copy and sync)
     def native_writer(self) -> int: ...
 
-    def added_natively(self, pages: Any, error: OSError | None = None) -> None: ...
+    def added_natively(self, pages: Any, error: OSError | None = None,
+                       reading: Any = None) -> None: ...
+
+    def native_busy(self) -> bool: ...
 
     # fork mode: another process writes the epoch's files (see writer.py / external.py)
     def external_target(self) -> tuple[int, int, bytes, int, bytes]: ...

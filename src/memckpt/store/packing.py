@@ -33,6 +33,7 @@ class _Packing(_External):
     # -- pages ----------------------------------------------------------------------------
     def _check_pages(self, page_numbers: Any, what: str) -> np.ndarray:
         self._check_open()
+        self._settle_c()
         if self._idx_fd is not None:  # fork mode: another process writes the pages
             raise ValueError(f"epoch {self.epoch}'s files were handed to another writer "
                              f"(external_target()); {what} cannot be mixed with adopt()")
@@ -110,14 +111,40 @@ class _Packing(_External):
         self._check_open()
         return int(self._cw.address()) if self._cw is not None else 0
 
-    def added_natively(self, pages: np.ndarray, error: OSError | None = None) -> None:
+    def added_natively(self, pages: np.ndarray, error: OSError | None = None,
+                       reading: Any = None) -> None:
         """Account for pages the C writer took outside add_pages (see
         native_writer); ``pages``: those pages, in the order added. With
         ``error`` (that add's failure), abort the epoch and raise it naming
-        the epoch, the store and the pack."""
+        the epoch, the store and the pack. With ``reading``: the C writer
+        is still adding them, from that buffer (an add that runs beyond the
+        pause: _core.pause_copy), which it keeps until done; the next add
+        and commit wait for it (and raise its error), abort() stops it."""
         if error is not None:
             self.abort()
             raise self._where(error, self._pack_name)
+        if reading is not None and self._cw is not None and self._cw.busy:
+            self._cw.reading(reading)
+            self._pending_c = pages
+            return
+        if len(pages):
+            self._after_c_add(pages)
+
+    _pending_c: np.ndarray | None = None
+
+    def native_busy(self) -> bool:
+        """Whether the C writer still reads an add's pages (added_natively
+        with ``reading``): their buffer must not be reused yet."""
+        return self._cw is not None and bool(self._cw.busy)
+
+    def _settle_c(self) -> None:
+        """Wait for the C writer's running add, if any, and account for its
+        pages; its failure aborts the epoch (raised naming it)."""
+        pages, self._pending_c = self._pending_c, None
+        if pages is None or self._cw is None:
+            return
+        with self._writing():
+            self._cw.wait()
         if len(pages):
             self._after_c_add(pages)
 

@@ -73,8 +73,12 @@ class S3EpochWriter:
     def native_writer(self) -> int:
         return int(self._w.native_writer())
 
-    def added_natively(self, pages: Any, error: OSError | None = None) -> None:
-        self._w.added_natively(pages, error)
+    def added_natively(self, pages: Any, error: OSError | None = None,
+                       reading: Any = None) -> None:
+        self._w.added_natively(pages, error, reading)
+
+    def native_busy(self) -> bool:
+        return self._w.native_busy()
 
     def take_back(self) -> None:
         self._w.take_back()

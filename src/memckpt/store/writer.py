@@ -231,6 +231,8 @@ class EpochWriter(_Commit):
             return
         with _signals.deferred():  # half an abort would leave files or the lock behind
             try:
+                if self._cw is not None:  # its threads write to the pack: stop them before the close
+                    self._cw.cancel()
                 fd, self._pack_fd = self._pack_fd, None
                 if fd is not None:
                     os.close(fd)
