@@ -1,31 +1,36 @@
 """Does the overhead account (memckpt.checkpoint.stats) agree with the wall clock?
 
-One process, two arenas holding the same state, the same step on each, in
-pairs of blocks of ``--steps`` steps, the order alternating (A B, B A, ...):
+One process, three arenas holding the same state (the third for the
+untracked rounds), the same step on each, in pairs of blocks of ``--steps`` steps, the order alternating (A B, B A, ...):
 
 - ``ckpt``: arena A under a Checkpointer: ``checkpoint()``, then each step
   followed by ``maybe_checkpoint()`` (``--interval``), then ``checkpoint()``
   (so that the block's epochs carry all its steps' records);
 - ``bare``: arena B, not tracked, the same steps.
 
-Measured: each pair's wall-clock difference ``ckpt - bare``. Account: the
-ckpt blocks' epochs together, as ``memckpt show --overhead`` accounts a run
+Measured: each pair's wall-clock difference ``ckpt - bare``, less the
+untracked rounds the ckpt block ran (below: what measuring cost, reported
+apart; ``ratio_sum_with_rounds`` keeps them on both sides). Account: the ckpt
+blocks' epochs together, as ``memckpt show --overhead`` accounts a run
 (``memckpt.checkpoint.stats``; each block's first epoch's step record left
 out: it is of the block before): the calls (``call_s``), the persist
 interference (the off-CPU time of the steps in flight and in the catch-up
 after, beyond the steady steps' rate, recorded by the Checkpointer itself:
 checkpoint/steps.py; handed to the blocks by their steps for the per-pair
-spread), and the tracking term from a calibration of the same step and pair
-on a third arena, in the same process, after the blocks, at their cadence
-(``memckpt.calibrate``; its ``step_cpu_slowdown``). Reported: median and
-quartiles of the per-pair differences and accounts, the ratio of the sums
-(account / measured) with a bootstrap interval over pairs; the account with
-each block's own baseline (``ratio_sum_per_block_baseline``); as a check of
-the calibration, the tracking slowdown measured in the blocks themselves
-(the ckpt blocks' step CPU against the bare blocks', median over pairs) and
-the ratio with it; and the same decomposition with the bare blocks as the
-baseline (``decomposition_against_bare_blocks``: calls, off-CPU time and CPU
-beyond the bare blocks'), which a real run cannot have.
+spread), and the tracking term measured on the run
+(``memckpt.checkpoint.tracking.measure_tracking``: at most once between two
+checkpoints, with no epoch in flight and within ``--rounds-share`` of the
+steps' CPU, ``--rounds-steps`` of the same step on a third, untracked arena;
+the run's steps' CPU against theirs, paired in time, with a 90% bootstrap
+interval). Reported: median and quartiles of the per-pair differences and
+accounts, the ratio of the sums (account / measured) with a bootstrap
+interval over pairs, and the ratio at both ends of the tracking slowdown's
+interval (how sure the account is); for comparison, the ratio with the
+slowdown of a calibration after the blocks (``--cal-rounds``) and with the
+one measured against the bare blocks (the ckpt blocks' step CPU against
+the bare blocks', median over pairs), which a real run does not have, and
+the same decomposition with the bare blocks as the baseline
+(``decomposition_against_bare_blocks``).
 
 Workloads: ``sparse`` (a step writes ``--touch`` of the arena's pages at
 random and computes ``--work-ms``), ``pde`` (py-pde's Cahn-Hilliard on an
@@ -33,9 +38,9 @@ random and computes ``--work-ms``), ``pde`` (py-pde's Cahn-Hilliard on an
 written every step).
 
     python bench/bench_overhead.py --workload sparse --mode copy --steps 1000 --interval 0.5 \
-        --pairs 60 [--json FILE]
-    python bench/bench_overhead.py --workload pde --n 512 --mode fork --steps 40 --interval 0.5 \
-        --pairs 40
+        --pairs 60 --rounds-steps 10 [--json FILE]
+    python bench/bench_overhead.py --workload pde --n 512 --mode copy --steps 40 --interval 0.1 \
+        --pairs 120 --rounds-steps 1
 """
 from __future__ import annotations
 
@@ -159,6 +164,8 @@ def main() -> None:
                     help="rounds of the calibration after the blocks, for comparison (0: none)")
     ap.add_argument("--rounds-steps", type=int, default=2,
                     help="untracked steps a round (measure_tracking: on the third arena)")
+    ap.add_argument("--rounds-warmup", type=int, default=1,
+                    help="untimed untracked steps before them (the third arena is cold)")
     ap.add_argument("--rounds-share", type=float, default=0.05,
                     help="the rounds' largest share of the checkpointed steps' CPU")
     ap.add_argument("--json")
@@ -184,7 +191,8 @@ def main() -> None:
         ck.checkpoint().result()  # the full epoch is not part of the steady state
         # the tracking term, measured on the run: untracked rounds of the same step on
         # the third arena, between the checkpoints (checkpoint/tracking.py)
-        measure_tracking(ck, step_c, steps=a.rounds_steps, share=a.rounds_share)
+        measure_tracking(ck, step_c, steps=a.rounds_steps, share=a.rounds_share,
+                         warmup=a.rounds_warmup)
         for r in range(a.pairs):
             row: dict[str, Any] = {}
             for kind in (("ckpt", "bare") if r % 2 == 0 else ("bare", "ckpt")):

@@ -122,6 +122,8 @@ def test_rounds_check_their_arguments() -> None:
     for bad in (0, 1, -0.1, "x"):
         with pytest.raises(ValueError, match="share"):
             UntrackedRounds(lambda: None, share=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="warmup"):
+        UntrackedRounds(lambda: None, warmup=-1)
     with pytest.raises(TypeError, match="Checkpointer"):
         measure_tracking(object(), lambda: None)
 
@@ -158,7 +160,7 @@ def test_the_step_clock_runs_rounds_when_nothing_persists(monkeypatch) -> None:
         c.boundary()
 
     c = mod.StepClock()
-    c.rounds = UntrackedRounds(untracked, steps=2, share=0.1)
+    c.rounds = UntrackedRounds(untracked, steps=2, share=0.1, warmup=0)
     c.boundary()
     c.launched()
     step()  # in flight: no round
@@ -193,6 +195,36 @@ def test_the_step_clock_runs_rounds_when_nothing_persists(monkeypatch) -> None:
     c.durable()
     step(10.0)
     assert len(calls) == 6 and "base_steps" not in c.take()
+
+
+def test_a_round_warms_up_untimed(monkeypatch) -> None:
+    """The first step of a round (the untracked state cold in the caches) is
+    in the round's wall time, not in the CPU the estimate compares."""
+    from memckpt.checkpoint import tracking as trk
+    now = {"wall": 0.0, "cpu": 0.0}
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return now["wall"]
+
+        @staticmethod
+        def thread_time() -> float:
+            return now["cpu"]
+
+    monkeypatch.setattr(trk, "time", Clock)
+    cost = iter([0.5, 0.1, 0.1])  # cold, then warm
+
+    def untracked() -> None:
+        c = next(cost)
+        now["wall"] += c
+        now["cpu"] += c
+
+    r = UntrackedRounds(untracked, steps=2, share=0.5)
+    assert r.warmup == 1
+    n, wall, cpu = r.run()
+    assert (n, wall, cpu) == (2, pytest.approx(0.7), pytest.approx(0.2))
+    assert r.base_cpu == pytest.approx(0.7)  # the budget counts all of it
 
 
 def test_a_loop_measures_its_tracking_and_reports_it(tmp_path, capsys) -> None:
