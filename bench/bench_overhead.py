@@ -1,31 +1,36 @@
 """Does the overhead account (memckpt.checkpoint.stats) agree with the wall clock?
 
-One process, two arenas holding the same state, the same step on each, in
-pairs of blocks of ``--steps`` steps, the order alternating (A B, B A, ...):
+One process, three arenas holding the same state (the third for the
+untracked rounds), the same step on each, in pairs of blocks of ``--steps`` steps, the order alternating (A B, B A, ...):
 
 - ``ckpt``: arena A under a Checkpointer: ``checkpoint()``, then each step
   followed by ``maybe_checkpoint()`` (``--interval``), then ``checkpoint()``
   (so that the block's epochs carry all its steps' records);
 - ``bare``: arena B, not tracked, the same steps.
 
-Measured: each pair's wall-clock difference ``ckpt - bare``. Account: the
-ckpt blocks' epochs together, as ``memckpt show --overhead`` accounts a run
+Measured: each pair's wall-clock difference ``ckpt - bare``, less the
+untracked rounds the ckpt block ran (below: what measuring cost, reported
+apart; ``ratio_sum_with_rounds`` keeps them on both sides). Account: the ckpt
+blocks' epochs together, as ``memckpt show --overhead`` accounts a run
 (``memckpt.checkpoint.stats``; each block's first epoch's step record left
 out: it is of the block before): the calls (``call_s``), the persist
 interference (the off-CPU time of the steps in flight and in the catch-up
 after, beyond the steady steps' rate, recorded by the Checkpointer itself:
 checkpoint/steps.py; handed to the blocks by their steps for the per-pair
-spread), and the tracking term from a calibration of the same step and pair
-on a third arena, in the same process, after the blocks, at their cadence
-(``memckpt.calibrate``; its ``step_cpu_slowdown``). Reported: median and
-quartiles of the per-pair differences and accounts, the ratio of the sums
-(account / measured) with a bootstrap interval over pairs; the account with
-each block's own baseline (``ratio_sum_per_block_baseline``); as a check of
-the calibration, the tracking slowdown measured in the blocks themselves
-(the ckpt blocks' step CPU against the bare blocks', median over pairs) and
-the ratio with it; and the same decomposition with the bare blocks as the
-baseline (``decomposition_against_bare_blocks``: calls, off-CPU time and CPU
-beyond the bare blocks'), which a real run cannot have.
+spread), and the tracking term measured on the run
+(``memckpt.checkpoint.tracking.measure_tracking``: at most once between two
+checkpoints, with no epoch in flight and within ``--rounds-share`` of the
+steps' CPU, ``--rounds-steps`` of the same step on a third, untracked arena;
+the run's steps' CPU against theirs, paired in time, with a 90% bootstrap
+interval). Reported: median and quartiles of the per-pair differences and
+accounts, the ratio of the sums (account / measured) with a bootstrap
+interval over pairs, and the ratio at both ends of the tracking slowdown's
+interval (how sure the account is); for comparison, the ratio with the
+slowdown of a calibration after the blocks (``--cal-rounds``) and with the
+one measured against the bare blocks (the ckpt blocks' step CPU against
+the bare blocks', median over pairs), which a real run does not have, and
+the same decomposition with the bare blocks as the baseline
+(``decomposition_against_bare_blocks``).
 
 Workloads: ``sparse`` (a step writes ``--touch`` of the arena's pages at
 random and computes ``--work-ms``), ``pde`` (py-pde's Cahn-Hilliard on an
@@ -33,9 +38,9 @@ random and computes ``--work-ms``), ``pde`` (py-pde's Cahn-Hilliard on an
 written every step).
 
     python bench/bench_overhead.py --workload sparse --mode copy --steps 1000 --interval 0.5 \
-        --pairs 60 [--json FILE]
-    python bench/bench_overhead.py --workload pde --n 512 --mode fork --steps 40 --interval 0.5 \
-        --pairs 40
+        --pairs 60 --rounds-steps 10 [--json FILE]
+    python bench/bench_overhead.py --workload pde --n 512 --mode copy --steps 40 --interval 0.1 \
+        --pairs 120 --rounds-steps 1
 """
 from __future__ import annotations
 
@@ -53,8 +58,9 @@ from typing import Any, Callable
 import numpy as np
 
 import memckpt
-from memckpt.checkpoint.stats import account, interference
-from memckpt.checkpoint.steps import AFTER_KEYS, KEYS as STEP_KEYS
+from memckpt.checkpoint.stats import account, interference, records
+from memckpt.checkpoint.steps import AFTER_KEYS, BASE_KEYS, KEYS as STEP_KEYS
+from memckpt.checkpoint.tracking import estimate as tracking_estimate, measure_tracking
 
 
 def sparse_workload(a: argparse.Namespace) -> Callable[[], tuple[memckpt.Arena, Callable[[], None]]]:
@@ -154,7 +160,14 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=24, help="pairs of blocks (ckpt, bare)")
     ap.add_argument("--mode", default="copy")
     ap.add_argument("--tracker", default="auto")
-    ap.add_argument("--cal-rounds", type=int, default=24)
+    ap.add_argument("--cal-rounds", type=int, default=24,
+                    help="rounds of the calibration after the blocks, for comparison (0: none)")
+    ap.add_argument("--rounds-steps", type=int, default=2,
+                    help="untracked steps a round (measure_tracking: on the third arena)")
+    ap.add_argument("--rounds-warmup", type=int, default=1,
+                    help="untimed untracked steps before them (the third arena is cold)")
+    ap.add_argument("--rounds-share", type=float, default=0.05,
+                    help="the rounds' largest share of the checkpointed steps' CPU")
     ap.add_argument("--json")
     a = ap.parse_args()
     load0 = os.getloadavg()
@@ -176,6 +189,10 @@ def main() -> None:
             memckpt.Checkpointer(ar_a, d + "/s", mode=a.mode, tracker=tracker,
                                  interval=a.interval) as ck:
         ck.checkpoint().result()  # the full epoch is not part of the steady state
+        # the tracking term, measured on the run: untracked rounds of the same step on
+        # the third arena, between the checkpoints (checkpoint/tracking.py)
+        measure_tracking(ck, step_c, steps=a.rounds_steps, share=a.rounds_share,
+                         warmup=a.rounds_warmup)
         for r in range(a.pairs):
             row: dict[str, Any] = {}
             for kind in (("ckpt", "bare") if r % 2 == 0 else ("bare", "ckpt")):
@@ -205,19 +222,30 @@ def main() -> None:
             row["measured"] = row["ckpt"] - row["bare"]
             rows.append(row)
         backend = ck.tracker.backend
+        measure_tracking(ck, None)
     # the tracking term: a calibration of this step and pair on a third arena, at
     # the blocks' own cadence (steps per epoch, the forced ones included)
     per_epoch = max(1, round(a.steps / statistics.median(len(es) for es, _ in blocks)))
-    with tempfile.TemporaryDirectory() as d:
-        cal = memckpt.calibrate(step_c, ar_c, interval_steps=per_epoch, rounds=a.cal_rounds,
-                                pairs=[(tracker, a.mode)], refine=0.0, workdir=d)
-    pc = cal.cost_of(tracker, a.mode)
-    if pc.error:
-        raise SystemExit(f"calibration of {tracker}/{a.mode} failed: {pc.error}")
-    slow = max(0.0, pc.step_cpu_slowdown if pc.step_cpu_slowdown is not None
-               else pc.wall_slowdown)
+    # the tracking slowdown measured on the run: every block's epochs together
+    # (each block's first epoch's record is of the block before)
+    est = tracking_estimate(records([e for es, _ in blocks for e in es[1:]]))
+    if est is None:
+        raise SystemExit("too few untracked rounds for a tracking estimate: more pairs, longer "
+                         "blocks, or a larger --rounds-share")
+    slow = est.slowdown
+    cal_slow = pc = None
+    if a.cal_rounds > 0:  # for comparison: a calibration after the blocks, at their cadence
+        with tempfile.TemporaryDirectory() as d:
+            cal = memckpt.calibrate(step_c, ar_c, interval_steps=per_epoch,
+                                    rounds=a.cal_rounds, pairs=[(tracker, a.mode)], refine=0.0,
+                                    workdir=d)
+        pc = cal.cost_of(tracker, a.mode)
+        if pc.error:
+            raise SystemExit(f"calibration of {tracker}/{a.mode} failed: {pc.error}")
+        cal_slow = max(0.0, pc.step_cpu_slowdown if pc.step_cpu_slowdown is not None
+                       else pc.wall_slowdown)
     for row, (es, end) in zip(rows, blocks):
-        o = account(es, now=end, tracking_slowdown=slow)
+        o = account(es, now=end, tracking_slowdown=max(0.0, slow))
         recs = [e.extra.get("steps") or {} for e in es[1:]]
         row.update(epochs=len(es), calls=o.call_total_s, waits=o.wait_total_s,
                    wall=o.wall_s, interference_block=o.interference_s or 0.0,
@@ -227,10 +255,15 @@ def main() -> None:
                    persist_total=sum(e.total_s for e in es),
                    **{k: sum(x.get(k, 0) for x in recs) for k in
                       ("flight_wall_s", "flight_cpu_s", "idle_wall_s", "idle_cpu_s",
-                       "after_wall_s", "after_cpu_s")})
+                       "after_wall_s", "after_cpu_s", "base_steps", "base_wall_s",
+                       "base_cpu_s")})
         row["steps_cpu"] = row["flight_cpu_s"] + row["idle_cpu_s"] + row["after_cpu_s"]
-        row["records"] = [[x.get(k, 0) for k in STEP_KEYS + AFTER_KEYS] for x in recs]
+        row["records"] = [[x.get(k, 0) for k in STEP_KEYS + AFTER_KEYS + BASE_KEYS]
+                          for x in recs]
         row["account_block"] = row["calls"] + row["interference_block"] + row["tracking_block"]
+        # the rounds ran in the checkpointed block: what measuring cost, apart
+        row["measured_with_rounds"] = row["measured"]
+        row["measured"] = row["measured_with_rounds"] - row["base_wall_s"]
     # The account of the run: every checkpointed block's epochs together, as
     # `memckpt show --overhead` accounts a program's run (each block's first
     # epoch left out: its record is of the block before). Its interference
@@ -244,19 +277,24 @@ def main() -> None:
         row["interference"] = 0.0 if run_interf is None else (
             row["flight_wall_s"] - row["flight_cpu_s"] + row["after_wall_s"]
             - row["after_cpu_s"] - per_cpu * (row["flight_cpu_s"] + row["after_cpu_s"]))
-        between = row["wall"] - row["calls"] - row["interference"]
-        row["tracking"] = max(0.0, between * slow / (1 + slow))
+        row["between"] = row["wall"] - row["calls"] - row["interference"] - row["base_wall_s"]
+        row["tracking"] = max(0.0, row["between"] * slow / (1 + slow))
         row["account"] = row["calls"] + row["interference"] + row["tracking"]
     assert run_interf is None or \
         abs(sum(r["interference"] for r in rows) - run_interf) <= 1e-6 * max(1.0, abs(run_interf))
-    # the calibration's tracking slowdown against the same number measured in the
-    # blocks: the ckpt blocks' steps' CPU (the stepping thread's, checkpoint calls
-    # left out) against the bare blocks'
+    # the tracking slowdown measured against the bare blocks (which a real run does
+    # not have): the ckpt blocks' steps' CPU (the stepping thread's, checkpoint calls
+    # and rounds left out) against the bare blocks'
     # (median over pairs: an interval now and then takes several times its CPU)
-    in_run = statistics.median(r["steps_cpu"] / r["bare_cpu"] - 1 for r in rows)
-    with_in_run = [r["account"] - r["tracking"]
-                   + max(0.0, (r["wall"] - r["calls"] - r["interference"]) * in_run / (1 + in_run))
-                   for r in rows]
+    vs_bare = statistics.median(r["steps_cpu"] / r["bare_cpu"] - 1 for r in rows)
+
+    def with_slowdown(x: float | None) -> float | None:
+        """The ratio of the sums with the tracking term at slowdown x."""
+        if x is None or math.isnan(x):
+            return None
+        acc_x = sum(r["account"] - r["tracking"] + max(0.0, r["between"] * x / (1 + x))
+                    for r in rows)
+        return acc_x / sum(r["measured"] for r in rows)
     # The same decomposition with the untracked blocks as the baseline (which a
     # real run does not have): the calls, the checkpointed steps' off-CPU time
     # beyond the bare blocks' rate, their CPU beyond the bare blocks' (with the
@@ -274,18 +312,22 @@ def main() -> None:
     acc = [r["account"] for r in rows]
     med = statistics.median
     lo, hi = _boot(acc, meas)
-    # the calibration's tracking slowdown against the same number measured in the
-    # blocks: the ckpt blocks' steps' CPU (the stepping thread's, checkpoint calls
-    # left out) against the bare blocks'
-    # (median over pairs: an interval now and then takes several times its CPU)
-    in_run = statistics.median(r["steps_cpu"] / r["bare_cpu"] - 1 for r in rows)
     rep = {
         "args": vars(a), "tracker": backend, "uptime_before": load0, "uptime_after": os.getloadavg(),
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "step_s": step_s,
-        "steps_per_epoch": per_epoch, "tracking_slowdown": slow,
-        "calibration_wall_slowdown": pc.wall_slowdown, "calibration_cpu_slowdown": pc.slowdown,
-        "tracking_slowdown_in_run": in_run,
+        "steps_per_epoch": per_epoch,
+        # the run's own (untracked rounds), with its 90% interval and what it rests on
+        "tracking_slowdown": slow, "tracking_slowdown_90": [est.low, est.high],
+        "tracking_rounds": est.segments, "tracking_run_steps": est.run_steps,
+        "untracked_steps": est.base_steps,
+        "rounds_s_sum": sum(r["base_wall_s"] for r in rows),
+        "rounds_share_of_ckpt_wall": sum(r["base_wall_s"] for r in rows)
+        / sum(r["ckpt"] for r in rows),
+        "tracking_slowdown_vs_bare_blocks": vs_bare,
+        "calibration_step_cpu_slowdown": cal_slow,
+        "calibration_wall_slowdown": None if pc is None else pc.wall_slowdown,
+        "calibration_cpu_slowdown": None if pc is None else pc.slowdown,
         "block_s_median": {"ckpt": med(r["ckpt"] for r in rows),
                            "bare": med(r["bare"] for r in rows)},
         "measured_s": {"median": med(meas), "q1": _pct(meas, .25), "q3": _pct(meas, .75),
@@ -296,6 +338,11 @@ def main() -> None:
         "terms_s_sum": {k: sum(r[k] for r in rows) for k in ("calls", "waits", "interference",
                                                               "tracking")},
         "ratio_sum": sum(acc) / sum(meas),
+        # the account's own uncertainty: the ratio at the ends of the slowdown's interval
+        "ratio_sum_at_tracking_90": [with_slowdown(est.low), with_slowdown(est.high)],
+        # the rounds' time on both sides (what the program paid for the measuring)
+        "ratio_sum_with_rounds": (sum(acc) + sum(r["base_wall_s"] for r in rows))
+        / sum(r["measured_with_rounds"] for r in rows),
         "interference_measured": run_interf is not None,
         "decomposition_against_bare_blocks": oracle,
         "ratio_sum_per_block_baseline": sum(r["account_block"] for r in rows) / sum(meas),
@@ -306,7 +353,8 @@ def main() -> None:
         "ratio_sum_90": [lo, hi],
         "ratio_median": med(acc) / med(meas),
         "ratio_without_interference": (sum(acc) - sum(r["interference"] for r in rows)) / sum(meas),
-        "ratio_sum_tracking_in_run": sum(with_in_run) / sum(meas),
+        "ratio_sum_tracking_vs_bare_blocks": with_slowdown(vs_bare),
+        "ratio_sum_tracking_calibrated": with_slowdown(cal_slow),
         # the pairs whose bare block took within 15% of the median bare block: the
         # machine's load about the same as usual (the others are in the sums above)
         "steady": _steady(rows),

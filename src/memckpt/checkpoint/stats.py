@@ -16,9 +16,12 @@ and between two epochs the program ran ``s[i+1] - r[i]`` (the achieved
 interval). The wall time of a run is from the first call's start to the last
 epoch's durability (or ``now``, for a live checkpointer). The share of it the
 program was stopped by checkpointing is ``sum(call_s) / wall``; the tracker's
-cost between checkpoints does not show in any epoch, so it comes from a
-calibration (``tracking_slowdown``: the fraction a step is slower with the
-tracker armed) when one is given, else from the calibration a
+cost between checkpoints does not show in any epoch: it is a slowdown
+(``tracking_slowdown``: the fraction a step is slower with the tracker armed)
+given by the caller, else measured on the run itself when it ran untracked
+rounds (:func:`memckpt.checkpoint.tracking.measure_tracking`: the run's steps'
+CPU against untracked steps' at the same time, with a 90% interval), else
+the one a
 ``Checkpointer(mode="auto", calibration=...)`` recorded in the epochs
 (``extra["auto"]["tracking_slowdown"]``: the chosen pair's measured
 slowdown between checkpoints, at the calibration's interval). The third
@@ -43,7 +46,8 @@ from typing import Any, Iterable, Sequence
 
 from ..epoch import EpochInfo
 from ..tuning import checkpoint_cost, expected_lost_work
-from .steps import AFTER_KEYS, KEYS
+from .steps import AFTER_KEYS, BASE_KEYS, KEYS
+from .tracking import estimate as tracking_estimate
 
 __all__ = ["Overhead", "account", "interference", "runs", "stats_of"]
 
@@ -93,7 +97,13 @@ class Overhead:
     wait_fraction: float
     call_fraction: float
     tracking_fraction: float | None
-    tracking_from: str | None  # "given", "calibration" (recorded in the epochs), or None
+    tracking_from: str | None  # "given", "run" (untracked rounds), "calibration", or None
+    tracking_slowdown: float | None           # the slowdown the term applies
+    tracking_slowdown_90: list[float] | None  # its 90% interval (measured on the run)
+    tracking_fraction_90: list[float] | None  # the term's, from it
+    tracking_rounds: int                      # untracked rounds the run's estimate rests on
+    untracked_steps: int                      # ... their steps
+    untracked_s: float                        # the rounds' wall time: what measuring cost
     interference_s: float | None      # the program's steps slower while an epoch persisted
     interference_fraction: float | None
     flight_steps: int                 # steps seen while an epoch persisted (extra["steps"])
@@ -161,15 +171,12 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
     waits = [float(e.extra.get("wait_s", 0.0) or 0.0) for e in es]
     call_total = sum(calls)
     # the first epoch's steps came before the wall time
-    interf, nflight, nafter, nidle = interference(es[1:], steps_since)
-    tracking = None
-    tracking_from = "given" if tracking_slowdown is not None else None
-    if tracking_slowdown is None:
-        tracking_slowdown = recorded_tracking_slowdown(es)
-        tracking_from = "calibration" if tracking_slowdown is not None else None
-    if tracking_slowdown is not None:
-        between = wall - call_total - (interf or 0.0)  # the steps' time at the tracked speed
-        tracking = max(0.0, between * tracking_slowdown / (1 + tracking_slowdown)) / wall
+    recs = records(es[1:], steps_since)
+    interf, nflight, nafter, nidle = _interference(recs)
+    est = tracking_estimate(recs)
+    rounds_s = sum(r["base_wall_s"] for r in recs)
+    trk = _tracking(es, tracking_slowdown, est, wall - call_total - (interf or 0.0) - rounds_s)
+    tracking = None if trk[0] is None else trk[0] / wall
     achieved = [b[0] - a[2] for a, b in zip(times, times[1:])]
     ach = statistics.median(achieved) if achieved else None
     cost = checkpoint_cost(es, full_if_none=True)
@@ -184,10 +191,14 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
         full_epochs=sum(e.kind == "full" for e in es), wall_s=wall,
         pause_total_s=sum(pauses), wait_total_s=sum(waits), call_total_s=call_total,
         pause_fraction=sum(pauses) / wall, wait_fraction=sum(waits) / wall,
-        call_fraction=call_total / wall, tracking_fraction=tracking, tracking_from=tracking_from,
+        call_fraction=call_total / wall, tracking_fraction=tracking, tracking_from=trk[1],
+        tracking_slowdown=trk[2], tracking_slowdown_90=trk[3],
+        tracking_fraction_90=None if trk[4] is None else [x / wall for x in trk[4]],
+        tracking_rounds=0 if est is None else est.segments,
+        untracked_steps=int(sum(r["base_steps"] for r in recs)), untracked_s=rounds_s,
         interference_s=interf, interference_fraction=None if interf is None else interf / wall,
         flight_steps=nflight, after_steps=nafter, idle_steps=nidle,
-        overhead_fraction=call_total / wall + (tracking or 0.0) + (interf or 0.0) / wall,
+        overhead_fraction=(call_total + (interf or 0.0) + rounds_s) / wall + (tracking or 0.0),
         pause_p50_s=_pct(pauses, 0.5), pause_p90_s=_pct(pauses, 0.9),
         pause_p99_s=_pct(pauses, 0.99), pause_max_s=max(pauses),
         call_p50_s=_pct(calls, 0.5), call_p99_s=_pct(calls, 0.99),
@@ -205,8 +216,8 @@ def _steps(rec: Any) -> dict[str, float] | None:
     if not isinstance(rec, dict):
         return None
     out = {}
-    for k in KEYS + AFTER_KEYS:
-        v = rec.get(k, 0 if k in AFTER_KEYS else None)
+    for k in KEYS + AFTER_KEYS + BASE_KEYS:
+        v = rec.get(k, None if k in KEYS else 0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
             return None
         out[k] = float(v)
@@ -233,8 +244,17 @@ def interference(epochs: Sequence[EpochInfo], since: dict[str, Any] | None = Non
     persisted, or too little long enough after one: the steady steps' CPU
     under STEADY_SHARE of the others', in intervals shorter than about twice
     the persist plus SETTLE_S)."""
-    recs = [r for r in map(_steps, [e.extra.get("steps") for e in epochs] + [since])
+    return _interference(records(epochs, since))
+
+
+def records(epochs: Sequence[EpochInfo], since: dict[str, Any] | None = None,
+            ) -> list[dict[str, float]]:
+    """The sound step records of ``epochs`` (and ``since``, a live clock's), in order."""
+    return [r for r in map(_steps, [e.extra.get("steps") for e in epochs] + [since])
             if r is not None]
+
+
+def _interference(recs: list[dict[str, float]]) -> tuple[float | None, int, int, int]:
     nf = int(sum(r["flight_steps"] for r in recs))
     na = int(sum(r["after_steps"] for r in recs))
     ni = int(sum(r["idle_steps"] for r in recs))
@@ -246,6 +266,29 @@ def interference(epochs: Sequence[EpochInfo], since: dict[str, Any] | None = Non
               for r in recs)
     per_cpu = sum(r["idle_wall_s"] - r["idle_cpu_s"] for r in recs) / idle_cpu
     return off - per_cpu * cpu, nf, na, ni
+
+
+def _tracking(es: Sequence[EpochInfo], given: float | None, est: Any, steps_s: float,
+              ) -> tuple[float | None, str | None, float | None, list[float] | None,
+                         list[float] | None]:
+    """(seconds, from, slowdown, its 90% interval, the seconds' interval) of the
+    tracking term: the slowdown given, else the run's own (untracked rounds:
+    checkpoint/tracking.py), else a calibration's recorded in the epochs;
+    applied to ``steps_s``, the steps' time at the tracked speed."""
+    band = None
+    if given is not None:
+        slow, where = given, "given"
+    elif est is not None and not math.isnan(est.slowdown):
+        slow, where, band = est.slowdown, "run", [est.low, est.high]
+    else:
+        slow = recorded_tracking_slowdown(es)
+        where = None if slow is None else "calibration"
+    if slow is None:
+        return None, None, None, None, None
+
+    def term(x: float) -> float:
+        return max(0.0, steps_s * x / (1 + x)) if x > -1 else 0.0
+    return term(slow), where, slow, band, None if band is None else [term(x) for x in band]
 
 
 def recorded_tracking_slowdown(epochs: Sequence[EpochInfo]) -> float | None:

@@ -26,6 +26,11 @@ the in-flight and catch-up steps beyond what the steady steps spent off-CPU
 per second of their CPU (the machine's own load, which the program meets
 with or without checkpointing).
 
+With :func:`memckpt.checkpoint.tracking.measure_tracking`, a record also
+holds ``base_*``: the untracked steps the clock ran (on a second arena, at
+a boundary with no epoch in flight) to measure the tracker's cost on the run
+(checkpoint/tracking.py); their time is in no step of the run.
+
 The cost to a loop: two clock reads (one of them the thread's CPU clock, a
 system call of well under a microsecond) at each maybe_checkpoint().
 """
@@ -40,6 +45,9 @@ KEYS = ("flight_steps", "flight_wall_s", "flight_cpu_s", "idle_steps", "idle_wal
 # the steps in the catch-up window after an epoch became durable (records
 # written before these keys existed have none)
 AFTER_KEYS = ("after_steps", "after_wall_s", "after_cpu_s")
+# the untracked rounds between the checkpoints (checkpoint/tracking.py; none in
+# records written before them, or without measure_tracking)
+BASE_KEYS = ("base_steps", "base_wall_s", "base_cpu_s")
 
 # The catch-up lasts at least this long: Linux's scheduler shares the CPUs by
 # averages of recent runnable time that decay by half every 32 ms (PELT), so
@@ -61,11 +69,12 @@ class StepClock:
         self._at: tuple[int, float, float] | None = None  # (thread, wall, cpu) of the last boundary
         self._launched: float | None = None  # perf_counter() when the epoch in flight was handed off
         self._durable: float | None = None   # ... and when it became durable
+        self.rounds: Any = None  # tracking.UntrackedRounds, from measure_tracking()
 
     def _reset(self) -> None:
-        self._n = [0, 0, 0]          # steps: [in flight, idle, after]
-        self._wall = [0.0, 0.0, 0.0]
-        self._cpu = [0.0, 0.0, 0.0]
+        self._n = [0, 0, 0, 0]          # steps: [in flight, idle, after, untracked rounds]
+        self._wall = [0.0, 0.0, 0.0, 0.0]
+        self._cpu = [0.0, 0.0, 0.0, 0.0]
 
     def boundary(self) -> None:
         """A step ended (and the next began): count it."""
@@ -83,11 +92,23 @@ class StepClock:
         self._n[k] += 1
         self._wall[k] += wall - at[1]
         self._cpu[k] += cpu - at[2]
+        rounds = self.rounds
+        if rounds is not None:
+            rounds.run_cpu += cpu - at[2]
+            if durable is not None and rounds.due():  # nothing in flight: a round fits
+                n, w, c = rounds.run()
+                self._n[3] += n
+                self._wall[3] += w
+                self._cpu[3] += c
+                # the next step of the run starts after the round
+                self._at = (me, time.perf_counter(), time.thread_time())
 
     def launched(self) -> None:
         """A checkpoint returns (its epoch persists from here): the next step starts now."""
         now = time.perf_counter()
         self._launched, self._durable = now, None
+        if self.rounds is not None:
+            self.rounds.done_this_interval = False
         self._at = (threading.get_ident(), now, time.thread_time())
 
     def durable(self) -> None:
@@ -108,5 +129,8 @@ class StepClock:
 def _record(n: list[int], wall: list[float], cpu: list[float]) -> dict[str, Any] | None:
     if not any(n):
         return None
-    return dict(zip(KEYS + AFTER_KEYS, (n[0], wall[0], cpu[0], n[1], wall[1], cpu[1],
-                                        n[2], wall[2], cpu[2])))
+    rec = dict(zip(KEYS + AFTER_KEYS, (n[0], wall[0], cpu[0], n[1], wall[1], cpu[1],
+                                       n[2], wall[2], cpu[2])))
+    if n[3]:
+        rec.update(zip(BASE_KEYS, (n[3], wall[3], cpu[3])))
+    return rec

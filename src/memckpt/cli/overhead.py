@@ -78,7 +78,16 @@ def _pct(x: float | None) -> str:
 
 def _tracking(o: dict[str, Any]) -> str:
     if o["tracking_fraction"] is None:
-        return "- (give --tracking-slowdown from a calibration)"
+        return ("- (give --tracking-slowdown from a calibration, or measure it on the run: "
+                "memckpt.checkpoint.tracking.measure_tracking)")
+    if o.get("tracking_from") == "run":
+        lo, hi = o["tracking_fraction_90"] or (None, None)
+        slo, shi = o["tracking_slowdown_90"] or (None, None)
+        return (f"{_pct(o['tracking_fraction'])} [90%: {_pct(lo)}, {_pct(hi)}] (measured on the "
+                f"run: steps {_pct(o['tracking_slowdown'])} slower in CPU than untracked ones "
+                f"[{_pct(slo)}, {_pct(shi)}], {o['tracking_rounds']} rounds of "
+                f"{o['untracked_steps']} untracked steps, which took "
+                f"{fmt_seconds(o['untracked_s'])})")
     if o.get("tracking_from") == "calibration":
         return (f"{_pct(o['tracking_fraction'])} (estimated from the calibration the epochs "
                 f"record: memckpt show STORE; --tracking-slowdown overrides it)")
@@ -108,6 +117,9 @@ def format_overhead(rep: dict[str, Any]) -> str:
          f"persisting)"],
         ["tracking between checkpoints", _tracking(o)],
         ["steps slowed while persisting", _interference(o)],
+        *([["untracked rounds", f"{_pct(o['untracked_s'] / o['wall_s'])} "
+                                f"({fmt_seconds(o['untracked_s'])}: measuring the tracking "
+                                f"term; in the overhead)"]] if o.get("untracked_s") else []),
         ["overhead", _pct(o["overhead_fraction"])],
         ["pause p50 / p90 / p99 / max", " / ".join(s(o[k]) for k in
                                                   ("pause_p50_s", "pause_p90_s", "pause_p99_s",
