@@ -26,10 +26,10 @@ machine's noise falls on every method alike:
   over an arena holding the array (the array copied into it once, untimed),
   its first checkpoint() until result() (durable), in modes copy (the
   default: the arena staged in the pause, the writer's threads writing each
-  piece of staging as the copy fills it, on after the pause: capture/copy.py
-  PAUSE_THREADS of them beside the copy), "copy, copy then write"
+  piece of staging from the instant the copy ends, on after the pause;
+  capture/copy.py PAUSE_THREADS of them beside the copy, 0 by default), "copy, copy then write"
   (ASYNC_MIN_BYTES = 0: the whole copy, then the write on the persist
-  thread, as before issue 12's overlap), "copy, 0 / 2 threads in the pause"
+  thread, as before issue 12's overlap), "copy, 1 / 2 threads in the pause"
   (PAUSE_THREADS), "copy, by fork" (FORK_PROCESSES = 2: its full epochs
   written by a fork() child, when the arena is most of the process), sync
   (every page written in the pause, from the arena, with the writer's
@@ -189,10 +189,10 @@ COPY_VARIANTS: dict[str, dict[str, int]] = {
     # the staged epoch written after the copy, on the persist thread (before issue 12's overlap)
     "copy, copy then write": {"ASYNC_MIN_BYTES": 0},
     # the write overlapping the copy with the writer's threads beside it in the pause
-    "copy, 0 threads in the pause": {"PAUSE_THREADS": 0},
+    "copy, 1 thread in the pause": {"PAUSE_THREADS": 1},
     "copy, 2 threads in the pause": {"PAUSE_THREADS": 2},
 }
-COPY_MODES = ["copy", "copy, by fork", "copy, copy then write", "copy, 0 threads in the pause",
+COPY_MODES = ["copy", "copy, by fork", "copy, copy then write", "copy, 1 thread in the pause",
               "copy, 2 threads in the pause"]
 
 

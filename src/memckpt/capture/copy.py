@@ -17,19 +17,16 @@ take (compressed, in a build without that codec) writes the pages beyond
 only if the program's other threads are stopped; mode sync then stages like
 copy.
 
-The write overlaps the copy: an epoch that stages at least
+The write starts from the pause: an epoch that stages at least
 ASYNC_MIN_BYTES (a full epoch, a dense increment) hands its staged pages to
 the C writer as an add that runs beyond the pause (mck_ew_add_async):
-up to PAUSE_THREADS of the writer's threads zero-test, hash and write each
-8 MiB piece of staging as soon as the pause's copy has filled it (only on
-CPUs idle at the pause: on a busy machine such a thread took CPU from the
-copy, and the pause grew), the rest of its threads start when the copy
-ends, and they go on after checkpoint() returned; the persist thread only
-waits for them, then commits. On the loaded 2 CPUs measured, such a full
-epoch was durable in 0.75-1.07x the time of copy-then-write, median 0.92x
-(docs/benchmarks.md, "Mode copy's staged epochs written while the pause
-copies"). The writer
-keeps the staging buffer alive until its threads are done; commit waits for
+the writer's threads start in C the instant the copy ends (PAUSE_THREADS,
+0 by default, may start some beside the copy, on CPUs idle at the pause,
+each taking 8 MiB of staging as the copy fills it: measured here, such a
+thread took CPU from the copy and the pause grew), and they go on after
+checkpoint() returned; the persist thread only waits for them, then
+commits (docs/benchmarks.md, "Mode copy's staged epochs written while the
+pause copies", has the measurements). The writer keeps the staging buffer alive until its threads are done; commit waits for
 them (and raises their error: the epoch is aborted, the next one works),
 abort() stops them before the pack is closed, a fork child never touches
 them, and a staging buffer still read is never recycled. Smaller epochs
@@ -68,12 +65,15 @@ FORK_PROCESSES = 0
 # short to hide anything behind
 ASYNC_MIN_BYTES = 32 << 20
 # the writer's threads that run beside the pause's copy (the rest start when
-# it ends), at most: only as many as CPUs are idle at the pause (no runnable
-# task on them: /proc/loadavg). A thread beside the copy on a busy machine
-# took CPU from it: the pause of a dense 1 GiB increment grew 1.5-2.6x at
-# load 4-5 on 2 CPUs (bench/probe_copy_overlap.py, docs/benchmarks.md
+# it ends), at most, and only as many as CPUs are idle at the pause (no
+# runnable task on them: /proc/loadavg). 0, the default: none (the writer
+# starts, in C, the instant the copy ends). On these 2 CPUs a thread beside
+# the copy took from it: quiet (load 0.8-1.7), the first full epoch's pause
+# at 1 GiB was 345 ms with one beside against 136 ms with none, durable no
+# sooner (874 / 813 ms); busy, a dense 1 GiB increment's pause grew 1.5-2.6x
+# (bench/bench_write.py, bench/probe_copy_overlap.py; docs/benchmarks.md
 # "Mode copy's staged epochs written while the pause copies")
-PAUSE_THREADS = 1
+PAUSE_THREADS = 0
 
 
 class CopyMode:
