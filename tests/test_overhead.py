@@ -13,6 +13,7 @@ from memckpt.checkpoint.stats import account, runs, stats_of
 from memckpt.cli.app import main
 from memckpt.epoch import EpochInfo
 from memckpt.tuning import expected_lost_work
+from _fake_clock import fake_clock
 
 
 def ep(n: int, call_start: float, *, wait: float = 0.0, pause: float = 0.01, call: float = 0.02,
@@ -187,18 +188,7 @@ def test_the_step_clock_splits_steps_by_the_epoch_in_flight(monkeypatch) -> None
     are not counted; a step that began before the epoch was durable is in
     flight; after it, idle; take() hands over the sums once."""
     from memckpt.checkpoint import steps as mod
-    now = {"wall": 0.0, "cpu": 0.0}
-
-    class Clock:
-        @staticmethod
-        def perf_counter() -> float:
-            return now["wall"]
-
-        @staticmethod
-        def thread_time() -> float:
-            return now["cpu"]
-
-    monkeypatch.setattr(mod, "time", Clock)
+    now = fake_clock(monkeypatch, mod)
 
     def at(wall: float, cpu: float) -> None:
         now["wall"], now["cpu"] = wall, cpu

@@ -12,6 +12,7 @@ from memckpt.checkpoint.stats import account
 from memckpt.checkpoint.tracking import MIN_SEGMENTS, UntrackedRounds, estimate, measure_tracking
 from memckpt.cli.app import main
 from memckpt.epoch import EpochInfo
+from _fake_clock import fake_clock
 
 
 def rec(n: int, cpu: float, nb: int = 0, bcpu: float = 0.0, bwall: float = 0.0,
@@ -134,19 +135,7 @@ def test_the_step_clock_runs_rounds_when_nothing_persists(monkeypatch) -> None:
     in no step of the run."""
     from memckpt.checkpoint import steps as mod
     from memckpt.checkpoint import tracking as trk
-    now = {"wall": 0.0, "cpu": 0.0}
-
-    class Clock:
-        @staticmethod
-        def perf_counter() -> float:
-            return now["wall"]
-
-        @staticmethod
-        def thread_time() -> float:
-            return now["cpu"]
-
-    monkeypatch.setattr(mod, "time", Clock)
-    monkeypatch.setattr(trk, "time", Clock)
+    now = fake_clock(monkeypatch, mod, trk)
     calls = []
 
     def untracked() -> None:  # an untracked step: 0.1 s, all CPU
@@ -201,18 +190,7 @@ def test_a_round_warms_up_untimed(monkeypatch) -> None:
     """The first step of a round (the untracked state cold in the caches) is
     in the round's wall time, not in the CPU the estimate compares."""
     from memckpt.checkpoint import tracking as trk
-    now = {"wall": 0.0, "cpu": 0.0}
-
-    class Clock:
-        @staticmethod
-        def perf_counter() -> float:
-            return now["wall"]
-
-        @staticmethod
-        def thread_time() -> float:
-            return now["cpu"]
-
-    monkeypatch.setattr(trk, "time", Clock)
+    now = fake_clock(monkeypatch, trk)
     cost = iter([0.5, 0.1, 0.1])  # cold, then warm
 
     def untracked() -> None:
