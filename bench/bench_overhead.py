@@ -51,6 +51,7 @@ import os
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -158,6 +159,9 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--steps", type=int, default=100, help="steps per block")
     ap.add_argument("--pairs", type=int, default=24, help="pairs of blocks (ckpt, bare)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="take no new pair after this many minutes of blocks (the report then "
+                         "rests on the pairs done): a long pass that must end in time")
     ap.add_argument("--mode", default="copy")
     ap.add_argument("--tracker", default="auto")
     ap.add_argument("--cal-rounds", type=int, default=24,
@@ -193,7 +197,11 @@ def main() -> None:
         # the third arena, between the checkpoints (checkpoint/tracking.py)
         measure_tracking(ck, step_c, steps=a.rounds_steps, share=a.rounds_share,
                          warmup=a.rounds_warmup)
+        t_blocks = time.monotonic()
         for r in range(a.pairs):
+            if a.minutes is not None and time.monotonic() - t_blocks > 60 * a.minutes:
+                print(f"--minutes {a.minutes}: {r} pairs of {a.pairs} taken", file=sys.stderr)
+                break
             row: dict[str, Any] = {}
             for kind in (("ckpt", "bare") if r % 2 == 0 else ("bare", "ckpt")):
                 ck.wait()
