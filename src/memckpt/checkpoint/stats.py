@@ -276,6 +276,8 @@ def _tracking(es: Sequence[EpochInfo], given: float | None, est: Any, steps_s: f
     checkpoint/tracking.py), else a calibration's recorded in the epochs;
     applied to ``steps_s``, the steps' time at the tracked speed."""
     band = None
+    slow: float | None
+    where: str | None
     if given is not None:
         slow, where = given, "given"
     elif est is not None and not math.isnan(est.slowdown):
