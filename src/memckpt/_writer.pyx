@@ -112,15 +112,18 @@ cdef class PackWriter:
         if c.mck_ew_busy(self.w):
             self._reading = base
 
+    def _check_base(self, base):
+        if not isinstance(base, np.ndarray) or base.dtype != np.uint8 or base.ndim != 2 \
+                or base.shape[1] != self.page_size or not base.flags.c_contiguous:
+            raise ValueError(f"base must be C-contiguous uint8 of shape (n, {self.page_size})")
+
     def add_async(self, base, pages, size_t ready=0, int threads=1):
         """add() of ``pages`` from rows 0.. of ``base`` that runs beyond
         this call: ``threads`` of its threads start now, the rest at
         ready(len(pages)); rows [0, ``ready``) are in now, the others once
         ready() says so. ``base`` is kept until wait(), cancel() or close()."""
         self._idle()
-        if not isinstance(base, np.ndarray) or base.dtype != np.uint8 or base.ndim != 2 \
-                or base.shape[1] != self.page_size or not base.flags.c_contiguous:
-            raise ValueError(f"base must be C-contiguous uint8 of shape (n, {self.page_size})")
+        self._check_base(base)
         cdef const uint64_t[::1] p = _u64(pages, "pages")
         cdef size_t n = p.shape[0]
         if base.shape[0] < <Py_ssize_t>n:
@@ -168,9 +171,7 @@ cdef class PackWriter:
         added before), page i's bytes being row rows[i] of base (uint8,
         (nrows, page_size), C-contiguous; rows None: row i)."""
         self._idle()
-        if not isinstance(base, np.ndarray) or base.dtype != np.uint8 or base.ndim != 2 \
-                or base.shape[1] != self.page_size or not base.flags.c_contiguous:
-            raise ValueError(f"base must be C-contiguous uint8 of shape (n, {self.page_size})")
+        self._check_base(base)
         cdef const uint64_t[::1] p = _u64(pages, "pages")
         cdef const uint64_t[::1] r
         cdef const uint64_t *rp = NULL
