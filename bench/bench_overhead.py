@@ -59,7 +59,7 @@ from typing import Any, Callable
 import numpy as np
 
 import memckpt
-from memckpt.checkpoint.stats import account, interference, records
+from memckpt.checkpoint.stats import account, baseline, interference, records
 from memckpt.checkpoint.steps import AFTER_KEYS, BASE_KEYS, KEYS as STEP_KEYS
 from memckpt.checkpoint.tracking import estimate as tracking_estimate, measure_tracking
 
@@ -264,7 +264,7 @@ def main() -> None:
                    **{k: sum(x.get(k, 0) for x in recs) for k in
                       ("flight_wall_s", "flight_cpu_s", "idle_wall_s", "idle_cpu_s",
                        "after_wall_s", "after_cpu_s", "base_steps", "base_wall_s",
-                       "base_cpu_s")})
+                       "base_cpu_s", "base_round_cpu_s")})
         row["steps_cpu"] = row["flight_cpu_s"] + row["idle_cpu_s"] + row["after_cpu_s"]
         row["records"] = [[x.get(k, 0) for k in STEP_KEYS + AFTER_KEYS + BASE_KEYS]
                           for x in recs]
@@ -278,9 +278,14 @@ def main() -> None:
     # rests on every idle step of the run; a block's own few idle steps make a
     # noisy baseline (kept as *_block, for comparison). The run's term is
     # handed to the blocks by their in-flight steps, for the per-pair spread.
-    run_interf, _, _, _ = interference([e for es, _ in blocks for e in es[1:]])
-    idle_cpu = sum(r["idle_cpu_s"] for r in rows)
-    per_cpu = sum(r["idle_wall_s"] - r["idle_cpu_s"] for r in rows) / idle_cpu if idle_cpu else 0.0
+    run_epochs = [e for es, _ in blocks for e in es[1:]]
+    run_interf, _, _, _ = interference(run_epochs)
+    run_recs = records(run_epochs)
+    # the baseline the run's term rests on: the steady steps' off-CPU rate, or in
+    # intervals too short for a steady step the untracked rounds' (stats.baseline)
+    per_cpu, interf_from = baseline(run_recs, sum(r["flight_cpu_s"] + r["after_cpu_s"]
+                                                  for r in run_recs))
+    per_cpu = per_cpu or 0.0
     for row in rows:  # no steady step in the whole run: no term (None, counted 0)
         row["interference"] = 0.0 if run_interf is None else (
             row["flight_wall_s"] - row["flight_cpu_s"] + row["after_wall_s"]
@@ -352,10 +357,11 @@ def main() -> None:
         "ratio_sum_with_rounds": (sum(acc) + sum(r["base_wall_s"] for r in rows))
         / sum(r["measured_with_rounds"] for r in rows),
         "interference_measured": run_interf is not None,
+        "interference_from": interf_from,
         "decomposition_against_bare_blocks": oracle,
         "ratio_sum_per_block_baseline": sum(r["account_block"] for r in rows) / sum(meas),
         "off_cpu_per_cpu_s": {
-            "idle_steps": per_cpu, "bare_blocks": bare_rate,
+            "baseline": per_cpu, "bare_blocks": bare_rate,
             **{k + "_steps": sum(r[k + "_wall_s"] - r[k + "_cpu_s"] for r in rows)
                / max(1e-12, sum(r[k + "_cpu_s"] for r in rows)) for k in ("flight", "after")}},
         "ratio_sum_90": [lo, hi],

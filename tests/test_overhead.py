@@ -183,6 +183,41 @@ def test_interference_needs_both_sides_and_sound_records() -> None:
     assert account(es).interference_s == pytest.approx(0.8 - 0.7)
 
 
+def test_with_no_steady_step_the_untracked_rounds_are_the_baseline() -> None:
+    """An interval too short for a steady step (every step in flight or
+    catching up): the untracked rounds' off-CPU time per CPU second, warm-up
+    included (checkpoint/tracking.py), stands in, from MIN_SEGMENTS rounds on;
+    steady steps, where there are enough, come first."""
+    from memckpt.checkpoint.stats import baseline
+    from memckpt.checkpoint.tracking import MIN_SEGMENTS
+    es = [ep(i, 1e6 + 10 * i) for i in range(1, 6)]
+    # each: 3 in flight (0.9 s wall, 0.3 s CPU), 2 catching up (0.3 s, 0.2 s), no steady
+    # step; a round of 2 timed steps, 0.5 s of wall for 0.4 s of CPU (0.1 s of it warm-up)
+    rnd = {"base_steps": 2, "base_wall_s": 0.5, "base_cpu_s": 0.3, "base_round_cpu_s": 0.4}
+    for e in es:
+        e.extra["steps"] = {**steps(3, 0.9, 0.3, 0, 0.0, 0.0, 2, 0.3, 0.2), **rnd}
+    # the first epoch's record is left out: 4 rounds; 0.25 s off-CPU per CPU s
+    assert MIN_SEGMENTS <= 4
+    a = account(es)
+    want = 4 * ((0.9 - 0.3) + (0.3 - 0.2)) - (0.1 / 0.4) * 4 * (0.3 + 0.2)
+    assert a.interference_s == pytest.approx(want) == pytest.approx(2.3)
+    assert a.interference_from == "rounds" and a.idle_steps == 0
+    assert a.to_dict()["interference_from"] == "rounds"
+    # fewer rounds than MIN_SEGMENTS say nothing
+    for e in es[MIN_SEGMENTS:]:
+        e.extra["steps"] = steps(3, 0.9, 0.3, 0, 0.0, 0.0, 2, 0.3, 0.2)
+    assert account(es).interference_s is None and account(es).interference_from is None
+    # records of before the rounds' whole CPU was kept: no rounds' rate
+    old = {k: v for k, v in rnd.items() if k != "base_round_cpu_s"}
+    for e in es:
+        e.extra["steps"] = {**steps(3, 0.9, 0.3, 0, 0.0, 0.0, 2, 0.3, 0.2), **old}
+    assert account(es).interference_s is None
+    # steady steps enough for a baseline: theirs (1 s off-CPU per CPU s), not the rounds'
+    recs = [{**steps(3, 0.9, 0.3, 4, 0.8, 0.4, 2, 0.3, 0.2), **rnd} for _ in range(4)]
+    assert baseline(recs, 4 * 0.5) == (pytest.approx(1.0), "steady")
+    assert baseline(recs[:0], 0.0) == (None, None)
+
+
 def test_the_step_clock_splits_steps_by_the_epoch_in_flight(monkeypatch) -> None:
     """StepClock, on a clock the test moves: steps before the first checkpoint
     are not counted; a step that began before the epoch was durable is in

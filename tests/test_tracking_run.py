@@ -161,8 +161,9 @@ def test_the_step_clock_runs_rounds_when_nothing_persists(monkeypatch) -> None:
     step()  # one round an interval
     assert len(calls) == 2
     rec_ = c.take()
-    assert (rec_["base_steps"], rec_["base_wall_s"], rec_["base_cpu_s"]) == \
-        (2, pytest.approx(0.2), pytest.approx(0.2))
+    assert (rec_["base_steps"], rec_["base_wall_s"], rec_["base_cpu_s"],
+            rec_["base_round_cpu_s"]) == \
+        (2, pytest.approx(0.2), pytest.approx(0.2), pytest.approx(0.2))
     # the run's steps hold none of the round's time
     n = rec_["flight_steps"] + rec_["after_steps"] + rec_["idle_steps"]
     assert n == 4
@@ -200,8 +201,9 @@ def test_a_round_warms_up_untimed(monkeypatch) -> None:
 
     r = UntrackedRounds(untracked, steps=2, share=0.5)
     assert r.warmup == 1
-    n, wall, cpu = r.run()
-    assert (n, wall, cpu) == (2, pytest.approx(0.7), pytest.approx(0.2))
+    n, wall, cpu, all_cpu = r.run()
+    assert (n, wall, cpu, all_cpu) == (2, pytest.approx(0.7), pytest.approx(0.2),
+                                       pytest.approx(0.7))
     assert r.base_cpu == pytest.approx(0.7)  # the budget counts all of it
 
 

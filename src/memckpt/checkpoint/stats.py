@@ -47,9 +47,9 @@ from typing import Any, Iterable, Sequence
 from ..epoch import EpochInfo
 from ..tuning import checkpoint_cost, expected_lost_work
 from .steps import AFTER_KEYS, BASE_KEYS, KEYS
-from .tracking import estimate as tracking_estimate
+from .tracking import MIN_SEGMENTS, estimate as tracking_estimate
 
-__all__ = ["Overhead", "account", "interference", "runs", "stats_of"]
+__all__ = ["Overhead", "account", "baseline", "interference", "runs", "stats_of"]
 
 # The interference term's baseline, the steady steps, must hold at least this
 # share of the CPU of the steps it is compared with: the term is a small
@@ -106,6 +106,7 @@ class Overhead:
     untracked_s: float                        # the rounds' wall time: what measuring cost
     interference_s: float | None      # the program's steps slower while an epoch persisted
     interference_fraction: float | None
+    interference_from: str | None     # its baseline: "steady" steps, or the untracked "rounds"
     flight_steps: int                 # steps seen while an epoch persisted (extra["steps"])
     after_steps: int                  # ... in the catch-up after it (as long as the flight)
     idle_steps: int                   # ... and later: the baseline
@@ -172,7 +173,7 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
     call_total = sum(calls)
     # the first epoch's steps came before the wall time
     recs = records(es[1:], steps_since)
-    interf, nflight, nafter, nidle = _interference(recs)
+    interf, nflight, nafter, nidle, interf_from = _interference(recs)
     est = tracking_estimate(recs)
     rounds_s = sum(r["base_wall_s"] for r in recs)
     trk = _tracking(es, tracking_slowdown, est, wall - call_total - (interf or 0.0) - rounds_s)
@@ -197,6 +198,7 @@ def account(epochs: Iterable[EpochInfo], *, now: float | None = None,
         tracking_rounds=0 if est is None else est.segments,
         untracked_steps=int(sum(r["base_steps"] for r in recs)), untracked_s=rounds_s,
         interference_s=interf, interference_fraction=None if interf is None else interf / wall,
+        interference_from=interf_from,
         flight_steps=nflight, after_steps=nafter, idle_steps=nidle,
         overhead_fraction=(call_total + (interf or 0.0) + rounds_s) / wall + (tracking or 0.0),
         pause_p50_s=_pct(pauses, 0.5), pause_p90_s=_pct(pauses, 0.9),
@@ -243,8 +245,9 @@ def interference(epochs: Sequence[EpochInfo], since: dict[str, Any] | None = Non
     nothing to compare (no maybe_checkpoint() loop, no step while an epoch
     persisted, or too little long enough after one: the steady steps' CPU
     under STEADY_SHARE of the others', in intervals shorter than about twice
-    the persist plus SETTLE_S)."""
-    return _interference(records(epochs, since))
+    the persist plus SETTLE_S, and fewer than MIN_SEGMENTS untracked rounds,
+    whose off-CPU rate stands in then: :func:`baseline`)."""
+    return _interference(records(epochs, since))[:4]
 
 
 def records(epochs: Sequence[EpochInfo], since: dict[str, Any] | None = None,
@@ -254,18 +257,34 @@ def records(epochs: Sequence[EpochInfo], since: dict[str, Any] | None = None,
             if r is not None]
 
 
-def _interference(recs: list[dict[str, float]]) -> tuple[float | None, int, int, int]:
+def _interference(recs: list[dict[str, float]],
+                  ) -> tuple[float | None, int, int, int, str | None]:
     nf = int(sum(r["flight_steps"] for r in recs))
     na = int(sum(r["after_steps"] for r in recs))
     ni = int(sum(r["idle_steps"] for r in recs))
-    idle_cpu = sum(r["idle_cpu_s"] for r in recs)
     cpu = sum(r["flight_cpu_s"] + r["after_cpu_s"] for r in recs)
-    if not nf or not ni or idle_cpu <= 0 or idle_cpu < STEADY_SHARE * cpu:
-        return None, nf, na, ni
+    rate, where = baseline(recs, cpu)
+    if not nf or rate is None:
+        return None, nf, na, ni, None
     off = sum(r["flight_wall_s"] - r["flight_cpu_s"] + r["after_wall_s"] - r["after_cpu_s"]
               for r in recs)
-    per_cpu = sum(r["idle_wall_s"] - r["idle_cpu_s"] for r in recs) / idle_cpu
-    return off - per_cpu * cpu, nf, na, ni
+    return off - rate * cpu, nf, na, ni, where
+
+
+def baseline(recs: Sequence[dict[str, float]], cpu: float) -> tuple[float | None, str | None]:
+    """(off-CPU seconds per CPU second, where from) that the program's steps
+    meet with nothing in flight: the steady steps' (``"steady"``) when their
+    CPU is at least STEADY_SHARE of ``cpu`` (the in-flight and catch-up
+    steps'), else, in intervals too short for a steady step, the untracked
+    rounds' (``"rounds"``: checkpoint/tracking.py; wall time against the
+    rounds' whole CPU, at least MIN_SEGMENTS rounds), else (None, None)."""
+    idle_cpu = sum(r["idle_cpu_s"] for r in recs)
+    if idle_cpu > 0 and idle_cpu >= STEADY_SHARE * cpu:
+        return sum(r["idle_wall_s"] - r["idle_cpu_s"] for r in recs) / idle_cpu, "steady"
+    round_cpu = sum(r["base_round_cpu_s"] for r in recs)
+    if round_cpu > 0 and sum(r["base_round_cpu_s"] > 0 for r in recs) >= MIN_SEGMENTS:
+        return max(0.0, sum(r["base_wall_s"] for r in recs) - round_cpu) / round_cpu, "rounds"
+    return None, None
 
 
 def _tracking(es: Sequence[EpochInfo], given: float | None, est: Any, steps_s: float,

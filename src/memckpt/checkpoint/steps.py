@@ -46,8 +46,11 @@ KEYS = ("flight_steps", "flight_wall_s", "flight_cpu_s", "idle_steps", "idle_wal
 # written before these keys existed have none)
 AFTER_KEYS = ("after_steps", "after_wall_s", "after_cpu_s")
 # the untracked rounds between the checkpoints (checkpoint/tracking.py; none in
-# records written before them, or without measure_tracking)
-BASE_KEYS = ("base_steps", "base_wall_s", "base_cpu_s")
+# records written before them, or without measure_tracking): their timed steps,
+# the rounds' wall time (warm-up included) and the rounds' whole CPU (with
+# base_wall_s: the machine's off-CPU time per CPU second with nothing in
+# flight, the interference term's baseline where no step is steady)
+BASE_KEYS = ("base_steps", "base_wall_s", "base_cpu_s", "base_round_cpu_s")
 
 # The catch-up lasts at least this long: Linux's scheduler shares the CPUs by
 # averages of recent runnable time that decay by half every 32 ms (PELT), so
@@ -75,6 +78,7 @@ class StepClock:
         self._n = [0, 0, 0, 0]          # steps: [in flight, idle, after, untracked rounds]
         self._wall = [0.0, 0.0, 0.0, 0.0]
         self._cpu = [0.0, 0.0, 0.0, 0.0]
+        self._round_cpu = 0.0           # the rounds' CPU, warm-up included
 
     def boundary(self) -> None:
         """A step ended (and the next began): count it."""
@@ -96,10 +100,11 @@ class StepClock:
         if rounds is not None:
             rounds.run_cpu += cpu - at[2]
             if durable is not None and rounds.due():  # nothing in flight: a round fits
-                n, w, c = rounds.run()
+                n, w, c, all_cpu = rounds.run()
                 self._n[3] += n
                 self._wall[3] += w
                 self._cpu[3] += c
+                self._round_cpu += all_cpu
                 # the next step of the run starts after the round
                 self._at = (me, time.perf_counter(), time.thread_time())
 
@@ -117,20 +122,17 @@ class StepClock:
 
     def take(self) -> dict[str, Any] | None:
         """The sums since the last take (None if no step was counted), and start again."""
-        n, wall, cpu = self._n, self._wall, self._cpu
+        rec = self.peek()
         self._reset()
-        return _record(n, wall, cpu)
+        return rec
 
     def peek(self) -> dict[str, Any] | None:
         """The sums since the last take, left in place (a live account)."""
-        return _record(self._n, self._wall, self._cpu)
-
-
-def _record(n: list[int], wall: list[float], cpu: list[float]) -> dict[str, Any] | None:
-    if not any(n):
-        return None
-    rec = dict(zip(KEYS + AFTER_KEYS, (n[0], wall[0], cpu[0], n[1], wall[1], cpu[1],
-                                       n[2], wall[2], cpu[2])))
-    if n[3]:
-        rec.update(zip(BASE_KEYS, (n[3], wall[3], cpu[3])))
-    return rec
+        n, wall, cpu = self._n, self._wall, self._cpu
+        if not any(n):
+            return None
+        rec = dict(zip(KEYS + AFTER_KEYS, (n[0], wall[0], cpu[0], n[1], wall[1], cpu[1],
+                                           n[2], wall[2], cpu[2])))
+        if n[3]:
+            rec.update(zip(BASE_KEYS, (n[3], wall[3], cpu[3], self._round_cpu)))
+        return rec

@@ -81,9 +81,9 @@ class UntrackedRounds:
         per_round = self.base_cpu / self.rounds if self.rounds else 0.0
         return self.base_cpu + per_round <= self.share * self.run_cpu
 
-    def run(self) -> tuple[int, float, float]:
+    def run(self) -> tuple[int, float, float, float]:
         """One round: (timed steps, wall seconds of the whole round, this thread's
-        CPU seconds in the timed steps). The first ``warmup`` steps are not
+        CPU seconds in the timed steps, and in the whole round). The first ``warmup`` steps are not
         timed: the untracked state is cold in the caches after the run's steps
         (a one-step round of the PDE was 4% slower than the run's steps: the
         estimate came out negative)."""
@@ -93,11 +93,12 @@ class UntrackedRounds:
         c1 = time.thread_time()
         for _ in range(self.steps):
             self.step()
-        wall, cpu = time.perf_counter() - w0, time.thread_time() - c1
-        self.base_cpu += time.thread_time() - c0
+        c2 = time.thread_time()
+        wall, cpu = time.perf_counter() - w0, c2 - c1
+        self.base_cpu += c2 - c0
         self.rounds += 1
         self.done_this_interval = True
-        return self.steps, wall, cpu
+        return self.steps, wall, cpu, c2 - c0
 
 
 def measure_tracking(checkpointer: Any, step: Callable[[], Any] | None, *, steps: int = 2,
