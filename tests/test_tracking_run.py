@@ -187,6 +187,55 @@ def test_the_step_clock_runs_rounds_when_nothing_persists(monkeypatch) -> None:
     assert len(calls) == 6 and "base_steps" not in c.take()
 
 
+def test_rounds_wait_for_the_work_after_a_commit(monkeypatch) -> None:
+    """A round waits until the checkpointer's own work is done (the persist
+    thread's, up to what follows a commit: StepClock.busy), not only until
+    the epoch is durable; a Checkpointer's clock sees its persist's count."""
+    from memckpt.checkpoint import steps as mod
+    from memckpt.checkpoint import tracking as trk
+    now = fake_clock(monkeypatch, mod, trk)
+    calls = []
+
+    def untracked() -> None:
+        calls.append(now["wall"])
+        now["wall"] += 0.01
+        now["cpu"] += 0.01
+
+    def step() -> None:
+        now["wall"] += 1.0
+        now["cpu"] += 1.0
+        c.boundary()
+
+    c = mod.StepClock()
+    c.rounds = UntrackedRounds(untracked, steps=1, share=0.5, warmup=0)
+    busy = [True]
+    c.busy = lambda: busy[0]
+    c.boundary()
+    c.launched()
+    c.durable()
+    step()
+    step()  # durable, but the persist thread still makes the next writer ready
+    assert calls == []
+    busy[0] = False
+    step()
+    assert len(calls) == 1
+
+
+def test_a_checkpointers_clock_is_busy_while_its_persist_runs(tmp_path) -> None:
+    ar = memckpt.Arena(1 << 16)
+    with memckpt.Checkpointer(ar, str(tmp_path / "s"), mode="copy") as ck:
+        busy = ck._schedule.steps.busy
+        assert busy is not None and busy() is False
+        ck._inflight.count += 1  # as launch() counts an epoch in flight
+        try:
+            assert busy() is True
+        finally:
+            ck._inflight.count -= 1
+        ck.checkpoint().result()
+        ck.wait()
+        assert busy() is False
+
+
 def test_a_round_warms_up_untimed(monkeypatch) -> None:
     """The first step of a round (the untracked state cold in the caches) is
     in the round's wall time, not in the CPU the estimate compares."""

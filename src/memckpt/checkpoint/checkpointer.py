@@ -130,6 +130,8 @@ class Checkpointer(CheckpointerView):
         self._capturer: CaptureMode = MODES[mode](self._ctx)
         self._head = Head(self._store, full_every, compress=compress, threads=threads)
         self._inflight = InFlight()
+        inflight = self._inflight  # not self: the clock must not keep the checkpointer alive
+        self._schedule.steps.busy = lambda: inflight.count > 0
         self._lock = threading.RLock()
         self._closed = False
         _forksafe.register(self)

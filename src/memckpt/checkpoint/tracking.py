@@ -11,7 +11,9 @@ factor of three (docs/benchmarks.md, issue 16).
 Here the run measures it: :func:`measure_tracking` hands the Checkpointer
 the program's step on a second, untracked copy of its state (the same work
 as a step of the run, on an arena no tracker watches). At a step boundary
-with no epoch in flight, at most once between two checkpoints and while the
+with no epoch in flight (and the persist thread done with the work after a
+commit: a round that met it on the other CPU came out slower than untracked
+steps elsewhere), at most once between two checkpoints and while the
 rounds' CPU stays under ``share`` of the run's steps' (the cost bound), the
 step clock (checkpoint/steps.py) runs ``warmup`` of those untracked steps
 untimed (the second state is cold in the caches after the run's steps),
