@@ -26,8 +26,9 @@ each taking 8 MiB of staging as the copy fills it: measured here, such a
 thread took CPU from the copy and the pause grew), and they go on after
 checkpoint() returned; the persist thread only waits for them, then
 commits (docs/benchmarks.md, "Mode copy's staged epochs written while the
-pause copies", has the measurements). The writer keeps the staging buffer alive until its threads are done; commit waits for
-them (and raises their error: the epoch is aborted, the next one works),
+pause copies", has the measurements). The writer keeps the staging buffer
+alive until its threads are done; commit waits for them (and raises their
+error: the epoch is aborted, the next one works),
 abort() stops them before the pack is closed, a fork child never touches
 them, and a staging buffer still read is never recycled. Smaller epochs
 (the usual increment) stage, then write on the persist thread, as before:

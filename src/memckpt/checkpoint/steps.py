@@ -106,8 +106,8 @@ class StepClock:
             # (the next epoch's writer made ready: store/prepared.py): rounds right after
             # durable() met that work on the other CPU, and came out slower than untracked
             # steps elsewhere (the sparse writer: 2.6% against 3.1-3.3%; benchmarks.md)
-            if durable is not None and not (self.busy is not None and self.busy()) \
-                    and rounds.due():
+            if durable is not None and rounds.due() \
+                    and not (self.busy is not None and self.busy()):
                 n, w, c, all_cpu = rounds.run()
                 self._n[3] += n
                 self._wall[3] += w

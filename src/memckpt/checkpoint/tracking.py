@@ -85,8 +85,9 @@ class UntrackedRounds:
 
     def run(self) -> tuple[int, float, float, float]:
         """One round: (timed steps, wall seconds of the whole round, this thread's
-        CPU seconds in the timed steps, and in the whole round). The first ``warmup`` steps are not
-        timed: the untracked state is cold in the caches after the run's steps
+        CPU seconds in the timed steps, and in the whole round). The first
+        ``warmup`` steps are not timed: the untracked state is cold in the
+        caches after the run's steps
         (a one-step round of the PDE was 4% slower than the run's steps: the
         estimate came out negative)."""
         w0, c0 = time.perf_counter(), time.thread_time()

@@ -99,11 +99,11 @@ def _interference(o: dict[str, Any]) -> str:
         return ("- (needs maybe_checkpoint() at every step, and steps while an epoch "
                 "persisted and long after: an interval over twice the persist, or "
                 "untracked rounds: memckpt.checkpoint.tracking.measure_tracking)")
+    base = f"; {o['flight_steps']} + {o.get('after_steps', 0)} steps"
     if o.get("interference_from") == "rounds":  # no steady step: the rounds' rate
-        base = f"the untracked rounds'; {o['flight_steps']} + {o.get('after_steps', 0)} steps"
+        base = "the untracked rounds'" + base
     else:
-        base = (f"the steady steps'; {o['flight_steps']} + {o.get('after_steps', 0)} "
-                f"steps vs {o['idle_steps']}")
+        base = f"the steady steps'{base} vs {o['idle_steps']}"
     return (f"{_pct(o['interference_fraction'])} ({fmt_seconds(o['interference_s'])}: the "
             f"steps' off-CPU time while an epoch persisted and in the catch-up after it, "
             f"beyond {base})")
